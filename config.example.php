@@ -1,0 +1,48 @@
+<?php
+// tuitop reads Tuleap's own config files: /etc/tuleap/conf/local.inc, then
+// /etc/tuleap/conf/redis.inc (a later file wins). This example sets every variable
+// tuitop reads, as Tuleap's administration guide shows them. Check what tuitop makes
+// of a file with:  tuitop config --config config.example.php
+//
+// Saving the file applies the worker count, the async scope and the log level live.
+
+// --- Redis (usually in redis.inc) --------------------------------------------------
+// Host of the Redis server; '' means Redis is not configured and no worker runs.
+// Prefix with tls:// to connect over TLS.
+$redis_server   = '127.0.0.1';
+$redis_port     = 6379;
+// Sent with AUTH when not empty. A value of exactly '${NAME}' is read from the
+// environment variable NAME, so the secret stays out of the file. Redis' own guide
+// asks for a password of at least 30 characters (requirepass in /etc/redis.conf).
+$redis_password = '${REDIS_PASSWORD}';
+
+// --- Backend workers (local.inc) -----------------------------------------------------
+// Number of workers processing background jobs; 2 is a good starting value.
+// Unset means 2; 0 means none, unless $sys_async_emails below needs one.
+$sys_nb_backend_workers = 2;
+
+// Which projects' notification e-mails are sent by the workers instead of inline:
+// ''    : none, every notification is sent inline (the same as not setting it)
+// 'all' : every project
+// 'X,Y,Z': the projects with these ids, e.g. '101,102'
+$sys_async_emails = 'all';
+
+// debug, info, warning (or warn), error. Errors are always logged.
+$sys_logger_level = 'warning';
+
+// --- Mail ----------------------------------------------------------------------------
+// The From of notification mails.
+$sys_noreply = '"Tuleap" <noreply@tuleap.example.com>';
+
+// 'sendmail' pipes each mail to `sendmail -t -i`; 'smtp' sends through the relay below.
+$email_transport = 'sendmail';
+// host:port of the SMTP relay, used when $email_transport is 'smtp' (port 25 if left out).
+$email_relayhost = '';
+// 1: STARTTLS with the relay. For a relay that expects TLS from the first byte (port
+// 465), set $email_relayhost_smtp_use_implicit_tls = 1 instead.
+$email_relayhost_smtp_use_tls = 0;
+$email_relayhost_smtp_username = '';
+// Like $redis_password, '${SMTP_PASSWORD}' reads the environment variable instead.
+$email_relayhost_smtp_password = '';
+// plain or login
+$email_relayhost_smtp_auth_type = 'plain';

@@ -1,0 +1,513 @@
+"""Tuleap's config files → one frozen, typed :class:`Settings`.
+
+The files are read with :mod:`tuitop.phpreader` (PHP's own semantics), merged as Tuleap
+merges them (a later file wins), and the variables tuitop uses are turned into settings by
+the rules Tuleap applies (``../shared/tuleap-compat.md``). Every problem is a
+:class:`~tuitop.errors.ConfigError` pointing at the file, line and column of the
+assignment at fault; passwords never appear in a ``repr``, a ``str`` or an error.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuitop.errors import ConfigError
+from tuitop.phpreader import (
+    Diagnostic,
+    Origin,
+    PhpInterpreter,
+    PhpValue,
+    to_php_bool,
+    to_php_int,
+    to_php_string,
+)
+
+__all__ = [
+    "DEFAULT_CONFIG_FILES",
+    "AsyncScope",
+    "ConfigError",
+    "LoadedConfig",
+    "LogLevel",
+    "MailSettings",
+    "RedisSettings",
+    "Secret",
+    "Settings",
+    "load_config",
+]
+
+DEFAULT_CONFIG_FILES = ("/etc/tuleap/conf/local.inc", "/etc/tuleap/conf/redis.inc")
+DEFAULT_REDIS_PORT = 6379
+DEFAULT_WORKERS = 2
+DEFAULT_SMTP_PORT = 25
+# More workers than this on one host is a typo, not a plan; refuse it before forking.
+MAX_WORKERS = 1024
+MASK = "***"
+
+_ENV_REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PHP_TRIM = b" \t\n\r\0\x0b"
+_SECRET_NAME = re.compile(r"passw(or)?d|secret|token", re.IGNORECASE)
+# The variables tuitop reads; a `${NAME}` string in any of them comes from the environment.
+TUITOP_VARIABLES = (
+    "redis_server",
+    "redis_port",
+    "redis_password",
+    "sys_nb_backend_workers",
+    "sys_async_emails",
+    "sys_logger_level",
+    "sys_noreply",
+    "email_transport",
+    "email_relayhost",
+    "email_relayhost_smtp_use_tls",
+    "email_relayhost_smtp_use_implicit_tls",
+    "email_relayhost_smtp_username",
+    "email_relayhost_smtp_password",
+    "email_relayhost_smtp_auth_type",
+)
+
+
+def is_secret_variable(name: str) -> bool:
+    """True for variables whose value is never shown (passwords, secrets, tokens)."""
+    return _SECRET_NAME.search(name) is not None
+
+
+class Secret:
+    """A string that shows as ``***`` everywhere; ``reveal()`` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return MASK if self._value else ""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class LogLevel(enum.IntEnum):
+    """``$sys_logger_level``; the numbers are :mod:`logging`'s, so they compare the same."""
+
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+_LOG_LEVEL_NAMES = {
+    "debug": LogLevel.DEBUG,
+    "info": LogLevel.INFO,
+    "warning": LogLevel.WARNING,
+    "warn": LogLevel.WARNING,
+    "error": LogLevel.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class AsyncScope:
+    """Which projects' notifications go through the queue (``$sys_async_emails``)."""
+
+    all_projects: bool = False
+    project_ids: frozenset[int] = frozenset()
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one project's notifications are sent by the workers."""
+        return self.all_projects or bool(self.project_ids)
+
+    def covers(self, project_id: int) -> bool:
+        return self.all_projects or project_id in self.project_ids
+
+    def __str__(self) -> str:
+        if self.all_projects:
+            return "all"
+        if not self.project_ids:
+            return "none"
+        return ",".join(str(project) for project in sorted(self.project_ids))
+
+    @classmethod
+    def parse(cls, text: str) -> AsyncScope:
+        """The inverse of ``str()``: ``none``, ``all`` or ``X,Y,Z``."""
+        if text == "all":
+            return cls(all_projects=True)
+        if text in ("none", ""):
+            return cls()
+        return cls(project_ids=frozenset(int(item) for item in text.split(",")))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the queue lives. ``host == ''`` means Redis is not configured."""
+
+    host: str = ""
+    port: int = DEFAULT_REDIS_PORT
+    password: Secret = field(default_factory=lambda: Secret(""))
+    tls: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return self.host != ""
+
+    @property
+    def sends_auth(self) -> bool:
+        """Tuleap sends AUTH only when the trimmed password is not empty."""
+        return self.password.reveal().strip() != ""
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``tls://host:port`` with TLS), for display: no password."""
+        if not self.configured:
+            return "(not configured)"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'tls://' if self.tls else ''}{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """How notification mails leave: ``$email_transport`` and the relay settings."""
+
+    transport: str = "sendmail"
+    noreply: str = ""
+    relay_host: str = ""
+    relay_port: int = DEFAULT_SMTP_PORT
+    starttls: bool = False
+    implicit_tls: bool = False
+    username: str = ""
+    password: Secret = field(default_factory=lambda: Secret(""))
+    auth_type: str = "plain"
+
+    @property
+    def can_send(self) -> bool:
+        """False when Tuleap would send nothing (unknown transport, smtp without relay)."""
+        if self.transport == "sendmail":
+            return True
+        return self.transport == "smtp" and self.relay_host != ""
+
+    def describe(self) -> str:
+        if self.transport == "sendmail":
+            return "sendmail"
+        if self.transport != "smtp":
+            return f"{self.transport!r} (unknown: no mail is sent)"
+        if not self.relay_host:
+            return "smtp without a relay host (no mail is sent)"
+        parts = [f"smtp via {self.relay_host}:{self.relay_port}"]
+        if self.implicit_tls:
+            parts.append("TLS")
+        elif self.starttls:
+            parts.append("STARTTLS")
+        if self.username:
+            parts.append(f"{self.auth_type} auth as {self.username}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. Frozen: a reload builds a new one."""
+
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    backend_workers: int = 0
+    async_scope: AsyncScope = field(default_factory=AsyncScope)
+    log_level: LogLevel = LogLevel.WARNING
+    mail: MailSettings = field(default_factory=MailSettings)
+    files: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value in force, for scrubbing text that came from elsewhere."""
+        values = (self.redis.password.reveal(), self.mail.password.reveal())
+        return tuple(value for value in values if value)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every secret value replaced by ``***``."""
+        return mask_secrets(text, self.secrets())
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready data, passwords masked."""
+        return {
+            "redis": {
+                "configured": self.redis.configured,
+                "host": self.redis.host,
+                "port": self.redis.port,
+                "tls": self.redis.tls,
+                "password": str(self.redis.password),
+                "address": self.redis.address,
+            },
+            "backend_workers": self.backend_workers,
+            "async_scope": str(self.async_scope),
+            "log_level": str(self.log_level),
+            "mail": {
+                "transport": self.mail.transport,
+                "noreply": self.mail.noreply,
+                "relay_host": self.mail.relay_host,
+                "relay_port": self.mail.relay_port,
+                "starttls": self.mail.starttls,
+                "implicit_tls": self.mail.implicit_tls,
+                "username": self.mail.username,
+                "password": str(self.mail.password),
+                "auth_type": self.mail.auth_type,
+                "can_send": self.mail.can_send,
+            },
+            "files": list(self.files),
+            "warnings": list(self.warnings),
+        }
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replaces each secret in ``text`` by ``***`` (longest first, so none leaks in part)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The result of reading the files: the settings and the raw PHP variables."""
+
+    settings: Settings
+    variables: Mapping[str, PhpValue]
+    origins: Mapping[str, Origin]
+    diagnostics: tuple[Diagnostic, ...]
+
+    def variables_json(self) -> dict[str, Any]:
+        """Every variable with its PHP value as JSON data; secrets shown as ``***``."""
+        return {
+            name: MASK if is_secret_variable(name) and value else php_value_json(value)
+            for name, value in self.variables.items()
+        }
+
+
+def php_value_json(value: PhpValue) -> Any:
+    """A PHP value as JSON data (non-finite floats as PHP writes them: ``INF``, ``NAN``)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return to_php_string(value).decode()
+    return value
+
+
+def load_config(
+    paths: Sequence[str],
+    *,
+    skip_missing: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Reads ``paths`` in order and builds the settings.
+
+    With ``skip_missing`` a file that does not exist is passed over (as Tuleap does with
+    its default files); otherwise it is an error. Raises ConfigError, never anything else
+    for a problem in the files.
+    """
+    environment = os.environ if environ is None else environ
+    interpreter = PhpInterpreter(environment)
+    variables: dict[str, PhpValue] = {}
+    origins: dict[str, Origin] = {}
+    diagnostics: list[Diagnostic] = []
+    loaded: list[str] = []
+    for path in paths:
+        if skip_missing and not os.path.exists(path):
+            continue
+        scope = interpreter.run_file(path)
+        variables.update(scope.variables)
+        origins.update(scope.origins)
+        diagnostics.extend(scope.warnings)
+        loaded.append(path)
+    settings = _SettingsBuilder(variables, origins, environment, tuple(loaded)).build()
+    return LoadedConfig(settings, variables, origins, tuple(diagnostics))
+
+
+class _SettingsBuilder:
+    """Applies Tuleap's rules to the merged variables."""
+
+    def __init__(
+        self,
+        variables: Mapping[str, PhpValue],
+        origins: Mapping[str, Origin],
+        environ: Mapping[str, str],
+        files: tuple[str, ...],
+    ) -> None:
+        self.variables = variables
+        self.origins = origins
+        self.environ = environ
+        self.files = files
+        self.warnings: list[str] = []
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        origin = self.origins.get(name)
+        if origin is None:
+            return ConfigError(self.files[-1] if self.files else "(no file)", 0, 0, reason)
+        return ConfigError(origin.path, origin.line, origin.column, reason)
+
+    def warn(self, name: str, message: str) -> None:
+        origin = self.origins.get(name)
+        where = f"{origin.path}:{origin.line}:{origin.column}: " if origin else ""
+        self.warnings.append(f"{where}{message}")
+
+    def value(self, name: str) -> PhpValue:
+        """The variable's value, ``${ENV}`` resolved; None when unset (as PHP's isset)."""
+        value = self.variables.get(name)
+        if isinstance(value, bytes):
+            match = _ENV_REFERENCE.fullmatch(value)
+            if match is not None:
+                env_name = match.group(1).decode()
+                if env_name not in self.environ:
+                    raise self.error(
+                        name,
+                        f"${name} reads the environment variable {env_name}, which is not set",
+                    )
+                return self.environ[env_name].encode("utf-8", "surrogateescape")
+        return value
+
+    def text(self, name: str, default: str = "") -> str:
+        value = self.value(name)
+        if value is None:
+            return default
+        return to_php_string(value).decode("utf-8", "surrogateescape")
+
+    def integer(self, name: str, default: int) -> int:
+        value = self.value(name)
+        return default if value is None else to_php_int(value)
+
+    def build(self) -> Settings:
+        redis = self.redis()
+        scope = self.async_scope()
+        return Settings(
+            redis=redis,
+            backend_workers=self.backend_workers(redis, scope),
+            async_scope=scope,
+            log_level=self.log_level(),
+            mail=self.mail(),
+            files=self.files,
+            warnings=tuple(self.warnings),
+        )
+
+    def redis(self) -> RedisSettings:
+        host = self.text("redis_server")
+        tls = host.startswith("tls://")
+        if tls:
+            host = host[len("tls://") :]
+            if not host:
+                raise self.error("redis_server", "$redis_server is 'tls://' without a host")
+        port = self.integer("redis_port", DEFAULT_REDIS_PORT)
+        if not 1 <= port <= 65535:
+            raise self.error(
+                "redis_port", f"$redis_port must be a port number (1-65535), not {port}"
+            )
+        return RedisSettings(host, port, Secret(self.text("redis_password")), tls)
+
+    def async_scope(self) -> AsyncScope:
+        # Tuleap: switch ($value) { case 'all': ...; case false: ...; default: explode }
+        # with PHP's loose comparisons, so true means 'all' and '0', 0 and '' mean none.
+        value = self.value("sys_async_emails")
+        if value == b"all" or value is True:
+            return AsyncScope(all_projects=True)
+        if not to_php_bool(value):
+            return AsyncScope()
+        project_ids = set()
+        for item in to_php_string(value).split(b","):
+            trimmed = item.strip(_PHP_TRIM)
+            project_ids.add(to_php_int(trimmed))
+            if not re.fullmatch(rb"[+-]?[0-9]+", trimmed):
+                shown = trimmed.decode("utf-8", "replace")
+                self.warn(
+                    "sys_async_emails",
+                    f"$sys_async_emails item {shown!r} is not a project id; "
+                    f"it reads as {to_php_int(trimmed)}, as in Tuleap",
+                )
+        return AsyncScope(project_ids=frozenset(project_ids))
+
+    def backend_workers(self, redis: RedisSettings, scope: AsyncScope) -> int:
+        if not redis.configured:
+            return 0
+        count = abs(self.integer("sys_nb_backend_workers", DEFAULT_WORKERS))
+        if scope.enabled:
+            count = max(count, 1)  # async notifications need at least one worker
+        if count > MAX_WORKERS:
+            raise self.error(
+                "sys_nb_backend_workers",
+                f"$sys_nb_backend_workers asks for {count} workers; "
+                f"tuitop runs at most {MAX_WORKERS} per host",
+            )
+        return count
+
+    def log_level(self) -> LogLevel:
+        value = self.value("sys_logger_level")
+        if value is None:
+            return LogLevel.WARNING
+        name = to_php_string(value).decode("utf-8", "replace").strip().lower()
+        if not isinstance(value, bytes) or name not in _LOG_LEVEL_NAMES:
+            raise self.error(
+                "sys_logger_level",
+                f"$sys_logger_level must be one of 'debug', 'info', 'warning' (or 'warn'), "
+                f"'error'; it is {name!r}",
+            )
+        return _LOG_LEVEL_NAMES[name]
+
+    def mail(self) -> MailSettings:
+        transport = self.text("email_transport", "sendmail")
+        relayhost = self.text("email_relayhost").strip()
+        host, port = _split_relayhost(relayhost)
+        if not 1 <= port <= 65535:
+            raise self.error("email_relayhost", f"$email_relayhost has port {port}, not 1-65535")
+        auth_type = self.text("email_relayhost_smtp_auth_type", "plain").strip().lower()
+        if auth_type not in ("plain", "login"):
+            raise self.error(
+                "email_relayhost_smtp_auth_type",
+                f"$email_relayhost_smtp_auth_type must be 'plain' or 'login', not {auth_type!r}",
+            )
+        noreply = self.text("sys_noreply")
+        if transport not in ("sendmail", "smtp"):
+            self.warn(
+                "email_transport",
+                f"$email_transport is {transport!r}, neither 'sendmail' nor 'smtp': "
+                "no mail will be sent",
+            )
+        elif transport == "smtp" and not host:
+            self.warn("email_transport", "$email_transport is 'smtp' but $email_relayhost is empty")
+        if not noreply:
+            self.warn("sys_noreply", "$sys_noreply is not set: mails go out without a From")
+        return MailSettings(
+            transport=transport,
+            noreply=noreply,
+            relay_host=host,
+            relay_port=port,
+            starttls=self.integer("email_relayhost_smtp_use_tls", 0) != 0,
+            implicit_tls=self.integer("email_relayhost_smtp_use_implicit_tls", 0) != 0,
+            username=self.text("email_relayhost_smtp_username"),
+            password=Secret(self.text("email_relayhost_smtp_password")),
+            auth_type=auth_type,
+        )
+
+
+def _split_relayhost(relayhost: str) -> tuple[str, int]:
+    """``host:port`` → (host, port); no or an empty port means 25, as in Tuleap."""
+    if relayhost.startswith("["):  # [IPv6]:port
+        host, _, rest = relayhost[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif relayhost.count(":") == 1:
+        host, _, port_text = relayhost.partition(":")
+    else:
+        host, port_text = relayhost, ""
+    port = int(port_text) if port_text.isdigit() else DEFAULT_SMTP_PORT
+    return host, port
