@@ -6,32 +6,92 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+
+import redis
 
 from tuitop import __version__
-from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, load_config
+from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
+from tuitop.log import DEFAULT_LOG_FILE
+from tuitop.mail import DEFAULT_SENDMAIL
+from tuitop.message import encode
+from tuitop.queue import MAX_REQUEUES, Queue, RetryPolicy
+from tuitop.redisconn import connect, describe_error
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
 
 
-def _add_config_option(parser: argparse.ArgumentParser) -> None:
+def _add_config_option(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
         action="append",
+        # A sub-command's default must not erase a --config given before the sub-command.
+        default=None if top_level else argparse.SUPPRESS,
         help="a PHP config file, read in the order given (repeat for several; default: "
         + " then ".join(DEFAULT_CONFIG_FILES)
         + ", skipping a missing one)",
     )
 
 
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    pool = parser.add_argument_group("pool")
+    pool.add_argument("--no-ui", action="store_true", help="run headless, as a daemon")
+    pool.add_argument(
+        "--log-file",
+        default=DEFAULT_LOG_FILE,
+        help="Tuleap's worker_log (default: %(default)s; '' for none)",
+    )
+    pool.add_argument("--pool-name", help="unique name of this pool (default: the host name)")
+    pool.add_argument(
+        "--max-messages",
+        type=int,
+        default=1000,
+        help="a worker is replaced after this many messages (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--job-timeout",
+        type=float,
+        default=900.0,
+        help="seconds a job may run before its worker is killed (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds a warm shutdown waits for running jobs (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--retry-delay",
+        type=float,
+        default=5.0,
+        help="first retry delay in seconds, doubled each try up to 8x (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--handlers",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        help="a module defining register(registry) that adds handlers for more topics",
+    )
+    pool.add_argument(
+        "--sendmail", default=DEFAULT_SENDMAIL, help="sendmail binary (default: %(default)s)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuitop",
-        description="Tuleap-compatible backend workers with a live terminal UI.",
+        description="Tuleap-compatible backend workers with a live terminal UI. Without a "
+        "command, runs the pool (with --no-ui, headless).",
     )
     parser.add_argument("--version", action="version", version=f"tuitop {__version__}")
+    _add_config_option(parser, top_level=True)
+    _add_pool_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     config = commands.add_parser(
         "config",
         help="print the effective settings read from the config files",
@@ -44,6 +104,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON object: 'variables' (as PHP has them) and 'settings'",
     )
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="push one message onto the queue (like 'tuleap worker:enqueue')",
+        description="Push a message for TOPIC with the JSON PAYLOAD onto the queue.",
+    )
+    _add_config_option(enqueue)
+    enqueue.add_argument("topic")
+    enqueue.add_argument("payload", help="the payload, as JSON")
+
+    notify = commands.add_parser(
+        "notify",
+        help="send a notification mail, queued or inline as $sys_async_emails says",
+    )
+    _add_config_option(notify)
+    notify.add_argument("--project", type=int, required=True, help="project id")
+    notify.add_argument("--artifact", type=int, required=True, help="artifact id")
+    notify.add_argument("--changeset", type=int, required=True, help="changeset id")
+    notify.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    notify.add_argument("--subject", required=True)
+    notify.add_argument("--text", required=True, help="plain-text body")
+    notify.add_argument("--html", help="HTML body (optional)")
+    notify.add_argument("--sendmail", default=DEFAULT_SENDMAIL, help="for inline sending")
+
+    dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
+    _add_config_option(dead)
+    dead.add_argument(
+        "action", choices=["list", "show", "replay", "purge"], nargs="?", default="list"
+    )
+    dead.add_argument("index", nargs="?", type=int, help="which one (0 = newest), for show/replay")
+    dead.add_argument("--all", action="store_true", help="replay every dead letter")
     return parser
 
 
@@ -54,13 +145,37 @@ def read_config(paths: Sequence[str] | None) -> LoadedConfig:
     return load_config(DEFAULT_CONFIG_FILES, skip_missing=True)
 
 
+def _load_or_exit(paths: Sequence[str] | None) -> LoadedConfig | int:
+    """The config, its warnings printed on stderr; or the exit code after the error."""
+    try:
+        loaded = read_config(paths)
+    except ConfigError as error:
+        print(f"tuitop: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for diagnostic in loaded.diagnostics:
+        print(diagnostic, file=sys.stderr)
+    for warning in loaded.settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
+
+
+def _settings_or_exit(paths: Sequence[str] | None) -> Settings | int:
+    loaded = _load_or_exit(paths)
+    return loaded if isinstance(loaded, int) else loaded.settings
+
+
 def _print_settings(loaded: LoadedConfig) -> None:
     settings = loaded.settings
-    redis = settings.redis
-    password = "password set" if redis.sends_auth else "no password"
+    redis_settings = settings.redis
+    password = "password set" if redis_settings.sends_auth else "no password"
     rows = [
         ("files", ", ".join(settings.files) or "(none found: built-in defaults)"),
-        ("redis", f"{redis.address} ({password})" if redis.configured else redis.address),
+        (
+            "redis",
+            f"{redis_settings.address} ({password})"
+            if redis_settings.configured
+            else redis_settings.address,
+        ),
         ("backend workers", str(settings.backend_workers)),
         ("async emails", str(settings.async_scope)),
         ("log level", str(settings.log_level)),
@@ -73,15 +188,9 @@ def _print_settings(loaded: LoadedConfig) -> None:
 
 
 def command_config(args: argparse.Namespace) -> int:
-    try:
-        loaded = read_config(args.config)
-    except ConfigError as error:
-        print(f"tuitop: config error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    for diagnostic in loaded.diagnostics:
-        print(diagnostic, file=sys.stderr)
-    for warning in loaded.settings.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    loaded = _load_or_exit(args.config)
+    if isinstance(loaded, int):
+        return loaded
     if args.json:
         document = {"variables": loaded.variables_json(), "settings": loaded.settings.to_json()}
         print(json.dumps(document, indent=2, allow_nan=False))
@@ -90,10 +199,143 @@ def command_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _queue_or_exit(settings: Settings) -> Queue | int:
+    if not settings.redis.configured:
+        print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return Queue(connect(settings.redis, client_name="tuitop:cli"))
+
+
+def command_enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as error:
+        print(f"tuitop: the payload is not JSON: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    queue = _queue_or_exit(settings)
+    if isinstance(queue, int):
+        return queue
+    try:
+        queue.push(encode(args.topic, payload))
+    except redis.RedisError as error:
+        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"queued 1 message on {args.topic}")
+    return EXIT_OK
+
+
+def command_notify(args: argparse.Namespace) -> int:
+    from tuitop.notification import Mail, Notification
+    from tuitop.notify import NotificationError, Notifier
+
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    notification = Notification(
+        project_id=args.project,
+        artifact_id=args.artifact,
+        changeset_id=args.changeset,
+        mails=(Mail(tuple(args.to), args.subject, args.text, args.html),),
+    )
+    notifier = Notifier(settings, sendmail=args.sendmail)
+    try:
+        how = notifier.notify(notification)
+    except NotificationError as error:
+        print(f"tuitop: the notification could not be sent: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        notifier.close()
+    print(f"notification {how} ({notification.describe()}, project {args.project})")
+    return EXIT_OK
+
+
+def command_dead_letters(args: argparse.Namespace) -> int:
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    queue = _queue_or_exit(settings)
+    if isinstance(queue, int):
+        return queue
+    try:
+        return _dead_letters(queue, args)
+    except redis.RedisError as error:
+        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
+    if args.action == "purge":
+        print(f"purged {queue.purge_dead_letters()} dead letter(s)")
+        return EXIT_OK
+    if args.action == "replay" and args.all:
+        replayed = sum(queue.replay(letter) for letter in queue.dead_letters(0, 1_000_000))
+        print(f"replayed {replayed} dead letter(s)")
+        return EXIT_OK
+    if args.action in ("show", "replay"):
+        if args.index is None:
+            print(f"tuitop: dead-letters {args.action} needs an INDEX", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        letters = queue.dead_letters(args.index, 1)
+        if not letters:
+            print(f"tuitop: no dead letter #{args.index}", file=sys.stderr)
+            return EXIT_FAILURE
+        letter = letters[0]
+        if args.action == "replay":
+            replayed = queue.replay(letter)
+            print("replayed 1 dead letter" if replayed else "it was already gone")
+            return EXIT_OK
+        print(f"reason:  {letter.reason}\ntopic:   {letter.topic}\nworker:  {letter.worker}")
+        print(f"at:      {datetime.fromtimestamp(letter.at).isoformat(timespec='seconds')}")
+        print(f"tries:   {letter.tries}\nmessage: {letter.message.decode('utf-8', 'replace')}")
+        if letter.traceback:
+            print(letter.traceback)
+        return EXIT_OK
+    letters = queue.dead_letters(0, 100)
+    for index, letter in enumerate(letters):
+        stamp = datetime.fromtimestamp(letter.at).isoformat(timespec="seconds")
+        print(f"{index:>4}  {stamp}  {letter.topic or '-':<28} {letter.reason}")
+    print(f"{len(letters)} dead letter(s) shown")
+    return EXIT_OK
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from tuitop.supervisor import PoolOptions, Supervisor
+
+    if not args.no_ui:
+        print(
+            "tuitop: the terminal UI is not built yet (issue 5); run 'tuitop --no-ui'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    options = PoolOptions(
+        log_file=args.log_file or None,
+        log_to_stderr=True,
+        max_messages=args.max_messages,
+        job_timeout=args.job_timeout,
+        grace_period=args.grace,
+        retry=RetryPolicy(base_delay=args.retry_delay, max_requeues=MAX_REQUEUES),
+        handler_modules=tuple(args.handlers),
+        sendmail=args.sendmail,
+        **({"pool_name": args.pool_name} if args.pool_name else {}),
+    )
+    return Supervisor(settings, options).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    if args.command == "config":
-        return command_config(args)
-    build_parser().print_help()
-    return EXIT_OK
+    commands = {
+        "config": command_config,
+        "enqueue": command_enqueue,
+        "notify": command_notify,
+        "dead-letters": command_dead_letters,
+    }
+    if args.command in commands:
+        return commands[args.command](args)
+    return command_run(args)

@@ -1,0 +1,58 @@
+"""Every Redis key tuitop reads or writes, in one place.
+
+The first group is Tuleap's wire format and must not change: a Tuleap front end pushes into
+``QUEUE`` and a Tuleap worker would use ``processing_list(N)``. The rest is tuitop's own
+bookkeeping, under the ``tuitop:`` prefix except where it belongs beside the queue.
+"""
+
+from __future__ import annotations
+
+# --- Tuleap's (wire-compatible) ------------------------------------------------------
+QUEUE = "app_user_events"
+"""The list producers LPUSH into and workers take from (at the right end)."""
+
+
+def processing_list(worker_id: str) -> str:
+    """The list where ``worker_id`` keeps the messages it has taken and not yet finished.
+
+    Tuleap names it after the worker's number; tuitop's worker ids are ``host/slot`` so that
+    pools on several hosts can share one queue.
+    """
+    return f"{QUEUE}-processing-{worker_id}"
+
+
+PROCESSING_PATTERN = f"{QUEUE}-processing-*"
+
+# --- tuitop's --------------------------------------------------------------------------
+DELAYED = f"{QUEUE}-delayed"
+"""Sorted set of messages waiting for their retry time (score: when they are due)."""
+
+DEAD_LETTERS = f"{QUEUE}-dead"
+"""List of messages past their last try or unusable, each wrapped with the reason."""
+
+WORKERS = "tuitop:workers"
+"""Set of the ids of every worker that may hold a processing list (live or not yet recovered)."""
+
+
+def heartbeat(worker_id: str) -> str:
+    """Hash describing a live worker (host, pid, state ...); expires when it stops beating."""
+    return f"tuitop:worker:{worker_id}"
+
+
+POOLS = "tuitop:pools"
+"""Set of the names of pools that registered."""
+
+
+def pool(pool_name: str) -> str:
+    """Hash describing a live pool (host, pid, wanted workers, config); expires with it."""
+    return f"tuitop:pool:{pool_name}"
+
+
+def stats_bucket(bucket_start: int) -> str:
+    """Hash of counters and latency histograms for the 10 s starting at ``bucket_start``."""
+    return f"tuitop:stats:{bucket_start}"
+
+
+STATS_BUCKET_SECONDS = 10
+STATS_KEEP_SECONDS = 15 * 60
+"""How long a stats bucket lives: the views read the last 5 minutes; keep some margin."""

@@ -1,0 +1,111 @@
+"""The ``worker_log`` format and the loggers of the parent and the workers.
+
+Lines are Tuleap's: ``DATE_ISO8601 [PID] [level] message``, e.g.
+``2026-11-27T10:00:00+00:00 [1234] [info] Message processed in 0.012 seconds [17/1000]``.
+Each process appends its own lines to the file (O_APPEND keeps lines whole), so the PID
+says who wrote it. The level in force can be changed while running (``LevelControl``),
+and every line is scrubbed of the secrets in force before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from tuitop.config import LogLevel, mask_secrets
+
+LOGGER_NAME = "tuitop"
+DEFAULT_LOG_FILE = "/var/log/tuleap/worker_log"
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+
+class LevelSource(Protocol):
+    """Anything holding the level in force as an int (a ``multiprocessing.Value``, say)."""
+
+    value: int
+
+
+class SettableLevel:
+    """A plain level holder, for a process that has no shared one."""
+
+    def __init__(self, level: int) -> None:
+        self.value = level
+
+
+class TuleapFormatter(logging.Formatter):
+    """Formats records as Tuleap's worker_log lines, secrets masked."""
+
+    def __init__(self, secrets: Callable[[], Sequence[str]] = tuple) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="seconds")
+        level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        return mask_secrets(f"{stamp} [{record.process}] [{level}] {text}", self._secrets())
+
+
+class LevelFilter(logging.Filter):
+    """Lets through records at or above the level in force; errors always pass."""
+
+    def __init__(self, level: LevelSource) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= min(self.level.value, logging.ERROR)
+
+
+def setup_logging(
+    *,
+    log_file: str | None,
+    to_stderr: bool,
+    level: LevelSource,
+    secrets: Callable[[], Sequence[str]] = tuple,
+) -> logging.Logger:
+    """Configures the ``tuitop`` logger of this process (idempotent: replaces handlers).
+
+    A log file that cannot be opened is reported on stderr and skipped, never fatal: the
+    pool runs on without its file rather than not at all.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.DEBUG)  # the LevelFilter decides, so a change needs no reconfig
+    logger.propagate = False
+    formatter = TuleapFormatter(secrets)
+    level_filter = LevelFilter(level)
+    handlers: list[logging.Handler] = []
+    if log_file:
+        try:
+            # Watched: after logrotate moves the file away, the next line opens a new one.
+            handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+        except OSError as error:
+            print(
+                f"tuitop: cannot write the log file {log_file}: {error.strerror}", file=sys.stderr
+            )
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(level_filter)
+        logger.addHandler(handler)
+    return logger
+
+
+def level_number(level: LogLevel) -> int:
+    return int(level)

@@ -1,0 +1,95 @@
+"""The producer side, for front ends: send a notification the way the config says.
+
+As Tuleap's front end does: when ``$sys_async_emails`` covers the notification's project,
+the notification is queued for the workers; otherwise its mails are sent inline, here and
+now. When queueing fails, it logs Tuleap's line ("Unable to queue notification for …,
+fallback to online notif") and sends inline: a notification is never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+
+from tuitop.config import Settings
+from tuitop.handlers import PermanentFailure, RetryLater
+from tuitop.mail import MailTransport, transport_for
+from tuitop.message import encode
+from tuitop.notification import TOPIC, Notification, send_notification
+from tuitop.queue import Queue
+from tuitop.redisconn import connect, describe_error
+
+QUEUED = "queued"
+SENT = "sent"
+
+
+class NotificationError(Exception):
+    """Sending inline failed (the mails not sent are in ``payload``)."""
+
+    def __init__(self, reason: str, payload: Any) -> None:
+        super().__init__(reason)
+        self.payload = payload
+
+
+class Notifier:
+    """Routes notifications by the async scope in force. Reusable; not thread-safe."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        transport: MailTransport | None = None,
+        logger: logging.Logger | None = None,
+        sendmail: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._transport = transport
+        self._sendmail = sendmail
+        self.logger = logger or logging.getLogger("tuitop.notify")
+
+    def notify(self, notification: Notification) -> str:
+        """Queues or sends ``notification``; returns ``'queued'`` or ``'sent'``.
+
+        Raises NotificationError when it had to be sent inline and that failed.
+        """
+        if self.settings.async_scope.covers(notification.project_id):
+            try:
+                self._queue().push(encode(TOPIC, notification.to_payload()))
+                return QUEUED
+            except redis.RedisError as error:
+                self.logger.warning(
+                    "[Notification] Unable to queue notification for %d, fallback to online "
+                    "notif (%s)",
+                    notification.artifact_id,
+                    describe_error(error, self.settings.redis),
+                )
+        try:
+            send_notification(notification, self._mail(), self.settings.mail.noreply, self.logger)
+        except (RetryLater, PermanentFailure) as error:
+            raise NotificationError(str(error), error.payload) from None
+        return SENT
+
+    def _queue(self) -> Queue:
+        if not self.settings.redis.configured:
+            raise redis.ConnectionError("$redis_server is empty")
+        if self._client is None:
+            self._client = connect(self.settings.redis, client_name="tuitop:notifier")
+        return Queue(self._client)
+
+    def _mail(self) -> MailTransport:
+        if self._transport is None:
+            if self._sendmail:
+                self._transport = transport_for(self.settings.mail, self._sendmail)
+            else:
+                self._transport = transport_for(self.settings.mail)
+        return self._transport
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._client is not None:
+            self._client.close()

@@ -1,0 +1,357 @@
+"""The reliable queue: push, take, ack, retry, dead-letter, recover.
+
+Every operation keeps one promise: at every moment a message is in exactly one of the queue
+(``keys.QUEUE``), one worker's processing list, the delayed set (waiting for its retry time),
+the dead-letter list — or it is done. Moves between them are atomic (a Lua script or
+MULTI/EXEC), so a crash at any point leaves each message in one of those places.
+
+Tuleap's rules: a message that comes back (its worker died, its handler failed) carries
+``_queued_total + 1`` and waits ``base · 2^min(n-1, 3)`` seconds (5, 10, 20 s); past 3 such
+returns Tuleap discards it — tuitop moves it to the dead-letter list with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis import Redis, WatchError
+from redis.client import Pipeline
+
+from tuitop import keys
+from tuitop.message import decode, with_queued_total
+from tuitop.stats import StatsBatch
+
+MAX_REQUEUES = 3
+"""Tuleap's limit: a message may come back this many times, then it is given up."""
+
+# Takes up to ARGV[1] messages into the processing list in one round trip, but no more than
+# a fair share of the queue (its depth divided by the registered workers), so that a worker
+# never sits on messages another idle worker could be running.
+_TAKE_SCRIPT = """
+local depth = redis.call('LLEN', KEYS[1])
+local workers = math.max(redis.call('SCARD', KEYS[3]), 1)
+local n = math.min(tonumber(ARGV[1]), math.floor(depth / workers))
+if n < 1 then n = 1 end
+local taken = {}
+for i = 1, n do
+  local value = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not value then break end
+  taken[#taken + 1] = value
+end
+return taken
+"""
+
+# Moves due messages from the delayed set to the head of the queue (taken next), oldest
+# due first. Members are "<unique token>|<message>" so two equal messages stay two.
+_MOVE_DUE_SCRIPT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for i = #due, 1, -1 do
+  local member = due[i]
+  local sep = string.find(member, '|', 1, true)
+  redis.call('RPUSH', KEYS[2], string.sub(member, sep + 1))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a returning message waits, and how many returns it gets."""
+
+    base_delay: float = 5.0
+    max_requeues: int = MAX_REQUEUES
+
+    def delay(self, queued_total: int) -> float:
+        """Seconds to wait before try ``queued_total`` + 1 (Tuleap: 5, 10, 20, 40 s)."""
+        return float(self.base_delay * 2 ** min(max(queued_total - 1, 0), 3))
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message given up, with why. ``entry`` is the stored value (to replay or delete)."""
+
+    message: bytes
+    reason: str
+    worker: str
+    at: float
+    tries: int
+    topic: str
+    traceback: str
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovering a processing list did."""
+
+    requeued: int
+    dead_lettered: int
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.dead_lettered
+
+
+def dead_letter_entry(
+    raw: bytes,
+    reason: str,
+    *,
+    worker: str,
+    tries: int,
+    topic: str,
+    traceback: str = "",
+    now: float | None = None,
+) -> bytes:
+    """The stored form of a dead letter (JSON; the message kept exactly when it is UTF-8)."""
+    record: dict[str, Any] = {
+        "reason": reason,
+        "worker": worker,
+        "at": time.time() if now is None else now,
+        "tries": tries,
+        "topic": topic,
+    }
+    try:
+        record["message"] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        record["message_hex"] = raw.hex()
+    if traceback:
+        record["traceback"] = traceback
+    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+
+def parse_dead_letter(entry: bytes) -> DeadLetter:
+    try:
+        record = json.loads(entry)
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        return DeadLetter(entry, "unreadable dead-letter entry", "", 0.0, 0, "", "", entry)
+    if "message_hex" in record:
+        message = bytes.fromhex(str(record["message_hex"]))
+    else:
+        message = str(record.get("message", "")).encode("utf-8")
+    return DeadLetter(
+        message=message,
+        reason=str(record.get("reason", "")),
+        worker=str(record.get("worker", "")),
+        at=float(record.get("at", 0.0)),
+        tries=int(record.get("tries", 0)),
+        topic=str(record.get("topic", "")),
+        traceback=str(record.get("traceback", "")),
+        entry=entry,
+    )
+
+
+class Queue:
+    """The queue operations on one Redis connection. Not thread-safe: one per thread."""
+
+    def __init__(self, redis: Redis, retry: RetryPolicy | None = None) -> None:
+        self.redis = redis
+        self.retry_policy = retry or RetryPolicy()
+        self._take = redis.register_script(_TAKE_SCRIPT)
+        self._move_due = redis.register_script(_MOVE_DUE_SCRIPT)
+
+    # --- producers -----------------------------------------------------------------------
+
+    def push(self, raw: bytes) -> None:
+        """LPUSH one message, as Tuleap's front end does, and count it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(keys.QUEUE, raw)
+        _count(pipe, "enqueued", 1)
+        pipe.execute()
+
+    # --- workers -------------------------------------------------------------------------
+
+    def take(self, worker_id: str, max_batch: int) -> list[bytes]:
+        """Moves up to ``max_batch`` messages (at least one when any) into the processing
+        list without blocking; returns them oldest first. Empty when the queue is empty."""
+        taken = self._take(
+            keys=[keys.QUEUE, keys.processing_list(worker_id), keys.WORKERS], args=[max_batch]
+        )
+        return list(cast(list[bytes], taken))
+
+    def take_blocking(self, worker_id: str, timeout: float) -> bytes | None:
+        """Waits up to ``timeout`` seconds for one message (BLMOVE, never polling)."""
+        # redis-py types the timeout as int; Redis >= 6 takes a decimal number of seconds.
+        value = self.redis.blmove(
+            keys.QUEUE,
+            keys.processing_list(worker_id),
+            timeout,  # type: ignore[arg-type]
+            "RIGHT",
+            "LEFT",
+        )
+        return cast(bytes | None, value)
+
+    def ack_into(self, pipe: Pipeline, worker_id: str, raws: Sequence[bytes]) -> None:
+        """Queues the removal of finished messages on ``pipe`` (the caller executes it)."""
+        processing = keys.processing_list(worker_id)
+        for raw in raws:
+            pipe.lrem(processing, 1, raw)  # type: ignore[arg-type]  # bytes are fine
+
+    def give_back(self, worker_id: str, raws: Sequence[bytes]) -> None:
+        """Returns messages taken but not started to the head of the queue, in order, with
+        their try count unchanged (they were never tried)."""
+        if not raws:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        processing = keys.processing_list(worker_id)
+        for raw in reversed(raws):
+            pipe.lrem(processing, 1, raw)  # type: ignore[arg-type]  # bytes are fine
+            pipe.rpush(keys.QUEUE, raw)
+        pipe.execute()
+
+    def fail(
+        self,
+        worker_id: str,
+        raw: bytes,
+        reason: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        replacement: bytes | None = None,
+        outcome: str = "failed",
+    ) -> str:
+        """Takes a message that failed out of the processing list, atomically into the
+        delayed set (for a retry) or the dead-letter list. ``replacement`` is what to retry
+        instead (e.g. a notification without the mails already sent). Returns ``'retried'``
+        or ``'dead'``."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrem(keys.processing_list(worker_id), 1, raw)  # type: ignore[arg-type]  # bytes are fine
+        result = self._reschedule(
+            pipe,
+            replacement if replacement is not None else raw,
+            reason,
+            worker_id,
+            traceback=traceback,
+            retryable=retryable,
+        )
+        _count(pipe, outcome, 1)
+        _count(pipe, result, 1)
+        pipe.execute()
+        return result
+
+    # --- supervisors -----------------------------------------------------------------------
+
+    def recover(self, worker_id: str, reason: str, *, forget_worker: bool = True) -> Recovery:
+        """Moves everything in ``worker_id``'s processing list back (delayed, try + 1) or to
+        the dead-letter list, atomically; safe to run from several places at once."""
+        processing = keys.processing_list(worker_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(processing)  # type: ignore[no-untyped-call]
+                    raws = cast(list[bytes], pipe.lrange(processing, 0, -1))
+                    pipe.multi()
+                    requeued = dead = 0
+                    # The list's tail holds what was taken first: recover it first.
+                    for raw in reversed(raws):
+                        if self._reschedule(pipe, raw, reason, worker_id) == "retried":
+                            requeued += 1
+                        else:
+                            dead += 1
+                    pipe.delete(processing)
+                    if forget_worker:
+                        pipe.srem(keys.WORKERS, worker_id)
+                    if requeued:
+                        _count(pipe, "retried", requeued)
+                    if dead:
+                        _count(pipe, "dead", dead)
+                    pipe.execute()
+                    return Recovery(requeued, dead)
+                except WatchError:
+                    continue
+
+    def move_due(self, now: float | None = None, limit: int = 1000) -> int:
+        """Moves delayed messages whose time has come to the head of the queue."""
+        moment = time.time() if now is None else now
+        return int(cast(int, self._move_due(keys=[keys.DELAYED, keys.QUEUE], args=[moment, limit])))
+
+    def next_due(self) -> float | None:
+        """When the next delayed message is due (Unix time), or None."""
+        first = cast(
+            list[tuple[bytes, float]], self.redis.zrange(keys.DELAYED, 0, 0, withscores=True)
+        )
+        return first[0][1] if first else None
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, start: int = 0, count: int = 50) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+        entries = cast(list[bytes], self.redis.lrange(keys.DEAD_LETTERS, start, start + count - 1))
+        return [parse_dead_letter(entry) for entry in entries]
+
+    def replay(self, letter: DeadLetter) -> bool:
+        """Puts a dead letter back at the end of the queue with a fresh try count.
+        False when it was no longer there (replayed or purged by someone else)."""
+        message = letter.message
+        if decode(message).problem is None:
+            message = with_queued_total(message, 0)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(keys.DEAD_LETTERS)  # type: ignore[no-untyped-call]
+                    if letter.entry not in cast(list[bytes], pipe.lrange(keys.DEAD_LETTERS, 0, -1)):
+                        return False
+                    pipe.multi()
+                    pipe.lrem(keys.DEAD_LETTERS, 1, letter.entry)  # type: ignore[arg-type]  # bytes are fine
+                    pipe.lpush(keys.QUEUE, message)
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    def purge_dead_letters(self) -> int:
+        """Deletes every dead letter; returns how many there were."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.llen(keys.DEAD_LETTERS)
+        pipe.delete(keys.DEAD_LETTERS)
+        count, _ = pipe.execute()
+        return int(count)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _reschedule(
+        self,
+        pipe: Pipeline,
+        raw: bytes,
+        reason: str,
+        worker_id: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+    ) -> str:
+        message = decode(raw)
+        tries = message.queued_total + 1
+        if not retryable:
+            why = reason
+        elif message.problem is not None:
+            why = f"{reason}; unusable message: {message.problem}"
+        elif tries > self.retry_policy.max_requeues:
+            why = f"{reason}; given up after {tries} tries"
+        else:
+            due = time.time() + self.retry_policy.delay(tries)
+            member = uuid.uuid4().hex.encode() + b"|" + with_queued_total(raw, tries)
+            pipe.zadd(keys.DELAYED, {member: due})
+            return "retried"
+        entry = dead_letter_entry(
+            raw,
+            why,
+            worker=worker_id,
+            tries=message.queued_total,
+            topic=message.topic,
+            traceback=traceback,
+        )
+        pipe.lpush(keys.DEAD_LETTERS, entry)
+        return "dead"
+
+
+def _count(pipe: Pipeline, outcome: str, count: int) -> None:
+    batch = StatsBatch()
+    batch.outcome(outcome, count)
+    batch.flush_into(pipe, time.time())

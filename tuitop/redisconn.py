@@ -1,0 +1,58 @@
+"""Connections to the queue's Redis, built from Settings, and errors said plainly."""
+
+from __future__ import annotations
+
+import redis
+from redis import Redis
+
+from tuitop.config import RedisSettings, mask_secrets
+
+CONNECT_TIMEOUT = 5.0
+
+
+def connect(
+    settings: RedisSettings,
+    *,
+    client_name: str | None = None,
+    socket_timeout: float | None = 30.0,
+) -> Redis:
+    """A client for ``settings`` (AUTH only when the password is not blank, as Tuleap).
+
+    Nothing is sent until the first command. ``socket_timeout`` must exceed the timeout of
+    any blocking command sent on this client.
+    """
+    return Redis(
+        host=settings.host,
+        port=settings.port,
+        password=settings.password.reveal() if settings.sends_auth else None,
+        ssl=settings.tls,
+        client_name=client_name,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
+
+
+def is_auth_error(error: BaseException) -> bool:
+    """True when Redis refused the credentials (or wants some and got none)."""
+    if isinstance(error, redis.AuthenticationError):
+        return True
+    text = str(error).upper()
+    return isinstance(error, redis.ResponseError) and (
+        "WRONGPASS" in text or "NOAUTH" in text or "INVALID PASSWORD" in text
+    )
+
+
+def describe_error(error: BaseException, settings: RedisSettings) -> str:
+    """One line an operator can act on; the password never appears in it."""
+    where = settings.address
+    if is_auth_error(error):
+        if settings.sends_auth:
+            return f"Redis at {where} refused the password ($redis_password)"
+        return f"Redis at {where} requires a password and $redis_password is empty"
+    if isinstance(error, redis.TimeoutError):
+        return f"Redis at {where} did not answer in time"
+    if isinstance(error, redis.ConnectionError):
+        return f"Redis at {where} is unreachable: {error}"
+    text = f"Redis at {where}: {type(error).__name__}: {error}"
+    return mask_secrets(text, [settings.password.reveal()])

@@ -1,0 +1,135 @@
+"""Latency histograms and outcome counters in Redis, readable by any view at a fixed cost.
+
+Workers add to a hash per 10-second bucket (``keys.stats_bucket``), pipelined with their
+acks so that recording costs no round trip of its own. A hash holds counters (``done``,
+``failed``, ``retried``, ``dead``, ``timedout``, ``enqueued``) and two log-scale histograms:
+``w:<i>`` for the wait (enqueue → start) and ``e:<i>`` for end to end (enqueue → done), with
+8 buckets per power of two of microseconds (each within 9 % of the true value). A view reads
+the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whatever the load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.client import Pipeline
+
+from tuitop import keys
+
+SUBBUCKETS_PER_OCTAVE = 8
+WAIT = "w"
+END_TO_END = "e"
+OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "enqueued")
+
+
+def latency_bucket(seconds: float) -> int:
+    """The histogram bucket of a latency (negative ones, from clock skew, count as 1 µs)."""
+    microseconds = max(seconds * 1e6, 1.0)
+    return int(math.log2(microseconds) * SUBBUCKETS_PER_OCTAVE)
+
+
+def bucket_value(index: int) -> float:
+    """The latency, in seconds, a bucket stands for (its geometric middle)."""
+    return float(2 ** ((index + 0.5) / SUBBUCKETS_PER_OCTAVE) / 1e6)
+
+
+def bucket_start(now: float) -> int:
+    return int(now) - int(now) % keys.STATS_BUCKET_SECONDS
+
+
+class StatsBatch:
+    """What a worker observed since its last flush, added to Redis in one go."""
+
+    def __init__(self) -> None:
+        self.fields: Counter[str] = Counter()
+
+    def outcome(self, name: str, count: int = 1) -> None:
+        self.fields[name] += count
+
+    def latency(self, kind: str, seconds: float) -> None:
+        self.fields[f"{kind}:{latency_bucket(seconds)}"] += 1
+
+    def flush_into(self, pipe: Pipeline, now: float) -> None:
+        """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets."""
+        if not self.fields:
+            return
+        key = keys.stats_bucket(bucket_start(now))
+        for field, count in self.fields.items():
+            pipe.hincrby(key, field, count)
+        pipe.expire(key, keys.STATS_KEEP_SECONDS)
+        self.fields.clear()
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Latency percentiles in seconds over a window; ``count`` samples (0: all None)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Counters and latencies over the last ``seconds``."""
+
+    seconds: int
+    counts: Mapping[str, int]
+    wait: Percentiles
+    end_to_end: Percentiles
+
+    def rate(self, outcome: str) -> float:
+        """Events per second over the window."""
+        return self.counts.get(outcome, 0) / self.seconds
+
+
+def percentiles(histogram: Mapping[int, int]) -> Percentiles:
+    total = sum(histogram.values())
+    if total == 0:
+        return Percentiles(0, None, None, None, None)
+    ordered = sorted(histogram.items())
+
+    def at(fraction: float) -> float:
+        rank = math.ceil(fraction * total)
+        seen = 0
+        for index, count in ordered:
+            seen += count
+            if seen >= rank:
+                return bucket_value(index)
+        return bucket_value(ordered[-1][0])
+
+    return Percentiles(total, at(0.50), at(0.95), at(0.99), bucket_value(ordered[-1][0]))
+
+
+def read_buckets(redis: Redis, now: float, seconds: int) -> list[dict[bytes, bytes]]:
+    """The raw buckets covering the last ``seconds`` (one round trip)."""
+    newest = bucket_start(now)
+    count = seconds // keys.STATS_BUCKET_SECONDS + 1
+    pipe = redis.pipeline(transaction=False)
+    for i in range(count):
+        pipe.hgetall(keys.stats_bucket(newest - i * keys.STATS_BUCKET_SECONDS))
+    return list(pipe.execute())
+
+
+def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowStats:
+    """Adds up buckets (as ``read_buckets`` returns them) into one window."""
+    counts: Counter[str] = Counter()
+    wait: Counter[int] = Counter()
+    end_to_end: Counter[int] = Counter()
+    for bucket in buckets:
+        for raw_field, raw_count in bucket.items():
+            field, count = raw_field.decode(), int(raw_count)
+            kind, _, index = field.partition(":")
+            if kind == WAIT and index:
+                wait[int(index)] += count
+            elif kind == END_TO_END and index:
+                end_to_end[int(index)] += count
+            else:
+                counts[field] += count
+    return WindowStats(seconds, dict(counts), percentiles(wait), percentiles(end_to_end))

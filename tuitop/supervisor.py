@@ -1,0 +1,573 @@
+"""The pool: starts, watches, stops and replaces worker processes.
+
+gunicorn's arbiter in miniature. Signal handlers only record the signal (and wake the loop
+through a pipe); one loop then, in order: handles recorded signals, checks Redis, reaps
+workers that exited and recovers their processing lists at once, kills workers whose job
+ran past the time limit, moves due retries back to the queue, recovers the lists of
+workers anywhere whose heartbeat expired, starts or stops workers to match the wanted
+count, publishes the pool's own heartbeat — then sleeps until the next event (a signal, a
+worker exiting, a retry falling due, or the next one-second tick).
+
+A worker that dies at start (Redis refused the password, a handler module is broken) is not
+restarted in a tight loop: the next start waits 1, 2, 4 … 60 s, and the log says why.
+
+Shutdown is warm first (SIGTERM: each worker finishes its job and leaves), cold on a second
+signal or after the grace period (SIGKILL; what the killed workers held is recovered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any, cast
+
+import psutil
+import redis
+
+from tuitop import keys
+from tuitop.config import Settings
+from tuitop.log import setup_logging
+from tuitop.mail import DEFAULT_SENDMAIL
+from tuitop.queue import Queue, RetryPolicy
+from tuitop.redisconn import connect, describe_error
+from tuitop.stats import StatsBatch
+from tuitop.worker import (
+    BUSY,
+    EXIT_HANDLERS,
+    EXIT_OK,
+    EXIT_REDIS_AUTH,
+    EXIT_REDIS_UNREACHABLE,
+    JOB_STARTED,
+    STATE,
+    STATUS_SLOTS,
+    StatusArray,
+    WorkerOptions,
+    worker_main,
+)
+
+BOOT_WINDOW = 5.0
+"""A worker that exits sooner than this after its start failed to start."""
+BOOT_BACKOFF_MAX = 60.0
+REDIS_BACKOFF_MAX = 30.0
+ORPHAN_SCAN_EVERY = 5.0
+TIMEOUT_REASON = "its job ran past the time limit"
+# Extends the pool's claim on its name only while it is still ours.
+_RENEW_NAME_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+EXIT_REASONS = {
+    EXIT_REDIS_AUTH: "Redis refused the password",
+    EXIT_REDIS_UNREACHABLE: "Redis was unreachable",
+    EXIT_HANDLERS: "its handler modules could not be loaded",
+}
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How the pool runs (command-line options, not the config files)."""
+
+    pool_name: str = field(default_factory=socket.gethostname)
+    log_file: str | None = None
+    log_to_stderr: bool = True
+    max_messages: int = 1000
+    max_batch: int = 32
+    job_timeout: float = 15 * 60.0
+    grace_period: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    handler_modules: tuple[str, ...] = ()
+    sendmail: str = DEFAULT_SENDMAIL
+    tick: float = 1.0
+    heartbeat_ttl: float = 10.0
+
+
+@dataclass
+class WorkerRecord:
+    """What the pool keeps about one worker process."""
+
+    slot: int
+    worker_id: str
+    process: BaseProcess
+    status: StatusArray
+    started: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+    kill_reason: str = ""
+
+
+class Supervisor:
+    """Runs the pool until asked to stop; ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: PoolOptions,
+        *,
+        reload: Callable[[], Settings | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self._reload = reload
+        self._context: BaseContext = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["tuitop.worker"])
+        self.level: Any = self._context.RawValue("i", int(settings.log_level))
+        self.logger = setup_logging(
+            log_file=options.log_file,
+            to_stderr=options.log_to_stderr,
+            level=self.level,
+            secrets=lambda: self.settings.secrets(),
+        )
+        self.workers: dict[int, WorkerRecord] = {}
+        self._signals: list[int] = []
+        self._wake_read, self._wake_write = os.pipe()
+        self._stop_signals = 0
+        self._redis: redis.Redis | None = None
+        self._queue: Queue | None = None
+        self._redis_ok = False
+        self._redis_down_since = 0.0
+        self._redis_retry_at = 0.0
+        self._redis_backoff = 0.0
+        self._boot_failures = 0
+        self._next_start_at = 0.0
+        self._last_orphan_scan = 0.0
+        self._pool_token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
+        self._owns_name = False
+        self._renew_name: Any = None
+        self._started = psutil.Process().create_time()
+
+    # --- signals -------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wake_write, False)
+        os.set_blocking(self._wake_read, False)
+        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._record_signal)
+
+    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop_signals += 1
+            elif signum == signal.SIGHUP:
+                self.logger.info("SIGHUP: reloading the configuration")
+                self.reload()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_read, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Reads the config again (when a loader was given) and applies it."""
+        if self._reload is None:
+            return
+        settings = self._reload()
+        if settings is not None:
+            self.apply(settings)
+
+    def apply(self, settings: Settings) -> None:
+        """Makes ``settings`` the ones in force; the loop does the rest (scaling)."""
+        old = self.settings
+        self.settings = settings
+        if old.log_level != settings.log_level:
+            self.level.value = int(settings.log_level)
+            self.logger.info("config: log level %s → %s", old.log_level, settings.log_level)
+        if old.backend_workers != settings.backend_workers:
+            self.logger.info(
+                "config: workers %d → %d", old.backend_workers, settings.backend_workers
+            )
+        if old.async_scope != settings.async_scope:
+            self.logger.info("config: async scope %s → %s", old.async_scope, settings.async_scope)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        settings = self.settings
+        if settings.redis.configured:
+            self.logger.info(
+                "Pool %s starting: %d worker(s) wanted, Redis at %s",
+                self.options.pool_name,
+                settings.backend_workers,
+                settings.redis.address,
+            )
+        else:
+            self.logger.warning(
+                "Redis is not configured ($redis_server is empty): no worker runs; "
+                "waiting for the configuration to change"
+            )
+        try:
+            while self._stop_signals == 0:
+                self._cycle()
+                self._sleep()
+                self._handle_signals()
+            self._shutdown()
+        finally:
+            signal.set_wakeup_fd(-1)
+            self._release_name()
+        return 0
+
+    def _cycle(self) -> None:
+        self._check_redis()
+        self._reap()
+        self._enforce_time_limit()
+        if self._redis_ok:
+            try:
+                self._publish()
+                assert self._queue is not None
+                self._queue.move_due()
+                self._recover_orphans()
+            except redis.RedisError as error:
+                self._redis_failed(error)
+        self._scale()
+
+    def _sleep(self) -> None:
+        now = time.time()
+        timeout = self.options.tick
+        if self._next_start_at > time.monotonic():
+            timeout = min(timeout, self._next_start_at - time.monotonic())
+        if self._redis_ok and self._queue is not None:
+            try:
+                due = self._queue.next_due()
+            except redis.RedisError as error:
+                self._redis_failed(error)
+                due = None
+            if due is not None:
+                timeout = min(timeout, max(due - now, 0.0))
+        waitables: list[Any] = [self._wake_read]
+        waitables.extend(record.process.sentinel for record in self.workers.values())
+        wait(waitables, timeout=max(timeout, 0.0))
+        self._drain_wakeups()
+
+    # --- redis -----------------------------------------------------------------------------
+
+    def _check_redis(self) -> None:
+        redis_settings = self.settings.redis
+        if not redis_settings.configured:
+            self._redis_ok = False
+            return
+        if self._redis_ok:
+            return
+        if time.monotonic() < self._redis_retry_at:
+            return
+        if self._redis is None:
+            self._redis = connect(
+                redis_settings, client_name=f"tuitop:{self.options.pool_name}:supervisor"
+            )
+            self._queue = Queue(self._redis, self.options.retry)
+            self._renew_name = self._redis.register_script(_RENEW_NAME_SCRIPT)
+        try:
+            self._redis.ping()
+            self._claim_name()
+        except redis.RedisError as error:
+            self._redis_failed(error)
+            return
+        if not self._owns_name:
+            return
+        if self._redis_down_since:
+            self.logger.warning(
+                "Redis is back after %.0f s", time.monotonic() - self._redis_down_since
+            )
+        self._redis_ok = True
+        self._redis_down_since = 0.0
+        self._redis_backoff = 0.0
+        self._recover_orphans(force=True)
+
+    def _redis_failed(self, error: BaseException) -> None:
+        self._redis_ok = False
+        self._redis_backoff = min(max(self._redis_backoff * 2, 1.0), REDIS_BACKOFF_MAX)
+        self._redis_retry_at = time.monotonic() + self._redis_backoff
+        if not self._redis_down_since:
+            self._redis_down_since = time.monotonic()
+        self.logger.error(
+            "%s; retrying in %.0f s",
+            describe_error(error, self.settings.redis),
+            self._redis_backoff,
+        )
+        if self._redis is not None:
+            self._redis.connection_pool.disconnect()
+
+    def _claim_name(self) -> None:
+        """Takes this pool's name in Redis, so that two pools never share worker ids."""
+        assert self._redis is not None
+        owner_key = keys.pool(self.options.pool_name) + ":owner"
+        ttl = int(self.options.heartbeat_ttl)
+        if self._redis.set(owner_key, self._pool_token, nx=True, ex=ttl):
+            self._owns_name = True
+            return
+        owner = cast(bytes | None, self._redis.get(owner_key))
+        if owner == self._pool_token.encode():
+            self._redis.expire(owner_key, ttl)
+            self._owns_name = True
+            return
+        self._owns_name = False
+        self._redis_retry_at = time.monotonic() + ttl
+        self.logger.error(
+            "Another pool named %s is running (%s); start this one with another "
+            "--pool-name. Trying again in %d s",
+            self.options.pool_name,
+            (owner or b"?").decode(errors="replace"),
+            ttl,
+        )
+
+    def _release_name(self) -> None:
+        if not (self._owns_name and self._redis is not None):
+            return
+        try:
+            owner_key = keys.pool(self.options.pool_name) + ":owner"
+            if self._redis.get(owner_key) == self._pool_token.encode():
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.delete(owner_key, keys.pool(self.options.pool_name))
+                pipe.srem(keys.POOLS, self.options.pool_name)
+                pipe.execute()
+        except redis.RedisError:
+            pass  # it expires on its own
+
+    def _publish(self) -> None:
+        assert self._redis is not None
+        name = self.options.pool_name
+        settings = self.settings
+        running = sum(1 for record in self.workers.values() if not record.stopping)
+        fields: dict[Any, str | int | float] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "wanted": settings.backend_workers,
+            "running": running,
+            "files": ",".join(settings.files),
+            "log_level": str(settings.log_level),
+            "async_scope": str(settings.async_scope),
+            "redis": settings.redis.address,
+            "beat": time.time(),
+        }
+        ttl = int(self.options.heartbeat_ttl)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.pool(name), mapping=fields)
+        pipe.expire(keys.pool(name), ttl)
+        pipe.sadd(keys.POOLS, name)
+        pipe.execute()
+        if not self._renew_name(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
+            # Our claim expired (Redis was away) and another pool took the name meanwhile.
+            self._owns_name = False
+            self._redis_ok = False
+            self._redis_retry_at = time.monotonic() + ttl
+            self.logger.error(
+                "Pool name %s was taken over by another pool; no new worker starts here", name
+            )
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _worker_id(self, slot: int) -> str:
+        return f"{self.options.pool_name}/{slot}"
+
+    def _start(self, slot: int) -> None:
+        worker_id = self._worker_id(slot)
+        status = self._context.RawArray("d", STATUS_SLOTS)
+        options = self.options
+        worker_options = WorkerOptions(
+            worker_id=worker_id,
+            pool=options.pool_name,
+            slot=slot,
+            settings=self.settings,
+            supervisor_pid=os.getpid(),
+            supervisor_started=self._started,
+            log_file=options.log_file,
+            log_to_stderr=options.log_to_stderr,
+            max_messages=options.max_messages,
+            max_batch=options.max_batch,
+            heartbeat_ttl=options.heartbeat_ttl,
+            retry=options.retry,
+            handler_modules=options.handler_modules,
+            sendmail=options.sendmail,
+        )
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(worker_options, status, self.level),
+            name=f"tuitop-worker {worker_id}",
+        )
+        process.start()
+        self.workers[slot] = WorkerRecord(slot, worker_id, process, cast(StatusArray, status))
+        self.logger.debug("Started worker %s (pid %s)", worker_id, process.pid)
+
+    def _scale(self) -> None:
+        wanted = self.settings.backend_workers if self.settings.redis.configured else 0
+        active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
+        for slot in reversed(active[wanted:]):
+            self._stop_worker(self.workers[slot], "the pool is scaled down")
+        missing = wanted - min(len(active), wanted)
+        if missing <= 0 or not self._redis_ok or time.monotonic() < self._next_start_at:
+            return
+        slot = 0
+        while missing > 0:
+            if slot not in self.workers:
+                self._start(slot)
+                missing -= 1
+            slot += 1
+
+    def _stop_worker(self, record: WorkerRecord, why: str) -> None:
+        if record.stopping:
+            return
+        record.stopping = True
+        self.logger.info("Stopping worker %s after its current job (%s)", record.worker_id, why)
+        if record.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.process.pid, signal.SIGTERM)
+
+    def _kill(self, record: WorkerRecord, reason: str) -> None:
+        record.kill_reason = reason
+        record.stopping = True
+        if record.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.process.pid, signal.SIGKILL)
+
+    def _enforce_time_limit(self) -> None:
+        limit = self.options.job_timeout
+        now = time.time()
+        for record in list(self.workers.values()):
+            started = record.status[JOB_STARTED]
+            if record.kill_reason or record.status[STATE] != BUSY or not started:
+                continue
+            if now - started > limit:
+                self.logger.error(
+                    "Task timed out: worker %s ran one job for more than %.0f s; killing it",
+                    record.worker_id,
+                    limit,
+                )
+                self._kill(record, f"{TIMEOUT_REASON} of {limit:.0f} s")
+
+    def _reap(self) -> None:
+        for slot, record in list(self.workers.items()):
+            if record.process.is_alive():
+                continue
+            record.process.join(timeout=0)
+            del self.workers[slot]
+            code = record.process.exitcode
+            lived = time.monotonic() - record.started
+            self._account_exit(record, code, lived)
+
+    def _account_exit(self, record: WorkerRecord, code: int | None, lived: float) -> None:
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        clean = code == EXIT_OK and not record.kill_reason
+        if clean:
+            self.logger.debug("Worker %s %s", record.worker_id, how)
+            self._boot_failures = 0
+        elif record.kill_reason:
+            self.logger.warning("Worker %s %s: %s", record.worker_id, how, record.kill_reason)
+        elif lived < BOOT_WINDOW or code in EXIT_REASONS:
+            self._boot_failures += 1
+            delay = min(2.0 ** (self._boot_failures - 1), BOOT_BACKOFF_MAX)
+            self._next_start_at = time.monotonic() + delay
+            reason = EXIT_REASONS.get(code or 0, "see the lines above")
+            self.logger.error(
+                "Worker %s %s %.1f s after its start (%s); next start in %.0f s",
+                record.worker_id,
+                how,
+                lived,
+                reason,
+                delay,
+            )
+        else:
+            self.logger.error("Worker %s %s", record.worker_id, how)
+        timed_out = record.kill_reason.startswith(TIMEOUT_REASON)
+        self._recover(record.worker_id, f"worker {record.worker_id} {how}", timed_out=timed_out)
+
+    def _recover(self, worker_id: str, reason: str, *, timed_out: bool = False) -> None:
+        """Gives back what a worker that is gone held; retried by the next cycle if Redis is
+        down (the worker stays registered until then)."""
+        if not self._redis_ok or self._queue is None or self._redis is None:
+            return
+        try:
+            recovery = self._queue.recover(worker_id, reason)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.delete(keys.heartbeat(worker_id))
+            if timed_out:
+                batch = StatsBatch()
+                batch.outcome("timedout")
+                batch.flush_into(pipe, time.time())
+            pipe.execute()
+        except redis.RedisError as error:
+            self._redis_failed(error)
+            return
+        if recovery.total:
+            self.logger.warning(
+                "Recovered %d message(s) of worker %s: %d will be retried, %d dead-lettered",
+                recovery.total,
+                worker_id,
+                recovery.requeued,
+                recovery.dead_lettered,
+            )
+
+    def _recover_orphans(self, force: bool = False) -> None:
+        """Recovers the lists of registered workers, on any host, whose heartbeat expired."""
+        now = time.monotonic()
+        if not force and now - self._last_orphan_scan < ORPHAN_SCAN_EVERY:
+            return
+        self._last_orphan_scan = now
+        assert self._redis is not None
+        ours = {record.worker_id for record in self.workers.values()}
+        members = [m.decode() for m in cast(set[bytes], self._redis.smembers(keys.WORKERS))]
+        candidates = [worker_id for worker_id in members if worker_id not in ours]
+        if not candidates:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for worker_id in candidates:
+            pipe.exists(keys.heartbeat(worker_id))
+        for worker_id, alive in zip(candidates, pipe.execute(), strict=True):
+            if not alive:
+                self._recover(worker_id, f"worker {worker_id} stopped beating")
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        alive = [record for record in self.workers.values() if record.process.is_alive()]
+        if alive:
+            self.logger.info(
+                "Shutting down: %d worker(s) finish their current job (up to %.0f s; "
+                "signal again to stop at once)",
+                len(alive),
+                self.options.grace_period,
+            )
+        for record in alive:
+            self._stop_worker(record, "the pool is shutting down")
+        deadline = time.monotonic() + self.options.grace_period
+        first_signals = self._stop_signals
+        while self.workers and time.monotonic() < deadline and self._stop_signals == first_signals:
+            sentinels: list[Any] = [self._wake_read]
+            sentinels.extend(record.process.sentinel for record in self.workers.values())
+            wait(sentinels, timeout=min(1.0, max(deadline - time.monotonic(), 0.0)))
+            self._drain_wakeups()
+            self._handle_signals()
+            self._check_redis()
+            self._reap()
+        if self.workers:
+            why = "a second signal" if self._stop_signals > first_signals else "the grace period"
+            self.logger.warning(
+                "Killing %d worker(s) after %s; what they held is recovered", len(self.workers), why
+            )
+            for record in self.workers.values():
+                self._kill(record, f"killed at shutdown after {why}")
+            for record in self.workers.values():
+                record.process.join(timeout=5)
+            self._reap()
+        self.logger.info("Pool %s stopped", self.options.pool_name)
