@@ -22,3 +22,11 @@ class ConfigError(Exception):
     def __reduce__(self) -> tuple[type[ConfigError], tuple[str, int, int, str]]:
         # Picklable with its fields, so it can cross a process boundary intact.
         return (ConfigError, (self.path, self.line, self.column, self.reason))
+
+
+class RedisServerError(Exception):
+    """An embedded Redis server (:mod:`tuitop.redisserver`) that cannot be found or started.
+
+    The message says which binary, port and directory were involved and, when the server
+    did not start, ends with the tail of its log. It never contains the server's password.
+    """
