@@ -66,6 +66,16 @@ _OPERATORS = sorted(
 )  # fmt: skip
 _ASSIGN_OPS = {"=": "", ".=": ".", "+=": "+", "-=": "-", "*=": "*", "/=": "/", "%=": "%"}
 _BINARY_PRECEDENCE = {".": 1, "+": 2, "-": 2, "*": 3, "/": 3, "%": 3}
+# PHP operators outside the subset ("==", "??", "[", "@", "{"...): where the parser expected
+# something else, they mean valid PHP that tuitop does not support, rather than a typo.
+_UNSUPPORTED_OPERATORS = (
+    frozenset(_OPERATORS) - set(_ASSIGN_OPS) - set(_BINARY_PRECEDENCE) - {";", "(", ")", ",", "!"}
+)
+_CAST = re.compile(
+    r"\([ \t]*(?:int|integer|bool|boolean|float|double|real|string|binary|array|object|unset)"
+    r"[ \t]*\)",
+    re.IGNORECASE,
+)
 # PHP keywords an admin might try in a config file: refused by name, not as a puzzle.
 _KEYWORDS = frozenset(
     "abstract and array as break callable case catch class clone const continue declare "
@@ -75,11 +85,19 @@ _KEYWORDS = frozenset(
     "namespace new or print private protected public readonly require require_once return "
     "static switch throw trait try unset use var while xor yield".split()
 )
+_SUPERGLOBALS = frozenset(
+    "GLOBALS _SERVER _GET _POST _COOKIE _FILES _ENV _REQUEST _SESSION".split()
+)
+# Magic constants that are empty outside a class, function or namespace, as in a config file.
+_EMPTY_MAGIC_CONSTANTS = frozenset(
+    "__class__ __function__ __method__ __namespace__ __trait__".split()
+)
 _SIMPLE_ESCAPES = {
     "n": b"\n", "t": b"\t", "r": b"\r", "v": b"\v", "e": b"\x1b", "f": b"\f",
     "\\": b"\\", "$": b"$", '"': b'"',
 }  # fmt: skip
 _WHITESPACE = b" \t\n\r\v\f"
+_DIGITS = frozenset("0123456789")
 _NUMERIC_PREFIX = re.compile(
     rb"[ \t\n\r\v\f]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 )
@@ -131,7 +149,8 @@ class _Source:
     def __init__(self, data: bytes, path: str) -> None:
         self.text = data.decode("utf-8", "surrogateescape")
         self.path = path
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        # PHP counts a lone "\r" as a line break too (old Mac files), for __LINE__ and errors.
+        self._line_starts = [0] + [m.end() for m in re.finditer("\r\n|\r|\n", self.text)]
 
     def position(self, offset: int) -> tuple[int, int]:
         lo, hi = 0, len(self._line_starts) - 1
@@ -154,9 +173,15 @@ class _Source:
 def _accumulate(digits: str, base: int) -> float:
     # PHP turns an overflowing hex/octal/binary literal into a float by accumulating
     # digit by digit in a double (zend_hex_strtod & co.); do the same, rounding included.
+    # zend_oct_strtod and zend_bin_strtod compute "value * base + c - '0'" with c the digit's
+    # character: the code is added, then 48 taken away, each step rounding on its own
+    # (0b1 followed by 63 zeros is 2**63 - 1024, not 2**63).
     value = 0.0
     for digit in digits:
-        value = value * base + int(digit, base)
+        if base == 16:
+            value = value * base + int(digit, base)
+        else:
+            value = value * base + ord(digit) - ord("0")
     return value
 
 
@@ -230,6 +255,15 @@ class _Lexer:
             else:
                 return
 
+    def _variable_name(self, name: str, offset: int) -> str:
+        # $this and the superglobals are not variables of the file's scope: PHP refuses to
+        # assign $this, and $_SERVER & co. live outside the function Tuleap includes in.
+        if name == "this":
+            raise self.src.error(offset, "$this is not supported: config files have no object")
+        if name in _SUPERGLOBALS:
+            raise self.src.error(offset, f"the superglobal ${name} is not supported")
+        return name
+
     def _token(self, start: int) -> Token:
         text = self.text
         char = text[start]
@@ -240,7 +274,7 @@ class _Lexer:
                     raise self.src.error(start, "variable variables are not supported")
                 raise self.src.error(start, "expected a variable name after '$'")
             self.pos = match.end()
-            return Token("var", match.group(), start)
+            return Token("var", self._variable_name(match.group(), start), start)
         if char in "bB" and start + 1 < len(text) and text[start + 1] in "'\"":
             self.pos = start + 1
             return self._string(start + 1, start)
@@ -248,9 +282,13 @@ class _Lexer:
             return self._string(start, start)
         if char == "`":
             raise self.src.error(start, "shell commands in backticks are not supported")
+        if char == "(" and _CAST.match(text, start):
+            # PHP lexes "(int)" as one token, spaces and tabs inside included.
+            raise self.src.error(start, "type casts such as (int) are not supported")
         if text.startswith("<<<", start):
             raise self.src.error(start, "heredoc and nowdoc strings are not supported")
-        if char.isdigit() or (char == "." and start + 1 < len(text) and text[start + 1].isdigit()):
+        # ASCII digits only: str.isdigit() also takes "²" or "٣", which PHP reads as names.
+        if char in _DIGITS or (char == "." and text[start + 1 : start + 2] in _DIGITS):
             return self._number(start)
         match = _LABEL.match(text, start)
         if match is not None:
@@ -325,7 +363,9 @@ class _Lexer:
 
         while True:
             if pos >= len(text):
-                raise self.src.error(quote_at, "unterminated string: no closing '\"'")
+                # PHP reads the rest of the file as the string and then misses its end:
+                # the error is on the last line, where php -l puts it.
+                raise self.src.error(pos, "unterminated string: no closing '\"'")
             char = text[pos]
             if char == '"':
                 break
@@ -359,7 +399,7 @@ class _Lexer:
         octal = re.compile(r"[0-7]{1,3}").match(text, pos + 1)
         if octal is not None:
             return bytes([int(octal.group(), 8) & 0xFF]), octal.end()
-        hexa = re.compile(r"x([0-9A-Fa-f]{1,2})").match(text, pos + 1)
+        hexa = re.compile(r"[xX]([0-9A-Fa-f]{1,2})").match(text, pos + 1)
         if hexa is not None:
             return bytes([int(hexa.group(1), 16)]), hexa.end()
         if code == "u" and text.startswith("{", pos + 2):
@@ -383,13 +423,13 @@ class _Lexer:
         for arrow in ("->", "?->"):
             if self.text.startswith(arrow, end) and _LABEL.match(self.text, end + len(arrow)):
                 raise self.src.error(end, "object properties in strings are not supported")
-        return (match.group(), pos), end
+        return (self._variable_name(match.group(), pos), pos), end
 
     def _braced_interpolation(self, pos: int) -> tuple[tuple[str, int], int]:
         match = _LABEL.match(self.text, pos + 2)
         if match is None or not self.text.startswith("}", match.end()):
             raise self.src.error(pos, "only {$name} and ${name} are supported in strings")
-        return (match.group(), pos), match.end() + 1
+        return (self._variable_name(match.group(), pos), pos), match.end() + 1
 
 
 # --- syntax tree -----------------------------------------------------------------------
@@ -493,7 +533,10 @@ class _Parser:
         return token.kind == "op" and token.value in ops
 
     def _fail(self, token: Token, expected: str) -> ConfigError:
-        if token.kind == "ident" and str(token.value).lower() in _KEYWORDS:
+        unsupported_operator = token.kind == "op" and token.value in _UNSUPPORTED_OPERATORS
+        if unsupported_operator or (
+            token.kind == "ident" and str(token.value).lower() in _KEYWORDS
+        ):
             return self.src.error(
                 token.offset,
                 f"'{token.value}' is not supported in tuitop config files "
@@ -588,6 +631,10 @@ class _Parser:
             elif not self._is_op(separator, ")"):
                 raise self._fail(separator, "',' or ')'")
         self._take()
+        if function == "getenv" and not args:
+            raise self.src.error(
+                name.offset, "getenv() returns the whole environment without a name: not supported"
+            )
         low, high = _FUNCTION_ARITY[function]
         if not low <= len(args) <= high:
             raise self.src.error(
@@ -666,19 +713,28 @@ def _numeric_prefix(value: bytes) -> tuple[int | float, bool, bool]:
 
 
 def to_php_int(value: PhpValue) -> int:
-    """PHP's ``(int)`` cast (``(int) '12abc'`` is 12, ``(int) 'abc'`` is 0)."""
+    """PHP's ``(int)`` cast (``(int) '12abc'`` is 12, ``(int) 'abc'`` is 0), also what ``%``
+    makes of its operands.
+
+    Beyond the int range a numeric string saturates (``'1e19'`` is PHP_INT_MAX) but a float
+    wraps modulo 2**64 (``1e19`` is -8446744073709551616); INF and NAN give 0 either way.
+    """
     if isinstance(value, bytes):
         number, _, _ = _numeric_prefix(value)
-        if isinstance(number, float):
-            if math.isfinite(number) and PHP_INT_MIN <= number <= PHP_INT_MAX:
-                return int(number)
-            # A numeric string too large for an int saturates, as strtol does.
-            return PHP_INT_MAX if number > 0 else PHP_INT_MIN
-        return number
-    if isinstance(value, float):
-        if not math.isfinite(value) or not PHP_INT_MIN <= value < 2.0**63:
+        if isinstance(number, int):
+            return number
+        if not math.isfinite(number):
             return 0
-        return int(value)
+        if not -(2.0**63) <= number < 2.0**63:
+            # zend_dval_to_lval_cap, which PHP uses for strings.
+            return PHP_INT_MAX if number > 0 else PHP_INT_MIN
+        return int(number)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return 0
+        # zend_dval_to_lval: an out-of-range float keeps its low 64 bits, as a signed int.
+        wrapped = int(value) % 2**64
+        return wrapped - 2**64 if wrapped > PHP_INT_MAX else wrapped
     return int(value or 0)
 
 
@@ -760,8 +816,15 @@ class _Run:
             # PHP compiles -x as x * -1 and +x as x * 1 (errors and overflow included).
             return self.binary(node, "*", operand, -1 if node.operator == "-" else 1)
         if isinstance(node, _Binary):
-            left = self.evaluate(node.left)
-            right = self.evaluate(node.right)
+            if isinstance(node.left, _Variable):
+                # PHP reads a plain variable operand only when the operator runs, after the
+                # right operand: with $a = 1, "$a + ($a = 2)" is 4 and "$u . ($u = 'x')" is
+                # 'xx' without a warning.
+                right = self.evaluate(node.right)
+                left = self.evaluate(node.left)
+            else:
+                left = self.evaluate(node.left)
+                right = self.evaluate(node.right)
             return self.binary(node, node.operator, left, right)
         if isinstance(node, _Call):
             return self.call(node)
@@ -778,6 +841,8 @@ class _Run:
     def constant(self, node: _Constant) -> PhpValue:
         name = node.name
         lowered = name.lower()
+        if lowered in _EMPTY_MAGIC_CONSTANTS:
+            return b""
         if lowered == "__line__":
             return self.src.position(node.offset)[0]
         if lowered == "__file__":
@@ -789,12 +854,22 @@ class _Run:
             return self.interpreter.constants[name]
         if name in _BUILTIN_CONSTANTS:
             return _BUILTIN_CONSTANTS[name]
-        raise self.src.error(node.offset, f'undefined constant "{name}"')
+        raise self.src.error(
+            node.offset,
+            f'undefined constant "{name}" (tuitop supports only the constants of define() '
+            "and a few of PHP's: PHP_EOL, PHP_INT_MAX, DIRECTORY_SEPARATOR...)",
+        )
 
     def call(self, node: _Call) -> PhpValue:
         args = [self.evaluate(arg) for arg in node.args]
         if node.function == "getenv":
-            value = self.interpreter.environ.get(to_php_string(args[0]).decode(errors="replace"))
+            if args[0] is None:
+                raise self.src.error(
+                    node.offset, "getenv(null) returns the whole environment: not supported"
+                )
+            # The C getenv() PHP calls stops at a NUL byte.
+            wanted = to_php_string(args[0]).split(b"\0")[0]
+            value = self.interpreter.environ.get(wanted.decode("utf-8", "surrogateescape"))
             return False if value is None else value.encode("utf-8", "surrogateescape")
         name = to_php_string(args[0]).decode("utf-8", "surrogateescape")
         if name in self.interpreter.constants or name in _BUILTIN_CONSTANTS:
@@ -826,10 +901,12 @@ class _Run:
         a = self.number(node, left)
         b = self.number(node, right)
         if operator == "%":
-            divisor = to_php_int(b)
+            # From the operands as written: a string and a float of the same value convert
+            # differently once beyond the int range (see to_php_int).
+            divisor = to_php_int(right)
             if divisor == 0:
                 raise self.src.error(node.offset, "modulo by zero")
-            dividend = to_php_int(a)
+            dividend = to_php_int(left)
             if divisor == -1:
                 return 0
             remainder = abs(dividend) % abs(divisor)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import redis
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tuitop.config import RedisSettings, mask_secrets
 
@@ -19,7 +21,9 @@ def connect(
     """A client for ``settings`` (AUTH only when the password is not blank, as Tuleap).
 
     Nothing is sent until the first command. ``socket_timeout`` must exceed the timeout of
-    any blocking command sent on this client.
+    any blocking command sent on this client. A command is tried once more on a fresh
+    connection (a pooled one may have gone stale); past that the error reaches the caller,
+    whose own back-off says so in the log, instead of redis-py retrying silently for seconds.
     """
     return Redis(
         host=settings.host,
@@ -30,6 +34,7 @@ def connect(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
     )
 
 

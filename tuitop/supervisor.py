@@ -230,6 +230,7 @@ class Supervisor:
         self._check_redis()
         self._reap()
         self._enforce_time_limit()
+        self._reap()  # a worker just killed for its time limit frees its slot for the next
         if self._redis_ok:
             try:
                 self._publish()
@@ -437,6 +438,7 @@ class Supervisor:
         if record.process.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.process.pid, signal.SIGKILL)
+            record.process.join(timeout=1.0)  # SIGKILL is quick; reap it in this cycle
 
     def _enforce_time_limit(self) -> None:
         limit = self.options.job_timeout
@@ -551,17 +553,18 @@ class Supervisor:
         for record in alive:
             self._stop_worker(record, "the pool is shutting down")
         deadline = time.monotonic() + self.options.grace_period
-        first_signals = self._stop_signals
-        while self.workers and time.monotonic() < deadline and self._stop_signals == first_signals:
+        # Two signals, even back to back, mean "now": no waiting for the jobs.
+        while self.workers and time.monotonic() < deadline and self._stop_signals < 2:
             sentinels: list[Any] = [self._wake_read]
             sentinels.extend(record.process.sentinel for record in self.workers.values())
             wait(sentinels, timeout=min(1.0, max(deadline - time.monotonic(), 0.0)))
             self._drain_wakeups()
             self._handle_signals()
             self._check_redis()
+            self._enforce_time_limit()
             self._reap()
         if self.workers:
-            why = "a second signal" if self._stop_signals > first_signals else "the grace period"
+            why = "a second signal" if self._stop_signals >= 2 else "the grace period"
             self.logger.warning(
                 "Killing %d worker(s) after %s; what they held is recovered", len(self.workers), why
             )

@@ -248,7 +248,9 @@ class Worker:
                 self._sleep(backoff)
 
     def _next_batch(self) -> list[bytes]:
-        size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time)))
+        # Never take more than the worker will run before it is recycled.
+        left = int(self.options.max_messages - self.status[PROCESSED])
+        size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
         batch = self.queue.take(self.id, size)
         if batch:
             return batch

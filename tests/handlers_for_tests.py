@@ -1,0 +1,42 @@
+"""Handlers the end-to-end tests load into real workers with ``--handlers``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tuitop.handlers import HandlerRegistry, Job
+from tuitop.redisconn import connect
+
+RUNS_KEY = "test:runs"
+
+
+def _count_run(job: Job, payload: Any) -> None:
+    client = connect(job.settings.redis)
+    try:
+        client.rpush(RUNS_KEY, str(payload.get("id", "")) if isinstance(payload, dict) else "")
+    finally:
+        client.close()
+
+
+def fail(payload: Any, job: Job) -> None:
+    """Always raises (after counting the run)."""
+    _count_run(job, payload)
+    raise RuntimeError("boom from test.fail")
+
+
+def sleep(payload: Any, job: Job) -> None:
+    """Sleeps ``payload['seconds']`` (after counting the run)."""
+    _count_run(job, payload)
+    time.sleep(float(payload["seconds"]))
+
+
+def count(payload: Any, job: Job) -> None:
+    """Only counts the run."""
+    _count_run(job, payload)
+
+
+def register(registry: HandlerRegistry) -> None:
+    registry.register("test.fail", fail)
+    registry.register("test.sleep", sleep)
+    registry.register("test.count", count)

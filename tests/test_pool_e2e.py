@@ -1,0 +1,379 @@
+"""End to end: the real ``tuitop --no-ui`` against a private Redis and a real SMTP server.
+
+Every path a job can take is driven here through the real processes: done, failed and
+retried, dead-lettered, worker killed mid-job, timed out, recycled, warm and cold shutdown,
+supervisor killed, bad input, wrong password, Redis away at start and restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.conftest import RedisServerFactory, SmtpServerFactory
+from tests.handlers_for_tests import RUNS_KEY
+from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
+from tests.smtp_server import SmtpServer
+from tuitop import keys
+from tuitop.message import encode
+from tuitop.notification import TOPIC
+from tuitop.queue import Queue, parse_dead_letter
+from tuitop.redisserver import EmbeddedRedis
+
+FAST_RETRY = ("--retry-delay", "0.05")
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Pool]]:
+    """Pools started by a test; whatever is left running is killed afterwards."""
+    started: list[Pool] = []
+    yield started
+    for pool in started:
+        pool.kill_all()
+
+
+def start_pool(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:
+    pool = Pool(tmp_path, config, *args).start()
+    pools.append(pool)
+    return pool
+
+
+def notification(index: int, *, project: int = 101) -> bytes:
+    return encode(
+        TOPIC,
+        {
+            "project_id": project,
+            "artifact_id": index,
+            "changeset_id": 1000 + index,
+            "mails": [
+                {
+                    "to": [f"user{index}@example.com"],
+                    "subject": f"artifact #{index} updated",
+                    "text": f"Artifact {index} changed.",
+                }
+            ],
+        },
+    )
+
+
+def push_all(client: redis.Redis, raws: list[bytes]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for raw in raws:
+        pipe.lpush(keys.QUEUE, raw)
+    pipe.execute()
+
+
+def nothing_pending(client: redis.Redis) -> bool:
+    return (
+        client.llen(keys.QUEUE) == 0
+        and not processing_lists(client)
+        and client.zcard(keys.DELAYED) == 0
+    )
+
+
+def test_delivers_every_one_of_1000_notifications(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, smtp_port=smtp_server.port)
+    pool = start_pool(pools, tmp_path, config)
+    push_all(redis_client, [notification(i) for i in range(1000)])
+    received = smtp_server.wait_for(1000, timeout=120)
+    assert sorted(m.subject for m in received) == sorted(
+        f"artifact #{i} updated" for i in range(1000)
+    )
+    assert all(m.mail_from == "noreply@example.com" for m in received)
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    assert pool.stop() == 0
+    log = pool.log()
+    assert log.count("Start notification") == 1000
+    assert log.count("End notification") == 1000
+    assert len(smtp_server.messages) == 1000  # no duplicate either
+
+
+def test_worker_killed_mid_job_its_message_is_delivered_after_all(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server_factory: SmtpServerFactory,
+) -> None:
+    smtp = smtp_server_factory(delay=30.0)
+    config = write_config(tmp_path, port=redis_server.port, workers=1, smtp_port=smtp.port)
+    pool = start_pool(pools, tmp_path, config, *FAST_RETRY)
+    push_all(redis_client, [notification(7)])
+    busy = wait_until(
+        lambda: [hb for hb in worker_heartbeats(redis_client).values() if hb["state"] == "busy"],
+        what="a busy worker",
+    )[0]
+    assert busy["topic"] == TOPIC
+    # The relay holds the mail for 30 s: the worker is in the middle of its job.
+    time.sleep(0.5)
+    smtp.set_delay(0.0)
+    psutil.Process(int(busy["pid"])).kill()
+    delivered = smtp.wait_for(1, timeout=20)
+    assert delivered[0].subject == "artifact #7 updated"
+    log = pool.log()
+    assert "was killed by SIGKILL" in log
+    assert "Recovered 1 message(s) of worker" in log
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    assert pool.stop() == 0
+
+
+def test_sigterm_is_a_warm_shutdown_that_loses_nothing(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server_factory: SmtpServerFactory,
+) -> None:
+    smtp = smtp_server_factory(delay=0.4)
+    config = write_config(tmp_path, port=redis_server.port, workers=2, smtp_port=smtp.port)
+    pool = start_pool(pools, tmp_path, config)
+    total = 20
+    push_all(redis_client, [notification(i) for i in range(total)])
+    smtp.wait_for(2, timeout=20)
+    assert pool.stop(timeout=30) == 0
+    # No job was cut off: each message is either delivered or still queued, never lost.
+    assert smtp.abandoned == []
+    delivered = {m.subject for m in smtp.messages}
+    queued = [json.loads(raw) for raw in redis_client.lrange(keys.QUEUE, 0, -1)]
+    still_queued = {f"artifact #{m['payload']['artifact_id']} updated" for m in queued}
+    assert delivered.isdisjoint(still_queued)
+    assert len(delivered) + len(still_queued) == total
+    assert all(m["_queued_total"] == 0 for m in queued)
+    assert processing_lists(redis_client) == {}
+    assert redis_client.zcard(keys.DELAYED) == 0
+    assert redis_client.smembers(keys.WORKERS) == set()
+    assert "Shutting down" in pool.log()
+
+
+def test_second_signal_is_a_cold_shutdown_and_the_cut_jobs_are_kept(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, "--handlers", "tests.handlers_for_tests")
+    push_all(redis_client, [encode("test.sleep", {"id": "long", "seconds": 60})])
+    wait_until(lambda: redis_client.llen(RUNS_KEY) == 1, what="the job to start")
+    pool.signal(signal.SIGTERM)
+    pool.wait_for_log("Shutting down")
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(timeout=20) == 0
+    # The cut job went back with one more try, waiting for its retry time: not lost.
+    delayed = redis_client.zrange(keys.DELAYED, 0, -1)
+    assert len(delayed) == 1
+    assert json.loads(delayed[0].split(b"|", 1)[1])["_queued_total"] == 1
+    assert processing_lists(redis_client) == {}
+
+
+def test_killed_supervisor_leaves_no_orphan(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=3)
+    pool = start_pool(pools, tmp_path, config)
+    wait_until(lambda: len(worker_heartbeats(redis_client)) == 3, what="3 workers")
+    family = psutil.Process(pool.pid).children(recursive=True)
+    assert len(family) >= 3
+    pool.signal(signal.SIGKILL)
+    pool.wait(timeout=10)
+    _gone, alive = psutil.wait_procs(family, timeout=10)
+    assert alive == [], f"orphans left: {[p.pid for p in alive]}"
+
+
+def test_bad_messages_go_to_the_dead_letters_with_reasons(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, smtp_port=smtp_server.port)
+    pool = start_pool(pools, tmp_path, config)
+    bad_payload = encode(TOPIC, {"project_id": 1, "artifact_id": 2, "changeset_id": 3})
+    push_all(
+        redis_client,
+        [b"this is not JSON", encode("no.such.topic", {}), bad_payload, b"[1, 2]", notification(1)],
+    )
+    smtp_server.wait_for(1)
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 4, what="4 dead letters")
+    reasons = sorted(
+        parse_dead_letter(e).reason for e in redis_client.lrange(keys.DEAD_LETTERS, 0, -1)
+    )
+    assert any("not JSON" in r for r in reasons)
+    assert any("unknown topic 'no.such.topic'" in r for r in reasons)
+    assert any("payload.mails" in r for r in reasons)
+    assert any("not a JSON object" in r for r in reasons)
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    assert pool.stop() == 0
+
+
+def test_failing_handler_is_retried_then_dead_lettered_with_its_traceback(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests", *FAST_RETRY
+    )
+    push_all(redis_client, [encode("test.fail", {"id": "f1"})])
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 1, what="a dead letter")
+    assert redis_client.llen(RUNS_KEY) == 4  # the first try and Tuleap's 3 returns
+    letter = parse_dead_letter(redis_client.lindex(keys.DEAD_LETTERS, 0))
+    assert "given up after 4 tries" in letter.reason
+    assert "RuntimeError: boom from test.fail" in letter.traceback
+    assert letter.topic == "test.fail"
+    assert "boom from test.fail" in pool.log()
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    # An operator replays it: it runs again, with a fresh try count.
+    assert Queue(redis_client).replay(letter)
+    wait_until(lambda: redis_client.llen(RUNS_KEY) >= 5, what="the replayed run")
+    assert pool.stop() == 0
+
+
+def test_job_past_the_time_limit_kills_its_worker_and_is_retried(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools,
+        tmp_path,
+        config,
+        "--handlers",
+        "tests.handlers_for_tests",
+        "--job-timeout",
+        "1",
+        *FAST_RETRY,
+    )
+    push_all(redis_client, [encode("test.sleep", {"id": "s", "seconds": 60})])
+    pool.wait_for_log("Task timed out", timeout=20)
+    wait_until(lambda: redis_client.llen(RUNS_KEY) >= 2, what="a retry after the timeout")
+    assert "its job ran past the time limit" in pool.log()
+    pool.signal(signal.SIGTERM)
+    pool.wait_for_log("Shutting down")
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(timeout=20) == 0
+    total = (
+        redis_client.llen(keys.QUEUE)
+        + redis_client.zcard(keys.DELAYED)
+        + redis_client.llen(keys.DEAD_LETTERS)
+        + sum(processing_lists(redis_client).values())
+    )
+    assert total == 1  # still somewhere, never lost
+
+
+def test_workers_are_recycled_after_max_messages(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests", "--max-messages", "5"
+    )
+    push_all(redis_client, [encode("test.count", {"id": i}) for i in range(23)])
+    wait_until(lambda: redis_client.llen(RUNS_KEY) == 23, what="23 runs")
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    log = pool.log()
+    assert log.count("Max messages reached") >= 4
+    worker_pids = set(re.findall(r"\[(\d+)\] \[info\] Start service", log))
+    assert len(worker_pids) >= 5  # one fresh process per 5 messages
+    assert sorted(int(x) for x in redis_client.lrange(RUNS_KEY, 0, -1)) == list(range(23))
+    assert pool.stop() == 0
+
+
+def test_wrong_redis_password_is_said_plainly_and_never_printed(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    right = "the-right-password-is-long-enough-0123456789"
+    wrong = "a-wrong-password-that-must-not-leak-9876543210"
+    server = redis_server_factory(password=right)
+    config = write_config(tmp_path, port=server.port, password=wrong)
+    pool = start_pool(pools, tmp_path, config)
+    pool.wait_for_log("refused the password", count=2, timeout=20)
+    assert pool.stop() == 0
+    everything = pool.log() + pool.output()
+    assert right not in everything and wrong not in everything
+    assert "Start service" not in everything  # no worker was started against it
+    # Backed off (1, 2, 4 s ...), not a tight loop.
+    assert everything.count("refused the password") < 10
+
+
+def test_redis_unreachable_at_start_then_up(
+    tmp_path: Path,
+    pools: list[Pool],
+) -> None:
+    server = EmbeddedRedis()
+    try:
+        server.start()
+        port = server.port
+        server.stop()
+        config = write_config(tmp_path, port=port, workers=1)
+        pool = start_pool(pools, tmp_path, config)
+        pool.wait_for_log("unreachable.*retrying in", timeout=20)
+        server.start()
+        client = server.client()
+        wait_until(lambda: worker_heartbeats(client), timeout=40, what="a worker")
+        client.lpush(keys.QUEUE, encode("tuitop.noop", {}))
+        wait_until(lambda: nothing_pending(client), what="the message done")
+        assert pool.stop() == 0
+    finally:
+        server.close()
+
+
+def test_redis_restarted_under_the_pool(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    server = redis_server_factory(appendonly=True)
+    client = server.client()
+    config = write_config(tmp_path, port=server.port, workers=2)
+    pool = start_pool(pools, tmp_path, config, "--handlers", "tests.handlers_for_tests")
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    server.kill()
+    pool.wait_for_log("unreachable", timeout=20)
+    server.start()
+    client = server.client()
+    client.lpush(keys.QUEUE, *[encode("test.count", {"id": i}) for i in range(5)])
+    wait_until(lambda: client.llen(RUNS_KEY) == 5, timeout=40, what="5 runs after the restart")
+    pool.wait_for_log("Redis is back", timeout=20)
+    assert pool.stop() == 0
+
+
+def test_no_redis_server_means_no_worker_and_says_so(tmp_path: Path, pools: list[Pool]) -> None:
+    config = tmp_path / "local.inc"
+    config.write_text("<?php\n$sys_nb_backend_workers = 3;\n")
+    pool = start_pool(pools, tmp_path, config)
+    pool.wait_for_log(r"Redis is not configured \(\$redis_server is empty\)")
+    time.sleep(1)
+    family = psutil.Process(pool.pid).children(recursive=True)
+    assert not [p for p in family if "forkserver" in " ".join(p.cmdline())]
+    assert "Start service" not in pool.log()
+    assert pool.stop() == 0
