@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import psutil
 import redis
+from setproctitle import setproctitle
 
 from tuitop import keys
 from tuitop.config import Settings
@@ -201,6 +202,7 @@ class Supervisor:
     # --- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
+        setproctitle(f"tuitop: pool {self.options.pool_name}")
         self._install_signals()
         settings = self.settings
         if settings.redis.configured:

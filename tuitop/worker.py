@@ -33,6 +33,7 @@ from typing import Any, Protocol, cast
 
 import psutil
 import redis
+from setproctitle import setproctitle
 
 from tuitop import keys
 from tuitop.config import Settings
@@ -95,7 +96,8 @@ class WorkerOptions:
     log_to_stderr: bool = False
     max_messages: int = 1000
     max_batch: int = 32
-    block_timeout: float = 1.0
+    block_timeout: float = 5.0
+    """Seconds a BLMOVE waits; a stop request cuts it short, so it only bounds idle traffic."""
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -130,6 +132,7 @@ class Worker:
     # --- life cycle ------------------------------------------------------------------------
 
     def run(self) -> int:
+        setproctitle(f"tuitop: worker {self.id}")
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         set_parent_death_signal(signal.SIGTERM)
