@@ -377,3 +377,24 @@ def test_no_redis_server_means_no_worker_and_says_so(tmp_path: Path, pools: list
     assert not [p for p in family if "forkserver" in " ".join(p.cmdline())]
     assert "Start service" not in pool.log()
     assert pool.stop() == 0
+
+
+def test_sighup_rereads_the_files_and_keeps_the_last_good_config(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config)
+    wait_until(lambda: len(worker_heartbeats(redis_client)) == 1, what="1 worker")
+    write_config(tmp_path, port=redis_server.port, workers=3)
+    pool.signal(signal.SIGHUP)
+    pool.wait_for_log("config: workers 1 → 3")
+    wait_until(lambda: len(worker_heartbeats(redis_client)) == 3, what="3 workers")
+    config.write_text(config.read_text().replace("$sys_nb_backend_workers = 3;", "$sys_nb_ = ;"))
+    pool.signal(signal.SIGHUP)
+    pool.wait_for_log(r"config error, the last good configuration stays: .*local\.inc:\d+:\d+")
+    time.sleep(1.5)
+    assert len(worker_heartbeats(redis_client)) == 3
+    assert pool.stop() == 0
