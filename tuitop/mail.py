@@ -92,6 +92,9 @@ class SmtpTransport:
                 if mail.starttls:
                     client.starttls(context=ssl.create_default_context())
             if mail.username:
+                # AUTH needs EHLO first (smtplib's auth() does not send it, and reads the
+                # relay's "503 send EHLO first" as success).
+                client.ehlo_or_helo_if_needed()
                 client.user, client.password = mail.username, mail.password.reveal()
                 method = client.auth_login if mail.auth_type == "login" else client.auth_plain
                 client.auth(mail.auth_type.upper(), method)

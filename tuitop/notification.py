@@ -13,6 +13,7 @@ measure), under the key ``Notification``.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -73,7 +74,18 @@ def _text(document: dict[str, Any], name: str, where: str, optional: bool = Fals
         return None
     if not isinstance(value, str):
         raise PayloadError(f"{where}.{name}: expected a string, got {_kind(value)}")
+    if not _is_unicode(value):
+        raise PayloadError(f"{where}.{name}: not Unicode text (a lone surrogate)")
     return value
+
+
+def _is_unicode(value: str) -> bool:
+    # JSON can carry "\ud800", which no mail can: sending it would fail halfway through.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: Any) -> str:
@@ -96,7 +108,13 @@ def parse_notification(payload: Any) -> Notification:
         if not isinstance(recipients, list) or not recipients:
             raise PayloadError(f"{where}.to: expected a non-empty list of addresses")
         for position, address in enumerate(recipients):
-            if not isinstance(address, str) or "@" not in parseaddr(address)[1]:
+            if (
+                not isinstance(address, str)
+                or "@" not in parseaddr(address)[1]
+                or "\r" in address
+                or "\n" in address
+                or not _is_unicode(address)
+            ):
                 raise PayloadError(f"{where}.to[{position}]: expected an e-mail address")
         mails.append(
             Mail(
@@ -120,7 +138,8 @@ def build_email(mail: Mail, sender: str, notification: Notification) -> EmailMes
     if sender:
         message["From"] = sender
     message["To"] = ", ".join(mail.to)
-    message["Subject"] = mail.subject
+    # A header cannot hold a line break (EmailMessage raises): one line, as mailers do.
+    message["Subject"] = re.sub(r"[\r\n]+", " ", mail.subject)
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = make_msgid(domain=parseaddr(sender)[1].partition("@")[2] or None)
     message["X-Tuleap-Project-Id"] = str(notification.project_id)

@@ -14,10 +14,10 @@ from typing import Any
 import redis
 
 from tuitop.config import Settings
-from tuitop.handlers import PermanentFailure, RetryLater
+from tuitop.handlers import PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, transport_for
 from tuitop.message import encode
-from tuitop.notification import TOPIC, Notification, send_notification
+from tuitop.notification import TOPIC, Notification, parse_notification, send_notification
 from tuitop.queue import Queue
 from tuitop.redisconn import connect, describe_error
 
@@ -54,8 +54,13 @@ class Notifier:
     def notify(self, notification: Notification) -> str:
         """Queues or sends ``notification``; returns ``'queued'`` or ``'sent'``.
 
-        Raises NotificationError when it had to be sent inline and that failed.
+        Raises NotificationError when it is malformed (a recipient that is not an address,
+        say: checked here, so that no worker gets it), or had to be sent inline and failed.
         """
+        try:
+            parse_notification(notification.to_payload())
+        except PayloadError as error:
+            raise NotificationError(f"malformed notification: {error}", None) from None
         if self.settings.async_scope.covers(notification.project_id):
             try:
                 self._queue().push(encode(TOPIC, notification.to_payload()))

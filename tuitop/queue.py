@@ -60,6 +60,18 @@ return #due
 """
 
 
+# Returns taken messages to the head of the queue (ARGV: last to take first), each only if
+# it is still in the processing list: a supervisor may have recovered it meanwhile.
+_GIVE_BACK_SCRIPT = """
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+  end
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How long a returning message waits, and how many returns it gets."""
@@ -156,6 +168,7 @@ class Queue:
         self.retry_policy = retry or RetryPolicy()
         self._take = redis.register_script(_TAKE_SCRIPT)
         self._move_due = redis.register_script(_MOVE_DUE_SCRIPT)
+        self._give_back = redis.register_script(_GIVE_BACK_SCRIPT)
 
     # --- producers -----------------------------------------------------------------------
 
@@ -196,15 +209,13 @@ class Queue:
 
     def give_back(self, worker_id: str, raws: Sequence[bytes]) -> None:
         """Returns messages taken but not started to the head of the queue, in order, with
-        their try count unchanged (they were never tried)."""
+        their try count unchanged (they were never tried). One no longer in the processing
+        list (recovered meanwhile) is not given back: it is already elsewhere."""
         if not raws:
             return
-        pipe = self.redis.pipeline(transaction=True)
-        processing = keys.processing_list(worker_id)
-        for raw in reversed(raws):
-            pipe.lrem(processing, 1, raw)  # type: ignore[arg-type]  # bytes are fine
-            pipe.rpush(keys.QUEUE, raw)
-        pipe.execute()
+        self._give_back(
+            keys=[keys.processing_list(worker_id), keys.QUEUE], args=list(reversed(raws))
+        )
 
     def fail(
         self,
@@ -220,21 +231,31 @@ class Queue:
         """Takes a message that failed out of the processing list, atomically into the
         delayed set (for a retry) or the dead-letter list. ``replacement`` is what to retry
         instead (e.g. a notification without the mails already sent). Returns ``'retried'``
-        or ``'dead'``."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrem(keys.processing_list(worker_id), 1, raw)  # type: ignore[arg-type]  # bytes are fine
-        result = self._reschedule(
-            pipe,
-            replacement if replacement is not None else raw,
-            reason,
-            worker_id,
-            traceback=traceback,
-            retryable=retryable,
-        )
-        _count(pipe, outcome, 1)
-        _count(pipe, result, 1)
-        pipe.execute()
-        return result
+        or ``'dead'``, or ``'gone'`` when the message was no longer in the processing list
+        (a supervisor recovered it meanwhile): then nothing is written."""
+        processing = keys.processing_list(worker_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(processing)  # type: ignore[no-untyped-call]
+                    if pipe.lpos(processing, raw) is None:  # type: ignore[arg-type]
+                        return "gone"
+                    pipe.multi()
+                    pipe.lrem(processing, 1, raw)  # type: ignore[arg-type]  # bytes are fine
+                    result = self._reschedule(
+                        pipe,
+                        replacement if replacement is not None else raw,
+                        reason,
+                        worker_id,
+                        traceback=traceback,
+                        retryable=retryable,
+                    )
+                    _count(pipe, outcome, 1)
+                    _count(pipe, result, 1)
+                    pipe.execute()
+                    return result
+                except WatchError:
+                    continue
 
     # --- supervisors -----------------------------------------------------------------------
 

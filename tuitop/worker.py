@@ -369,8 +369,13 @@ class Worker:
             retryable=retryable,
             replacement=replacement,
         )
-        level = logging.WARNING if result == "retried" else logging.ERROR
-        what = "will be retried" if result == "retried" else "moved to the dead letters"
+        outcomes = {
+            "retried": (logging.WARNING, "will be retried"),
+            "dead": (logging.ERROR, "moved to the dead letters"),
+            # A supervisor took it over meanwhile (this worker's heartbeat had expired).
+            "gone": (logging.WARNING, "was already recovered by a supervisor"),
+        }
+        level, what = outcomes[result]
         self.logger.log(level, "Message on %s %s: %s", message.topic, what, reason)
 
     def _flush(self) -> None:
