@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from tuitop.smtpserver import SmtpServer
 from tuitop.redisserver import EmbeddedRedis
+from tuitop.smtpserver import SmtpServer
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 SmtpServerFactory = Callable[..., SmtpServer]

@@ -21,12 +21,12 @@ import redis
 from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
-from tuitop.smtpserver import SmtpServer
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.notification import TOPIC
 from tuitop.queue import Queue, parse_dead_letter
 from tuitop.redisserver import EmbeddedRedis
+from tuitop.smtpserver import SmtpServer
 
 FAST_RETRY = ("--retry-delay", "0.05")
 
@@ -211,14 +211,21 @@ def test_bad_messages_go_to_the_dead_letters_with_reasons(
     bad_payload = encode(TOPIC, {"project_id": 1, "artifact_id": 2, "changeset_id": 3})
     push_all(
         redis_client,
-        [b"this is not JSON", encode("no.such.topic", {}), bad_payload, b"[1, 2]", notification(1)],
+        [
+            b"this is not JSON",
+            encode("no.such.topic", {}),
+            bad_payload,
+            b"[1, 2]",
+            b'{"event_name":"tuitop.noop","payload":{"v":NaN}}',
+            notification(1),
+        ],
     )
     smtp_server.wait_for(1)
-    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 4, what="4 dead letters")
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 5, what="5 dead letters")
     reasons = sorted(
         parse_dead_letter(e).reason for e in redis_client.lrange(keys.DEAD_LETTERS, 0, -1)
     )
-    assert any("not JSON" in r for r in reasons)
+    assert sum("not JSON" in r for r in reasons) == 2  # NaN is not JSON either
     assert any("unknown topic 'no.such.topic'" in r for r in reasons)
     assert any("payload.mails" in r for r in reasons)
     assert any("not a JSON object" in r for r in reasons)
@@ -397,4 +404,38 @@ def test_sighup_rereads_the_files_and_keeps_the_last_good_config(
     pool.wait_for_log(r"config error, the last good configuration stays: .*local\.inc:\d+:\d+")
     time.sleep(1.5)
     assert len(worker_heartbeats(redis_client)) == 3
+    # Another Redis needs a restart (for now): the pool stays on this one and says so.
+    write_config(tmp_path, port=redis_server.port + 1, workers=3)
+    pool.signal(signal.SIGHUP)
+    pool.wait_for_log("the Redis settings changed .*; restart tuitop to apply them")
+    time.sleep(1.5)
+    assert len(worker_heartbeats(redis_client)) == 3
+    assert pool.stop() == 0
+
+
+def test_a_lost_forkserver_loses_no_message_and_the_pool_goes_on(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, "--handlers", "tests.handlers_for_tests")
+    push_all(redis_client, [encode("test.sleep", {"id": "during", "seconds": 2})])
+    wait_until(lambda: redis_client.llen(RUNS_KEY) == 1, what="the job to start")
+    forkserver = [
+        p
+        for p in psutil.Process(pool.pid).children()
+        if "multiprocessing.forkserver" in " ".join(p.cmdline())
+    ]
+    assert len(forkserver) == 1
+    forkserver[0].kill()
+    pool.wait_for_log("Lost the forkserver of worker")
+    # The worker finishes its job (it was not interrupted), then a new one takes over.
+    pool.wait_for_log(r"Worker \S+ ended \(its exit code was lost", timeout=20)
+    push_all(redis_client, [encode("test.count", {"id": "after"})])
+    wait_until(lambda: redis_client.llen(RUNS_KEY) == 2, what="a run by the new worker")
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    assert [r.decode() for r in redis_client.lrange(RUNS_KEY, 0, -1)] == ["during", "after"]
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
     assert pool.stop() == 0

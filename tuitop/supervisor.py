@@ -18,6 +18,7 @@ signal or after the grace period (SIGKILL; what the killed workers held is recov
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -36,9 +37,10 @@ import redis
 from setproctitle import setproctitle
 
 from tuitop import keys
-from tuitop.config import Settings
+from tuitop.config import ConfigError, Settings
 from tuitop.log import setup_logging
 from tuitop.mail import DEFAULT_SENDMAIL
+from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
 from tuitop.stats import StatsBatch
@@ -48,11 +50,12 @@ from tuitop.worker import (
     EXIT_OK,
     EXIT_REDIS_AUTH,
     EXIT_REDIS_UNREACHABLE,
-    JOB_STARTED,
+    JOB_CLOCK,
     STATE,
     STATUS_SLOTS,
     StatusArray,
     WorkerOptions,
+    worker_id_of,
     worker_main,
 )
 
@@ -62,13 +65,19 @@ BOOT_BACKOFF_MAX = 60.0
 REDIS_BACKOFF_MAX = 30.0
 ORPHAN_SCAN_EVERY = 5.0
 TIMEOUT_REASON = "its job ran past the time limit"
-# Extends the pool's claim on its name only while it is still ours.
-_RENEW_NAME_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+# Claims the pool's name, or extends the claim, while nobody else holds it (a claim that
+# expired while Redis was away is simply taken again).
+_CLAIM_NAME_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
 end
 return 0
 """
+SUPERVISOR_SOCKET_TIMEOUT = 3.0
+FORKSERVER_LOST = 255
+"""The exit code multiprocessing reports when it lost the forkserver, not the worker."""
 EXIT_REASONS = {
     EXIT_REDIS_AUTH: "Redis refused the password",
     EXIT_REDIS_UNREACHABLE: "Redis was unreachable",
@@ -100,11 +109,14 @@ class WorkerRecord:
 
     slot: int
     worker_id: str
+    """``pool/slot#pid``: the id the process registers under (see worker.worker_id_of)."""
     process: BaseProcess
     status: StatusArray
     started: float = field(default_factory=time.monotonic)
     stopping: bool = False
     kill_reason: str = ""
+    detached: bool = False
+    """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
 
 
 class Supervisor:
@@ -115,7 +127,7 @@ class Supervisor:
         settings: Settings,
         options: PoolOptions,
         *,
-        reload: Callable[[], Settings | None] | None = None,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.options = options
@@ -144,7 +156,7 @@ class Supervisor:
         self._last_orphan_scan = 0.0
         self._pool_token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
         self._owns_name = False
-        self._renew_name: Any = None
+        self._claim_script: Any = None
         self._started = psutil.Process().create_time()
 
     # --- signals -------------------------------------------------------------------------
@@ -178,16 +190,29 @@ class Supervisor:
     # --- configuration ---------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Reads the config again (when a loader was given) and applies it."""
+        """Reads the config again (when a loader was given) and applies it; a config that
+        does not load is logged with its place, and the one in force stays."""
         if self._reload is None:
             return
-        settings = self._reload()
-        if settings is not None:
-            self.apply(settings)
+        try:
+            settings = self._reload()
+        except ConfigError as error:
+            self.logger.error("config error, the last good configuration stays: %s", error)
+            return
+        self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
         """Makes ``settings`` the ones in force; the loop does the rest (scaling)."""
         old = self.settings
+        if settings.redis != old.redis:
+            # Moving the pool to another Redis needs a rolling restart (issue 4); until
+            # then the pool stays where it is, and says so.
+            self.logger.warning(
+                "config: the Redis settings changed (%s → %s); restart tuitop to apply them",
+                old.redis.address,
+                settings.redis.address,
+            )
+            settings = dataclasses.replace(settings, redis=old.redis)
         self.settings = settings
         if old.log_level != settings.log_level:
             self.level.value = int(settings.log_level)
@@ -229,6 +254,13 @@ class Supervisor:
         return 0
 
     def _cycle(self) -> None:
+        try:
+            self._cycle_once()
+        except Exception:
+            # A bug must not take the pool (and its running jobs) down: log it, go on.
+            self.logger.exception("Unexpected error in the pool's loop")
+
+    def _cycle_once(self) -> None:
         self._check_redis()
         self._reap()
         self._enforce_time_limit()
@@ -257,7 +289,7 @@ class Supervisor:
             if due is not None:
                 timeout = min(timeout, max(due - now, 0.0))
         waitables: list[Any] = [self._wake_read]
-        waitables.extend(record.process.sentinel for record in self.workers.values())
+        waitables.extend(r.process.sentinel for r in self.workers.values() if not r.detached)
         wait(waitables, timeout=max(timeout, 0.0))
         self._drain_wakeups()
 
@@ -273,11 +305,14 @@ class Supervisor:
         if time.monotonic() < self._redis_retry_at:
             return
         if self._redis is None:
+            # A short timeout: a stalled Redis must not stall the loop (time limits, signals).
             self._redis = connect(
-                redis_settings, client_name=f"tuitop:{self.options.pool_name}:supervisor"
+                redis_settings,
+                client_name=f"tuitop:{self.options.pool_name}:supervisor",
+                socket_timeout=SUPERVISOR_SOCKET_TIMEOUT,
             )
             self._queue = Queue(self._redis, self.options.retry)
-            self._renew_name = self._redis.register_script(_RENEW_NAME_SCRIPT)
+            self._claim_script = self._redis.register_script(_CLAIM_NAME_SCRIPT)
         try:
             self._redis.ping()
             self._claim_name()
@@ -293,7 +328,10 @@ class Supervisor:
         self._redis_ok = True
         self._redis_down_since = 0.0
         self._redis_backoff = 0.0
-        self._recover_orphans(force=True)
+        try:
+            self._recover_orphans(force=True)
+        except redis.RedisError as error:
+            self._redis_failed(error)
 
     def _redis_failed(self, error: BaseException) -> None:
         self._redis_ok = False
@@ -314,14 +352,10 @@ class Supervisor:
         assert self._redis is not None
         owner_key = keys.pool(self.options.pool_name) + ":owner"
         ttl = int(self.options.heartbeat_ttl)
-        if self._redis.set(owner_key, self._pool_token, nx=True, ex=ttl):
+        if self._claim_script(keys=[owner_key], args=[self._pool_token, ttl]):
             self._owns_name = True
             return
         owner = cast(bytes | None, self._redis.get(owner_key))
-        if owner == self._pool_token.encode():
-            self._redis.expire(owner_key, ttl)
-            self._owns_name = True
-            return
         self._owns_name = False
         self._redis_retry_at = time.monotonic() + ttl
         self.logger.error(
@@ -331,6 +365,17 @@ class Supervisor:
             (owner or b"?").decode(errors="replace"),
             ttl,
         )
+
+    def _keep_name(self) -> None:
+        """Renews the name claim while shutting down (the grace period outlasts its TTL)."""
+        if not (self._redis_ok and self._owns_name and self._redis is not None):
+            return
+        owner_key = keys.pool(self.options.pool_name) + ":owner"
+        ttl = int(self.options.heartbeat_ttl)
+        try:
+            self._claim_script(keys=[owner_key], args=[self._pool_token, ttl])
+        except redis.RedisError as error:
+            self._redis_failed(error)
 
     def _release_name(self) -> None:
         if not (self._owns_name and self._redis is not None):
@@ -367,26 +412,30 @@ class Supervisor:
         pipe.expire(keys.pool(name), ttl)
         pipe.sadd(keys.POOLS, name)
         pipe.execute()
-        if not self._renew_name(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
-            # Our claim expired (Redis was away) and another pool took the name meanwhile.
+        if not self._claim_script(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
+            # Our claim expired (Redis was away) and another pool took the name meanwhile:
+            # its workers' ids could meet ours. Stop ours, warm, and start none.
             self._owns_name = False
             self._redis_ok = False
             self._redis_retry_at = time.monotonic() + ttl
             self.logger.error(
-                "Pool name %s was taken over by another pool; no new worker starts here", name
+                "Pool name %s was taken over by another pool; stopping this pool's workers",
+                name,
             )
+            for record in self.workers.values():
+                self._stop_worker(record, "the pool lost its name")
 
     # --- workers ---------------------------------------------------------------------------
 
-    def _worker_id(self, slot: int) -> str:
+    def _slot_name(self, slot: int) -> str:
         return f"{self.options.pool_name}/{slot}"
 
     def _start(self, slot: int) -> None:
-        worker_id = self._worker_id(slot)
+        slot_name = self._slot_name(slot)
         status = self._context.RawArray("d", STATUS_SLOTS)
         options = self.options
         worker_options = WorkerOptions(
-            worker_id=worker_id,
+            slot_name=slot_name,
             pool=options.pool_name,
             slot=slot,
             settings=self.settings,
@@ -404,11 +453,12 @@ class Supervisor:
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(worker_options, status, self.level),
-            name=f"tuitop-worker {worker_id}",
+            name=f"tuitop-worker {slot_name}",
         )
         process.start()
+        worker_id = worker_id_of(slot_name, process.pid)
         self.workers[slot] = WorkerRecord(slot, worker_id, process, cast(StatusArray, status))
-        self.logger.debug("Started worker %s (pid %s)", worker_id, process.pid)
+        self.logger.debug("Started worker %s", worker_id)
 
     def _scale(self) -> None:
         wanted = self.settings.backend_workers if self.settings.redis.configured else 0
@@ -444,9 +494,9 @@ class Supervisor:
 
     def _enforce_time_limit(self) -> None:
         limit = self.options.job_timeout
-        now = time.time()
+        now = time.monotonic()
         for record in list(self.workers.values()):
-            started = record.status[JOB_STARTED]
+            started = record.status[JOB_CLOCK]
             if record.kill_reason or record.status[STATE] != BUSY or not started:
                 continue
             if now - started > limit:
@@ -459,7 +509,19 @@ class Supervisor:
 
     def _reap(self) -> None:
         for slot, record in list(self.workers.items()):
-            if record.process.is_alive():
+            if not record.detached and record.process.is_alive():
+                continue
+            pid = record.process.pid
+            if record.process.exitcode == FORKSERVER_LOST and pid and process_running(pid):
+                # The forkserver died (a signal sent to the whole process group, say): the
+                # exit code says the worker is gone, yet it runs. It holds its messages;
+                # wait for the process itself to end before recovering anything.
+                if not record.detached:
+                    record.detached = record.stopping = True
+                    self.logger.warning(
+                        "Lost the forkserver of worker %s; it stops on its own, watching its pid",
+                        record.worker_id,
+                    )
                 continue
             record.process.join(timeout=0)
             del self.workers[slot]
@@ -468,18 +530,18 @@ class Supervisor:
             self._account_exit(record, code, lived)
 
     def _account_exit(self, record: WorkerRecord, code: int | None, lived: float) -> None:
-        if code is not None and code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
-        else:
-            how = f"exited with code {code}"
+        how = _describe_exit(code, record.detached)
         clean = code == EXIT_OK and not record.kill_reason
+        if lived >= BOOT_WINDOW:
+            self._boot_failures = 0  # it did start: whatever happened now is no boot failure
         if clean:
             self.logger.debug("Worker %s %s", record.worker_id, how)
-            self._boot_failures = 0
         elif record.kill_reason:
             self.logger.warning("Worker %s %s: %s", record.worker_id, how, record.kill_reason)
         elif lived < BOOT_WINDOW or code in EXIT_REASONS:
-            self._boot_failures += 1
+            # Several workers failing at once are one failure, not several steps of back-off.
+            if time.monotonic() >= self._next_start_at:
+                self._boot_failures += 1
             delay = min(2.0 ** (self._boot_failures - 1), BOOT_BACKOFF_MAX)
             self._next_start_at = time.monotonic() + delay
             reason = EXIT_REASONS.get(code or 0, "see the lines above")
@@ -496,13 +558,15 @@ class Supervisor:
         timed_out = record.kill_reason.startswith(TIMEOUT_REASON)
         self._recover(record.worker_id, f"worker {record.worker_id} {how}", timed_out=timed_out)
 
-    def _recover(self, worker_id: str, reason: str, *, timed_out: bool = False) -> None:
+    def _recover(
+        self, worker_id: str, reason: str, *, timed_out: bool = False, silent: bool = False
+    ) -> None:
         """Gives back what a worker that is gone held; retried by the next cycle if Redis is
         down (the worker stays registered until then)."""
         if not self._redis_ok or self._queue is None or self._redis is None:
             return
         try:
-            recovery = self._queue.recover(worker_id, reason)
+            recovery = self._queue.recover(worker_id, reason, unless_beating=silent)
             pipe = self._redis.pipeline(transaction=False)
             pipe.delete(keys.heartbeat(worker_id))
             if timed_out:
@@ -512,6 +576,10 @@ class Supervisor:
             pipe.execute()
         except redis.RedisError as error:
             self._redis_failed(error)
+            return
+        except Exception:
+            # Recovery must never take the pool down; the messages stay where they are.
+            self.logger.exception("Could not recover the messages of worker %s", worker_id)
             return
         if recovery.total:
             self.logger.warning(
@@ -539,7 +607,7 @@ class Supervisor:
             pipe.exists(keys.heartbeat(worker_id))
         for worker_id, alive in zip(candidates, pipe.execute(), strict=True):
             if not alive:
-                self._recover(worker_id, f"worker {worker_id} stopped beating")
+                self._recover(worker_id, f"worker {worker_id} stopped beating", silent=True)
 
     # --- shutdown --------------------------------------------------------------------------
 
@@ -558,11 +626,12 @@ class Supervisor:
         # Two signals, even back to back, mean "now": no waiting for the jobs.
         while self.workers and time.monotonic() < deadline and self._stop_signals < 2:
             sentinels: list[Any] = [self._wake_read]
-            sentinels.extend(record.process.sentinel for record in self.workers.values())
+            sentinels.extend(r.process.sentinel for r in self.workers.values() if not r.detached)
             wait(sentinels, timeout=min(1.0, max(deadline - time.monotonic(), 0.0)))
             self._drain_wakeups()
             self._handle_signals()
             self._check_redis()
+            self._keep_name()
             self._enforce_time_limit()
             self._reap()
         if self.workers:
@@ -576,3 +645,14 @@ class Supervisor:
                 record.process.join(timeout=5)
             self._reap()
         self.logger.info("Pool %s stopped", self.options.pool_name)
+
+
+def _describe_exit(code: int | None, detached: bool) -> str:
+    if detached:
+        return "ended (its exit code was lost with the forkserver)"
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"

@@ -5,16 +5,19 @@ The loop (Tuleap's worker, made faster and safer):
 * take a batch when the queue is deep — a fair share, sized so that a batch is ~20 ms of
   work (``queue.Queue.take``) — else block on BLMOVE for one message, never polling;
 * run each message's handler; ack the finished ones together with the stats in one
-  pipelined round trip; a job that turns out slow gives the rest of its batch back, so no
-  message waits behind it while another worker is idle;
+  pipelined round trip. When a job runs long, a watchdog gives the rest of its batch back
+  to the queue while it runs, so no message waits behind it while another worker is idle;
 * exit after ``max_messages`` (Tuleap: 1000) so a fresh process replaces it.
+
+A worker's id is ``pool/slot#pid``: unique to the process, so its processing list is its
+own even when an old process of the same slot outlives its supervisor.
 
 SIGTERM asks for a warm stop: the job running finishes, messages taken but not started go
 back to the head of the queue, then the worker leaves; when idle it leaves at once.
 SIGINT is ignored: a Ctrl-C at the terminal is the supervisor's to handle. A heartbeat
-thread publishes the worker's state in Redis every second, and stops the worker when its
-supervisor is gone. The state is also kept in shared memory for the local supervisor, which
-enforces the job time limit from it.
+thread publishes the worker's state in Redis every second until the process ends, and
+starts a warm stop when the supervisor is gone. The state is also kept in shared memory
+for the local supervisor, which enforces the job time limit from it.
 """
 
 from __future__ import annotations
@@ -60,9 +63,11 @@ EXIT_REDIS_AUTH = 3
 EXIT_REDIS_UNREACHABLE = 4
 EXIT_HANDLERS = 5
 
-# Shared status slots (a multiprocessing Array of doubles).
-STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED = range(6)
-STATUS_SLOTS = 6
+# Shared status slots (a multiprocessing Array of doubles). JOB_STARTED is wall time, for
+# display; JOB_CLOCK is CLOCK_MONOTONIC (system-wide on Linux), for the time limit, so a
+# step of the wall clock never kills a job.
+STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK = range(7)
+STATUS_SLOTS = 7
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
@@ -71,8 +76,14 @@ BATCH_BUDGET = 0.020
 ACK_AT_ONCE_AFTER = 0.002
 """A job longer than this is acked at once: the round trip is then a small price."""
 GIVE_BACK_AFTER = 0.050
-"""A job longer than this gives the rest of its batch back to the queue."""
+"""A job running longer than this has the rest of its batch given back to the queue."""
 REDIS_BACKOFF_MAX = 10.0
+HEARTBEAT_SOCKET_TIMEOUT = 2.0
+
+
+def worker_id_of(slot_name: str, pid: int) -> str:
+    """The id of the process ``pid`` running in slot ``pool/slot``."""
+    return f"{slot_name}#{pid}"
 
 
 class StatusArray(Protocol):
@@ -85,7 +96,8 @@ class StatusArray(Protocol):
 class WorkerOptions:
     """What a worker process needs to run; picklable (it crosses into the new process)."""
 
-    worker_id: str
+    slot_name: str
+    """``pool/slot``; the worker's id adds its pid (:func:`worker_id_of`)."""
     pool: str
     slot: int
     settings: Settings
@@ -105,34 +117,55 @@ class WorkerOptions:
     sendmail: str = DEFAULT_SENDMAIL
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A failed message whose move out of the processing list is still to be written."""
+
+    message: Message
+    reason: str
+    retryable: bool
+    replacement: bytes | None
+    trace: str
+
+
 class _Interrupted(Exception):
     """Raised by the signal handler to leave a blocking wait for a message."""
 
 
 def worker_main(options: WorkerOptions, status: StatusArray, level: LevelSource) -> None:
     """Entry point of the worker process."""
-    sys.exit(Worker(options, status, level).run())
+    worker = Worker(options, status, level)
+    try:
+        code = worker.run()
+    except Exception:
+        # The log file is where an operator looks; a traceback on stderr alone is lost.
+        worker.logger.exception("Worker %s crashed", worker.id)
+        code = EXIT_CRASH
+    sys.exit(code)
 
 
 class Worker:
     def __init__(self, options: WorkerOptions, status: StatusArray, level: LevelSource) -> None:
         self.options = options
-        self.id = options.worker_id
+        self.id = worker_id_of(options.slot_name, os.getpid())
         self.status = status
         self.level = level
         self.stop_requested = False
         self.stop_reason = ""
         self._blocking = False
         self._pending_acks: list[bytes] = []
+        self._pending_failures: list[_Failure] = []
         self._stats = StatsBatch()
-        self._job_time = 0.001
+        # Pessimistic until measured: the first batch is a single message.
+        self._job_time = BATCH_BUDGET
         self._topic = ""
+        self.batch = _BatchGuard()
         self.logger = logging.getLogger("tuitop.worker")
 
     # --- life cycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        setproctitle(f"tuitop: worker {self.id}")
+        setproctitle(f"tuitop: worker {self.options.slot_name}")
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         set_parent_death_signal(signal.SIGTERM)
@@ -157,7 +190,8 @@ class Worker:
         )
         self.queue = Queue(self.redis, self.options.retry)
         try:
-            self._register()
+            self.redis.ping()
+            self.beat(self.redis)
         except redis.RedisError as error:
             self.logger.error(describe_error(error, settings.redis))
             return EXIT_REDIS_AUTH if is_auth_error(error) else EXIT_REDIS_UNREACHABLE
@@ -167,36 +201,17 @@ class Worker:
         try:
             self._loop()
         finally:
-            heartbeat.stop()
             self._finish()
+            heartbeat.stop()
             self.mail.close()
         return EXIT_OK
-
-    def _register(self) -> None:
-        self.redis.ping()
-        # A previous process in this slot may have left messages (it was killed and no
-        # supervisor recovered them yet): Tuleap's worker re-queues them at start too.
-        left = self.queue.recover(self.id, f"worker {self.id} restarted", forget_worker=False)
-        if left.total:
-            self.logger.warning(
-                "Worker %s found %d message(s) of a previous run: %d re-queued, %d dead-lettered",
-                self.id,
-                left.total,
-                left.requeued,
-                left.dead_lettered,
-            )
-        self.beat(self.redis)
 
     def _finish(self) -> None:
         self._set_state(STOPPING)
         try:
             # A signal may have cut a blocking read short: start from fresh connections.
             self.redis.connection_pool.disconnect()
-            self._flush()
-            leftover = cast(list[bytes], self.redis.lrange(keys.processing_list(self.id), 0, -1))
-            if leftover:
-                # Only messages never started can be here now: back, try count unchanged.
-                self.queue.give_back(self.id, list(reversed(leftover)))
+            self._settle()
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(keys.WORKERS, self.id)
             pipe.delete(keys.heartbeat(self.id))
@@ -231,13 +246,14 @@ class Worker:
                 self.stop_reason = "max messages reached"
                 return
             try:
+                if backoff:
+                    self.redis.ping()
+                    self.logger.warning("Worker %s: Redis is back", self.id)
+                    backoff = 0.0
+                    self._settle()
                 batch = self._next_batch()
                 if batch:
                     self._run_batch(batch)
-                if backoff:
-                    self.logger.warning("Worker %s: Redis is back", self.id)
-                    backoff = 0.0
-                    self._resync()
             except _Interrupted:
                 return
             except redis.RedisError as error:
@@ -254,10 +270,15 @@ class Worker:
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
         size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
-        batch = self.queue.take(self.id, size)
+        batch, held = self.queue.take_or_count(self.id, size)
         if batch:
             return batch
         self._flush()
+        if held:
+            # This worker holds nothing in memory, yet its list does: a reply it never
+            # got (a timeout after Redis did the move). Back to the queue, untried.
+            self.logger.warning("Worker %s gives back %d stranded message(s)", self.id, held)
+            self._give_back_everything()
         if self.status[STATE] != IDLE:
             self._set_state(IDLE)
             self.logger.debug("Wait for messages")
@@ -272,19 +293,22 @@ class Worker:
 
     def _run_batch(self, batch: list[bytes]) -> None:
         for index, raw in enumerate(batch):
+            tail = batch[index + 1 :]
             if self.stop_requested:
                 self._flush()
                 self.queue.give_back(self.id, batch[index:])
                 return
             started = time.monotonic()
-            self._process(raw)
+            self.batch.arm(tail, started + GIVE_BACK_AFTER)
+            try:
+                self._process(raw)
+            finally:
+                given_back = self.batch.disarm()
             elapsed = time.monotonic() - started
             self._job_time = 0.8 * self._job_time + 0.2 * max(elapsed, 1e-6)
             if elapsed > ACK_AT_ONCE_AFTER:
                 self._flush()
-            if elapsed > GIVE_BACK_AFTER and index + 1 < len(batch):
-                self._flush()
-                self.queue.give_back(self.id, batch[index + 1 :])
+            if given_back:
                 return
         self._flush()
 
@@ -293,6 +317,7 @@ class Worker:
         now = time.time()
         self._topic = message.topic
         self.status[JOB_STARTED] = now
+        self.status[JOB_CLOCK] = time.monotonic()
         self._set_state(BUSY)
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("Got message: %s", raw[:500].decode("utf-8", "replace"))
@@ -300,17 +325,16 @@ class Worker:
             self._run_handler(message, now)
         finally:
             self.status[PROCESSED] += 1
-            elapsed = time.time() - now
+            self.status[JOB_STARTED] = 0.0
+            self.status[JOB_CLOCK] = 0.0
             self.logger.debug(
                 "Message processed in %.3f seconds [%d/%d]",
-                elapsed,
+                time.time() - now,
                 self.status[PROCESSED],
                 self.options.max_messages,
             )
-            self.status[JOB_STARTED] = 0.0
 
     def _run_handler(self, message: Message, started: float) -> None:
-        raw = message.raw
         if message.problem is not None:
             self._fail(message, f"unusable message: {message.problem}", retryable=False)
             return
@@ -327,7 +351,9 @@ class Worker:
             self._fail(message, str(error), retryable=False, payload=error.payload)
         except RetryLater as error:
             self._fail(message, str(error), payload=error.payload)
-        except Exception as error:
+        except BaseException as error:  # SystemExit from a handler is its failure too
+            if isinstance(error, _Interrupted | KeyboardInterrupt):
+                raise
             self.logger.error(
                 "Worker %s: handler for %s raised %s: %s",
                 self.id,
@@ -342,7 +368,7 @@ class Worker:
                 trace=traceback.format_exc(),
             )
         else:
-            self._pending_acks.append(raw)
+            self._pending_acks.append(message.raw)
             self.status[DONE] += 1
             self._stats.outcome("done")
             if message.enqueue_ts > 0:
@@ -360,23 +386,43 @@ class Worker:
         trace: str = "",
     ) -> None:
         self.status[FAILED] += 1
-        replacement = None if payload is None else with_payload(message.raw, payload)
-        result = self.queue.fail(
-            self.id,
-            message.raw,
-            reason,
-            traceback=trace,
-            retryable=retryable,
-            replacement=replacement,
+        settings = self.options.settings
+        replacement = None
+        if payload is not None:
+            try:
+                replacement = with_payload(message.raw, payload)
+            except (ValueError, TypeError) as error:
+                self.logger.error("Worker %s: the handler's retry payload: %s", self.id, error)
+        failure = _Failure(
+            message, settings.mask(reason), retryable, replacement, settings.mask(trace)
         )
+        # Kept until written: if Redis fails now, it is written when Redis is back, never
+        # replaced by a plain give-back (that would rerun what the job had already done).
+        self._pending_failures.append(failure)
+        self._write_failures()
+
+    def _write_failures(self) -> None:
         outcomes = {
             "retried": (logging.WARNING, "will be retried"),
             "dead": (logging.ERROR, "moved to the dead letters"),
             # A supervisor took it over meanwhile (this worker's heartbeat had expired).
             "gone": (logging.WARNING, "was already recovered by a supervisor"),
         }
-        level, what = outcomes[result]
-        self.logger.log(level, "Message on %s %s: %s", message.topic, what, reason)
+        while self._pending_failures:
+            failure = self._pending_failures[0]
+            result = self.queue.fail(
+                self.id,
+                failure.message.raw,
+                failure.reason,
+                traceback=failure.trace,
+                retryable=failure.retryable,
+                replacement=failure.replacement,
+            )
+            self._pending_failures.pop(0)
+            level, what = outcomes[result]
+            self.logger.log(
+                level, "Message on %s %s: %s", failure.message.topic, what, failure.reason
+            )
 
     def _flush(self) -> None:
         """Acks the finished messages and adds the stats, in one round trip."""
@@ -388,9 +434,14 @@ class Worker:
         pipe.execute()
         self._pending_acks.clear()
 
-    def _resync(self) -> None:
-        """After Redis came back: ack what finished, give back what was taken and not run."""
+    def _settle(self) -> None:
+        """Writes what is pending (failures, acks), then gives back whatever else the
+        processing list holds: with nothing running, that is only messages never started."""
+        self._write_failures()
         self._flush()
+        self._give_back_everything()
+
+    def _give_back_everything(self) -> None:
         leftover = cast(list[bytes], self.redis.lrange(keys.processing_list(self.id), 0, -1))
         if leftover:
             self.queue.give_back(self.id, list(reversed(leftover)))
@@ -436,40 +487,120 @@ class Worker:
         pipe.execute()
 
 
+class _BatchGuard:
+    """The unstarted rest of the batch, which a watchdog may give back while a job runs.
+
+    The main thread arms it before each job and disarms it after; whoever takes the tail
+    first (the watchdog, past the deadline) owns it, under the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tail: list[bytes] = []
+        self._deadline = 0.0
+        self._given_back = False
+        self.armed = threading.Event()
+        """Set when a tail is armed, to wake the watchdog (which clears it)."""
+
+    def arm(self, tail: list[bytes], deadline: float) -> None:
+        with self._lock:
+            self._tail, self._deadline, self._given_back = tail, deadline, False
+        if tail:
+            self.armed.set()
+
+    def disarm(self) -> bool:
+        """Ends the job; True when the watchdog gave the tail back meanwhile."""
+        with self._lock:
+            self._tail = []
+            return self._given_back
+
+    def claim_if_late(self, now: float) -> list[bytes]:
+        """For the watchdog: the tail, if the running job is past its deadline."""
+        with self._lock:
+            if not self._tail or now < self._deadline:
+                return []
+            tail, self._tail, self._given_back = self._tail, [], True
+            return tail
+
+    def seconds_left(self, now: float) -> float | None:
+        with self._lock:
+            return max(self._deadline - now, 0.0) if self._tail else None
+
+
 class _Heartbeat(threading.Thread):
-    """Beats every ``heartbeat_interval`` on its own connection; watches the supervisor."""
+    """Beats every ``heartbeat_interval`` on its own connection until the process ends;
+    gives back a slow job's batch tail; starts a warm stop when the supervisor is gone."""
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(name=f"heartbeat-{worker.id}", daemon=True)
         self.worker = worker
         self._stopped = threading.Event()
-        self._client = connect(worker.options.settings.redis, client_name=f"tuitop:{worker.id}:hb")
+        self._client = connect(
+            worker.options.settings.redis,
+            client_name=f"tuitop:{worker.id}:hb",
+            socket_timeout=HEARTBEAT_SOCKET_TIMEOUT,
+        )
+        self._queue = Queue(self._client, worker.options.retry)
         self._process = psutil.Process()
 
     def run(self) -> None:
-        interval = self.worker.options.heartbeat_interval
-        failing = False
-        while not self._stopped.wait(interval):
-            options = self.worker.options
-            if not process_running(options.supervisor_pid, options.supervisor_started):
-                self.worker.logger.warning(
-                    "Worker %s: its supervisor is gone; stopping after the current job",
-                    self.worker.id,
-                )
-                # The main thread may be blocked in BLMOVE: a signal wakes it up.
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            try:
-                self.worker.beat(self._client, self._process)
-                failing = False
-            except redis.RedisError as error:
-                if not failing:
-                    self.worker.logger.debug(
-                        "Worker %s: heartbeat failed: %s", self.worker.id, error
+        options = self.worker.options
+        next_beat = time.monotonic()
+        orphaned = failing = False
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            tail = self.worker.batch.claim_if_late(now)
+            if tail:
+                self._give_back(tail)
+            if now >= next_beat:
+                next_beat = now + options.heartbeat_interval
+                if not orphaned and not process_running(
+                    options.supervisor_pid, options.supervisor_started
+                ):
+                    orphaned = True
+                    self.worker.logger.warning(
+                        "Worker %s: its supervisor is gone; stopping after the current job",
+                        self.worker.id,
                     )
-                failing = True
+                    # The main thread may be blocked in BLMOVE: a signal wakes it up.
+                    os.kill(os.getpid(), signal.SIGTERM)
+                try:
+                    self.worker.beat(self._client, self._process)
+                    failing = False
+                except redis.RedisError as error:
+                    if not failing:
+                        self.worker.logger.debug(
+                            "Worker %s: heartbeat failed: %s", self.worker.id, error
+                        )
+                    failing = True
+            now = time.monotonic()
+            tail_due = self.worker.batch.seconds_left(now)
+            if tail_due is not None:
+                # A batch is running: look again when its current job would be late. Arms
+                # meanwhile do not wake this thread, so a fast batch costs ~20 wakes/s.
+                self._stopped.wait(max(min(next_beat - now, tail_due + 0.001), 0.0))
+                continue
+            batch = self.worker.batch
+            batch.armed.wait(max(next_beat - now, 0.0))
+            batch.armed.clear()
+
+    def _give_back(self, tail: list[bytes]) -> None:
+        try:
+            self._queue.give_back(self.worker.id, tail)
+        except redis.RedisError as error:
+            # They stay in the processing list; the worker gives them back once settled.
+            self.worker.logger.warning(
+                "Worker %s: could not give back %d message(s): %s", self.worker.id, len(tail), error
+            )
+            return
+        self.worker.logger.debug(
+            "Worker %s: job running long, gave back %d message(s) of its batch",
+            self.worker.id,
+            len(tail),
+        )
 
     def stop(self) -> None:
         self._stopped.set()
+        self.worker.batch.armed.set()
         self.join(timeout=5)
         self._client.close()

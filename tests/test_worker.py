@@ -1,0 +1,109 @@
+"""A worker's own mechanisms, run in this process against a real Redis."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+import redis
+
+from tuitop import keys
+from tuitop.config import RedisSettings, Settings
+from tuitop.log import SettableLevel
+from tuitop.message import encode
+from tuitop.queue import Queue
+from tuitop.redisconn import connect
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.worker import (
+    GIVE_BACK_AFTER,
+    STATUS_SLOTS,
+    Worker,
+    WorkerOptions,
+    _Heartbeat,
+    worker_id_of,
+)
+
+
+def make_worker(server: EmbeddedRedis) -> Worker:
+    settings = Settings(redis=RedisSettings("127.0.0.1", server.port), backend_workers=1)
+    options = WorkerOptions(
+        slot_name="test/0",
+        pool="test",
+        slot=0,
+        settings=settings,
+        supervisor_pid=os.getpid(),
+        block_timeout=0.2,
+    )
+    worker = Worker(options, [0.0] * STATUS_SLOTS, SettableLevel(logging.DEBUG))
+    worker.redis = connect(settings.redis)
+    worker.queue = Queue(worker.redis)
+    return worker
+
+
+def test_worker_ids_are_unique_per_process(redis_server: EmbeddedRedis) -> None:
+    worker = make_worker(redis_server)
+    assert worker.id == worker_id_of("test/0", os.getpid()) == f"test/0#{os.getpid()}"
+
+
+def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    worker = make_worker(redis_server)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
+    redis_client.lpush(keys.QUEUE, *raws)
+    batch = worker.queue.take(worker.id, 4)
+    assert batch == raws
+    watchdog = _Heartbeat(worker)
+    watchdog.start()
+    try:
+        # The first job "runs" (this thread waits) past the give-back deadline.
+        worker.batch.arm(batch[1:], time.monotonic() + GIVE_BACK_AFTER)
+        time.sleep(GIVE_BACK_AFTER + 0.25)
+        # While it still runs, another worker could take the rest already.
+        assert redis_client.lrange(keys.QUEUE, 0, -1) == list(reversed(raws[1:]))
+        assert worker.batch.disarm() is True
+    finally:
+        watchdog.stop()
+    assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [raws[0]]
+    # Taken next, in their order.
+    assert Queue(redis_client).take("other/0#1", 3) == raws[1:]
+
+
+def test_a_fast_job_keeps_its_batch(redis_server: EmbeddedRedis) -> None:
+    worker = make_worker(redis_server)
+    watchdog = _Heartbeat(worker)
+    watchdog.start()
+    try:
+        worker.batch.arm([b"tail"], time.monotonic() + 5.0)
+        time.sleep(0.1)
+        assert worker.batch.disarm() is False
+    finally:
+        watchdog.stop()
+
+
+def test_stranded_messages_are_given_back_before_waiting(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = make_worker(redis_server)
+    stranded = encode("tuitop.noop", {"stranded": True})
+    # As after a timed-out reply: Redis moved it, the worker never heard of it.
+    redis_client.lpush(keys.processing_list(worker.id), stranded)
+    with caplog.at_level(logging.WARNING, logger="tuitop.worker"):
+        batch = worker._next_batch()
+    assert batch == [stranded]  # given back untried, then taken again by the wait
+    assert "gives back 1 stranded message(s)" in caplog.text
+    assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [stranded]
+
+
+def test_heartbeat_registers_the_worker_with_a_ttl(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    worker = make_worker(redis_server)
+    worker.beat(redis_client)
+    assert redis_client.sismember(keys.WORKERS, worker.id)
+    beat = redis_client.hgetall(keys.heartbeat(worker.id))
+    assert beat[b"pid"] == str(os.getpid()).encode()
+    assert beat[b"pool"] == b"test"
+    assert 0 < redis_client.ttl(keys.heartbeat(worker.id)) <= 10
