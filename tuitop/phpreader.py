@@ -4,7 +4,8 @@ Tuleap loads ``local.inc`` and ``redis.inc`` with PHP's ``include``. tuitop has 
 this module lexes, parses and evaluates the statements such files hold and gives the
 variables the same values PHP would (real ``php`` is the oracle in the tests):
 
-* ``<?php`` / ``?>`` and the text around them; ``//``, ``#`` and ``/* */`` comments;
+* ``<?php`` / ``?>`` and the text around them (a ``#!`` first line is skipped, as PHP does);
+  ``//``, ``#`` and ``/* */`` comments;
 * ``$name = value;`` and the compound ``.= += -= *= /= %=``, also nested (``$a = $b = 1``);
 * single- and double-quoted strings with PHP's escapes and ``$var`` / ``{$var}`` /
   ``${var}`` interpolation; ``b'...'`` binary strings;
@@ -16,7 +17,8 @@ variables the same values PHP would (real ``php`` is the oracle in the tests):
 
 Anything else (other function calls, ``include``, arrays, classes, control flow) is refused
 with a :class:`~tuitop.errors.ConfigError` that gives file, line and column, as is every
-syntax error, at the line ``php -l`` reports. The whole file is parsed before any of it is
+syntax error, at the line ``php -l`` reports (unless a construct outside the subset comes
+first: tuitop stops there, php parses on). The whole file is parsed before any of it is
 evaluated, as PHP compiles a file before running it.
 
 Values are PHP's: ``bytes`` for strings (PHP strings are byte strings), ``int``, ``float``,
@@ -98,6 +100,7 @@ _SIMPLE_ESCAPES = {
 }  # fmt: skip
 _WHITESPACE = b" \t\n\r\v\f"
 _DIGITS = frozenset("0123456789")
+_LONG_MIN_DIGITS = b"9223372036854775808"
 _NUMERIC_PREFIX = re.compile(
     rb"[ \t\n\r\v\f]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 )
@@ -107,7 +110,7 @@ _NUMERIC_PREFIX = re.compile(
 class Token:
     """One lexical token; ``offset`` indexes the decoded source text, ``end`` is past it."""
 
-    kind: str  # var string interp unterminated int float ident op close eof
+    kind: str  # var string interp deferred int float ident op close eof
     value: object
     offset: int
     end: int = 0
@@ -150,8 +153,12 @@ class _Source:
     def __init__(self, data: bytes, path: str) -> None:
         self.text = data.decode("utf-8", "surrogateescape")
         self.path = path
-        # PHP counts a lone "\r" as a line break too (old Mac files), for __LINE__ and errors.
-        self._line_starts = [0] + [m.end() for m in re.finditer("\r\n|\r|\n", self.text)]
+        # PHP counts a lone "\r" as a line break too (old Mac files), for __LINE__ and errors,
+        # except on a shebang line, which it skips as one line up to its "\n".
+        shebang_end = self.text.find("\n") if self.text.startswith("#!") else -1
+        self._line_starts = [0] + [
+            m.end() for m in re.finditer("\r\n|\r|\n", self.text) if m.end() > shebang_end
+        ]
 
     def position(self, offset: int) -> tuple[int, int]:
         lo, hi = 0, len(self._line_starts) - 1
@@ -194,9 +201,11 @@ class _Lexer:
         self.text = source.text
         self.pos = 0
         self.in_php = False
-        if self.text.startswith("#!") and "\n" in self.text:
-            # PHP skips a shebang line, also in included files (so a "<?php" on it is text).
-            self.pos = self.text.index("\n") + 1
+        if self.text.startswith("#!"):
+            # PHP skips a shebang line, also in included files: a "<?php" on it is text. The
+            # line ends at "\n" only (a lone "\r" does not end it), or at the end of the file.
+            newline = self.text.find("\n")
+            self.pos = len(self.text) if newline < 0 else newline + 1
 
     def tokens(self) -> Iterator[Token]:
         while True:
@@ -274,9 +283,10 @@ class _Lexer:
         if char == "$":
             match = _LABEL.match(text, start + 1)
             if match is None:
-                if text.startswith("$$", start) or text.startswith("${", start):
-                    raise self.src.error(start, "variable variables are not supported")
-                raise self.src.error(start, "expected a variable name after '$'")
+                # A "$" of its own is a token for PHP ("$ $a" is a variable variable): the
+                # parser looks at what follows, and a syntax error is on that token's line.
+                self.pos = start + 1
+                return Token("op", "$", start, start + 1)
             self.pos = match.end()
             return Token("var", self._variable_name(match.group(), start), start)
         if char in "bB" and start + 1 < len(text) and text[start + 1] in "'\"":
@@ -333,28 +343,34 @@ class _Lexer:
     def _string(self, quote_at: int, token_start: int) -> Token:
         if self.text[quote_at] == "'":
             return self._single_quoted(quote_at, token_start)
-        if self._closing_quote(quote_at):
+        if self._plain_double_quoted(quote_at):
             return self._double_quoted(quote_at, token_start)
-        # PHP lexes an unterminated '"' as a token of its own: where no value may come, the
-        # syntax error is there; where one may, the error comes from the string's content
-        # (or the end of the file). The parser decides which, raising the error held here.
+        # A string with "$name" in it, or without an end, PHP lexes as a '"' token first:
+        # where no value may come, the syntax error is there; where one may, an error comes
+        # from the string's content (or the end of the file). The parser decides which,
+        # raising the error this token holds.
         try:
-            self._double_quoted(quote_at, token_start)
+            return self._double_quoted(quote_at, token_start)
         except ConfigError as error:
             self.pos = len(self.text)
-            return Token("unterminated", error, token_start, token_start + 1)
-        raise AssertionError("an unterminated string was read to its end")
+            return Token("deferred", error, token_start, token_start + 1)
 
-    def _closing_quote(self, quote_at: int) -> bool:
+    def _plain_double_quoted(self, quote_at: int) -> bool:
+        """Whether the string closes before any "$name", "${" or "{$" (PHP's first scan)."""
         text = self.text
         pos = quote_at + 1
         while pos < len(text):
-            if text[pos] == "\\":
+            char = text[pos]
+            if char == "\\":
                 pos += 2
-            elif text[pos] == '"':
+                continue
+            if char == '"':
                 return True
-            else:
-                pos += 1
+            if char == "$" and (text.startswith("{", pos + 1) or _LABEL.match(text, pos + 1)):
+                return False
+            if char == "{" and text.startswith("$", pos + 1):
+                return False
+            pos += 1
         return False
 
     def _single_quoted(self, quote_at: int, token_start: int) -> Token:
@@ -524,7 +540,7 @@ def _describe(token: Token) -> str:
         return "end of file"
     if token.kind == "var":
         return f"variable ${token.value}"
-    if token.kind in ("string", "interp", "unterminated"):
+    if token.kind in ("string", "interp", "deferred"):
         return "a string"
     if token.kind in ("int", "float"):
         return "a number"
@@ -540,6 +556,7 @@ class _Parser:
         self._lookahead: list[Token] = []
         # PHP lists a scope's variables in the order they first appear in the source.
         self.variable_order: dict[str, None] = {}
+        self._argument_start = -1  # offset of the first token of the current call argument
 
     def _peek(self, ahead: int = 0) -> Token:
         while len(self._lookahead) <= ahead:
@@ -562,7 +579,10 @@ class _Parser:
         return token.kind == "op" and token.value in ops
 
     def _fail(self, token: Token, expected: str) -> ConfigError:
-        unsupported_operator = token.kind == "op" and token.value in _UNSUPPORTED_OPERATORS
+        # "(" never follows a value in the subset; in PHP it calls the value ($f(), 'f'()).
+        unsupported_operator = token.kind == "op" and (
+            token.value in _UNSUPPORTED_OPERATORS or token.value == "("
+        )
         if unsupported_operator or (
             token.kind == "ident" and str(token.value).lower() in _KEYWORDS
         ):
@@ -612,7 +632,7 @@ class _Parser:
 
     def _primary(self) -> _Node:
         token = self._take()
-        if token.kind == "unterminated":
+        if token.kind == "deferred":
             assert isinstance(token.value, ConfigError)
             raise token.value
         if token.kind in ("string", "int", "float"):
@@ -631,6 +651,11 @@ class _Parser:
                     f"'{following.value}' is not supported: config values are plain scalars",
                 )
             return _Variable(token.offset, str(token.value))
+        if self._is_op(token, "$"):
+            following = self._peek()
+            if following.kind == "var" or self._is_op(following, "$", "{"):
+                raise self.src.error(token.offset, "variable variables are not supported")
+            raise self._fail(following, "a variable name after '$'")
         if self._is_op(token, "("):
             inner = self._expression(0)
             closing = self._take()
@@ -646,6 +671,10 @@ class _Parser:
                 raise self._fail(token, "a value")
             if self._is_op(self._peek(), "("):
                 return self._call(token, lowered)
+            if lowered == "__line__" and token.offset == self._argument_start:
+                # An argument may be named ("__LINE__: 1"), so PHP reads the next token
+                # before it takes __LINE__ as a constant, and gives it that token's line.
+                return _Constant(self._peek().offset, name)
             return _Constant(token.offset, name)
         raise self._fail(token, "a value")
 
@@ -659,6 +688,7 @@ class _Parser:
         self._take()  # "("
         args: list[_Node] = []
         while not self._is_op(self._peek(), ")"):
+            self._argument_start = self._peek().offset
             args.append(self._expression(0))
             separator = self._peek()
             if self._is_op(separator, ","):
@@ -669,11 +699,6 @@ class _Parser:
         if function == "getenv" and not args:
             raise self.src.error(
                 name.offset, "getenv() returns the whole environment without a name: not supported"
-            )
-        low, high = _FUNCTION_ARITY[function]
-        if not low <= len(args) <= high:
-            raise self.src.error(
-                name.offset, f"{function}() takes {low} to {high} arguments, not {len(args)}"
             )
         return _Call(name.offset, function, tuple(args))
 
@@ -741,7 +766,16 @@ def _numeric_prefix(value: bytes) -> tuple[int | float, bool, bool]:
         number = float(literal)
     else:
         number = int(literal)
-        if not PHP_INT_MIN <= number <= PHP_INT_MAX:
+        digits = literal.lstrip(b"+-").lstrip(b"0")
+        if len(digits) == 19:
+            # PHP's is_numeric_string decides with strcmp() from the digits to the end of the
+            # string, trailing text included: "-9223372036854775808" alone is an int, but
+            # followed by anything (a space even) a float; "9223372036854775807x" is an int.
+            rest = value[match.end() - len(digits) :]
+            negative_min = rest == _LONG_MIN_DIGITS and literal.startswith(b"-")
+            if not (rest < _LONG_MIN_DIGITS or negative_min):
+                number = float(literal)
+        elif not PHP_INT_MIN <= number <= PHP_INT_MAX:
             number = float(literal)
     whole = value[match.end() :].strip(_WHITESPACE) == b""
     return number, whole, True
@@ -899,6 +933,13 @@ class _Run:
 
     def call(self, node: _Call) -> PhpValue:
         args = [self.evaluate(arg) for arg in node.args]
+        # A runtime error in PHP (ArgumentCountError), after the arguments are evaluated: a
+        # syntax error further down the file is reported first.
+        low, high = _FUNCTION_ARITY[node.function]
+        if not low <= len(args) <= high:
+            raise self.src.error(
+                node.offset, f"{node.function}() takes {low} to {high} arguments, not {len(args)}"
+            )
         if node.function == "getenv":
             if args[0] is None:
                 raise self.src.error(
@@ -909,7 +950,15 @@ class _Run:
             value = self.interpreter.environ.get(wanted.decode("utf-8", "surrogateescape"))
             return False if value is None else value.encode("utf-8", "surrogateescape")
         name = to_php_string(args[0]).decode("utf-8", "surrogateescape")
-        if name in self.interpreter.constants or name in _BUILTIN_CONSTANTS:
+        if len(args) == 3 and to_php_bool(args[2]):
+            self.warn(
+                node,
+                "define(): argument #3 ($case_insensitive) is ignored since declaration of "
+                "case-insensitive constants is no longer supported",
+            )
+        # true, false and null are constants to PHP, in any case.
+        builtin = name in _BUILTIN_CONSTANTS or name.lower() in ("true", "false", "null")
+        if name in self.interpreter.constants or builtin:
             self.warn(node, f"constant {name} already defined")
             return False
         self.interpreter.constants[name] = args[1]
