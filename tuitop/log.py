@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from tuitop.config import LogLevel, mask_secrets
+from tuitop.config import mask_secrets
 
 LOGGER_NAME = "tuitop"
 DEFAULT_LOG_FILE = "/var/log/tuleap/worker_log"
@@ -85,8 +85,8 @@ def setup_logging(
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
-    logger.setLevel(logging.DEBUG)  # the LevelFilter decides, so a change needs no reconfig
     logger.propagate = False
+    sync_level(logger, level)
     formatter = TuleapFormatter(secrets)
     level_filter = LevelFilter(level)
     handlers: list[logging.Handler] = []
@@ -107,5 +107,14 @@ def setup_logging(
     return logger
 
 
-def level_number(level: LogLevel) -> int:
-    return int(level)
+def sync_level(logger: logging.Logger, level: LevelSource) -> None:
+    """Makes ``logger`` drop records below the level in force before it builds them.
+
+    The handlers' LevelFilter reads the shared level on every record, so a change made by
+    the supervisor applies at once; setting the logger's own level as well (when the shared
+    one changed) spares a worker building records nobody will write, which costs more than
+    the job itself for a no-op.
+    """
+    wanted = min(level.value, logging.ERROR)
+    if logger.level != wanted:
+        logger.setLevel(wanted)

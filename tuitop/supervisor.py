@@ -38,7 +38,7 @@ from setproctitle import setproctitle
 
 from tuitop import keys
 from tuitop.config import ConfigError, Settings
-from tuitop.log import setup_logging
+from tuitop.log import setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
@@ -216,6 +216,7 @@ class Supervisor:
         self.settings = settings
         if old.log_level != settings.log_level:
             self.level.value = int(settings.log_level)
+            sync_level(self.logger, self.level)
             self.logger.info("config: log level %s → %s", old.log_level, settings.log_level)
         if old.backend_workers != settings.backend_workers:
             self.logger.info(

@@ -48,7 +48,7 @@ from tuitop.handlers import (
     RetryLater,
     build_registry,
 )
-from tuitop.log import LevelSource, setup_logging
+from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, decode, with_payload
 from tuitop.osutil import process_running, set_parent_death_signal
@@ -292,6 +292,7 @@ class Worker:
         return [raw] if raw is not None else []
 
     def _run_batch(self, batch: list[bytes]) -> None:
+        sync_level(self.logger, self.level)  # the supervisor may have changed it
         for index, raw in enumerate(batch):
             tail = batch[index + 1 :]
             if self.stop_requested:
@@ -318,7 +319,8 @@ class Worker:
         self._topic = message.topic
         self.status[JOB_STARTED] = now
         self.status[JOB_CLOCK] = time.monotonic()
-        self._set_state(BUSY)
+        if self.status[STATE] != BUSY:  # through a batch it stays busy
+            self._set_state(BUSY)
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("Got message: %s", raw[:500].decode("utf-8", "replace"))
         try:
@@ -327,12 +329,13 @@ class Worker:
             self.status[PROCESSED] += 1
             self.status[JOB_STARTED] = 0.0
             self.status[JOB_CLOCK] = 0.0
-            self.logger.debug(
-                "Message processed in %.3f seconds [%d/%d]",
-                time.time() - now,
-                self.status[PROCESSED],
-                self.options.max_messages,
-            )
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug(
+                    "Message processed in %.3f seconds [%d/%d]",
+                    time.time() - now,
+                    self.status[PROCESSED],
+                    self.options.max_messages,
+                )
 
     def _run_handler(self, message: Message, started: float) -> None:
         if message.problem is not None:
@@ -505,7 +508,7 @@ class _BatchGuard:
     def arm(self, tail: list[bytes], deadline: float) -> None:
         with self._lock:
             self._tail, self._deadline, self._given_back = tail, deadline, False
-        if tail:
+        if tail and not self.armed.is_set():  # set() costs a lock; most arms find it set
             self.armed.set()
 
     def disarm(self) -> bool:
