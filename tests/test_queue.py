@@ -85,7 +85,7 @@ def queue(redis_client: redis.Redis) -> Queue:
 def ack(client: redis.Redis, queue: Queue, worker_id: str, raws: list[bytes]) -> list[int]:
     pipe = client.pipeline(transaction=False)
     queue.ack_into(pipe, worker_id, raws)
-    return cast(list[int], pipe.execute()[0]) if raws else []
+    return [int(flag) for flag in pipe.execute()[0].decode()] if raws else []
 
 
 # --- push, take, ack --------------------------------------------------------------------

@@ -42,12 +42,8 @@ end
 local workers = math.max(redis.call('SCARD', KEYS[3]), 1)
 local n = math.min(tonumber(ARGV[1]), math.floor(depth / workers))
 if n < 1 then n = 1 end
-local taken = {}
-for i = 1, n do
-  local value = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not value then break end
-  taken[#taken + 1] = value
-end
+local taken = redis.call('RPOP', KEYS[1], n)
+redis.call('LPUSH', KEYS[2], unpack(taken))
 return taken
 """
 
@@ -67,14 +63,26 @@ return #due
 
 # Removes finished messages from a processing list: one command for a whole batch (redis-py
 # spends more time packing and parsing one LREM each than Redis spends running them). The
-# oldest taken sit at the list's tail, so searching from there (count -1) finds them first.
-# Returns, for each message, 1 if it was removed, 0 if it was no longer there (recovered).
+# oldest taken sit at the list's tail: when the finished ones are exactly the tail (the
+# usual case), one LTRIM removes them; else each is searched from the tail. The reply says,
+# per message, '1' when removed and '0' when it was no longer there (recovered meanwhile).
 _ACK_SCRIPT = """
-local removed = {}
-for i = 1, #ARGV do
-  removed[i] = redis.call('LREM', KEYS[1], -1, ARGV[i])
+local n = #ARGV
+local tail = redis.call('LRANGE', KEYS[1], -n, -1)
+local exact = #tail == n
+for i = 1, n do
+  if not exact then break end
+  exact = tail[n - i + 1] == ARGV[i]
 end
-return removed
+if exact then
+  redis.call('LTRIM', KEYS[1], 0, -n - 1)
+  return string.rep('1', n)
+end
+local removed = {}
+for i = 1, n do
+  removed[i] = tostring(redis.call('LREM', KEYS[1], -1, ARGV[i]))
+end
+return table.concat(removed)
 """
 
 # Returns taken messages to the head of the queue (ARGV: last to take first), each only if
@@ -226,8 +234,9 @@ class Queue:
         return cast(bytes | None, value)
 
     def ack_into(self, pipe: Pipeline, worker_id: str, raws: Sequence[bytes]) -> None:
-        """Queues the removal of finished messages on ``pipe`` (the caller executes it); its
-        reply is a list with, per message, 1 when removed and 0 when it was no longer there."""
+        """Queues the removal of finished messages (oldest first) on ``pipe`` (the caller
+        executes it); its reply has, per message, ``1`` when removed and ``0`` when it was no
+        longer there."""
         if raws:
             # EVAL, not a registered Script: in a pipeline redis-py sends SCRIPT EXISTS first,
             # a round trip of its own; Redis caches the compiled body anyway.
