@@ -374,7 +374,9 @@ def test_redis_restarted_under_the_pool(
     assert pool.stop() == 0
 
 
-def test_no_redis_server_means_no_worker_and_says_so(tmp_path: Path, pools: list[Pool]) -> None:
+def test_no_redis_server_means_no_worker_until_the_config_says_where(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
     config = tmp_path / "local.inc"
     config.write_text("<?php\n$sys_nb_backend_workers = 3;\n")
     pool = start_pool(pools, tmp_path, config)
@@ -383,6 +385,10 @@ def test_no_redis_server_means_no_worker_and_says_so(tmp_path: Path, pools: list
     family = psutil.Process(pool.pid).children(recursive=True)
     assert not [p for p in family if "forkserver" in " ".join(p.cmdline())]
     assert "Start service" not in pool.log()
+    write_config(tmp_path, port=redis_server.port, workers=2)
+    pool.signal(signal.SIGHUP)
+    pool.wait_for_log("config: Redis at 127.0.0.1:")
+    wait_until(lambda: len(worker_heartbeats(redis_client)) == 2, what="2 workers")
     assert pool.stop() == 0
 
 

@@ -202,28 +202,34 @@ class Supervisor:
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
-        """Makes ``settings`` the ones in force; the loop does the rest (scaling)."""
+        """Makes ``settings`` the ones in force; the loop does the rest (scaling).
+
+        Each change is logged on one line at warning level, so that it shows under the
+        default ``$sys_logger_level`` too: an admin who saved a file wants to see it taken.
+        """
         old = self.settings
-        if settings.redis != old.redis:
+        changes: list[str] = []
+        if settings.redis != old.redis and not old.redis.configured:
+            changes.append(f"Redis at {settings.redis.address}")
+        elif settings.redis != old.redis:
             # Moving the pool to another Redis needs a rolling restart (issue 4); until
             # then the pool stays where it is, and says so.
-            self.logger.warning(
-                "config: the Redis settings changed (%s → %s); restart tuitop to apply them",
-                old.redis.address,
-                settings.redis.address,
+            changes.append(
+                f"the Redis settings changed ({old.redis.address} → {settings.redis.address}); "
+                "restart tuitop to apply them"
             )
             settings = dataclasses.replace(settings, redis=old.redis)
-        self.settings = settings
         if old.log_level != settings.log_level:
-            self.level.value = int(settings.log_level)
-            sync_level(self.logger, self.level)
-            self.logger.info("config: log level %s → %s", old.log_level, settings.log_level)
+            changes.append(f"log level {old.log_level} → {settings.log_level}")
         if old.backend_workers != settings.backend_workers:
-            self.logger.info(
-                "config: workers %d → %d", old.backend_workers, settings.backend_workers
-            )
+            changes.append(f"workers {old.backend_workers} → {settings.backend_workers}")
         if old.async_scope != settings.async_scope:
-            self.logger.info("config: async scope %s → %s", old.async_scope, settings.async_scope)
+            changes.append(f"async scope {old.async_scope} → {settings.async_scope}")
+        self.settings = settings
+        self.level.value = int(settings.log_level)
+        sync_level(self.logger, self.level)
+        for change in changes:
+            self.logger.warning("config: %s", change)
 
     # --- the loop --------------------------------------------------------------------------
 
