@@ -268,3 +268,13 @@ def test_a_malformed_notification_is_refused_before_it_is_queued(
     notifier.close()
     assert queued(redis_client) == []
     assert smtp_server.messages == []
+
+
+def test_the_producer_api_is_importable_from_the_package() -> None:
+    import tuitop
+
+    assert tuitop.Notifier is Notifier
+    assert tuitop.Notification is Notification
+    assert tuitop.Mail is Mail
+    with pytest.raises(AttributeError):
+        tuitop.NoSuchThing  # noqa: B018
