@@ -36,7 +36,20 @@ def count(payload: Any, job: Job) -> None:
     _count_run(job, payload)
 
 
+def slow(payload: Any, job: Job) -> None:
+    """Records its start and its end around ``payload['seconds']`` of sleep: a job cut off
+    in the middle leaves a start without an end."""
+    client = connect(job.settings.redis)
+    try:
+        client.rpush(RUNS_KEY, f"start:{payload['id']}")
+        time.sleep(float(payload["seconds"]))
+        client.rpush(RUNS_KEY, f"end:{payload['id']}")
+    finally:
+        client.close()
+
+
 def register(registry: HandlerRegistry) -> None:
+    registry.register("test.slow", slow)
     registry.register("test.fail", fail)
     registry.register("test.sleep", sleep)
     registry.register("test.count", count)

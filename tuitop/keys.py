@@ -39,6 +39,10 @@ def heartbeat(worker_id: str) -> str:
     return f"tuitop:worker:{worker_id}"
 
 
+CONFIG = "tuitop:config"
+"""Hash of the configuration in force (async scope, log level, workers) with a version
+number, so that producers in other processes follow a change without reading files."""
+
 POOLS = "tuitop:pools"
 """Set of the names of pools that registered."""
 

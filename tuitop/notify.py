@@ -1,6 +1,7 @@
 """The producer side, for front ends: send a notification the way the config says.
 
-As Tuleap's front end does: when ``$sys_async_emails`` covers the notification's project,
+As Tuleap's front end does: when ``$sys_async_emails`` covers the notification's project
+(the scope the pools published in Redis, so that a saved config applies here too),
 the notification is queued for the workers; otherwise its mails are sent inline, here and
 now. When queueing fails, it logs Tuleap's line ("Unable to queue notification for …,
 fallback to online notif") and sends inline: a notification is never dropped.
@@ -8,12 +9,15 @@ fallback to online notif") and sends inline: a notification is never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import redis
 
-from tuitop.config import Settings
+from tuitop import keys
+from tuitop.config import AsyncScope, Settings
 from tuitop.handlers import PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, transport_for
 from tuitop.message import encode
@@ -21,6 +25,7 @@ from tuitop.notification import TOPIC, Notification, parse_notification, send_no
 from tuitop.queue import Queue
 from tuitop.redisconn import connect, describe_error
 
+SCOPE_CACHE_SECONDS = 1.0
 QUEUED = "queued"
 SENT = "sent"
 
@@ -50,6 +55,8 @@ class Notifier:
         self._transport = transport
         self._sendmail = sendmail
         self.logger = logger or logging.getLogger("tuitop.notify")
+        self._scope = settings.async_scope
+        self._scope_checked = -SCOPE_CACHE_SECONDS
 
     def notify(self, notification: Notification) -> str:
         """Queues or sends ``notification``; returns ``'queued'`` or ``'sent'``.
@@ -61,7 +68,7 @@ class Notifier:
             parse_notification(notification.to_payload())
         except PayloadError as error:
             raise NotificationError(f"malformed notification: {error}", None) from None
-        if self.settings.async_scope.covers(notification.project_id):
+        if self.scope().covers(notification.project_id):
             try:
                 self._queue().push(encode(TOPIC, notification.to_payload()))
                 return QUEUED
@@ -78,12 +85,35 @@ class Notifier:
             raise NotificationError(str(error), error.payload) from None
         return SENT
 
+    def scope(self) -> AsyncScope:
+        """The async scope in force: the one the pools published in Redis (read at most
+        once a second), else the one of this process's settings."""
+        now = time.monotonic()
+        if now < self._scope_checked + SCOPE_CACHE_SECONDS:
+            return self._scope
+        self._scope_checked = now
+        self._scope = self.settings.async_scope
+        if not self.settings.redis.configured:
+            return self._scope
+        try:
+            client = self._connection()
+            published = cast(bytes | None, client.hget(keys.CONFIG, "async_scope"))
+        except redis.RedisError:
+            return self._scope
+        if published is not None:
+            with contextlib.suppress(ValueError):
+                self._scope = AsyncScope.parse(published.decode())
+        return self._scope
+
+    def _connection(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.settings.redis, client_name="tuitop:notifier")
+        return self._client
+
     def _queue(self) -> Queue:
         if not self.settings.redis.configured:
             raise redis.ConnectionError("$redis_server is empty")
-        if self._client is None:
-            self._client = connect(self.settings.redis, client_name="tuitop:notifier")
-        return Queue(self._client)
+        return Queue(self._connection())
 
     def _mail(self) -> MailTransport:
         if self._transport is None:

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import BaseContext
@@ -44,6 +44,7 @@ from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
 from tuitop.stats import StatsBatch
+from tuitop.watch import ConfigWatcher
 from tuitop.worker import (
     BUSY,
     EXIT_HANDLERS,
@@ -128,10 +129,23 @@ class Supervisor:
         options: PoolOptions,
         *,
         reload: Callable[[], Settings] | None = None,
+        watch: Sequence[str] = (),
     ) -> None:
+        """``reload`` reads the config files again (SIGHUP, and saves of the ``watch``ed
+        files); it raises ConfigError for a config that cannot be used."""
         self.settings = settings
         self.options = options
         self._reload = reload
+        self._watch = tuple(watch)
+        self._watcher: ConfigWatcher | None = None
+        self._reload_requested = False
+        self.config_error = ""
+        """The error of the last reload that failed ('' once a good config loaded)."""
+        self.loaded_at = time.time()
+        self._config_version = 0
+        self._config_published = False
+        self._outdated: set[int] = set()
+        """Slots whose worker runs with settings older than those in force."""
         self._context: BaseContext = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["tuitop.worker"])
         self.level: Any = self._context.RawValue("i", int(settings.log_level))
@@ -189,16 +203,28 @@ class Supervisor:
 
     # --- configuration ---------------------------------------------------------------------
 
+    def request_reload(self) -> None:
+        """Asks the loop to reload soon; safe from any thread (the watcher's)."""
+        self._reload_requested = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_write, b"r")
+
     def reload(self) -> None:
         """Reads the config again (when a loader was given) and applies it; a config that
-        does not load is logged with its place, and the one in force stays."""
+        does not load is logged with its place, kept as ``config_error`` for the views, and
+        the one in force stays."""
         if self._reload is None:
             return
         try:
             settings = self._reload()
         except ConfigError as error:
+            self.config_error = str(error)
+            self._config_published = False
             self.logger.error("config error, the last good configuration stays: %s", error)
             return
+        if self.config_error:
+            self.logger.warning("config: the error is fixed, the files load again")
+        self.config_error = ""
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
@@ -225,7 +251,13 @@ class Supervisor:
             changes.append(f"workers {old.backend_workers} → {settings.backend_workers}")
         if old.async_scope != settings.async_scope:
             changes.append(f"async scope {old.async_scope} → {settings.async_scope}")
+        if _worker_settings(old) != _worker_settings(settings):
+            # Workers hold the mail settings: replace them one at a time, each after its job.
+            changes.append("mail settings changed: workers are replaced one by one")
+            self._outdated = set(self.workers)
         self.settings = settings
+        self.loaded_at = time.time()
+        self._config_published = False
         self.level.value = int(settings.log_level)
         sync_level(self.logger, self.level)
         for change in changes:
@@ -249,13 +281,21 @@ class Supervisor:
                 "Redis is not configured ($redis_server is empty): no worker runs; "
                 "waiting for the configuration to change"
             )
+        if self._watch and self._reload is not None:
+            self._watcher = ConfigWatcher(self._watch, self.request_reload)
+            self._watcher.start()
         try:
             while self._stop_signals == 0:
                 self._cycle()
                 self._sleep()
                 self._handle_signals()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
             self._shutdown()
         finally:
+            if self._watcher is not None:
+                self._watcher.stop()
             signal.set_wakeup_fd(-1)
             self._release_name()
         return 0
@@ -411,6 +451,8 @@ class Supervisor:
             "log_level": str(settings.log_level),
             "async_scope": str(settings.async_scope),
             "redis": settings.redis.address,
+            "loaded_at": self.loaded_at,
+            "config_error": self.config_error,
             "beat": time.time(),
         }
         ttl = int(self.options.heartbeat_ttl)
@@ -419,6 +461,8 @@ class Supervisor:
         pipe.expire(keys.pool(name), ttl)
         pipe.sadd(keys.POOLS, name)
         pipe.execute()
+        if not self._config_published:
+            self._publish_config()
         if not self._claim_script(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
             # Our claim expired (Redis was away) and another pool took the name meanwhile:
             # its workers' ids could meet ours. Stop ours, warm, and start none.
@@ -431,6 +475,27 @@ class Supervisor:
             )
             for record in self.workers.values():
                 self._stop_worker(record, "the pool lost its name")
+
+    def _publish_config(self) -> None:
+        """Publishes the async scope in force, with a new version, for producers elsewhere
+        (Notifier reads it instead of the files). Last writer wins among pools."""
+        assert self._redis is not None
+        settings = self.settings
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(keys.CONFIG, "version", 1)
+        pipe.hset(
+            keys.CONFIG,
+            mapping={
+                "async_scope": str(settings.async_scope),
+                "log_level": str(settings.log_level),
+                "workers": settings.backend_workers,
+                "pool": self.options.pool_name,
+                "loaded_at": self.loaded_at,
+                "config_error": self.config_error,
+            },
+        )
+        self._config_version = int(pipe.execute()[0])
+        self._config_published = True
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -472,6 +537,13 @@ class Supervisor:
         active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
         for slot in reversed(active[wanted:]):
             self._stop_worker(self.workers[slot], "the pool is scaled down")
+        self._outdated &= set(active[:wanted])
+        replacing = any(
+            record.stopping and not record.kill_reason for record in self.workers.values()
+        )
+        if self._outdated and not replacing and len(active) >= wanted:
+            # A rolling replacement: one worker at a time, each after its current job.
+            self._stop_worker(self.workers[self._outdated.pop()], "its settings are outdated")
         missing = wanted - min(len(active), wanted)
         if missing <= 0 or not self._redis_ok or time.monotonic() < self._next_start_at:
             return
@@ -663,3 +735,9 @@ def _describe_exit(code: int | None, detached: bool) -> str:
         except ValueError:  # a real-time signal has no name
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _worker_settings(settings: Settings) -> object:
+    """What a running worker took from the settings at its start (beyond the log level,
+    which is shared live, and the Redis address, which the pool keeps)."""
+    return settings.mail

@@ -1,0 +1,229 @@
+"""Live reconfiguration, end to end: save the config file any way an admin does; the real
+``tuitop --no-ui`` follows within a second, losing and interrupting nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.handlers_for_tests import RUNS_KEY
+from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
+from tuitop import keys
+from tuitop.config import load_config
+from tuitop.message import encode
+from tuitop.notification import Mail, Notification
+from tuitop.notify import QUEUED, NotificationError, Notifier
+from tuitop.redisserver import EmbeddedRedis
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Pool]]:
+    started: list[Pool] = []
+    yield started
+    for pool in started:
+        pool.kill_all()
+
+
+def start(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:
+    pool = Pool(tmp_path, config, "--handlers", "tests.handlers_for_tests", *args).start()
+    pools.append(pool)
+    return pool
+
+
+def pids(client: redis.Redis) -> set[str]:
+    return {beat["pid"] for beat in worker_heartbeats(client).values()}
+
+
+def wait_for_workers(client: redis.Redis, count: int) -> set[str]:
+    wait_until(lambda: len(worker_heartbeats(client)) == count, timeout=15, what=f"{count} workers")
+    return pids(client)
+
+
+def config_text(port: int, workers: int, level: str = "debug", scope: str = "") -> str:
+    return (
+        "<?php\n$redis_server = '127.0.0.1';\n"
+        f"$redis_port = {port};\n$sys_nb_backend_workers = {workers};\n"
+        f"$sys_logger_level = '{level}';\n$sys_async_emails = '{scope}';\n"
+        "$sys_noreply = 'noreply@example.com';\n"
+    )
+
+
+def test_every_way_of_saving_is_seen(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(port, 2))
+    pool = start(pools, tmp_path, config)
+    first = wait_for_workers(redis_client, 2)
+
+    # 1. Written in place: up to 4; the two running workers stay.
+    config.write_text(config_text(port, 4))
+    pool.wait_for_log("config: workers 2 → 4")
+    assert first <= wait_for_workers(redis_client, 4)
+
+    # 2. An editor's save: a new file renamed over the old one. Down to 1, warm.
+    new = tmp_path / ".local.inc.swp"
+    new.write_text(config_text(port, 1))
+    os.replace(new, config)
+    pool.wait_for_log("config: workers 4 → 1")
+    remaining = wait_for_workers(redis_client, 1)
+    assert remaining <= first | pids(redis_client)
+
+    # 3. sed -i (a new inode too).
+    subprocess.run(["sed", "-i", "s/= 1;/= 3;/", str(config)], check=True)
+    pool.wait_for_log("config: workers 1 → 3")
+    wait_for_workers(redis_client, 3)
+
+    # 4. Deleted, then created again: the missing file is an error that keeps the last
+    #    good config; the new file applies.
+    config.unlink()
+    pool.wait_for_log("config error, the last good configuration stays: .*cannot read")
+    config.write_text(config_text(port, 2))
+    pool.wait_for_log("config: workers 3 → 2")
+    wait_for_workers(redis_client, 2)
+    assert pool.stop() == 0
+
+
+def test_a_symlink_swapped_by_config_management_is_seen(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    releases = tmp_path / "releases"
+    (releases / "v1").mkdir(parents=True)
+    (releases / "v2").mkdir()
+    (releases / "v1" / "local.inc").write_text(config_text(port, 1))
+    (releases / "v2" / "local.inc").write_text(config_text(port, 3))
+    config = tmp_path / "local.inc"
+    config.symlink_to(releases / "v1" / "local.inc")
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 1)
+    swap = tmp_path / ".local.inc.new"
+    swap.symlink_to(releases / "v2" / "local.inc")
+    os.replace(swap, config)  # what ansible/puppet/salt do: an atomic symlink swap
+    pool.wait_for_log("config: workers 1 → 3")
+    wait_for_workers(redis_client, 3)
+    # Now an edit of the new target, through the link's directory of releases.
+    (releases / "v2" / "local.inc").write_text(config_text(port, 2))
+    pool.wait_for_log("config: workers 3 → 2")
+    wait_for_workers(redis_client, 2)
+    assert pool.stop() == 0
+
+
+def test_an_invalid_save_keeps_the_last_good_config_until_fixed(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = write_config(tmp_path, port=port, workers=2)
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 2)
+    config.write_text(config_text(port, 5).replace("$sys_nb_backend_workers = 5;", "$sys_nb = ;"))
+    pool.wait_for_log(r"config error, the last good configuration stays: .*local\.inc:4:\d+")
+    published = wait_until(
+        lambda: redis_client.hget(keys.pool(socket.gethostname()), "config_error"),
+        what="the error published in the pool's heartbeat",
+    )
+    assert b"local.inc:4:" in published
+    time.sleep(1)
+    assert len(worker_heartbeats(redis_client)) == 2
+    # An unknown log level and a missing ${ENV} variable are refused the same way.
+    config.write_text(config_text(port, 5, level="loud"))
+    pool.wait_for_log("sys_logger_level must be one of")
+    config.write_text(
+        config_text(port, 5).replace("$sys_noreply", "$redis_password = '${NOPE_UNSET}';\n$x")
+    )
+    pool.wait_for_log("NOPE_UNSET, which is not set")
+    assert len(worker_heartbeats(redis_client)) == 2
+    config.write_text(config_text(port, 3))
+    pool.wait_for_log("the error is fixed")
+    pool.wait_for_log("config: workers 2 → 3")
+    wait_for_workers(redis_client, 3)
+    assert pool.stop() == 0
+
+
+def test_scope_and_log_level_apply_live_and_producers_follow(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(port, 1, level="warning", scope="all"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 1)
+    wait_until(lambda: redis_client.hget(keys.CONFIG, "async_scope") == b"all", what="scope")
+    version = int(redis_client.hget(keys.CONFIG, "version"))
+    # A producer in another process, configured once (its own settings say 'all').
+    notifier = Notifier(load_config([str(config)]).settings)
+    notification = Notification(101, 1, 1, (Mail(("a@example.com",), "s", "t"),))
+    assert notifier.notify(notification) == QUEUED
+
+    config.write_text(config_text(port, 1, level="debug", scope="102,103"))
+    pool.wait_for_log("config: async scope all → 102,103")
+    pool.wait_for_log("config: log level warning → debug")
+    wait_until(lambda: redis_client.hget(keys.CONFIG, "async_scope") == b"102,103", what="scope")
+    assert int(redis_client.hget(keys.CONFIG, "version")) > version
+    time.sleep(1.1)  # the producer's cache of the scope
+    # Project 101 left the scope: sent inline now (here: no relay, so it fails inline —
+    # which proves it was not queued).
+    queued_before = redis_client.llen(keys.QUEUE)
+    with pytest.raises(NotificationError):
+        notifier.notify(notification)
+    assert redis_client.llen(keys.QUEUE) == queued_before
+    assert notifier.notify(Notification(102, 1, 1, notification.mails)) == QUEUED
+    # The workers log at debug level now.
+    redis_client.lpush(keys.QUEUE, encode("test.count", {"id": "dbg"}))
+    pool.wait_for_log(r"\[debug\] Got message: .*dbg")
+    notifier.close()
+    assert pool.stop() == 0
+
+
+def test_scaling_under_slow_jobs_loses_and_interrupts_nothing(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(port, 3, level="info"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 3)
+    stop = threading.Event()
+    pushed: list[int] = []
+
+    def produce() -> None:
+        client = redis_server.client()
+        number = 0
+        while not stop.is_set():
+            client.lpush(keys.QUEUE, encode("test.slow", {"id": number, "seconds": 0.3}))
+            pushed.append(number)
+            number += 1
+            stop.wait(0.05)
+        client.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for workers in (1, 4, 2, 3):
+            time.sleep(1.0)
+            config.write_text(config_text(port, workers, level="info"))
+            wait_for_workers(redis_client, workers)
+    finally:
+        stop.set()
+        producer.join()
+    wait_until(
+        lambda: redis_client.llen(keys.QUEUE) == 0 and not processing_lists(redis_client),
+        timeout=60,
+        what="the queue drained",
+    )
+    runs = Counter(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
+    assert {f"start:{n}" for n in pushed} | {f"end:{n}" for n in pushed} == set(runs)
+    assert set(runs.values()) == {1}  # each job ran once, start to end: none cut off
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    assert "Stopping worker" in pool.log()
+    assert pool.stop() == 0
