@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import RedisServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
 from tuitop import keys
@@ -226,4 +227,65 @@ def test_scaling_under_slow_jobs_loses_and_interrupts_nothing(
     assert set(runs.values()) == {1}  # each job ran once, start to end: none cut off
     assert redis_client.llen(keys.DEAD_LETTERS) == 0
     assert "Stopping worker" in pool.log()
+    assert pool.stop() == 0
+
+
+def test_a_new_redis_address_moves_the_workers_one_by_one(
+    tmp_path: Path, pools: list[Pool], redis_server_factory: RedisServerFactory
+) -> None:
+    old, new = redis_server_factory(), redis_server_factory()
+    old_client, new_client = old.client(), new.client()
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(old.port, 2, level="info"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(old_client, 2)
+    # Both workers are in the middle of a job on the old Redis; one more job waits there.
+    old_client.lpush(
+        keys.QUEUE, *[encode("test.slow", {"id": n, "seconds": 1.5}) for n in range(3)]
+    )
+    wait_until(lambda: old_client.llen(RUNS_KEY) >= 2, what="two jobs started")
+    config.write_text(config_text(new.port, 2, level="info"))
+    pool.wait_for_log(rf"config: Redis 127.0.0.1:{old.port} → 127.0.0.1:{new.port}")
+    wait_for_workers(new_client, 2)
+    wait_until(lambda: not worker_heartbeats(old_client), timeout=20, what="old Redis left")
+    pool.wait_for_log(rf"Left Redis 127.0.0.1:{old.port}: it still holds \d+ queued")
+    # The jobs running on the old Redis finished, none cut off; what was left there is
+    # still there (not lost, not served), and said so.
+    runs = [value.decode() for value in old_client.lrange(RUNS_KEY, 0, -1)]
+    assert all(runs.count(f"end:{n}") == runs.count(f"start:{n}") for n in range(3))
+    left = old_client.llen(keys.QUEUE) + old_client.zcard(keys.DELAYED)
+    assert left + len({r for r in runs if r.startswith("end:")}) == 3
+    assert processing_lists(old_client) == {}
+    # The new Redis is served.
+    new_client.lpush(keys.QUEUE, encode("test.count", {"id": "new"}))
+    wait_until(
+        lambda: new_client.lrange(RUNS_KEY, 0, -1) == [b"new"], what="a run on the new Redis"
+    )
+    assert new_client.exists(keys.pool(socket.gethostname()))
+    assert not old_client.exists(keys.pool(socket.gethostname()))
+    assert pool.stop() == 0
+
+
+def test_new_mail_settings_replace_the_workers_one_by_one(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(port, 2, level="info"))
+    pool = start(pools, tmp_path, config)
+    before = wait_for_workers(redis_client, 2)
+    redis_client.lpush(
+        keys.QUEUE, *[encode("test.slow", {"id": n, "seconds": 0.5}) for n in range(2)]
+    )
+    wait_until(lambda: redis_client.llen(RUNS_KEY) >= 2, what="two jobs started")
+    config.write_text(config_text(port, 2, level="info").replace("noreply@", "robot@"))
+    pool.wait_for_log("config: mail settings changed: workers are replaced one by one")
+    wait_until(
+        lambda: len(worker_heartbeats(redis_client)) == 2 and not pids(redis_client) & before,
+        timeout=20,
+        what="two new workers",
+    )
+    runs = Counter(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
+    assert runs == Counter({"start:0": 1, "end:0": 1, "start:1": 1, "end:1": 1})
+    assert pool.log().count("its settings are outdated") == 2
     assert pool.stop() == 0

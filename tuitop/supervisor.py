@@ -18,7 +18,7 @@ signal or after the grace period (SIGKILL; what the killed workers held is recov
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
@@ -37,7 +37,7 @@ import redis
 from setproctitle import setproctitle
 
 from tuitop import keys
-from tuitop.config import ConfigError, Settings
+from tuitop.config import ConfigError, RedisSettings, Settings
 from tuitop.log import setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.osutil import process_running
@@ -118,6 +118,8 @@ class WorkerRecord:
     kill_reason: str = ""
     detached: bool = False
     """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    """The Redis it serves (the pool may have moved to another since it started)."""
 
 
 class Supervisor:
@@ -145,6 +147,8 @@ class Supervisor:
         self._config_version = 0
         self._config_published = False
         self._outdated: set[int] = set()
+        self._previous: tuple[Queue, RedisSettings] | None = None
+        """The Redis the pool left for another, while its old workers finish there."""
         """Slots whose worker runs with settings older than those in force."""
         self._context: BaseContext = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["tuitop.worker"])
@@ -238,13 +242,11 @@ class Supervisor:
         if settings.redis != old.redis and not old.redis.configured:
             changes.append(f"Redis at {settings.redis.address}")
         elif settings.redis != old.redis:
-            # Moving the pool to another Redis needs a rolling restart (issue 4); until
-            # then the pool stays where it is, and says so.
             changes.append(
-                f"the Redis settings changed ({old.redis.address} → {settings.redis.address}); "
-                "restart tuitop to apply them"
+                f"Redis {old.redis.address} → {settings.redis.address}: the pool moves now, "
+                "its workers one by one after their current job"
             )
-            settings = dataclasses.replace(settings, redis=old.redis)
+            self._leave_redis()
         if old.log_level != settings.log_level:
             changes.append(f"log level {old.log_level} → {settings.log_level}")
         if old.backend_workers != settings.backend_workers:
@@ -254,6 +256,7 @@ class Supervisor:
         if _worker_settings(old) != _worker_settings(settings):
             # Workers hold the mail settings: replace them one at a time, each after its job.
             changes.append("mail settings changed: workers are replaced one by one")
+        if _worker_settings(old) != _worker_settings(settings) or settings.redis != old.redis:
             self._outdated = set(self.workers)
         self.settings = settings
         self.loaded_at = time.time()
@@ -476,6 +479,58 @@ class Supervisor:
             for record in self.workers.values():
                 self._stop_worker(record, "the pool lost its name")
 
+    def _leave_redis(self) -> None:
+        """Lets go of the Redis in force (the config names another): its name claim is
+        released; its client is kept while workers still serve it, to recover what they
+        leave there and to say what the old server still holds."""
+        self._release_name()
+        if self._redis is not None and self._queue is not None:
+            self._previous = (self._queue, self.settings.redis)
+        self._redis = self._queue = None
+        self._redis_ok = self._owns_name = False
+        self._redis_retry_at = 0.0
+        self._config_published = False
+
+    def _queue_for(self, record: WorkerRecord) -> Queue | None:
+        if record.redis == self.settings.redis:
+            return self._queue if self._redis_ok else None
+        if self._previous is not None and record.redis == self._previous[1]:
+            return self._previous[0]
+        return None
+
+    def _forget_previous_redis(self) -> None:
+        """Once no worker serves the previous Redis: says what it still holds, and closes."""
+        if self._previous is None or any(
+            record.redis == self._previous[1] for record in self.workers.values()
+        ):
+            return
+        queue, settings = self._previous
+        self._previous = None
+        try:
+            pipe = queue.redis.pipeline(transaction=False)
+            pipe.llen(keys.QUEUE)
+            pipe.zcard(keys.DELAYED)
+            waiting, delayed = pipe.execute()
+            lists = sum(1 for _ in queue.redis.scan_iter(match=keys.PROCESSING_PATTERN))
+        except redis.RedisError as error:
+            self.logger.warning(
+                "Left Redis %s; could not check what it still holds: %s",
+                settings.address,
+                describe_error(error, settings),
+            )
+        else:
+            level = logging.WARNING if waiting or delayed or lists else logging.INFO
+            self.logger.log(
+                level,
+                "Left Redis %s: it still holds %d queued and %d delayed message(s) and %d "
+                "processing list(s), which this pool no longer serves",
+                settings.address,
+                waiting,
+                delayed,
+                lists,
+            )
+        queue.redis.close()
+
     def _publish_config(self) -> None:
         """Publishes the async scope in force, with a new version, for producers elsewhere
         (Notifier reads it instead of the files). Last writer wins among pools."""
@@ -529,7 +584,9 @@ class Supervisor:
         )
         process.start()
         worker_id = worker_id_of(slot_name, process.pid)
-        self.workers[slot] = WorkerRecord(slot, worker_id, process, cast(StatusArray, status))
+        self.workers[slot] = WorkerRecord(
+            slot, worker_id, process, cast(StatusArray, status), redis=self.settings.redis
+        )
         self.logger.debug("Started worker %s", worker_id)
 
     def _scale(self) -> None:
@@ -541,7 +598,9 @@ class Supervisor:
         replacing = any(
             record.stopping and not record.kill_reason for record in self.workers.values()
         )
-        if self._outdated and not replacing and len(active) >= wanted:
+        # Replace only while a replacement can start (the new Redis answers), or capacity
+        # would drop for nothing.
+        if self._outdated and not replacing and len(active) >= wanted and self._redis_ok:
             # A rolling replacement: one worker at a time, each after its current job.
             self._stop_worker(self.workers[self._outdated.pop()], "its settings are outdated")
         missing = wanted - min(len(active), wanted)
@@ -635,7 +694,32 @@ class Supervisor:
         else:
             self.logger.error("Worker %s %s", record.worker_id, how)
         timed_out = record.kill_reason.startswith(TIMEOUT_REASON)
-        self._recover(record.worker_id, f"worker {record.worker_id} {how}", timed_out=timed_out)
+        queue = self._queue_for(record)
+        if queue is not None and queue is not self._queue:
+            self._recover_on_previous(queue, record, f"worker {record.worker_id} {how}")
+        else:
+            self._recover(record.worker_id, f"worker {record.worker_id} {how}", timed_out=timed_out)
+        self._forget_previous_redis()
+
+    def _recover_on_previous(self, queue: Queue, record: WorkerRecord, reason: str) -> None:
+        """A worker of the Redis the pool left: its list is recovered there, and said so."""
+        try:
+            recovery = queue.recover(record.worker_id, reason)
+        except redis.RedisError as error:
+            self.logger.error(
+                "Could not recover worker %s's messages on the Redis left behind (%s): %s",
+                record.worker_id,
+                record.redis.address,
+                describe_error(error, record.redis),
+            )
+            return
+        if recovery.total:
+            self.logger.warning(
+                "Recovered %d message(s) of worker %s on the Redis left behind (%s)",
+                recovery.total,
+                record.worker_id,
+                record.redis.address,
+            )
 
     def _recover(
         self, worker_id: str, reason: str, *, timed_out: bool = False, silent: bool = False
