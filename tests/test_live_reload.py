@@ -289,3 +289,29 @@ def test_new_mail_settings_replace_the_workers_one_by_one(
     assert runs == Counter({"start:0": 1, "end:0": 1, "start:1": 1, "end:1": 1})
     assert pool.log().count("its settings are outdated") == 2
     assert pool.stop() == 0
+
+
+def test_a_burst_of_saves_and_a_half_written_file_are_coalesced(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(port, 1, level="info"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 1)
+    for workers in (2, 3, 4, 5, 2, 4):
+        config.write_text(config_text(port, workers, level="info"))
+    # Then a save caught halfway (a truncated statement), completed right after.
+    full = config_text(port, 3, level="info")
+    with open(config, "w") as handle:
+        handle.write(full[: full.index("$sys_nb_backend_workers") + 10])
+        handle.flush()
+        handle.write(full[full.index("$sys_nb_backend_workers") + 10 :])
+    wait_for_workers(redis_client, 3)
+    time.sleep(1)
+    log = pool.log()
+    assert "config error" not in log  # the half-written file was never applied
+    changes = [line for line in log.splitlines() if "config: workers" in line]
+    assert 1 <= len(changes) <= 3  # seven saves, coalesced
+    assert changes[-1].endswith("→ 3")
+    assert pool.stop() == 0
