@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.pool import Pool
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 
@@ -69,3 +70,13 @@ def smtp_server_factory() -> Iterator[SmtpServerFactory]:
 def smtp_server(smtp_server_factory: SmtpServerFactory) -> SmtpServer:
     """A started SMTP server that accepts everything at once, for this test only."""
     return smtp_server_factory()
+
+
+@pytest.fixture
+def pools() -> Iterator[list[Pool]]:
+    """The real ``tuitop --no-ui`` processes a test starts (append them here); whatever is
+    left running is killed afterwards, even when the test failed."""
+    started: list[Pool] = []
+    yield started
+    for pool in started:
+        pool.kill_all()

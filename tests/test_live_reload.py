@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,6 @@ from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import QUEUED, NotificationError, Notifier
 from tuitop.redisserver import EmbeddedRedis
-
-
-@pytest.fixture
-def pools() -> Iterator[list[Pool]]:
-    started: list[Pool] = []
-    yield started
-    for pool in started:
-        pool.kill_all()
 
 
 def start(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:

@@ -11,11 +11,9 @@ import json
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 import redis
 
 from tests.conftest import RedisServerFactory, SmtpServerFactory
@@ -29,15 +27,6 @@ from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 
 FAST_RETRY = ("--retry-delay", "0.05")
-
-
-@pytest.fixture
-def pools() -> Iterator[list[Pool]]:
-    """Pools started by a test; whatever is left running is killed afterwards."""
-    started: list[Pool] = []
-    yield started
-    for pool in started:
-        pool.kill_all()
 
 
 def start_pool(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:
