@@ -374,3 +374,11 @@ def test_example_config_reads_as_documented() -> None:
     assert settings.log_level is LogLevel.WARNING
     assert settings.mail.transport == "sendmail"
     assert settings.warnings == ()
+
+
+def test_an_empty_file_is_refused_not_read_as_no_settings(tmp_path: Path) -> None:
+    empty = tmp_path / "local.inc"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match="the file is empty") as caught:
+        load_config([str(empty)])
+    assert (caught.value.path, caught.value.line) == (str(empty), 1)

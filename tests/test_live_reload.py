@@ -306,3 +306,64 @@ def test_a_burst_of_saves_and_a_half_written_file_are_coalesced(
     assert 1 <= len(changes) <= 3  # seven saves, coalesced
     assert changes[-1].endswith("→ 3")
     assert pool.stop() == 0
+
+
+def test_a_slow_writer_and_a_replaced_directory_are_handled(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    port = redis_server.port
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    config = conf / "local.inc"
+    config.write_text(config_text(port, 2, level="info"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(redis_client, 2)
+    # A generator that truncates the file, thinks for 0.4 s, then writes it.
+    with open(config, "w") as handle:
+        handle.flush()
+        time.sleep(0.4)
+        handle.write(config_text(port, 3, level="info"))
+    pool.wait_for_log("config: workers 2 → 3")
+    wait_for_workers(redis_client, 3)
+    assert "Redis" not in "".join(
+        line for line in pool.log().splitlines() if "config: " in line and "workers" not in line
+    )
+    # The whole directory replaced (mv conf conf.old; mv conf.new conf): no event names the
+    # file, the periodic check sees it.
+    fresh = tmp_path / "conf.new"
+    fresh.mkdir()
+    (fresh / "local.inc").write_text(config_text(port, 1, level="info"))
+    conf.rename(tmp_path / "conf.old")
+    fresh.rename(conf)
+    pool.wait_for_log("config: workers 3 → 1", timeout=15)
+    wait_for_workers(redis_client, 1)
+    # And it keeps watching the new directory.
+    config.write_text(config_text(port, 2, level="info"))
+    pool.wait_for_log("config: workers 1 → 2", timeout=15)
+    assert pool.stop() == 0
+
+
+def test_a_second_redis_change_during_a_move_strands_nothing(
+    tmp_path: Path, pools: list[Pool], redis_server_factory: RedisServerFactory
+) -> None:
+    first, typo, right = (redis_server_factory() for _ in range(3))
+    first_client, right_client = first.client(), right.client()
+    config = tmp_path / "local.inc"
+    config.write_text(config_text(first.port, 2, level="info"))
+    pool = start(pools, tmp_path, config)
+    wait_for_workers(first_client, 2)
+    first_client.lpush(
+        keys.QUEUE, *[encode("test.slow", {"id": n, "seconds": 2}) for n in range(2)]
+    )
+    wait_until(lambda: first_client.llen(RUNS_KEY) >= 2, what="two jobs started")
+    config.write_text(config_text(typo.port, 2, level="info"))
+    pool.wait_for_log(rf"→ 127.0.0.1:{typo.port}: the pool moves now")
+    config.write_text(config_text(right.port, 2, level="info"))
+    pool.wait_for_log(rf"→ 127.0.0.1:{right.port}: the pool moves now")
+    wait_for_workers(right_client, 2)
+    wait_until(lambda: not worker_heartbeats(first_client), timeout=30, what="first Redis left")
+    pool.wait_for_log(rf"Left Redis 127.0.0.1:{first.port}: it still holds", timeout=15)
+    assert processing_lists(first_client) == {}
+    runs = Counter(value.decode() for value in first_client.lrange(RUNS_KEY, 0, -1))
+    assert runs["start:0"] == runs["end:0"] and runs["start:1"] == runs["end:1"]
+    assert pool.stop() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -150,11 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_config(paths: Sequence[str] | None) -> LoadedConfig:
-    """Loads the files named on the command line, or the defaults (missing ones skipped)."""
+def read_config(paths: Sequence[str] | None, *, required: Sequence[str] = ()) -> LoadedConfig:
+    """Loads the files named on the command line, or the defaults: a missing default is
+    skipped, unless it is in ``required`` (a reload: a default file that was there at start
+    and is gone now is being replaced, not dropped)."""
     if paths:
         return load_config(paths)
-    return load_config(DEFAULT_CONFIG_FILES, skip_missing=True)
+    present = [p for p in DEFAULT_CONFIG_FILES if p in required or os.path.exists(p)]
+    return load_config(present)
 
 
 def _load_or_exit(paths: Sequence[str] | None) -> LoadedConfig | int:
@@ -339,10 +343,11 @@ def command_run(args: argparse.Namespace) -> int:
         sendmail=args.sendmail,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )
+    at_start = settings.files
     supervisor = Supervisor(
         settings,
         options,
-        reload=lambda: read_config(args.config).settings,
+        reload=lambda: read_config(args.config, required=at_start).settings,
         watch=args.config or DEFAULT_CONFIG_FILES,
     )
     return supervisor.run()

@@ -328,6 +328,10 @@ def load_config(
     for path in paths:
         if skip_missing and not os.path.exists(path):
             continue
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            # PHP would read it as "no variables", but an empty config file is a save caught
+            # halfway or a mistake, never a config: keep the one in force.
+            raise ConfigError(path, 1, 1, "the file is empty (still being written?)")
         scope = interpreter.run_file(path)
         variables.update(scope.variables)
         origins.update(scope.origins)

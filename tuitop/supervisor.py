@@ -147,8 +147,8 @@ class Supervisor:
         self._config_version = 0
         self._config_published = False
         self._outdated: set[int] = set()
-        self._previous: tuple[Queue, RedisSettings] | None = None
-        """The Redis the pool left for another, while its old workers finish there."""
+        self._left: dict[RedisSettings, Queue] = {}
+        """Servers the pool left for another, while some of its old workers finish there."""
         """Slots whose worker runs with settings older than those in force."""
         self._context: BaseContext = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["tuitop.worker"])
@@ -194,7 +194,7 @@ class Supervisor:
             signum = self._signals.pop(0)
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self._stop_signals += 1
-            elif signum == signal.SIGHUP:
+            elif signum == signal.SIGHUP and self._stop_signals == 0:
                 self.logger.info("SIGHUP: reloading the configuration")
                 self.reload()
 
@@ -241,6 +241,12 @@ class Supervisor:
         changes: list[str] = []
         if settings.redis != old.redis and not old.redis.configured:
             changes.append(f"Redis at {settings.redis.address}")
+        elif settings.redis != old.redis and _same_server(settings.redis, old.redis):
+            changes.append(
+                f"Redis {settings.redis.address}: new credentials; the workers reconnect one "
+                "by one after their current job"
+            )
+            self._leave_redis()
         elif settings.redis != old.redis:
             changes.append(
                 f"Redis {old.redis.address} → {settings.redis.address}: the pool moves now, "
@@ -259,8 +265,10 @@ class Supervisor:
         if _worker_settings(old) != _worker_settings(settings) or settings.redis != old.redis:
             self._outdated = set(self.workers)
         self.settings = settings
-        self.loaded_at = time.time()
-        self._config_published = False
+        if changes or old != settings:
+            # A save that changed nothing (a touch, a SIGHUP) is no new version.
+            self.loaded_at = time.time()
+            self._config_published = False
         self.level.value = int(settings.log_level)
         sync_level(self.logger, self.level)
         for change in changes:
@@ -285,7 +293,7 @@ class Supervisor:
                 "waiting for the configuration to change"
             )
         if self._watch and self._reload is not None:
-            self._watcher = ConfigWatcher(self._watch, self.request_reload)
+            self._watcher = ConfigWatcher(self._watch, self.request_reload, self.logger)
             self._watcher.start()
         try:
             while self._stop_signals == 0:
@@ -324,6 +332,7 @@ class Supervisor:
             except redis.RedisError as error:
                 self._redis_failed(error)
         self._scale()
+        self._tend_left_servers()
 
     def _sleep(self) -> None:
         now = time.time()
@@ -481,55 +490,63 @@ class Supervisor:
 
     def _leave_redis(self) -> None:
         """Lets go of the Redis in force (the config names another): its name claim is
-        released; its client is kept while workers still serve it, to recover what they
-        leave there and to say what the old server still holds."""
+        released; its client is kept while workers still serve it, to run its due retries,
+        recover what they leave there and say what it still holds when the last one left."""
         self._release_name()
         if self._redis is not None and self._queue is not None:
-            self._previous = (self._queue, self.settings.redis)
+            left = self._left.pop(self.settings.redis, None)
+            if left is not None and left is not self._queue:
+                left.redis.close()
+            self._left[self.settings.redis] = self._queue
         self._redis = self._queue = None
         self._redis_ok = self._owns_name = False
-        self._redis_retry_at = 0.0
+        self._redis_retry_at = self._redis_down_since = self._redis_backoff = 0.0
         self._config_published = False
 
     def _queue_for(self, record: WorkerRecord) -> Queue | None:
         if record.redis == self.settings.redis:
             return self._queue if self._redis_ok else None
-        if self._previous is not None and record.redis == self._previous[1]:
-            return self._previous[0]
-        return None
+        return self._left.get(record.redis)
 
-    def _forget_previous_redis(self) -> None:
-        """Once no worker serves the previous Redis: says what it still holds, and closes."""
-        if self._previous is None or any(
-            record.redis == self._previous[1] for record in self.workers.values()
-        ):
-            return
-        queue, settings = self._previous
-        self._previous = None
-        try:
-            pipe = queue.redis.pipeline(transaction=False)
-            pipe.llen(keys.QUEUE)
-            pipe.zcard(keys.DELAYED)
-            waiting, delayed = pipe.execute()
-            lists = sum(1 for _ in queue.redis.scan_iter(match=keys.PROCESSING_PATTERN))
-        except redis.RedisError as error:
-            self.logger.warning(
-                "Left Redis %s; could not check what it still holds: %s",
-                settings.address,
-                describe_error(error, settings),
-            )
-        else:
-            level = logging.WARNING if waiting or delayed or lists else logging.INFO
-            self.logger.log(
-                level,
-                "Left Redis %s: it still holds %d queued and %d delayed message(s) and %d "
-                "processing list(s), which this pool no longer serves",
-                settings.address,
-                waiting,
-                delayed,
-                lists,
-            )
-        queue.redis.close()
+    def _tend_left_servers(self) -> None:
+        """Due retries of the servers left behind go on while their workers finish; a server
+        no worker serves any more is reported and closed."""
+        for settings, queue in list(self._left.items()):
+            if settings == self.settings.redis:
+                del self._left[settings]  # back on it: it is the current one again
+                continue
+            served = any(record.redis == settings for record in self.workers.values())
+            try:
+                queue.move_due()
+                if not served:
+                    self._report_left(settings, queue)
+            except redis.RedisError as error:
+                if not served:
+                    self.logger.warning(
+                        "Left Redis %s; could not check what it still holds: %s",
+                        settings.address,
+                        describe_error(error, settings),
+                    )
+            if not served:
+                del self._left[settings]
+                queue.redis.close()
+
+    def _report_left(self, settings: RedisSettings, queue: Queue) -> None:
+        if _same_server(settings, self.settings.redis):
+            return  # only the credentials changed: nothing was left anywhere
+        pipe = queue.redis.pipeline(transaction=False)
+        pipe.llen(keys.QUEUE)
+        pipe.zcard(keys.DELAYED)
+        waiting, delayed = pipe.execute()
+        level = logging.WARNING if waiting or delayed else logging.INFO
+        self.logger.log(
+            level,
+            "Left Redis %s: it still holds %d queued and %d delayed message(s), which this "
+            "pool no longer serves",
+            settings.address,
+            waiting,
+            delayed,
+        )
 
     def _publish_config(self) -> None:
         """Publishes the async scope in force, with a new version, for producers elsewhere
@@ -592,9 +609,13 @@ class Supervisor:
     def _scale(self) -> None:
         wanted = self.settings.backend_workers if self.settings.redis.configured else 0
         active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
-        for slot in reversed(active[wanted:]):
+        # Scaling down, stop the workers due for replacement first, then the highest slots.
+        by_preference = sorted(active, key=lambda slot: (slot not in self._outdated, -slot))
+        excess = len(active) - wanted
+        for slot in by_preference[: max(excess, 0)]:
             self._stop_worker(self.workers[slot], "the pool is scaled down")
-        self._outdated &= set(active[:wanted])
+        active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
+        self._outdated &= set(active)
         replacing = any(
             record.stopping and not record.kill_reason for record in self.workers.values()
         )
@@ -699,7 +720,6 @@ class Supervisor:
             self._recover_on_previous(queue, record, f"worker {record.worker_id} {how}")
         else:
             self._recover(record.worker_id, f"worker {record.worker_id} {how}", timed_out=timed_out)
-        self._forget_previous_redis()
 
     def _recover_on_previous(self, queue: Queue, record: WorkerRecord, reason: str) -> None:
         """A worker of the Redis the pool left: its list is recovered there, and said so."""
@@ -825,3 +845,7 @@ def _worker_settings(settings: Settings) -> object:
     """What a running worker took from the settings at its start (beyond the log level,
     which is shared live, and the Redis address, which the pool keeps)."""
     return settings.mail
+
+
+def _same_server(a: RedisSettings, b: RedisSettings) -> bool:
+    return (a.host, a.port, a.tls) == (b.host, b.port, b.tls)
