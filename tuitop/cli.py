@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import redis
@@ -215,11 +215,20 @@ def command_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _queue_or_exit(settings: Settings) -> Queue | int:
+def _with_queue(args: argparse.Namespace, action: Callable[[Queue], int]) -> int:
+    """Runs ``action`` on the queue the config files name; a config or Redis problem is
+    said on stderr (password masked) and becomes the exit code."""
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
     if not settings.redis.configured:
         print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    return Queue(connect(settings.redis, client_name="tuitop:cli"))
+    try:
+        return action(Queue(connect(settings.redis, client_name="tuitop:cli")))
+    except redis.RedisError as error:
+        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def command_enqueue(args: argparse.Namespace) -> int:
@@ -228,19 +237,13 @@ def command_enqueue(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"tuitop: the payload is not JSON: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    settings = _settings_or_exit(args.config)
-    if isinstance(settings, int):
-        return settings
-    queue = _queue_or_exit(settings)
-    if isinstance(queue, int):
-        return queue
-    try:
+
+    def push(queue: Queue) -> int:
         queue.push(encode(args.topic, payload))
-    except redis.RedisError as error:
-        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"queued 1 message on {args.topic}")
-    return EXIT_OK
+        print(f"queued 1 message on {args.topic}")
+        return EXIT_OK
+
+    return _with_queue(args, push)
 
 
 def command_notify(args: argparse.Namespace) -> int:
@@ -269,17 +272,7 @@ def command_notify(args: argparse.Namespace) -> int:
 
 
 def command_dead_letters(args: argparse.Namespace) -> int:
-    settings = _settings_or_exit(args.config)
-    if isinstance(settings, int):
-        return settings
-    queue = _queue_or_exit(settings)
-    if isinstance(queue, int):
-        return queue
-    try:
-        return _dead_letters(queue, args)
-    except redis.RedisError as error:
-        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
-        return EXIT_FAILURE
+    return _with_queue(args, lambda queue: _dead_letters(queue, args))
 
 
 def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
