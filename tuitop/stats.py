@@ -107,13 +107,18 @@ def percentiles(histogram: Mapping[int, int]) -> Percentiles:
     return Percentiles(total, at(0.50), at(0.95), at(0.99), bucket_value(ordered[-1][0]))
 
 
-def read_buckets(redis: Redis, now: float, seconds: int) -> list[dict[bytes, bytes]]:
-    """The raw buckets covering the last ``seconds`` (one round trip)."""
+def bucket_keys(now: float, seconds: int) -> list[str]:
+    """The keys of the buckets covering the last ``seconds``, newest first."""
     newest = bucket_start(now)
     count = seconds // keys.STATS_BUCKET_SECONDS + 1
+    return [keys.stats_bucket(newest - i * keys.STATS_BUCKET_SECONDS) for i in range(count)]
+
+
+def read_buckets(redis: Redis, now: float, seconds: int) -> list[dict[bytes, bytes]]:
+    """The raw buckets covering the last ``seconds``, newest first (one round trip)."""
     pipe = redis.pipeline(transaction=False)
-    for i in range(count):
-        pipe.hgetall(keys.stats_bucket(newest - i * keys.STATS_BUCKET_SECONDS))
+    for key in bucket_keys(now, seconds):
+        pipe.hgetall(key)
     return list(pipe.execute())
 
 

@@ -1,0 +1,84 @@
+"""What views read: a snapshot of a real pool, at a cost that does not grow with the queue."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.pool import Pool, wait_until, write_config
+from tuitop import keys
+from tuitop.message import encode
+from tuitop.queue import Queue
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.snapshot import take_snapshot
+
+
+def commands_for_a_snapshot(client: redis.Redis) -> int:
+    before = int(client.info("stats")["total_commands_processed"])
+    take_snapshot(client)
+    after = int(client.info("stats")["total_commands_processed"])
+    return after - before - 1  # the INFO that took the first reading
+
+
+def test_empty_redis(redis_client: redis.Redis) -> None:
+    snapshot = take_snapshot(redis_client)
+    queue = snapshot.queue
+    assert (queue.waiting, queue.delayed, queue.dead_letters, queue.processing) == (0, 0, 0, 0)
+    assert queue.oldest_age is None and queue.next_retry_in is None
+    assert snapshot.workers == () and snapshot.pools == ()
+    assert snapshot.last_minute.end_to_end.count == 0
+
+
+def test_oldest_age_is_the_message_taken_next(redis_client: redis.Redis) -> None:
+    now = time.time()
+    # LPUSH: the first pushed is the oldest, at the right end, taken next.
+    redis_client.lpush(keys.QUEUE, encode("t", {}, enqueue_ts=now - 200))
+    redis_client.lpush(keys.QUEUE, encode("t", {}, enqueue_ts=now - 1))
+    snapshot = take_snapshot(redis_client, now=now)
+    assert snapshot.queue.waiting == 2
+    assert snapshot.queue.oldest_age == pytest.approx(200, abs=0.01)
+
+
+def test_cost_is_the_same_with_10_and_100000_queued(redis_client: redis.Redis) -> None:
+    redis_client.lpush(keys.QUEUE, *[encode("t", {"n": n}) for n in range(10)])
+    small = commands_for_a_snapshot(redis_client)
+    pipe = redis_client.pipeline(transaction=False)
+    for start in range(0, 100_000, 5000):
+        pipe.lpush(keys.QUEUE, *[encode("t", {"n": n}) for n in range(start, start + 5000)])
+    pipe.execute()
+    assert take_snapshot(redis_client).queue.waiting == 100_010
+    assert commands_for_a_snapshot(redis_client) == small
+
+
+def test_a_live_pool_seen_whole(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = Pool(tmp_path, config, "--handlers", "tests.handlers_for_tests").start()
+    pools.append(pool)
+    redis_client.lpush(keys.QUEUE, *[encode("test.count", {"id": n}) for n in range(20)])
+    redis_client.lpush(keys.QUEUE, encode("test.sleep", {"id": "s", "seconds": 3}))
+    Queue(redis_client).push(b"not json")  # a dead letter
+    snapshot = wait_until(
+        lambda: (
+            (s := take_snapshot(redis_client)).last_minute.counts.get("done", 0) >= 20
+            and any(w.state == "busy" for w in s.workers)
+            and s.queue.dead_letters == 1
+            and s
+        ),
+        what="a busy pool with finished jobs",
+    )
+    assert len(snapshot.workers) == 2
+    busy = next(w for w in snapshot.workers if w.state == "busy")
+    assert busy.topic == "test.sleep" and busy.holding == 1 and busy.pid > 0
+    assert snapshot.queue.processing == 1
+    assert snapshot.last_minute.end_to_end.count >= 20
+    assert snapshot.last_minute.end_to_end.p99 is not None
+    (pool_view,) = snapshot.pools
+    assert (pool_view.wanted, pool_view.running, pool_view.config_error) == (2, 2, "")
+    assert pool_view.files == (str(config),)
+    assert snapshot.config["workers"] == "2"
+    assert pool.stop() == 0

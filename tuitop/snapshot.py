@@ -1,0 +1,194 @@
+"""What every view reads: one consistent picture of the queue, the pools and the workers.
+
+A snapshot costs two pipelined round trips to Redis and a number of commands that depends
+on how many workers and pools are registered, never on how many messages are queued: LLEN
+rather than LRANGE, LINDEX of the one message taken next for the age of the oldest waiting
+one (Tuleap's SYSTEM_CHECK looks at the newest by mistake), the latency histograms of the
+last five minutes as 31 small hashes. Views only read; a snapshot is plain frozen data that
+a UI thread can hold without touching Redis again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+
+from tuitop import keys
+from tuitop.message import decode
+from tuitop.stats import WindowStats, bucket_keys, summarize
+
+MINUTE = 60
+FIVE_MINUTES = 300
+
+
+@dataclass(frozen=True)
+class QueueView:
+    waiting: int
+    delayed: int
+    dead_letters: int
+    processing: int
+    oldest_age: float | None
+    """Seconds since the message taken next was enqueued (None: empty or no timestamp)."""
+    next_retry_in: float | None
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    id: str
+    pool: str
+    host: str
+    pid: int
+    slot: int
+    state: str
+    topic: str
+    since: float
+    job_started: float
+    done: int
+    failed: int
+    processed: int
+    max_messages: int
+    holding: int
+    """Messages in its processing list."""
+    rss: int | None
+    cpu: float | None
+    beat: float
+
+
+@dataclass(frozen=True)
+class PoolView:
+    name: str
+    host: str
+    pid: int
+    wanted: int
+    running: int
+    files: tuple[str, ...]
+    log_level: str
+    async_scope: str
+    redis: str
+    loaded_at: float
+    config_error: str
+    beat: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float
+    queue: QueueView
+    workers: tuple[WorkerView, ...]
+    pools: tuple[PoolView, ...]
+    last_minute: WindowStats
+    last_five_minutes: WindowStats
+    config: Mapping[str, str] = field(default_factory=dict)
+    """The configuration the pools published (``keys.CONFIG``)."""
+
+
+def _text(fields: Mapping[bytes, bytes], name: str, default: str = "") -> str:
+    value = fields.get(name.encode())
+    return default if value is None else value.decode("utf-8", "replace")
+
+
+def _number(fields: Mapping[bytes, bytes], name: str, kind: type[int] | type[float]) -> Any:
+    value = fields.get(name.encode())
+    try:
+        return kind(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
+    """Reads everything a view shows; raises redis.RedisError when Redis does not answer."""
+    moment = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.QUEUE)
+    pipe.lindex(keys.QUEUE, -1)
+    pipe.zcard(keys.DELAYED)
+    pipe.zrange(keys.DELAYED, 0, 0, withscores=True)
+    pipe.llen(keys.DEAD_LETTERS)
+    pipe.smembers(keys.WORKERS)
+    pipe.smembers(keys.POOLS)
+    pipe.hgetall(keys.CONFIG)
+    for key in bucket_keys(moment, FIVE_MINUTES):
+        pipe.hgetall(key)
+    waiting, oldest, delayed, first_due, dead, workers, pools, config, *buckets = pipe.execute()
+
+    worker_ids = sorted(member.decode() for member in cast(set[bytes], workers))
+    pool_names = sorted(member.decode() for member in cast(set[bytes], pools))
+    pipe = client.pipeline(transaction=False)
+    for worker_id in worker_ids:
+        pipe.hgetall(keys.heartbeat(worker_id))
+        pipe.llen(keys.processing_list(worker_id))
+    for name in pool_names:
+        pipe.hgetall(keys.pool(name))
+    replies = pipe.execute() if worker_ids or pool_names else []
+
+    worker_views = []
+    for index, worker_id in enumerate(worker_ids):
+        beat, holding = replies[2 * index], replies[2 * index + 1]
+        if beat:  # registered but silent: recovered soon, not shown as a live worker
+            worker_views.append(_worker(worker_id, beat, int(holding)))
+    pool_views = [
+        _pool(name, fields)
+        for name, fields in zip(pool_names, replies[2 * len(worker_ids) :], strict=True)
+        if fields
+    ]
+    age = None
+    if oldest is not None:
+        age = decode(oldest).age(moment)
+    next_retry = None
+    if first_due:
+        next_retry = max(float(first_due[0][1]) - moment, 0.0)
+    processing = sum(worker.holding for worker in worker_views)
+    minute_buckets = buckets[: MINUTE // keys.STATS_BUCKET_SECONDS + 1]
+    return Snapshot(
+        taken_at=moment,
+        queue=QueueView(int(waiting), int(delayed), int(dead), processing, age, next_retry),
+        workers=tuple(worker_views),
+        pools=tuple(pool_views),
+        last_minute=summarize(minute_buckets, MINUTE),
+        last_five_minutes=summarize(buckets, FIVE_MINUTES),
+        config={k.decode(): v.decode("utf-8", "replace") for k, v in config.items()},
+    )
+
+
+def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> WorkerView:
+    return WorkerView(
+        id=worker_id,
+        pool=_text(fields, "pool"),
+        host=_text(fields, "host"),
+        pid=_number(fields, "pid", int) or 0,
+        slot=_number(fields, "slot", int) or 0,
+        state=_text(fields, "state", "unknown"),
+        topic=_text(fields, "topic"),
+        since=_number(fields, "since", float) or 0.0,
+        job_started=_number(fields, "job_started", float) or 0.0,
+        done=_number(fields, "done", int) or 0,
+        failed=_number(fields, "failed", int) or 0,
+        processed=_number(fields, "processed", int) or 0,
+        max_messages=_number(fields, "max_messages", int) or 0,
+        holding=holding,
+        rss=_number(fields, "rss", int),
+        cpu=_number(fields, "cpu", float),
+        beat=_number(fields, "beat", float) or 0.0,
+    )
+
+
+def _pool(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
+    files = _text(fields, "files")
+    return PoolView(
+        name=name,
+        host=_text(fields, "host"),
+        pid=_number(fields, "pid", int) or 0,
+        wanted=_number(fields, "wanted", int) or 0,
+        running=_number(fields, "running", int) or 0,
+        files=tuple(files.split(",")) if files else (),
+        log_level=_text(fields, "log_level"),
+        async_scope=_text(fields, "async_scope"),
+        redis=_text(fields, "redis"),
+        loaded_at=_number(fields, "loaded_at", float) or 0.0,
+        config_error=_text(fields, "config_error"),
+        beat=_number(fields, "beat", float) or 0.0,
+    )
