@@ -141,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=20.0, help="notifications per second")
     demo.add_argument("--workers", type=int, default=2, help="workers in the demo's config")
 
+    top = commands.add_parser(
+        "top",
+        help="watch the pools sharing a Redis, live (runs no worker)",
+        description="Show the queue, the workers of every pool and the latency, live, "
+        "from the Redis the config files name.",
+    )
+    _add_config_option(top)
+    top.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
+    top.add_argument(
+        "--log-file",
+        default=DEFAULT_LOG_FILE,
+        help="worker_log to tail in the log panel (default: %(default)s; '' for none)",
+    )
+
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
     dead.add_argument(
@@ -346,6 +360,25 @@ def command_run(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
+def command_top(args: argparse.Namespace) -> int:
+    from tuitop.tui.app import TuitopApp
+
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    if not settings.redis.configured:
+        print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    TuitopApp(
+        lambda: connect(settings.redis, client_name="tuitop:top", socket_timeout=3),
+        redis_address=settings.redis.address,
+        interval=args.interval,
+        log_file=args.log_file or None,
+        describe_error=lambda error: describe_error(error, settings.redis),
+    ).run()
+    return EXIT_OK
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from tuitop.demo import DemoOptions, run_demo
 
@@ -361,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notify": command_notify,
         "dead-letters": command_dead_letters,
         "demo": command_demo,
+        "top": command_top,
     }
     if args.command in commands:
         return commands[args.command](args)
