@@ -65,16 +65,16 @@ def test_a_live_pool_seen_whole(
     snapshot = wait_until(
         lambda: (
             (s := take_snapshot(redis_client)).last_minute.counts.get("done", 0) >= 20
-            and any(w.state == "busy" for w in s.workers)
+            and any(w.state == "busy" and w.topic == "test.sleep" for w in s.workers)
             and s.queue.dead_letters == 1
             and s
         ),
         what="a busy pool with finished jobs",
     )
     assert len(snapshot.workers) == 2
-    busy = next(w for w in snapshot.workers if w.state == "busy")
-    assert busy.topic == "test.sleep" and busy.holding == 1 and busy.pid > 0
-    assert snapshot.queue.processing == 1
+    busy = next(w for w in snapshot.workers if w.topic == "test.sleep")
+    assert busy.state == "busy" and busy.holding == 1 and busy.pid > 0
+    assert snapshot.queue.processing >= 1
     assert snapshot.last_minute.end_to_end.count >= 20
     assert snapshot.last_minute.end_to_end.p99 is not None
     (pool_view,) = snapshot.pools
