@@ -14,6 +14,7 @@ from tuitop.message import encode
 from tuitop.queue import Queue
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
+from tuitop.stats import StatsBatch, bucket_start
 
 
 def commands_for_a_snapshot(client: redis.Redis) -> int:
@@ -82,3 +83,18 @@ def test_a_live_pool_seen_whole(
     assert pool_view.files == (str(config),)
     assert snapshot.config["workers"] == "2"
     assert pool.stop() == 0
+
+
+def test_rates_come_from_the_last_complete_ten_seconds(redis_client: redis.Redis) -> None:
+    now = time.time()
+    previous = bucket_start(now) - keys.STATS_BUCKET_SECONDS
+    batch = StatsBatch()
+    batch.outcome("done", 50)
+    batch.outcome("enqueued", 60)
+    pipe = redis_client.pipeline()
+    batch.flush_into(pipe, previous + 1)
+    pipe.execute()
+    snapshot = take_snapshot(redis_client, now=now)
+    assert snapshot.last_ten_seconds.rate("done") == 5.0
+    assert snapshot.last_ten_seconds.rate("enqueued") == 6.0
+    assert snapshot.last_minute.counts["done"] == 50

@@ -80,6 +80,9 @@ class Snapshot:
     queue: QueueView
     workers: tuple[WorkerView, ...]
     pools: tuple[PoolView, ...]
+    last_ten_seconds: WindowStats
+    """The last complete 10 s bucket: the rates a view shows (the current one is partial,
+    and a minute's average lags behind a change)."""
     last_minute: WindowStats
     last_five_minutes: WindowStats
     config: Mapping[str, str] = field(default_factory=dict)
@@ -148,6 +151,7 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         queue=QueueView(int(waiting), int(delayed), int(dead), processing, age, next_retry),
         workers=tuple(worker_views),
         pools=tuple(pool_views),
+        last_ten_seconds=summarize(buckets[1:2], keys.STATS_BUCKET_SECONDS),
         last_minute=summarize(minute_buckets, MINUTE),
         last_five_minutes=summarize(buckets, FIVE_MINUTES),
         config={k.decode(): v.decode("utf-8", "replace") for k, v in config.items()},

@@ -72,7 +72,7 @@ class QueuePanel(Vertical):
     def show(self, snapshot: Snapshot) -> None:
         queue = snapshot.queue
         self._depths.append(float(queue.waiting))
-        minute = snapshot.last_minute
+        minute, recent = snapshot.last_minute, snapshot.last_ten_seconds
         oldest = Text(f"oldest {seconds(queue.oldest_age)}")
         if queue.oldest_age is not None and queue.oldest_age > OLDEST_WARNING:
             oldest.stylize("bold yellow")
@@ -81,7 +81,7 @@ class QueuePanel(Vertical):
             oldest,
             f"   delayed {queue.delayed:,}\n",
             f"dead letters {queue.dead_letters:,}   failed {minute.counts.get('failed', 0)}/min\n",
-            f"in {minute.rate('enqueued'):.1f}/s   done {minute.rate('done'):.1f}/s",
+            f"in {recent.rate('enqueued'):.1f}/s   done {recent.rate('done'):.1f}/s",
         )
         self.query_one("#queue-figures", Static).update(figures)
         self.query_one("#depth", Sparkline).data = list(self._depths)
