@@ -48,6 +48,20 @@ def write_config(
     return path
 
 
+def run_tuitop(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``tuitop ARGS`` to its end; no REDIS_* variable of this environment leaks in."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tuitop", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environ,
+        timeout=60,
+    )
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
     """Polls ``predicate`` until it returns something truthy; fails after ``timeout``."""
     deadline = time.monotonic() + timeout

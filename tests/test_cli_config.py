@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.pool import run_tuitop
+
 SECRET = "s3cret-value-that-must-never-be-printed-anywhere"
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REDIS_")}
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "tuitop", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-    )
 
 
 def write(path: Path, body: str) -> str:
@@ -36,7 +23,9 @@ def test_prints_effective_settings(tmp_path: Path) -> None:
         tmp_path / "redis.inc",
         "$redis_server = 'tls://r.example';\n$redis_password = '${REDIS_PASSWORD}';",
     )
-    result = run("config", "--config", local, "--config", redis, env={"REDIS_PASSWORD": SECRET})
+    result = run_tuitop(
+        "config", "--config", local, "--config", redis, env={"REDIS_PASSWORD": SECRET}
+    )
     assert result.returncode == 0, result.stderr
     assert "backend workers  3" in result.stdout
     assert "async emails     7,8" in result.stdout
@@ -50,7 +39,7 @@ def test_json_has_variables_and_settings(tmp_path: Path) -> None:
         f"$redis_server = 'h';\n$redis_password = '{SECRET}';\n$other = 1.5 . 'x';\n"
         "$big = PHP_INT_MAX + 1;\n$inf = INF;\n$sys_noreply = 'n@example.com';",
     )
-    result = run("config", "--json", "--config", config)
+    result = run_tuitop("config", "--json", "--config", config)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["variables"] == {
@@ -71,7 +60,7 @@ def test_syntax_error_exits_2_with_place_and_no_traceback(tmp_path: Path) -> Non
     config = write(
         tmp_path / "local.inc", f"$redis_password = '{SECRET}'\n$sys_nb_backend_workers = 3;"
     )
-    result = run("config", "--config", config)
+    result = run_tuitop("config", "--config", config)
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{config}:3:1: expected ';', found variable $sys_nb_backend_workers" in result.stderr
@@ -81,14 +70,14 @@ def test_syntax_error_exits_2_with_place_and_no_traceback(tmp_path: Path) -> Non
 
 def test_json_error_also_exits_2(tmp_path: Path) -> None:
     config = write(tmp_path / "local.inc", "$sys_logger_level = 'loud';")
-    result = run("config", "--json", "--config", config)
+    result = run_tuitop("config", "--json", "--config", config)
     assert result.returncode == 2
     assert "sys_logger_level" in result.stderr
     assert f"{config}:2:1:" in result.stderr
 
 
 def test_named_missing_file_is_an_error(tmp_path: Path) -> None:
-    result = run("config", "--config", str(tmp_path / "missing.inc"))
+    result = run_tuitop("config", "--config", str(tmp_path / "missing.inc"))
     assert result.returncode == 2
     assert "missing.inc" in result.stderr
     assert "cannot read" in result.stderr
@@ -96,7 +85,7 @@ def test_named_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
     config = write(tmp_path / "redis.inc", "$redis_password = '${TUITOP_TEST_UNSET_VAR}';")
-    result = run("config", "--config", config)
+    result = run_tuitop("config", "--config", config)
     assert result.returncode == 2
     assert "TUITOP_TEST_UNSET_VAR" in result.stderr
 
@@ -104,7 +93,7 @@ def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
 def test_default_files_missing_are_skipped() -> None:
     if any(Path(p).exists() for p in ("/etc/tuleap/conf/local.inc", "/etc/tuleap/conf/redis.inc")):
         return  # a real Tuleap host: the defaults are read, which other tests cover
-    result = run("config")
+    result = run_tuitop("config")
     assert result.returncode == 0, result.stderr
     assert "(none found: built-in defaults)" in result.stdout
     assert "(not configured)" in result.stdout
@@ -112,7 +101,7 @@ def test_default_files_missing_are_skipped() -> None:
 
 def test_warnings_go_to_stderr(tmp_path: Path) -> None:
     config = write(tmp_path / "local.inc", "$email_transport = 'pigeon';\n$x = $undefined;")
-    result = run("config", "--config", config)
+    result = run_tuitop("config", "--config", config)
     assert result.returncode == 0
     assert "'pigeon'" in result.stderr
     assert "undefined variable $undefined" in result.stderr

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
 from tests.conftest import RedisServerFactory
-from tests.pool import REPO, write_config
+from tests.pool import run_tuitop, write_config
 from tuitop import keys
 from tuitop.message import decode
 from tuitop.queue import dead_letter_entry
@@ -18,21 +16,11 @@ from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 
 
-def tuitop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuitop", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-
-
 def test_enqueue_pushes_a_tuleap_message(
     tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
     config = write_config(tmp_path, port=redis_server.port)
-    result = tuitop("enqueue", "--config", str(config), "tuleap.x", '{"a": [1, "b/c"]}')
+    result = run_tuitop("enqueue", "--config", str(config), "tuleap.x", '{"a": [1, "b/c"]}')
     assert result.returncode == 0, result.stderr
     message = decode(redis_client.lindex(keys.QUEUE, 0))
     assert (message.topic, message.payload, message.queued_total) == (
@@ -47,7 +35,7 @@ def test_enqueue_refuses_a_payload_that_is_not_json(
     tmp_path: Path, redis_server: EmbeddedRedis
 ) -> None:
     config = write_config(tmp_path, port=redis_server.port)
-    result = tuitop("enqueue", "--config", str(config), "t", "{nope")
+    result = run_tuitop("enqueue", "--config", str(config), "t", "{nope")
     assert result.returncode == 2
     assert "not JSON" in result.stderr
 
@@ -55,7 +43,7 @@ def test_enqueue_refuses_a_payload_that_is_not_json(
 def test_enqueue_without_redis_configured(tmp_path: Path) -> None:
     config = tmp_path / "local.inc"
     config.write_text("<?php\n$sys_nb_backend_workers = 1;\n")
-    result = tuitop("enqueue", "--config", str(config), "t", "{}")
+    result = run_tuitop("enqueue", "--config", str(config), "t", "{}")
     assert result.returncode == 2
     assert "Redis is not configured" in result.stderr
 
@@ -66,7 +54,7 @@ def test_enqueue_with_a_wrong_password_never_prints_it(
     server = redis_server_factory(password="the-right-one-and-long-enough-0123456789")
     wrong = "the-wrong-one-that-must-not-leak-9876543210"
     config = write_config(tmp_path, port=server.port, password=wrong)
-    result = tuitop("enqueue", "--config", str(config), "t", "{}")
+    result = run_tuitop("enqueue", "--config", str(config), "t", "{}")
     assert result.returncode == 1
     assert "refused the password" in result.stderr
     assert wrong not in result.stderr + result.stdout
@@ -93,11 +81,11 @@ def test_notify_queues_or_sends_by_the_scope(
         "--text",
         "T",
     ]
-    queued = tuitop("notify", "--config", str(config), "--project", "101", *common)
+    queued = run_tuitop("notify", "--config", str(config), "--project", "101", *common)
     assert queued.returncode == 0, queued.stderr
     assert "notification queued" in queued.stdout
     assert decode(redis_client.lindex(keys.QUEUE, 0)).payload["project_id"] == 101
-    sent = tuitop("notify", "--config", str(config), "--project", "5", *common)
+    sent = run_tuitop("notify", "--config", str(config), "--project", "5", *common)
     assert sent.returncode == 0, sent.stderr
     assert "notification sent" in sent.stdout
     assert smtp_server.wait_for(1)[0].subject == "S"
@@ -115,17 +103,17 @@ def test_dead_letters_list_show_replay_purge(
                 raw, reason, worker="h/0#1", tries=3, topic="t.x", traceback="Trace!"
             ),
         )
-    listed = tuitop("dead-letters", "--config", config)
+    listed = run_tuitop("dead-letters", "--config", config)
     assert listed.returncode == 0
     assert "second reason" in listed.stdout.splitlines()[0]
     assert "2 dead letter(s) shown" in listed.stdout
-    shown = tuitop("dead-letters", "--config", config, "show", "1")
+    shown = run_tuitop("dead-letters", "--config", config, "show", "1")
     assert "first reason" in shown.stdout and "Trace!" in shown.stdout
-    assert tuitop("dead-letters", "--config", config, "show", "9").returncode == 1
-    replayed = tuitop("dead-letters", "--config", config, "replay", "0")
+    assert run_tuitop("dead-letters", "--config", config, "show", "9").returncode == 1
+    replayed = run_tuitop("dead-letters", "--config", config, "replay", "0")
     assert "replayed 1 dead letter" in replayed.stdout
     assert json.loads(redis_client.lindex(keys.QUEUE, 0))["_queued_total"] == 0
     assert redis_client.llen(keys.DEAD_LETTERS) == 1
-    purged = tuitop("dead-letters", "--config", config, "purge")
+    purged = run_tuitop("dead-letters", "--config", config, "purge")
     assert "purged 1 dead letter(s)" in purged.stdout
     assert redis_client.llen(keys.DEAD_LETTERS) == 0

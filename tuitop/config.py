@@ -52,23 +52,6 @@ MASK = "***"
 _ENV_REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PHP_TRIM = b" \t\n\r\0\x0b"
 _SECRET_NAME = re.compile(r"passw(or)?d|secret|token", re.IGNORECASE)
-# The variables tuitop reads; a `${NAME}` string in any of them comes from the environment.
-TUITOP_VARIABLES = (
-    "redis_server",
-    "redis_port",
-    "redis_password",
-    "sys_nb_backend_workers",
-    "sys_async_emails",
-    "sys_logger_level",
-    "sys_noreply",
-    "email_transport",
-    "email_relayhost",
-    "email_relayhost_smtp_use_tls",
-    "email_relayhost_smtp_use_implicit_tls",
-    "email_relayhost_smtp_username",
-    "email_relayhost_smtp_password",
-    "email_relayhost_smtp_auth_type",
-)
 
 
 def is_secret_variable(name: str) -> bool:
