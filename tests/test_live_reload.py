@@ -367,3 +367,37 @@ def test_a_second_redis_change_during_a_move_strands_nothing(
     runs = Counter(value.decode() for value in first_client.lrange(RUNS_KEY, 0, -1))
     assert runs["start:0"] == runs["end:0"] and runs["start:1"] == runs["end:1"]
     assert pool.stop() == 0
+
+
+def test_ttin_and_ttou_change_the_count_for_the_session_until_the_next_save(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    import signal
+
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = Pool(tmp_path, config).start()
+    pools.append(pool)
+
+    def running() -> int:
+        return sum(
+            1 for beat in worker_heartbeats(redis_client).values() if beat["state"] != "stopping"
+        )
+
+    def published() -> tuple[int, int]:
+        fields = redis_client.hgetall(keys.pool(socket.gethostname()))
+        return int(fields.get(b"wanted", 0)), int(fields.get(b"configured", 0))
+
+    wait_until(lambda: running() == 2, what="2 workers")
+    pool.signal(signal.SIGTTIN)
+    wait_until(lambda: running() == 3 and published() == (3, 2), what="3 workers, files say 2")
+    pool.wait_for_log(r"workers 2 → 3 for this session")
+    # One at a time: signals of one kind sent faster than the pool handles them count once.
+    for count in (2, 1, 0):
+        pool.signal(signal.SIGTTOU)
+        pool.wait_for_log(rf"workers {count + 1} → {count} for this session")
+    wait_until(lambda: published() == (0, 2) and running() == 0, what="no worker")
+    pool.signal(signal.SIGTTOU)  # not below zero
+    write_config(tmp_path, port=redis_server.port, workers=2)  # a save: the files win
+    wait_until(lambda: running() == 2 and published() == (2, 2), what="back to the files' 2")
+    pool.wait_for_log(r"the session's worker count \(0\) gives way to the files'")
+    assert pool.stop() == 0

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -18,6 +19,9 @@ from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
 from tuitop.queue import MAX_REQUEUES, Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
+
+if TYPE_CHECKING:
+    from tuitop.tui.source import SnapshotSource
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,9 +41,19 @@ def _add_config_option(parser: argparse.ArgumentParser, *, top_level: bool = Fal
     )
 
 
+def _add_interval_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="seconds between two refreshes of the UI (default: %(default)s)",
+    )
+
+
 def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     pool = parser.add_argument_group("pool")
     pool.add_argument("--no-ui", action="store_true", help="run headless, as a daemon")
+    _add_interval_option(pool)
     pool.add_argument(
         "--log-file",
         default=DEFAULT_LOG_FILE,
@@ -138,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-ui", action="store_true", default=argparse.SUPPRESS, help="run headless"
     )
+    _add_interval_option(demo)
     demo.add_argument("--rate", type=float, default=20.0, help="notifications per second")
     demo.add_argument("--workers", type=int, default=2, help="workers in the demo's config")
 
@@ -148,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from the Redis the config files name.",
     )
     _add_config_option(top)
-    top.add_argument("--interval", type=float, default=0.5, help="seconds between refreshes")
+    _add_interval_option(top)
     top.add_argument(
         "--log-file",
         default=DEFAULT_LOG_FILE,
@@ -324,21 +339,28 @@ def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def command_run(args: argparse.Namespace) -> int:
+def _interval_or_exit(args: argparse.Namespace) -> int:
+    if not 0.05 <= args.interval <= 60:
+        print("tuitop: --interval must be between 0.05 and 60 seconds", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return EXIT_OK
+
+
+def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from tuitop.poolprocess import follow_parent_ui
     from tuitop.supervisor import PoolOptions, Supervisor
 
-    if not args.no_ui:
-        print(
-            "tuitop: the terminal UI is not built yet (issue 5); run 'tuitop --no-ui'",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG_ERROR
     if args.max_messages < 1:
         print("tuitop: --max-messages must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if _interval_or_exit(args):
         return EXIT_CONFIG_ERROR
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
+    if not args.no_ui:
+        return _run_with_ui(args, argv, settings)
+    follow_parent_ui()
     options = PoolOptions(
         log_file=args.log_file or None,
         log_to_stderr=True,
@@ -360,33 +382,71 @@ def command_run(args: argparse.Namespace) -> int:
     return supervisor.run()
 
 
-def command_top(args: argparse.Namespace) -> int:
+def _ui_source(args: argparse.Namespace, settings: Settings, client_name: str) -> SnapshotSource:
+    """The snapshot source of a UI: the Redis the config files name, followed as they
+    change (a file that disappears is replaced, not dropped: the pool sees it so too)."""
+    from tuitop.procmeter import ProcessMeter
+    from tuitop.tui.source import SnapshotSource
+
+    at_start = settings.files
+    return SnapshotSource(
+        lambda: read_config(args.config, required=at_start).settings,
+        args.config or DEFAULT_CONFIG_FILES,
+        meter=ProcessMeter(),
+        client_name=client_name,
+    )
+
+
+def _run_with_ui(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> int:
+    """The pool as a child process (the daemon itself, ``--no-ui``), the UI in front."""
+    from tuitop.poolprocess import PoolProcess
     from tuitop.tui.app import TuitopApp
 
+    source = _ui_source(args, settings, "tuitop:ui")
+    pool = PoolProcess(argv).start()
+    try:
+        code = TuitopApp(source, interval=args.interval, log=pool, pool=pool).run()
+    finally:
+        if pool.returncode is None:  # the UI failed: the pool must not outlive it
+            pool.stop()
+        final = pool.wait()
+        source.close()
+    return final if final is not None else (code or 0)
+
+
+def command_top(args: argparse.Namespace) -> int:
+    from tuitop.tui.app import TuitopApp
+    from tuitop.tui.logtail import FileTail
+
+    if _interval_or_exit(args):
+        return EXIT_CONFIG_ERROR
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
     if not settings.redis.configured:
         print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    TuitopApp(
-        lambda: connect(settings.redis, client_name="tuitop:top", socket_timeout=3),
-        redis_address=settings.redis.address,
-        interval=args.interval,
-        log_file=args.log_file or None,
-        describe_error=lambda error: describe_error(error, settings.redis),
-    ).run()
+    source = _ui_source(args, settings, "tuitop:top")
+    log = FileTail(args.log_file) if args.log_file else None
+    try:
+        TuitopApp(source, interval=args.interval, log=log).run()
+    finally:
+        source.close()
     return EXIT_OK
 
 
 def command_demo(args: argparse.Namespace) -> int:
     from tuitop.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(rate=args.rate, workers=args.workers), no_ui=args.no_ui)
+    if _interval_or_exit(args):
+        return EXIT_CONFIG_ERROR
+    options = DemoOptions(rate=args.rate, workers=args.workers, interval=args.interval)
+    return run_demo(options, no_ui=args.no_ui)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     commands = {
         "config": command_config,
@@ -398,4 +458,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.command in commands:
         return commands[args.command](args)
-    return command_run(args)
+    return command_run(args, argv)

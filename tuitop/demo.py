@@ -26,6 +26,8 @@ from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 from tuitop.supervisor import PoolOptions, Supervisor
 
+DEMO_POOL = "demo"
+DEMO_GRACE = 10.0
 _WORDS = "build deploy review merge release fix test docs tracker sprint backlog epic".split()
 
 
@@ -34,6 +36,8 @@ class DemoOptions:
     rate: float = 20.0
     workers: int = 2
     log_level: str = "info"
+    interval: float = 0.5
+    """Seconds between two refreshes of the UI."""
 
 
 def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: DemoOptions) -> None:
@@ -101,11 +105,44 @@ class Producer(threading.Thread):
         self.notifier.close()
 
 
+def _run_headless(settings: Settings, config: Path, log_file: Path) -> int:
+    supervisor = Supervisor(
+        settings,
+        PoolOptions(pool_name=DEMO_POOL, log_file=str(log_file), grace_period=DEMO_GRACE),
+        reload=lambda: load_config([str(config)]).settings,
+        watch=[str(config)],
+    )
+    return supervisor.run()
+
+
+def _run_with_ui(settings: Settings, config: Path, log_file: Path, options: DemoOptions) -> int:
+    """The pool as the daemon itself in a child process, the UI in front of it."""
+    from tuitop.poolprocess import PoolProcess
+    from tuitop.procmeter import ProcessMeter
+    from tuitop.tui.app import TuitopApp
+    from tuitop.tui.source import SnapshotSource
+
+    pool = PoolProcess(
+        [
+            *("--config", str(config), "--pool-name", DEMO_POOL),
+            *("--log-file", str(log_file), "--grace", str(DEMO_GRACE)),
+        ]
+    ).start()
+    source = SnapshotSource(
+        lambda: load_config([str(config)]).settings, [str(config)], meter=ProcessMeter()
+    )
+    try:
+        code = TuitopApp(source, interval=options.interval, log=pool, pool=pool).run()
+    finally:
+        if pool.returncode is None:
+            pool.stop()
+        final = pool.wait()
+        source.close()
+    return final if final is not None else (code or 0)
+
+
 def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
-    """Runs the demo until Ctrl-C; returns the exit code."""
-    if not no_ui:
-        print("tuitop: the terminal UI is not built yet (issue 5); run 'tuitop demo --no-ui'")
-        return 2
+    """Runs the demo until Ctrl-C (headless) or q (the UI); returns the exit code."""
     with tempfile.TemporaryDirectory(prefix="tuitop-demo-") as temp:
         directory = Path(temp)
         with EmbeddedRedis(directory=directory / "redis") as redis_server, SmtpServer() as smtp:
@@ -118,19 +155,16 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
                 f"SMTP 127.0.0.1:{smtp.port} (keeps what it receives)\n"
                 f"  config   {config}\n  log      {log_file}\n"
                 f"  producer {options.rate:g} notifications/s\n"
-                "Ctrl-C stops it all.",
+                + ("Ctrl-C stops it all." if no_ui else "q in the UI stops it all."),
                 file=sys.stderr,
             )
             producer = Producer(settings, options.rate)
-            supervisor = Supervisor(
-                settings,
-                PoolOptions(pool_name="demo", log_file=str(log_file), grace_period=10),
-                reload=lambda: load_config([str(config)]).settings,
-                watch=[str(config)],
-            )
             producer.start()
             try:
-                code = supervisor.run()
+                if no_ui:
+                    code = _run_headless(settings, config, log_file)
+                else:
+                    code = _run_with_ui(settings, config, log_file, options)
             finally:
                 producer.stop()
             client = redis_server.client()

@@ -57,6 +57,11 @@ class WorkerView:
     cpu: float | None
     beat: float
 
+    @property
+    def slot_name(self) -> str:
+        """``pool/slot``: the id without the pid, stable across the slot's replacements."""
+        return self.id.split("#", 1)[0]
+
 
 @dataclass(frozen=True)
 class PoolView:
@@ -64,6 +69,9 @@ class PoolView:
     host: str
     pid: int
     wanted: int
+    """The count the pool runs now: the session's (``+``/``-``) or the config's."""
+    configured: int
+    """``$sys_nb_backend_workers`` as the files say."""
     running: int
     files: tuple[str, ...]
     log_level: str
@@ -85,6 +93,9 @@ class Snapshot:
     and a minute's average lags behind a change)."""
     last_minute: WindowStats
     last_five_minutes: WindowStats
+    history: tuple[WindowStats, ...] = ()
+    """The last five minutes bucket by bucket (10 s each), oldest first, the current
+    partial bucket left out: what a chart over time draws."""
     config: Mapping[str, str] = field(default_factory=dict)
     """The configuration the pools published (``keys.CONFIG``)."""
 
@@ -131,8 +142,8 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     worker_views = []
     for index, worker_id in enumerate(worker_ids):
         beat, holding = replies[2 * index], replies[2 * index + 1]
-        if beat:  # registered but silent: recovered soon, not shown as a live worker
-            worker_views.append(_worker(worker_id, beat, int(holding)))
+        # Registered but silent (its heartbeat expired): dead, its list recovered soon.
+        worker_views.append(_worker(worker_id, beat or _DEAD, int(holding)))
     pool_views = [
         _pool(name, fields)
         for name, fields in zip(pool_names, replies[2 * len(worker_ids) :], strict=True)
@@ -154,16 +165,23 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         last_ten_seconds=summarize(buckets[1:2], keys.STATS_BUCKET_SECONDS),
         last_minute=summarize(minute_buckets, MINUTE),
         last_five_minutes=summarize(buckets, FIVE_MINUTES),
+        history=tuple(
+            summarize([bucket], keys.STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
+        ),
         config={k.decode(): v.decode("utf-8", "replace") for k, v in config.items()},
     )
 
 
+_DEAD = {b"state": b"dead"}
+
+
 def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> WorkerView:
+    slot_name, _, pid = worker_id.partition("#")
     return WorkerView(
         id=worker_id,
-        pool=_text(fields, "pool"),
+        pool=_text(fields, "pool", slot_name.rsplit("/", 1)[0]),
         host=_text(fields, "host"),
-        pid=_number(fields, "pid", int) or 0,
+        pid=_number(fields, "pid", int) or (int(pid) if pid.isdigit() else 0),
         slot=_number(fields, "slot", int) or 0,
         state=_text(fields, "state", "unknown"),
         topic=_text(fields, "topic"),
@@ -187,6 +205,7 @@ def _pool(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
         host=_text(fields, "host"),
         pid=_number(fields, "pid", int) or 0,
         wanted=_number(fields, "wanted", int) or 0,
+        configured=_number(fields, "configured", int) or 0,
         running=_number(fields, "running", int) or 0,
         files=tuple(files.split(",")) if files else (),
         log_level=_text(fields, "log_level"),

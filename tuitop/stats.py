@@ -2,7 +2,8 @@
 
 Workers add to a hash per 10-second bucket (``keys.stats_bucket``), pipelined with their
 acks so that recording costs no round trip of its own. A hash holds counters (``done``,
-``failed``, ``retried``, ``dead``, ``timedout``, ``enqueued``) and two log-scale histograms:
+``failed``, ``retried``, ``dead``, ``timedout``, ``enqueued``), one gauge (``depth``, the
+queue's length as a pool last sampled it in that bucket) and two log-scale histograms:
 ``w:<i>`` for the wait (enqueue → start) and ``e:<i>`` for end to end (enqueue → done), with
 8 buckets per power of two of microseconds (each within 9 % of the true value). A view reads
 the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whatever the load.
@@ -24,6 +25,20 @@ SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"
 END_TO_END = "e"
 OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "enqueued")
+DEPTH = "depth"
+"""A gauge, not a counter: a window's depth is its newest bucket's."""
+
+SAMPLE_DEPTH_SCRIPT = """
+redis.call('HSET', KEYS[2], 'depth', redis.call('LLEN', KEYS[1]))
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+"""
+"""Samples the queue's length into the current bucket, in one command (pools call it once a
+tick; several pools sharing a Redis overwrite each other's nearly equal samples)."""
+
+
+def depth_sample_keys(now: float) -> list[str]:
+    """KEYS for SAMPLE_DEPTH_SCRIPT (ARGV: the bucket's time to live)."""
+    return [keys.QUEUE, keys.stats_bucket(bucket_start(now))]
 
 
 def latency_bucket(seconds: float) -> int:
@@ -83,6 +98,8 @@ class WindowStats:
     counts: Mapping[str, int]
     wait: Percentiles
     end_to_end: Percentiles
+    depth: int | None = None
+    """The queue's length sampled in the window's newest bucket that has a sample."""
 
     def rate(self, outcome: str) -> float:
         """Events per second over the window."""
@@ -127,14 +144,17 @@ def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowS
     counts: Counter[str] = Counter()
     wait: Counter[int] = Counter()
     end_to_end: Counter[int] = Counter()
-    for bucket in buckets:
+    depth: int | None = None
+    for bucket in buckets:  # newest first
         for raw_field, raw_count in bucket.items():
             field, count = raw_field.decode(), int(raw_count)
             kind, _, index = field.partition(":")
-            if kind == WAIT and index:
+            if field == DEPTH:
+                depth = count if depth is None else depth
+            elif kind == WAIT and index:
                 wait[int(index)] += count
             elif kind == END_TO_END and index:
                 end_to_end[int(index)] += count
             else:
                 counts[field] += count
-    return WindowStats(seconds, dict(counts), percentiles(wait), percentiles(end_to_end))
+    return WindowStats(seconds, dict(counts), percentiles(wait), percentiles(end_to_end), depth)

@@ -37,13 +37,13 @@ import redis
 from setproctitle import setproctitle
 
 from tuitop import keys
-from tuitop.config import ConfigError, RedisSettings, Settings
+from tuitop.config import MAX_WORKERS, ConfigError, RedisSettings, Settings
 from tuitop.log import setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
-from tuitop.stats import StatsBatch
+from tuitop.stats import SAMPLE_DEPTH_SCRIPT, StatsBatch, depth_sample_keys
 from tuitop.watch import ConfigWatcher
 from tuitop.worker import (
     BUSY,
@@ -77,6 +77,9 @@ end
 return 0
 """
 SUPERVISOR_SOCKET_TIMEOUT = 3.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
+"""gunicorn's convention: one more worker, one fewer, for this session."""
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
 EXIT_REASONS = {
@@ -144,6 +147,8 @@ class Supervisor:
         self.config_error = ""
         """The error of the last reload that failed ('' once a good config loaded)."""
         self.loaded_at = time.time()
+        self.wanted_override: int | None = None
+        """The worker count set for this session (SIGTTIN/SIGTTOU), until the next load."""
         self._config_version = 0
         self._config_published = False
         self._outdated: set[int] = set()
@@ -175,6 +180,7 @@ class Supervisor:
         self._pool_token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
         self._owns_name = False
         self._claim_script: Any = None
+        self._depth_script: Any = None
         self._started = psutil.Process().create_time()
 
     # --- signals -------------------------------------------------------------------------
@@ -183,7 +189,7 @@ class Supervisor:
         os.set_blocking(self._wake_write, False)
         os.set_blocking(self._wake_read, False)
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS):
             signal.signal(signum, self._record_signal)
 
     def _record_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -192,11 +198,38 @@ class Supervisor:
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
-            if signum in (signal.SIGTERM, signal.SIGINT):
+            if signum in STOP_SIGNALS:
                 self._stop_signals += 1
             elif signum == signal.SIGHUP and self._stop_signals == 0:
                 self.logger.info("SIGHUP: reloading the configuration")
                 self.reload()
+            elif signum in SCALE_SIGNALS and self._stop_signals == 0:
+                self.scale_by(SCALE_SIGNALS[signum])
+
+    def scale_by(self, step: int) -> None:
+        """Changes the wanted worker count for this session (SIGTTIN +1, SIGTTOU -1, as
+        gunicorn does; the UI's ``+``/``-``). The config files win again at their next
+        successful load (a save, SIGHUP)."""
+        before = self.wanted
+        after = min(max(before + step, 0), MAX_WORKERS)
+        if after == before:
+            return
+        self.wanted_override = after
+        self._wake()
+        self.logger.warning(
+            "workers %d → %d for this session ($sys_nb_backend_workers = %d comes back at "
+            "the next save of the config files)",
+            before,
+            after,
+            self.settings.backend_workers,
+        )
+
+    @property
+    def wanted(self) -> int:
+        """How many workers the pool runs: the session's count, else the config's."""
+        if self.wanted_override is not None:
+            return self.wanted_override
+        return self.settings.backend_workers
 
     def _drain_wakeups(self) -> None:
         try:
@@ -210,6 +243,9 @@ class Supervisor:
     def request_reload(self) -> None:
         """Asks the loop to reload soon; safe from any thread (the watcher's)."""
         self._reload_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"r")
 
@@ -229,6 +265,12 @@ class Supervisor:
         if self.config_error:
             self.logger.warning("config: the error is fixed, the files load again")
         self.config_error = ""
+        if self.wanted_override is not None:
+            self.logger.warning(
+                "config: the session's worker count (%d) gives way to the files'",
+                self.wanted_override,
+            )
+            self.wanted_override = None
         self.apply(settings)
 
     def apply(self, settings: Settings) -> None:
@@ -372,6 +414,7 @@ class Supervisor:
             )
             self._queue = Queue(self._redis, self.options.retry)
             self._claim_script = self._redis.register_script(_CLAIM_NAME_SCRIPT)
+            self._depth_script = self._redis.register_script(SAMPLE_DEPTH_SCRIPT)
         try:
             self._redis.ping()
             self._claim_name()
@@ -457,7 +500,8 @@ class Supervisor:
         fields: dict[Any, str | int | float] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "wanted": settings.backend_workers,
+            "wanted": self.wanted if settings.redis.configured else 0,
+            "configured": settings.backend_workers,
             "running": running,
             "files": ",".join(settings.files),
             "log_level": str(settings.log_level),
@@ -475,6 +519,8 @@ class Supervisor:
         pipe.execute()
         if not self._config_published:
             self._publish_config()
+        # The depth over time that every view draws, sampled here once a tick.
+        self._depth_script(keys=depth_sample_keys(time.time()), args=[keys.STATS_KEEP_SECONDS])
         if not self._claim_script(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
             # Our claim expired (Redis was away) and another pool took the name meanwhile:
             # its workers' ids could meet ours. Stop ours, warm, and start none.
@@ -607,7 +653,7 @@ class Supervisor:
         self.logger.debug("Started worker %s", worker_id)
 
     def _scale(self) -> None:
-        wanted = self.settings.backend_workers if self.settings.redis.configured else 0
+        wanted = self.wanted if self.settings.redis.configured else 0
         active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
         # Scaling down, stop the workers due for replacement first, then the highest slots.
         by_preference = sorted(active, key=lambda slot: (slot not in self._outdated, -slot))

@@ -1,22 +1,27 @@
-"""One widget per panel; each renders a :class:`~tuitop.snapshot.Snapshot` it is given."""
+"""One widget per panel of the main screen; each renders what it is given, reads nothing."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
+from collections.abc import Iterable
+from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, Sparkline, Static
+from textual.widgets import DataTable, RichLog, Sparkline, Static
 
-from tuitop.snapshot import Snapshot
+from tuitop.snapshot import PoolView, Snapshot, WorkerView
 from tuitop.stats import Percentiles
 
 OLDEST_WARNING = 120.0
 """Tuleap's SYSTEM_CHECK warns past this age of the oldest waiting message."""
-DEPTH_HISTORY = 300
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LEVEL_STYLES = {"error": "red", "warning": "yellow", "debug": "dim"}
+_LEVEL_IN_LINE = re.compile(r"\[(debug|info|warning|error|critical)\]")
 
 
 def seconds(value: float | None) -> str:
@@ -30,30 +35,37 @@ def seconds(value: float | None) -> str:
     return f"{value / 60:.0f} min"
 
 
-class HeaderBar(Static):
-    """Where the data comes from, and whether it can be trusted right now."""
+def clock_time(moment: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(moment))
 
-    def show(self, snapshot: Snapshot | None, redis_address: str, error: str) -> None:
+
+class HeaderBar(Static):
+    """One line: where the data comes from, whether it is live, what the pool is doing."""
+
+    def show(
+        self,
+        *,
+        redis_address: str,
+        error: str,
+        taken_at: float | None,
+        paused: bool,
+        pool_state: str = "",
+    ) -> None:
         parts = ["tuitop"]
         if error:
-            parts.append(f"redis {redis_address} ✘ {error}")
-            self.add_class("problem")
-            self.update(" · ".join(parts))
-            return
-        parts.append(f"redis {redis_address} ✔")
-        config_error = ""
-        if snapshot is not None:
-            for pool in snapshot.pools:
-                loaded = time.strftime("%H:%M:%S", time.localtime(pool.loaded_at))
-                files = " + ".join(path.rsplit("/", 1)[-1] for path in pool.files) or "defaults"
-                parts.append(f"{pool.name}: {files} (loaded {loaded})")
-                config_error = config_error or pool.config_error
-            scope = snapshot.config.get("async_scope")
-            if scope:
-                parts.append(f"scope: {scope}")
-        if config_error:
-            parts.append(f"config error: {config_error}")
-        self.set_class(bool(config_error), "problem")
+            where = f"redis {redis_address} " if redis_address else ""
+            parts.append(f"{where}✘ {error}")
+            if taken_at is not None:
+                parts.append(f"showing {clock_time(taken_at)}, retrying")
+        else:
+            parts.append(f"redis {redis_address} ✔")
+            if taken_at is not None:
+                parts.append(clock_time(taken_at))
+        if paused:
+            parts.append("PAUSED (p resumes)")
+        if pool_state:
+            parts.append(pool_state)
+        self.set_class(bool(error), "problem")
         self.update(" · ".join(parts))
 
 
@@ -63,7 +75,7 @@ class QueuePanel(Vertical):
     def __init__(self) -> None:
         super().__init__(id="queue", classes="panel")
         self.border_title = "Queue"
-        self._depths: deque[float] = deque(maxlen=DEPTH_HISTORY)
+        self.border_subtitle = "depth, last 5 min"
 
     def compose(self) -> ComposeResult:
         yield Static(id="queue-figures")
@@ -71,31 +83,42 @@ class QueuePanel(Vertical):
 
     def show(self, snapshot: Snapshot) -> None:
         queue = snapshot.queue
-        self._depths.append(float(queue.waiting))
         minute, recent = snapshot.last_minute, snapshot.last_ten_seconds
         oldest = Text(f"oldest {seconds(queue.oldest_age)}")
         if queue.oldest_age is not None and queue.oldest_age > OLDEST_WARNING:
             oldest.stylize("bold yellow")
+        dead = Text(f"dead letters {queue.dead_letters:,}")
+        if queue.dead_letters:
+            dead.stylize("bold red")
         figures = Text.assemble(
             f"waiting {queue.waiting:,}   processing {queue.processing:,}\n",
             oldest,
             f"   delayed {queue.delayed:,}\n",
-            f"dead letters {queue.dead_letters:,}   failed {minute.counts.get('failed', 0)}/min\n",
+            dead,
+            f"   failed {minute.counts.get('failed', 0)}/min\n",
             f"in {recent.rate('enqueued'):.1f}/s   done {recent.rate('done'):.1f}/s",
         )
         self.query_one("#queue-figures", Static).update(figures)
-        self.query_one("#depth", Sparkline).data = list(self._depths)
+        # 10 s a bar from the pools' samples, then the depth now.
+        depths = [float(w.depth or 0) for w in snapshot.history] + [float(queue.waiting)]
+        self.query_one("#depth", Sparkline).data = depths
 
 
-class LatencyPanel(Static):
-    """Notification latency: waiting (enqueue → start) and end to end, 1 and 5 minutes."""
+class LatencyPanel(Vertical):
+    """Notification latency: waiting (enqueue → start) and what the user feels (enqueue →
+    done), over 1 and 5 minutes, and end-to-end p95 over time, 10 s a bar."""
 
     def __init__(self) -> None:
         super().__init__(id="latency", classes="panel")
-        self.border_title = "Latency"
+        self.border_title = "Notification latency"
+        self.border_subtitle = "e2e p95 per 10 s, last 5 min"
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="latency-table")
+        yield Sparkline([], id="latency-chart")
 
     def show(self, snapshot: Snapshot) -> None:
-        table = Table(box=None, expand=True, pad_edge=False)
+        table = Table(box=None, expand=True, pad_edge=False, header_style="dim")
         for column in ("", "n", "p50", "p95", "p99", "max"):
             table.add_column(column, justify="right" if column else "left")
 
@@ -113,38 +136,180 @@ class LatencyPanel(Static):
         row("e2e  1m", snapshot.last_minute.end_to_end)
         row("wait 5m", snapshot.last_five_minutes.wait)
         row("e2e  5m", snapshot.last_five_minutes.end_to_end)
-        self.update(table)
+        self.query_one("#latency-table", Static).update(table)
+        chart = [window.end_to_end.p95 or 0.0 for window in snapshot.history]
+        self.query_one("#latency-chart", Sparkline).data = chart
 
 
-class WorkersPanel(DataTable[str]):
-    """One row per live worker, on every host sharing the Redis."""
+class ConfigPanel(Static):
+    """The configuration in force in each pool, and its error in plain sight."""
 
-    COLUMNS = ("id", "host", "pid", "state", "done", "failed", "recycle in", "cpu", "rss")
+    def __init__(self) -> None:
+        super().__init__(id="config", classes="panel")
+        self.border_title = "Config"
+
+    def show(self, snapshot: Snapshot) -> None:
+        lines: list[Text] = []
+        errors = [pool for pool in snapshot.pools if pool.config_error]
+        for pool in snapshot.pools:
+            lines.append(self._describe(pool))
+        if not snapshot.pools:
+            lines.append(Text("no pool is running on this Redis", style="dim"))
+        for pool in errors:
+            lines.append(
+                Text(
+                    f"✘ {pool.name}: the last save was refused, the config above stays: "
+                    f"{pool.config_error}",
+                    style="bold red",
+                )
+            )
+        self.set_class(bool(errors), "problem")
+        self.update(Text("\n").join(lines))
+
+    @staticmethod
+    def _describe(pool: PoolView) -> Text:
+        files = ", ".join(pool.files) or "built-in defaults"
+        workers = f"workers {pool.running}/{pool.wanted}"
+        if pool.wanted != pool.configured:
+            workers += f" (files say {pool.configured}; +/- for this session)"
+        return Text(
+            f"{pool.name}@{pool.host}  {files}  loaded {clock_time(pool.loaded_at)}  "
+            f"{workers}  async {pool.async_scope}  log {pool.log_level}  redis {pool.redis}"
+        )
+
+
+SILENT_AFTER = 3.0
+"""A heartbeat older than this (they come every second) is said: the state may be stale."""
+
+
+def worker_state(worker: WorkerView, now: float) -> str:
+    """idle · busy TOPIC 2.1 s · stopping · starting · dead (holding N); a state as of the
+    worker's last heartbeat, which a silent worker's row says."""
+    state = worker.state
+    if state == "busy" and worker.job_started:
+        # As of the heartbeat: now - job_started would count time since, when the worker
+        # may well have finished that job and be idle.
+        state = f"busy {worker.topic} {seconds(max(worker.beat - worker.job_started, 0.0))}"
+    if worker.state == "dead":
+        return f"dead (holding {worker.holding})" if worker.holding else "dead"
+    if worker.beat and now - worker.beat > SILENT_AFTER:
+        state += f" (silent {seconds(now - worker.beat)})"
+    return state
+
+
+class WorkersPanel(DataTable[Text]):
+    """One row per worker, on every host sharing the Redis; a filter narrows the rows."""
+
+    COLUMNS = (
+        ("id", 14),
+        ("host", 12),
+        ("pid", 7),
+        ("state", 36),
+        ("done", 8),
+        ("failed", 6),
+        ("recycle in", 10),
+        ("cpu", 5),
+        ("rss", 7),
+    )
+    """Fixed widths: columns that do not jump from one refresh to the next."""
+    STATE_STYLES: ClassVar[dict[str, str]] = {
+        "busy": "green",
+        "stopping": "yellow",
+        "starting": "cyan",
+        "dead": "red",
+    }
 
     def __init__(self) -> None:
         super().__init__(id="workers", classes="panel", cursor_type="row", zebra_stripes=True)
         self.border_title = "Workers"
+        self.filter = ""
 
     def on_mount(self) -> None:
-        self.add_columns(*self.COLUMNS)
+        for label, width in self.COLUMNS:
+            self.add_column(label, width=width, key=label)
+
+    def matches(self, worker: WorkerView, now: float) -> bool:
+        if not self.filter:
+            return True
+        needle = self.filter.lower()
+        fields = (worker.id, worker.host, worker_state(worker, now), str(worker.pid))
+        return any(needle in field.lower() for field in fields)
 
     def show(self, snapshot: Snapshot) -> None:
         wanted = sum(pool.wanted for pool in snapshot.pools)
-        self.border_title = f"Workers {len(snapshot.workers)}/{wanted}"
+        running = sum(1 for worker in snapshot.workers if worker.state != "dead")
+        title = f"Workers {running} running / {wanted} wanted"
+        shown = [w for w in snapshot.workers if self.matches(w, snapshot.taken_at)]
+        if self.filter:
+            title += f" · filter '{self.filter}': {len(shown)} shown"
+        self.border_title = title
+        selected = self.cursor_row
         self.clear()
-        for worker in snapshot.workers:
-            state = worker.state
-            if state == "busy" and worker.job_started:
-                state = f"busy {worker.topic} {seconds(snapshot.taken_at - worker.job_started)}"
-            self.add_row(
-                worker.id.split("#", 1)[0],
-                worker.host,
-                str(worker.pid),
-                state,
-                f"{worker.done:,}",
-                f"{worker.failed:,}",
-                f"{max(worker.max_messages - worker.processed, 0):,}",
-                "—" if worker.cpu is None else f"{worker.cpu:.0f}%",
-                "—" if worker.rss is None else f"{worker.rss / 1e6:.0f} MB",
-                key=worker.id,
-            )
+        for worker in shown:
+            self.add_row(*self._cells(worker, snapshot.taken_at), key=worker.id)
+        if shown and selected > 0:
+            self.move_cursor(row=min(selected, len(shown) - 1), animate=False)
+
+    def _cells(self, worker: WorkerView, now: float) -> Iterable[Text]:
+        recycle = max(worker.max_messages - worker.processed, 0)
+        return (
+            Text(worker.slot_name),
+            Text(worker.host or "—"),
+            Text(str(worker.pid)),
+            Text(worker_state(worker, now), style=self.STATE_STYLES.get(worker.state, "")),
+            Text(f"{worker.done:,}", justify="right"),
+            Text(f"{worker.failed:,}", justify="right", style="red" if worker.failed else ""),
+            Text(f"{recycle:,}" if worker.max_messages else "—", justify="right"),
+            Text("—" if worker.cpu is None else f"{worker.cpu:.0f}%", justify="right"),
+            Text("—" if worker.rss is None else f"{worker.rss / 1e6:.0f} MB", justify="right"),
+        )
+
+
+def line_level(line: str, previous: str) -> str:
+    """The level of a worker_log line; a line without one (a traceback's) is its
+    predecessor's."""
+    found = _LEVEL_IN_LINE.search(line)
+    if found is None:
+        return previous
+    return "error" if found.group(1) == "critical" else found.group(1)
+
+
+class LogPanel(RichLog):
+    """A tail of the worker_log; shows the lines at the chosen level and above."""
+
+    KEPT = 1000
+
+    def __init__(self) -> None:
+        super().__init__(id="log", classes="panel", max_lines=self.KEPT, wrap=False)
+        self.min_level = "debug"
+        self._kept: deque[tuple[str, str]] = deque(maxlen=self.KEPT)
+        self._last_level = "info"
+        self._title()
+
+    def _title(self) -> None:
+        shown = "all levels" if self.min_level == "debug" else f"{self.min_level} and above"
+        self.border_title = f"Log · {shown} (l to change)"
+
+    def _shown(self, level: str) -> bool:
+        return LOG_LEVELS.index(level) >= LOG_LEVELS.index(self.min_level)
+
+    def add_lines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self._last_level = line_level(line, self._last_level)
+            self._kept.append((self._last_level, line))
+            if self._shown(self._last_level):
+                self.write(self._styled(self._last_level, line))
+
+    def next_level(self) -> str:
+        """Shows one level more severe (after error: all again); returns the new one."""
+        self.min_level = LOG_LEVELS[(LOG_LEVELS.index(self.min_level) + 1) % len(LOG_LEVELS)]
+        self._title()
+        self.clear()
+        for level, line in self._kept:
+            if self._shown(level):
+                self.write(self._styled(level, line))
+        return self.min_level
+
+    @staticmethod
+    def _styled(level: str, line: str) -> Text:
+        return Text(line, style=LEVEL_STYLES.get(level, ""))

@@ -1,0 +1,310 @@
+"""Scenes for the UI's pictures: a real Redis filled with a fixed picture of pools,
+workers, queue, latency and dead letters, seen at a frozen time.
+
+The SVG snapshot tests and ``scripts/screenshots.py`` both draw these scenes, so the README's
+screenshots are the very screens the tests check. The scene's Redis listens on a fixed port
+(outside the ephemeral range) because the header shows the address.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+from textual.pilot import Pilot
+
+from tuitop import keys
+from tuitop.config import load_config
+from tuitop.message import encode
+from tuitop.queue import dead_letter_entry
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.stats import StatsBatch, bucket_start
+from tuitop.tui.app import TuitopApp
+from tuitop.tui.logtail import FileTail
+from tuitop.tui.source import SnapshotSource
+from tuitop.tui.widgets import LogPanel
+
+SCENE_PORT = 23791
+FROZEN = 1795856400.0 + 42.0
+"""2026-11-28 09:00:42 UTC: the time every scene is seen at."""
+SIZE = (132, 42)
+TOPIC = "tuleap.tracker.artifact"
+FILES = "/etc/tuleap/conf/local.inc,/etc/tuleap/conf/redis.inc"
+CONFIG_ERROR = (
+    "/etc/tuleap/conf/local.inc:14:28: syntax error, unexpected end of line, expecting ';'"
+)
+TRACEBACK = """Traceback (most recent call last):
+  File "tuitop/worker.py", line 341, in _run_job
+  File "tuitop/notification.py", line 158, in send
+smtplib.SMTPRecipientsRefused: {'ghost@example.com': (550, b'5.1.1 User unknown')}"""
+
+
+def use_utc() -> None:
+    """Times on screen in UTC, whatever the machine's zone."""
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+
+
+@contextmanager
+def scene_redis(directory: Path) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(port=SCENE_PORT, directory=directory / "scene-redis") as server:
+        yield server
+
+
+def _pool(client: redis.Redis, name: str, host: str, pid: int, **fields: object) -> None:
+    values: dict[str, object] = {
+        "host": host,
+        "pid": pid,
+        "wanted": 2,
+        "configured": 2,
+        "running": 2,
+        "files": FILES,
+        "log_level": "info",
+        "async_scope": "all",
+        "redis": f"127.0.0.1:{SCENE_PORT}",
+        "loaded_at": FROZEN - 3600 - 17,
+        "config_error": "",
+        "beat": FROZEN - 0.4,
+    }
+    values.update(fields)
+    client.hset(keys.pool(name), mapping=values)  # type: ignore[arg-type]
+    client.sadd(keys.POOLS, name)
+
+
+def _worker(
+    client: redis.Redis, pool: str, slot: int, host: str, pid: int, **fields: object
+) -> str:
+    worker_id = f"{pool}/{slot}#{pid}"
+    values: dict[str, object] = {
+        "host": host,
+        "pid": pid,
+        "pool": pool,
+        "slot": slot,
+        "state": "idle",
+        "since": FROZEN - 2,
+        "job_started": 0,
+        "topic": "",
+        "done": 0,
+        "failed": 0,
+        "processed": 0,
+        "max_messages": 1000,
+        "rss": 38_000_000 + slot * 1_300_000,
+        "cpu": 0.0,
+        "beat": FROZEN - 0.3,
+    }
+    values.update(fields)
+    if values["state"] != "dead":
+        client.hset(keys.heartbeat(worker_id), mapping=values)  # type: ignore[arg-type]
+    client.sadd(keys.WORKERS, worker_id)
+    return worker_id
+
+
+def _history(client: redis.Redis, *, busy: bool) -> None:
+    """Five minutes of 10 s buckets: counters, latency samples, depth samples."""
+    chance = random.Random(7)
+    for age in range(0, 310, 10):
+        start = bucket_start(FROZEN) - age
+        batch = StatsBatch()
+        rate = 18 + chance.randint(0, 6)
+        if busy and age < 120:
+            rate = 55 + chance.randint(0, 20)
+        batch.outcome("enqueued", rate * 10)
+        batch.outcome("done", (rate - (3 if busy and age < 120 else 0)) * 10)
+        if busy and age % 40 == 0:
+            batch.outcome("failed", 2)
+            batch.outcome("retried", 2)
+        for _ in range(rate * 10):
+            wait = chance.lognormvariate(-6.5, 0.6)
+            if busy and age < 120:
+                wait += (120 - age) * chance.uniform(0.5, 1.5)
+            batch.latency("w", wait)
+            batch.latency("e", wait + chance.lognormvariate(-4.2, 0.4))
+        pipe = client.pipeline()
+        batch.flush_into(pipe, start)
+        depth = 0
+        if busy and age < 120:
+            depth = (120 - age) * 11 + chance.randint(0, 40)
+        pipe.hset(keys.stats_bucket(start), "depth", depth)
+        pipe.execute()
+
+
+def _log_file(directory: Path, *, busy: bool) -> Path:
+    lines = []
+    for n in range(12):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(FROZEN - 12 + n))
+        pid = 4120 + n % 2
+        lines.append(
+            f"{stamp} [{pid}] [info] [Notification] Start notification artifact "
+            f"#{2040 + n} changeset #{90310 + n}"
+        )
+        if busy and n == 7:
+            lines.append(
+                f"{stamp} [{pid}] [warning] Message on {TOPIC} failed (try 1 of 3), "
+                "retried in 5 s: SMTP relay 10.0.4.2:25 did not answer in time"
+            )
+        else:
+            lines.append(
+                f"{stamp} [{pid}] [info] [Notification] End notification artifact "
+                f"#{2040 + n} changeset #{90310 + n} (2 mail(s) in 0.0{n % 9 + 1}1 s)"
+            )
+    path = directory / "worker_log"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def seed_main(client: redis.Redis, directory: Path) -> Path:
+    """A quiet forge: one pool of two idle workers, a steady trickle, nothing wrong."""
+    client.flushall()
+    _pool(client, "web-1", "web-1", 4101)
+    _worker(client, "web-1", 0, "web-1", 4120, done=713, processed=713, cpu=1.0)
+    _worker(client, "web-1", 1, "web-1", 4121, done=698, processed=698, cpu=2.0)
+    _history(client, busy=False)
+    client.hset(keys.CONFIG, mapping={"async_scope": "all", "version": 1})
+    return _log_file(directory, busy=False)
+
+
+def seed_busy(client: redis.Redis, directory: Path) -> Path:
+    """A burst: two pools on two hosts, a deep queue three minutes old, every state."""
+    client.flushall()
+    _pool(client, "web-1", "web-1", 4101, wanted=4, configured=4, running=4)
+    _pool(client, "web-2", "web-2", 8830, wanted=3, configured=2, running=2)
+    busy = {"state": "busy", "topic": TOPIC}
+    _worker(
+        client,
+        "web-1",
+        0,
+        "web-1",
+        4120,
+        **busy,
+        job_started=FROZEN - 1.3,
+        done=2210,
+        processed=942,
+        cpu=38.0,
+    )
+    _worker(
+        client,
+        "web-1",
+        1,
+        "web-1",
+        4121,
+        **busy,
+        job_started=FROZEN - 0.5,
+        done=2187,
+        failed=4,
+        processed=917,
+        cpu=41.0,
+    )
+    _worker(
+        client,
+        "web-1",
+        2,
+        "web-1",
+        4133,
+        **busy,
+        job_started=FROZEN - 12.6,
+        done=1954,
+        processed=954,
+        cpu=3.0,
+    )
+    _worker(client, "web-1", 3, "web-1", 4140, state="stopping", done=1000, processed=1000)
+    _worker(
+        client,
+        "web-2",
+        0,
+        "web-2",
+        8841,
+        **busy,
+        job_started=FROZEN - 0.7,
+        done=1630,
+        failed=2,
+        processed=630,
+        cpu=35.0,
+    )
+    _worker(client, "web-2", 1, "web-2", 8842, state="starting", done=0, processed=0, cpu=0.0)
+    dead = _worker(client, "web-2", 2, "web-2", 8790, state="dead")
+    client.lpush(keys.processing_list(dead), *[encode(TOPIC, {"n": n}) for n in range(3)])
+    waiting = [
+        encode(TOPIC, {"artifact_id": n}, enqueue_ts=FROZEN - 185 + n * 0.14) for n in range(1284)
+    ]
+    client.lpush(keys.QUEUE, *waiting)
+    client.zadd(keys.DELAYED, {encode(TOPIC, {"n": 1}, queued_total=1): FROZEN + 4})
+    _dead_letters(client)
+    _history(client, busy=True)
+    client.hset(keys.CONFIG, mapping={"async_scope": "all", "version": 3})
+    return _log_file(directory, busy=True)
+
+
+def seed_config_error(client: redis.Redis, directory: Path) -> Path:
+    """The quiet forge after an admin saved a local.inc with a syntax error."""
+    log = seed_main(client, directory)
+    client.hset(keys.pool("web-1"), "config_error", CONFIG_ERROR)
+    return log
+
+
+def _dead_letters(client: redis.Redis) -> None:
+    letters = [
+        dead_letter_entry(
+            encode(
+                TOPIC,
+                {"project_id": 101, "artifact_id": 2049, "changeset_id": 90319},
+                enqueue_ts=FROZEN - 262.5,
+            ),
+            "SMTPRecipientsRefused: ghost@example.com: 550 5.1.1 User unknown",
+            worker="web-1/1#4121",
+            tries=3,
+            topic=TOPIC,
+            traceback=TRACEBACK,
+            now=FROZEN - 240,
+        ),
+        dead_letter_entry(
+            b"{not json",
+            "not JSON: Expecting property name enclosed in double quotes at 1",
+            worker="web-2/0#8841",
+            tries=0,
+            topic="",
+            now=FROZEN - 3500,
+        ),
+        dead_letter_entry(
+            encode("tuleap.unknown.topic", {"id": 7}, enqueue_ts=FROZEN - 7300.25),
+            "no handler for topic 'tuleap.unknown.topic'",
+            worker="web-1/0#4120",
+            tries=0,
+            topic="tuleap.unknown.topic",
+            now=FROZEN - 7300,
+        ),
+    ]
+    client.rpush(keys.DEAD_LETTERS, *letters)
+
+
+def scene_app(directory: Path, log: Path) -> TuitopApp:
+    """The UI on the scene's Redis, at the frozen time."""
+    config = directory / "local.inc"
+    config.write_text(
+        f"<?php\n$redis_server = '127.0.0.1';\n$redis_port = {SCENE_PORT};\n"
+        "$sys_nb_backend_workers = 2;\n"
+    )
+    source = SnapshotSource(
+        lambda: load_config([str(config)]).settings, [str(config)], clock=lambda: FROZEN
+    )
+    # A refresh far apart: the picture is the first snapshot's, whatever the test's pace.
+    return TuitopApp(source, interval=3600, log=FileTail(str(log)))
+
+
+async def first_picture(pilot: Pilot[object]) -> None:
+    """Waits until the first snapshot is on screen."""
+    app = pilot.app
+    assert isinstance(app, TuitopApp)
+    log = app.query_one(LogPanel)
+    for _ in range(200):
+        if app.reading is not None and log.lines:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.3)
+    # The log follows its end after a refresh of its own: at the end for every picture.
+    log.scroll_end(animate=False, immediate=True)
+    await pilot.pause(0.1)

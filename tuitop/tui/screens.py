@@ -1,0 +1,224 @@
+"""The screens over the main one: the dead letters, help, and a yes/no question."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import ClassVar
+
+import redis
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Label, Static
+
+from tuitop import keys
+from tuitop.queue import DeadLetter, Queue
+from tuitop.tui.source import SnapshotSource
+
+SHOWN_LETTERS = 500
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Asks before something that cannot be undone; dismissed with True for yes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "yes"),
+        Binding("n,escape", "answer(False)", "no"),
+    ]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="confirm"):
+            yield Label(self.question, id="question")
+            yield Button("Yes (y)", variant="error", id="yes")
+            yield Button("No (n)", variant="primary", id="no")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys of every screen, and what the mouse does."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "close", "close")]
+
+    def __init__(self, sections: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        super().__init__()
+        self.sections = sections
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        for title, rows in self.sections:
+            text.append(f"{title}\n", style="bold")
+            for key, description in rows:
+                text.append(f"  {key:<12}", style="bold cyan")
+                text.append(f"{description}\n")
+            text.append("\n")
+        text.append(
+            "Mouse: click a key in the footer, a worker or dead-letter row to select it, "
+            "scroll the log and the tables.",
+            style="dim",
+        )
+        with Vertical(id="help"):
+            yield Static(text)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+def _letter_detail(letter: DeadLetter) -> Text:
+    try:
+        message = json.dumps(json.loads(letter.message), indent=2, ensure_ascii=False)
+    except ValueError:
+        message = letter.message.decode("utf-8", "replace")
+    at = datetime.fromtimestamp(letter.at).isoformat(sep=" ", timespec="seconds")
+    text = Text()
+    for label, value in (
+        ("reason", letter.reason),
+        ("topic", letter.topic or "—"),
+        ("worker", letter.worker or "—"),
+        ("at", at),
+        ("tries", str(letter.tries)),
+    ):
+        text.append(f"{label:<8}", style="bold")
+        text.append(f"{value}\n")
+    text.append("message\n", style="bold")
+    text.append(f"{message}\n")
+    if letter.traceback:
+        text.append("traceback\n", style="bold")
+        text.append(letter.traceback, style="red")
+    return text
+
+
+class DeadLettersScreen(Screen[None]):
+    """The dead letters, newest first: inspect one, replay it or all, purge them all."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,d", "close", "back"),
+        Binding("r", "replay", "replay"),
+        Binding("a", "replay_all", "replay all"),
+        Binding("x", "purge", "purge all"),
+        Binding("g", "reload", "reload"),
+    ]
+
+    def __init__(self, source: SnapshotSource) -> None:
+        super().__init__()
+        self.source = source
+        self.letters: list[DeadLetter] = []
+        self.total = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("Dead letters", id="letters-title")
+        table: DataTable[str] = DataTable(id="letters", cursor_type="row", zebra_stripes=True)
+        table.add_columns("#", "at", "topic", "tries", "reason")
+        yield table
+        with VerticalScroll(id="letter-detail-box"):
+            yield Static(id="letter-detail")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_reload()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_reload(self) -> None:
+        self._run(lambda queue: None, "")
+
+    @work(thread=True, exclusive=True, group="dead-letters")
+    def _run(self, action: Callable[[Queue], str | None], done: str) -> None:
+        """Runs ``action`` off the UI thread, then reads the list again."""
+
+        def act(queue: Queue) -> tuple[str | None, list[DeadLetter], int]:
+            said = action(queue)
+            letters = queue.dead_letters(0, SHOWN_LETTERS)
+            return said, letters, int(queue.redis.llen(keys.DEAD_LETTERS))
+
+        try:
+            said, letters, total = self.source.with_queue(act)
+        except (redis.RedisError, ValueError) as error:
+            message = self.source.describe(error) if isinstance(error, redis.RedisError) else ""
+            self.app.call_from_thread(
+                self.notify, message or str(error), title="Redis", severity="error"
+            )
+            return
+        self.app.call_from_thread(self._show, letters, total)
+        if said or done:
+            self.app.call_from_thread(self.notify, said or done)
+
+    def _show(self, letters: list[DeadLetter], total: int) -> None:
+        self.letters, self.total = letters, total
+        table = self.query_one("#letters", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for index, letter in enumerate(letters):
+            at = datetime.fromtimestamp(letter.at).strftime("%m-%d %H:%M:%S")
+            table.add_row(str(index), at, letter.topic or "—", str(letter.tries), letter.reason)
+        shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
+        title = f"Dead letters: {total:,} ({shown}) · newest first"
+        self.query_one("#letters-title", Static).update(title)
+        if letters:
+            table.move_cursor(row=min(row, len(letters) - 1), animate=False)
+            self._detail(table.cursor_row)
+        else:
+            self.query_one("#letter-detail", Static).update("No dead letter. Nothing was lost.")
+
+    @on(DataTable.RowHighlighted, "#letters")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail(event.cursor_row)
+
+    def _detail(self, row: int) -> None:
+        if 0 <= row < len(self.letters):
+            self.query_one("#letter-detail", Static).update(_letter_detail(self.letters[row]))
+
+    def _selected(self) -> DeadLetter | None:
+        row = self.query_one("#letters", DataTable).cursor_row
+        return self.letters[row] if 0 <= row < len(self.letters) else None
+
+    def action_replay(self) -> None:
+        letter = self._selected()
+        if letter is None:
+            return
+
+        def replay(queue: Queue) -> str:
+            if queue.replay(letter):
+                return f"replayed: {letter.topic or 'the message'} is back on the queue"
+            return "it was already gone (replayed or purged elsewhere)"
+
+        self._run(replay, "")
+
+    def action_replay_all(self) -> None:
+        def replay_all(queue: Queue) -> str:
+            letters = queue.dead_letters(0, 1_000_000)
+            return f"replayed {sum(queue.replay(letter) for letter in letters)} dead letter(s)"
+
+        self._ask(f"Replay all {self.total:,} dead letters?", replay_all)
+
+    def action_purge(self) -> None:
+        def purge(queue: Queue) -> str:
+            return f"purged {queue.purge_dead_letters()} dead letter(s)"
+
+        self._ask(f"Delete all {self.total:,} dead letters for good?", purge)
+
+    def _ask(self, question: str, action: Callable[[Queue], str]) -> None:
+        if not self.letters:
+            self.notify("there is no dead letter")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._run(action, "")
+
+        self.app.push_screen(ConfirmScreen(question), answered)
