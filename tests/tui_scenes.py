@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -308,3 +309,43 @@ async def first_picture(pilot: Pilot[object]) -> None:
     # The log follows its end after a refresh of its own: at the end for every picture.
     log.scroll_end(animate=False, immediate=True)
     await pilot.pause(0.1)
+
+
+async def redis_goes_down(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """After the first picture, Redis dies and the next refresh says so."""
+    app = pilot.app
+    assert isinstance(app, TuitopApp)
+    server.kill()
+    app.refresh_snapshot()
+    for _ in range(200):
+        if app.reading is not None and app.reading.error:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+async def open_dead_letters(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """The dead-letter screen, the newest one selected."""
+    await pilot.press("d")
+    for _ in range(200):
+        if getattr(pilot.app.screen, "letters", None):
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    title: str
+    seed: Callable[[redis.Redis, Path], Path]
+    then: Callable[[Pilot[object], EmbeddedRedis], Awaitable[None]] | None = None
+
+
+SCENES = (
+    Scene("main", "A quiet pool", seed_main),
+    Scene("busy", "A burst on two hosts: every worker state", seed_busy),
+    Scene("config_error", "A save with a syntax error", seed_config_error),
+    Scene("redis_down", "Redis down: said, the last picture kept", seed_main, redis_goes_down),
+    Scene("dead_letters", "Dead letters (d)", seed_busy, open_dead_letters),
+)

@@ -53,8 +53,7 @@ class HeaderBar(Static):
     ) -> None:
         parts = ["tuitop"]
         if error:
-            where = f"redis {redis_address} " if redis_address else ""
-            parts.append(f"{where}✘ {error}")
+            parts.append(f"✘ {error}")  # the error names the address
             if taken_at is not None:
                 parts.append(f"showing {clock_time(taken_at)}, retrying")
         else:
