@@ -1,0 +1,190 @@
+"""`tuitop demo` with its UI in a real terminal (tmux): what a user sees and what the keys do.
+
+The real command runs in a detached tmux session of a private tmux server (its own socket,
+no user config), 132x42. The test reads the screen with ``capture-pane`` and types with
+``send-keys``: every panel appears, both workers show up, notifications flow; ``+`` and
+``-`` add and remove a worker for the session; ``d`` opens the dead letters, ``?`` the
+help, Escape goes back; ``q`` ends it all with exit code 0 and the demo's summary line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.pool import REPO
+
+SESSION = "demo"
+TIMEOUT = 30.0
+
+
+class Terminal:
+    """A private tmux server (``tmux -L NAME``) with one session running a command."""
+
+    def __init__(self) -> None:
+        self.socket = f"tuitop-test-{uuid.uuid4().hex[:12]}"
+
+    def tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            ["tmux", "-f", "/dev/null", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=10,
+        )
+        assert result.returncode == 0, f"tmux {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        self.tmux(
+            *("new-session", "-d", "-s", SESSION, "-x", "132", "-y", "42", "-c", str(REPO)),
+            *command,
+            env=env,
+        )
+
+    def screen(self, *options: str) -> str:
+        """What the pane shows now (``options`` for more, e.g. scrollback)."""
+        return self.tmux("capture-pane", "-p", "-t", SESSION, *options)
+
+    def press(self, key: str) -> None:
+        """One key: a character, or a tmux key name such as ``Escape``."""
+        self.tmux("send-keys", "-t", SESSION, "--", key)
+
+    def wait_until(self, condition: Callable[[str], bool], what: str) -> str:
+        """Polls the screen until ``condition(screen)``; fails with the last screen."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            screen = self.screen()
+            if condition(screen):
+                return screen
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}; the screen was:\n{screen}")
+            time.sleep(0.1)
+
+    def wait_for(self, *texts: str, gone: tuple[str, ...] = ()) -> str:
+        """Polls the screen until it shows every one of ``texts`` and none of ``gone``."""
+        return self.wait_until(
+            lambda screen: (
+                all(text in screen for text in texts) and not any(text in screen for text in gone)
+            ),
+            what=f"{list(texts)}" + (f" without {list(gone)}" if gone else ""),
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        """The pane's processes and all their descendants (empty once the server is gone)."""
+        with contextlib.suppress(AssertionError, psutil.Error, ValueError):
+            pane = psutil.Process(
+                int(self.tmux("display-message", "-p", "-t", SESSION, "#{pane_pid}"))
+            )
+            return [pane, *pane.children(recursive=True)]
+        return []
+
+    def close(self) -> None:
+        """Kills the server, then whatever the pane left running (Redis, workers...), and
+        removes the server's socket file (tmux leaves it behind)."""
+        family = self.processes()
+        socket = ""
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            socket = self.tmux("display-message", "-p", "#{socket_path}").strip()
+            self.tmux("kill-server")
+        if socket.endswith(self.socket):
+            Path(socket).unlink(missing_ok=True)
+        _gone, alive = psutil.wait_procs(family, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not on the PATH")
+    terminal = Terminal()
+    try:
+        yield terminal
+    finally:
+        terminal.close()
+
+
+def flowing(screen: str) -> bool:
+    """The queue panel shows notifications done at a non-zero rate."""
+    done = re.search(r"done (\d+(?:\.\d+)?)/s", screen)
+    return done is not None and float(done.group(1)) > 0
+
+
+def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
+    exit_file = tmp_path / "exit"
+    script = (
+        f"PYTHONPATH={shlex.quote(str(REPO))} "
+        f"{shlex.quote(sys.executable)} -m tuitop demo --rate 40; "
+        f"echo $? > {shlex.quote(str(tmp_path / 'exit.tmp'))} && "
+        f"mv {shlex.quote(str(tmp_path / 'exit.tmp'))} {shlex.quote(str(exit_file))}; "
+        "sleep 30"
+    )
+    # No REDIS_* of this environment leaks in, and no outer tmux is in sight.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TMUX"))} | {
+        "PYTHONPATH": str(REPO)
+    }
+    terminal.start(["sh", "-c", f"cd {shlex.quote(str(REPO))} && {script}"], env)
+
+    # Every panel, the header and the footer.
+    terminal.wait_for(
+        *("Queue", "Notification latency", "Config", "Workers 2 running / 2 wanted", "Log"),
+        *("redis 127.0.0.1:", "✔", "dead letters", "quit"),
+    )
+    # Both workers, and notifications flowing (the rate is the last complete 10 s bucket).
+    terminal.wait_for("demo/0", "demo/1")
+    terminal.wait_until(flowing, "notifications done at a non-zero rate")
+
+    # + and -: one more worker for this session, then back to what the files say.
+    terminal.press("+")
+    terminal.wait_for("Workers 3 running / 3 wanted", "files say 2", "demo/2")
+    terminal.press("-")
+    terminal.wait_for("Workers 2 running / 2 wanted", gone=("files say 2",))
+
+    # d: the dead letters, none; Escape goes back. Waiting for the screen to change after
+    # Escape also keeps the next key from following it too closely (ESC + key is Alt+key).
+    terminal.press("d")
+    terminal.wait_for("Dead letters: 0")
+    terminal.press("Escape")
+    terminal.wait_for("Notification latency", "q quit", gone=("Dead letters: 0",))
+
+    # ?: the help, over the main screen; Escape closes it.
+    terminal.press("?")
+    terminal.wait_for("Main screen")
+    terminal.press("Escape")
+    terminal.wait_for("Notification latency", "q quit", gone=("Main screen",))
+
+    # q: the UI, the pool and the demo end; the demo says what it did.
+    terminal.press("q")
+    deadline = time.monotonic() + TIMEOUT
+    while not exit_file.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the demo did not end after q; the screen was:\n{terminal.screen()}")
+        time.sleep(0.1)
+    # -J joins the lines the terminal wrapped: the summary line is about 130 characters.
+    final = terminal.screen("-J", "-S", "-100")
+    assert exit_file.read_text().strip() == "0", final
+    assert "notifications queued" in final, final
+    assert "mails received by the local SMTP server" in final, final
+    summary = re.search(
+        r"(\d+) notifications queued, (\d+) mails received by the local SMTP server, "
+        r"(\d+) notifications still queued, (\d+) dead letters",
+        final,
+    )
+    assert summary is not None, final
+    _queued, received, _left, dead = (int(group) for group in summary.groups())
+    assert received > 0 and dead == 0, final
+    assert "Traceback" not in final, final
