@@ -46,10 +46,9 @@ def to_png(svg: Path) -> Path | None:
 
 
 def main() -> None:
-    tui_scenes.use_utc()
     OUTPUT.mkdir(exist_ok=True)
     for scene in tui_scenes.SCENES:
-        with tempfile.TemporaryDirectory(prefix="tuitop-shot-") as temp:
+        with tempfile.TemporaryDirectory(prefix="tuitop-shot-") as temp, tui_scenes.utc():
             svg = OUTPUT / f"{scene.name}.svg"
             svg.write_text(asyncio.run(shoot(scene, Path(temp))))
         png = to_png(svg)

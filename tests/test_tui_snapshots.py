@@ -20,8 +20,7 @@ from tests import tui_scenes
 
 @pytest.mark.parametrize("scene", tui_scenes.SCENES, ids=lambda scene: scene.name)
 def test_screen(snap_compare: Callable[..., bool], scene: tui_scenes.Scene, tmp_path: Path) -> None:
-    tui_scenes.use_utc()
-    with tui_scenes.scene_redis(tmp_path) as server:
+    with tui_scenes.utc(), tui_scenes.scene_redis(tmp_path) as server:
         client = server.client()
         log = scene.seed(client, tmp_path)
         client.close()

@@ -8,8 +8,10 @@ screenshots are the very screens the tests check. The scene's Redis listens on a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -45,16 +47,29 @@ TRACEBACK = """Traceback (most recent call last):
 smtplib.SMTPRecipientsRefused: {'ghost@example.com': (550, b'5.1.1 User unknown')}"""
 
 
-def use_utc() -> None:
-    """Times on screen in UTC, whatever the machine's zone."""
+@contextmanager
+def utc() -> Iterator[None]:
+    """Times on screen in UTC, whatever the machine's zone; the zone is restored after."""
+    before = os.environ.get("TZ")
     os.environ["TZ"] = "UTC"
     time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
 
 
 @contextmanager
 def scene_redis(directory: Path) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(port=SCENE_PORT, directory=directory / "scene-redis") as server:
-        yield server
+    """The scene's Redis on its fixed port; runs on one machine take turns (a lock file)."""
+    with open(Path(tempfile.gettempdir()) / "tuitop-scene-redis.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with EmbeddedRedis(port=SCENE_PORT, directory=directory / "scene-redis") as server:
+            yield server
 
 
 def _pool(client: redis.Redis, name: str, host: str, pid: int, **fields: object) -> None:
@@ -305,6 +320,8 @@ async def first_picture(pilot: Pilot[object]) -> None:
         if app.reading is not None and log.lines:
             break
         await pilot.pause(0.05)
+    else:
+        raise AssertionError("the first picture did not come within 10 s")
     await pilot.pause(0.3)
     # The log follows its end after a refresh of its own: at the end for every picture.
     log.scroll_end(animate=False, immediate=True)

@@ -53,6 +53,8 @@ def _add_interval_option(parser: argparse.ArgumentParser | argparse._ArgumentGro
 def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     pool = parser.add_argument_group("pool")
     pool.add_argument("--no-ui", action="store_true", help="run headless, as a daemon")
+    # The pipe from the UI that runs this pool (tuitop.poolprocess), not for people.
+    pool.add_argument("--control-stdin", action="store_true", help=argparse.SUPPRESS)
     _add_interval_option(pool)
     pool.add_argument(
         "--log-file",
@@ -309,8 +311,7 @@ def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
         print(f"purged {queue.purge_dead_letters()} dead letter(s)")
         return EXIT_OK
     if args.action == "replay" and args.all:
-        replayed = sum(queue.replay(letter) for letter in queue.dead_letters(0, 1_000_000))
-        print(f"replayed {replayed} dead letter(s)")
+        print(f"replayed {queue.replay_all()} dead letter(s)")
         return EXIT_OK
     if args.action in ("show", "replay"):
         if args.index is None:
@@ -347,7 +348,6 @@ def _interval_or_exit(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tuitop.poolprocess import follow_parent_ui
     from tuitop.supervisor import PoolOptions, Supervisor
 
     if args.max_messages < 1:
@@ -359,8 +359,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if isinstance(settings, int):
         return settings
     if not args.no_ui:
-        return _run_with_ui(args, argv, settings)
-    follow_parent_ui()
+        from tuitop.tui.app import run_with_pool
+
+        return run_with_pool(argv, _ui_source(args, settings), args.interval)
     options = PoolOptions(
         log_file=args.log_file or None,
         log_to_stderr=True,
@@ -370,6 +371,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         retry=RetryPolicy(base_delay=args.retry_delay, max_requeues=MAX_REQUEUES),
         handler_modules=tuple(args.handlers),
         sendmail=args.sendmail,
+        control_fd=sys.stdin.fileno() if args.control_stdin else None,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )
     at_start = settings.files
@@ -382,7 +384,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return supervisor.run()
 
 
-def _ui_source(args: argparse.Namespace, settings: Settings, client_name: str) -> SnapshotSource:
+def _ui_source(
+    args: argparse.Namespace, settings: Settings, client_name: str = "tuitop:ui"
+) -> SnapshotSource:
     """The snapshot source of a UI: the Redis the config files name, followed as they
     change (a file that disappears is replaced, not dropped: the pool sees it so too)."""
     from tuitop.procmeter import ProcessMeter
@@ -395,23 +399,6 @@ def _ui_source(args: argparse.Namespace, settings: Settings, client_name: str) -
         meter=ProcessMeter(),
         client_name=client_name,
     )
-
-
-def _run_with_ui(args: argparse.Namespace, argv: Sequence[str], settings: Settings) -> int:
-    """The pool as a child process (the daemon itself, ``--no-ui``), the UI in front."""
-    from tuitop.poolprocess import PoolProcess
-    from tuitop.tui.app import TuitopApp
-
-    source = _ui_source(args, settings, "tuitop:ui")
-    pool = PoolProcess(argv).start()
-    try:
-        code = TuitopApp(source, interval=args.interval, log=pool, pool=pool).run()
-    finally:
-        if pool.returncode is None:  # the UI failed: the pool must not outlive it
-            pool.stop()
-        final = pool.wait()
-        source.close()
-    return final if final is not None else (code or 0)
 
 
 def command_top(args: argparse.Namespace) -> int:

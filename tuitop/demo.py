@@ -115,30 +115,20 @@ def _run_headless(settings: Settings, config: Path, log_file: Path) -> int:
     return supervisor.run()
 
 
-def _run_with_ui(settings: Settings, config: Path, log_file: Path, options: DemoOptions) -> int:
+def _run_with_ui(config: Path, log_file: Path, options: DemoOptions) -> int:
     """The pool as the daemon itself in a child process, the UI in front of it."""
-    from tuitop.poolprocess import PoolProcess
     from tuitop.procmeter import ProcessMeter
-    from tuitop.tui.app import TuitopApp
+    from tuitop.tui.app import run_with_pool
     from tuitop.tui.source import SnapshotSource
 
-    pool = PoolProcess(
-        [
-            *("--config", str(config), "--pool-name", DEMO_POOL),
-            *("--log-file", str(log_file), "--grace", str(DEMO_GRACE)),
-        ]
-    ).start()
     source = SnapshotSource(
         lambda: load_config([str(config)]).settings, [str(config)], meter=ProcessMeter()
     )
-    try:
-        code = TuitopApp(source, interval=options.interval, log=pool, pool=pool).run()
-    finally:
-        if pool.returncode is None:
-            pool.stop()
-        final = pool.wait()
-        source.close()
-    return final if final is not None else (code or 0)
+    argv = [
+        *("--config", str(config), "--pool-name", DEMO_POOL),
+        *("--log-file", str(log_file), "--grace", str(DEMO_GRACE)),
+    ]
+    return run_with_pool(argv, source, options.interval)
 
 
 def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
@@ -164,7 +154,7 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
                 if no_ui:
                     code = _run_headless(settings, config, log_file)
                 else:
-                    code = _run_with_ui(settings, config, log_file, options)
+                    code = _run_with_ui(config, log_file, options)
             finally:
                 producer.stop()
             client = redis_server.client()

@@ -3,9 +3,11 @@
 Textual and the supervisor both want the main thread (one for the terminal, the other for
 its signal handlers), so the UI runs the very daemon an operator would run headless, in a
 session of its own (a closed terminal's SIGHUP is not a reload, Ctrl-C in the UI is not a
-cold stop) and told to stop warm if the UI dies (``TUITOP_UI_PID``). Its log lines, which
-it writes on stderr, are kept for the UI's log panel; signals drive it as they drive the
-daemon: SIGTERM warm stop (twice: cold), SIGTTIN/SIGTTOU one worker more/fewer.
+cold stop). Its stdin is a control pipe (``--control-stdin``): the UI writes ``+``/``-``
+there, one byte a key press, none lost (signals of one kind sent close together merge); when
+the UI dies, however, the pipe's end of file stops the pool warm. Its log lines, which it
+writes on stderr, are kept for the UI's log panel. SIGTERM stops it warm, a second one cold,
+as for the daemon.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-UI_PID_VARIABLE = "TUITOP_UI_PID"
 KEPT_LINES = 2000
+CONTROL_OPTION = "--control-stdin"
 
 
 class PoolProcess:
-    """One child pool; ``start()`` it, read its log, signal it, wait for it."""
+    """One child pool; ``start()`` it, read its log, scale it, stop it, wait for it."""
 
     def __init__(self, argv: Sequence[str]) -> None:
-        """``argv``: the ``tuitop`` options of the pool (``--no-ui`` is added)."""
-        self.argv = [sys.executable, "-m", "tuitop", *argv, "--no-ui"]
+        """``argv``: the ``tuitop`` options of the pool (``--no-ui`` and the control pipe
+        are added)."""
+        self.argv = [sys.executable, "-m", "tuitop", *argv, "--no-ui", CONTROL_OPTION]
         self._process: subprocess.Popen[bytes] | None = None
         self._lines: deque[str] = deque(maxlen=KEPT_LINES)
         self._lock = threading.Lock()
@@ -35,14 +38,12 @@ class PoolProcess:
         self.stop_requests = 0
 
     def start(self) -> PoolProcess:
-        environment = dict(os.environ, **{UI_PID_VARIABLE: str(os.getpid())})
         self._process = subprocess.Popen(
             self.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=environment,
         )
         self._reader = threading.Thread(target=self._read, name="pool-log", daemon=True)
         self._reader.start()
@@ -71,25 +72,33 @@ class PoolProcess:
             with self._lock:
                 self._lines.append(line)
 
-    def _signal(self, signum: int) -> bool:
-        if self.returncode is not None or self._process is None:
+    def _control(self, command: bytes) -> bool:
+        if self.returncode is not None or self._process is None or self._process.stdin is None:
             return False
         try:
-            os.kill(self._process.pid, signum)
-        except ProcessLookupError:
+            self._process.stdin.write(command)
+            self._process.stdin.flush()
+        except (BrokenPipeError, ValueError):
             return False
         return True
 
     def more_workers(self) -> bool:
-        return self._signal(signal.SIGTTIN)
+        """One worker more for the session; False when the pool is not running."""
+        return self._control(b"+")
 
     def fewer_workers(self) -> bool:
-        return self._signal(signal.SIGTTOU)
+        """One worker fewer for the session; False when the pool is not running."""
+        return self._control(b"-")
 
     def stop(self) -> None:
         """A warm stop (running jobs finish); a second call stops it cold."""
-        if self._signal(signal.SIGTERM):
-            self.stop_requests += 1
+        if self.returncode is not None or self._process is None:
+            return
+        try:
+            os.kill(self._process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        self.stop_requests += 1
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Waits for the end; the exit code, or None if it still runs after ``timeout``."""
@@ -101,16 +110,6 @@ class PoolProcess:
             return None
         if self._reader is not None:
             self._reader.join(timeout=2)
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         return code
-
-
-def follow_parent_ui() -> None:
-    """In the child: stop warm (SIGTERM) when the UI that started it dies."""
-    from tuitop.osutil import set_parent_death_signal
-
-    ui_pid = os.environ.pop(UI_PID_VARIABLE, "")
-    if not ui_pid.isdigit():
-        return
-    set_parent_death_signal(signal.SIGTERM)
-    if os.getppid() != int(ui_pid):  # it died before we asked
-        os.kill(os.getpid(), signal.SIGTERM)

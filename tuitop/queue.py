@@ -376,6 +376,11 @@ class Queue:
                 except WatchError:
                     continue
 
+    def replay_all(self) -> int:
+        """Replays every dead letter (oldest first, as they died); returns how many."""
+        letters = self.dead_letters(0, 1_000_000)
+        return sum(self.replay(letter) for letter in reversed(letters))
+
     def purge_dead_letters(self) -> int:
         """Deletes every dead letter; returns how many there were."""
         pipe = self.redis.pipeline(transaction=True)

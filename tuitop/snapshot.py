@@ -135,18 +135,21 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     for worker_id in worker_ids:
         pipe.hgetall(keys.heartbeat(worker_id))
         pipe.llen(keys.processing_list(worker_id))
+        # A worker that left cleanly between the two round trips is gone, not dead.
+        pipe.sismember(keys.WORKERS, worker_id)
     for name in pool_names:
         pipe.hgetall(keys.pool(name))
     replies = pipe.execute() if worker_ids or pool_names else []
 
     worker_views = []
     for index, worker_id in enumerate(worker_ids):
-        beat, holding = replies[2 * index], replies[2 * index + 1]
-        # Registered but silent (its heartbeat expired): dead, its list recovered soon.
-        worker_views.append(_worker(worker_id, beat or _DEAD, int(holding)))
+        beat, holding, registered = replies[3 * index : 3 * index + 3]
+        if registered:
+            # Registered but silent (its heartbeat expired): dead, its list recovered soon.
+            worker_views.append(_worker(worker_id, beat or _DEAD, int(holding)))
     pool_views = [
         _pool(name, fields)
-        for name, fields in zip(pool_names, replies[2 * len(worker_ids) :], strict=True)
+        for name, fields in zip(pool_names, replies[3 * len(worker_ids) :], strict=True)
         if fields
     ]
     age = None

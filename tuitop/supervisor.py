@@ -79,6 +79,7 @@ return 0
 SUPERVISOR_SOCKET_TIMEOUT = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
+CONTROL_STEPS = {ord("+"): +1, ord("-"): -1}
 """gunicorn's convention: one more worker, one fewer, for this session."""
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
@@ -105,6 +106,10 @@ class PoolOptions:
     sendmail: str = DEFAULT_SENDMAIL
     tick: float = 1.0
     heartbeat_ttl: float = 10.0
+    control_fd: int | None = None
+    """A pipe from the UI that runs this pool: ``+``/``-`` one worker more/fewer for the
+    session, each byte counted (signals of one kind sent close together merge); its end of
+    file (the UI is gone, however it died) is a warm stop that never turns cold."""
 
 
 @dataclass
@@ -167,7 +172,12 @@ class Supervisor:
         self.workers: dict[int, WorkerRecord] = {}
         self._signals: list[int] = []
         self._wake_read, self._wake_write = os.pipe()
+        self._control_fd = options.control_fd
+        if self._control_fd is not None:
+            os.set_blocking(self._control_fd, False)
         self._stop_signals = 0
+        self._ui_gone = False
+        """The UI that ran this pool died: a warm stop that no signal count makes cold."""
         self._redis: redis.Redis | None = None
         self._queue: Queue | None = None
         self._redis_ok = False
@@ -210,6 +220,9 @@ class Supervisor:
         """Changes the wanted worker count for this session (SIGTTIN +1, SIGTTOU -1, as
         gunicorn does; the UI's ``+``/``-``). The config files win again at their next
         successful load (a save, SIGHUP)."""
+        if not self.settings.redis.configured:
+            self.logger.warning("No Redis is configured: there is no worker to add or remove")
+            return
         before = self.wanted
         after = min(max(before + step, 0), MAX_WORKERS)
         if after == before:
@@ -226,7 +239,10 @@ class Supervisor:
 
     @property
     def wanted(self) -> int:
-        """How many workers the pool runs: the session's count, else the config's."""
+        """How many workers the pool runs: the session's count, else the config's (none
+        while no Redis is configured)."""
+        if not self.settings.redis.configured:
+            return 0
         if self.wanted_override is not None:
             return self.wanted_override
         return self.settings.backend_workers
@@ -338,7 +354,7 @@ class Supervisor:
             self._watcher = ConfigWatcher(self._watch, self.request_reload, self.logger)
             self._watcher.start()
         try:
-            while self._stop_signals == 0:
+            while self._stop_signals == 0 and not self._ui_gone:
                 self._cycle()
                 self._sleep()
                 self._handle_signals()
@@ -391,8 +407,31 @@ class Supervisor:
                 timeout = min(timeout, max(due - now, 0.0))
         waitables: list[Any] = [self._wake_read]
         waitables.extend(r.process.sentinel for r in self.workers.values() if not r.detached)
+        if self._control_fd is not None:
+            waitables.append(self._control_fd)
         wait(waitables, timeout=max(timeout, 0.0))
         self._drain_wakeups()
+        self._read_control()
+
+    def _read_control(self) -> None:
+        """Applies what the UI wrote on the control pipe (see ``PoolOptions.control_fd``)."""
+        if self._control_fd is None:
+            return
+        try:
+            data = os.read(self._control_fd, 512)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._control_fd = None
+            if self._stop_signals == 0:
+                self.logger.warning("The UI that ran this pool is gone: stopping warm")
+            self._ui_gone = True
+            return
+        for byte in data:
+            if self._stop_signals == 0 and byte in CONTROL_STEPS:
+                self.scale_by(CONTROL_STEPS[byte])
 
     # --- redis -----------------------------------------------------------------------------
 
@@ -500,7 +539,7 @@ class Supervisor:
         fields: dict[Any, str | int | float] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "wanted": self.wanted if settings.redis.configured else 0,
+            "wanted": self.wanted,
             "configured": settings.backend_workers,
             "running": running,
             "files": ",".join(settings.files),
@@ -516,11 +555,13 @@ class Supervisor:
         pipe.hset(keys.pool(name), mapping=fields)
         pipe.expire(keys.pool(name), ttl)
         pipe.sadd(keys.POOLS, name)
+        # The depth over time that every view draws, sampled here once a tick.
+        self._depth_script(
+            keys=depth_sample_keys(time.time()), args=[keys.STATS_KEEP_SECONDS], client=pipe
+        )
         pipe.execute()
         if not self._config_published:
             self._publish_config()
-        # The depth over time that every view draws, sampled here once a tick.
-        self._depth_script(keys=depth_sample_keys(time.time()), args=[keys.STATS_KEEP_SECONDS])
         if not self._claim_script(keys=[keys.pool(name) + ":owner"], args=[self._pool_token, ttl]):
             # Our claim expired (Redis was away) and another pool took the name meanwhile:
             # its workers' ids could meet ours. Stop ours, warm, and start none.
@@ -653,7 +694,7 @@ class Supervisor:
         self.logger.debug("Started worker %s", worker_id)
 
     def _scale(self) -> None:
-        wanted = self.wanted if self.settings.redis.configured else 0
+        wanted = self.wanted
         active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
         # Scaling down, stop the workers due for replacement first, then the highest slots.
         by_preference = sorted(active, key=lambda slot: (slot not in self._outdated, -slot))

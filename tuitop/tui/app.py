@@ -12,6 +12,8 @@ The same app is ``tuitop`` (with the pool behind it), ``tuitop demo`` and ``tuit
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,6 +78,10 @@ class TuitopApp(App[int]):
         self.snapshot: Snapshot | None = None
         self.reading: Reading | None = None
         self.stopping = False
+        self._taking = False
+        """A snapshot is being taken: the next refresh is skipped rather than queued behind
+        it (a slow Redis must not pile up threads that quitting would wait for)."""
+        self._pool_code: int | None = None
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
@@ -97,14 +103,16 @@ class TuitopApp(App[int]):
     def refresh_snapshot(self) -> None:
         if self.pool is not None:
             self._watch_pool()
-        if not self.paused:
+        if not self.paused and not self._taking:
+            self._taking = True
             self._take_snapshot()
 
-    @work(thread=True, exclusive=True, group="snapshot")
+    @work(thread=True, group="snapshot")
     def _take_snapshot(self) -> None:
         self.post_message(self.SnapshotTaken(self.source.take()))
 
     def on_tuitop_app_snapshot_taken(self, message: SnapshotTaken) -> None:
+        self._taking = False
         if self.paused:
             return
         reading = self.reading = message.reading
@@ -144,7 +152,11 @@ class TuitopApp(App[int]):
 
     def _watch_pool(self) -> None:
         assert self.pool is not None
-        if self.stopping and self.pool.returncode is not None:
+        code = self.pool.returncode
+        if code != self._pool_code:  # said even while paused
+            self._pool_code = code
+            self._show_header()
+        if self.stopping and code is not None:
             if self.log_source is not None:
                 self.query_one(LogPanel).add_lines(self.log_source.read_lines())
             self.exit(self.pool.returncode)
@@ -243,3 +255,22 @@ class TuitopApp(App[int]):
             self.notify(
                 "stopping: the workers finish their jobs (q again: stop at once)", timeout=30
             )
+
+
+def run_with_pool(argv: Sequence[str], source: SnapshotSource, interval: float) -> int:
+    """Runs the pool (``tuitop ARGV --no-ui``) as a child with the UI in front; returns the
+    exit code: the pool's, or 1 when the UI itself failed. Whatever ends the UI, the pool
+    is stopped warm and waited for."""
+    pool = PoolProcess(argv).start()
+    app = TuitopApp(source, interval=interval, log=pool, pool=pool)
+    try:
+        app.run()
+    finally:
+        if pool.returncode is None:  # the UI ended without stopping it (it failed)
+            print("tuitop: stopping the pool (its running jobs finish)…", file=sys.stderr)
+            pool.stop()
+        code = pool.wait()
+        source.close()
+    if app.return_code not in (0, None):
+        return app.return_code
+    return code if code is not None else 0

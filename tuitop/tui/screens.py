@@ -137,7 +137,8 @@ class DeadLettersScreen(Screen[None]):
     def action_reload(self) -> None:
         self._run(lambda queue: None, "")
 
-    @work(thread=True, exclusive=True, group="dead-letters")
+    # Not exclusive: a write queued behind another must run, not be cancelled by it.
+    @work(thread=True, group="dead-letters")
     def _run(self, action: Callable[[Queue], str | None], done: str) -> None:
         """Runs ``action`` off the UI thread, then reads the list again."""
 
@@ -201,8 +202,7 @@ class DeadLettersScreen(Screen[None]):
 
     def action_replay_all(self) -> None:
         def replay_all(queue: Queue) -> str:
-            letters = queue.dead_letters(0, 1_000_000)
-            return f"replayed {sum(queue.replay(letter) for letter in letters)} dead letter(s)"
+            return f"replayed {queue.replay_all()} dead letter(s)"
 
         self._ask(f"Replay all {self.total:,} dead letters?", replay_all)
 
@@ -214,7 +214,7 @@ class DeadLettersScreen(Screen[None]):
 
     def _ask(self, question: str, action: Callable[[Queue], str]) -> None:
         if not self.letters:
-            self.notify("there is no dead letter")
+            self.notify("no dead letter shown (g reloads the list)")
             return
 
         def answered(yes: bool | None) -> None:
