@@ -207,6 +207,11 @@ async def test_dead_letter_screen_inspects_replays_and_purges(
         assert isinstance(screen, DeadLettersScreen)
         detail = text_of(screen.query_one("#letter-detail", Static))
         assert "no handler #2" in detail and '"n": 2' in detail  # newest first
+        # The mouse: a click on the third row shows that one.
+        await pilot.click("#letters", offset=(4, 3))
+        await until(lambda: "no handler #0" in text_of(screen.query_one("#letter-detail", Static)))
+        await pilot.click("#letters", offset=(4, 1))
+        await until(lambda: "no handler #2" in text_of(screen.query_one("#letter-detail", Static)))
         # Down to the second, r: that one is back on the queue.
         await pilot.press("down", "r")
         await until(lambda: len(screen.letters) == 2)
@@ -286,3 +291,15 @@ async def test_filter_log_level_help_and_a_config_error(
         assert any("This view runs no pool" in text and "kill -TTIN" in text for text in said)
         await pilot.press("q")
     assert pool.stop() == 0
+
+
+async def test_redis_not_configured_is_said_plainly(tmp_path: Path) -> None:
+    config = tmp_path / "local.inc"
+    config.write_text("<?php\n$sys_nb_backend_workers = 2;\n")
+    app = app_for(config)
+    async with app.run_test(size=SIZE) as pilot:
+        header = app.query_one(HeaderBar)
+        await until(lambda: "✘" in text_of(header))
+        assert "Redis is not configured ($redis_server is empty)" in text_of(header)
+        assert app.snapshot is None and rows(app) == 0
+        await pilot.press("q")
