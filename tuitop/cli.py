@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuitop",
         description="Tuleap-compatible backend workers with a live terminal UI. Without a "
-        "command, runs the pool (with --no-ui, headless).",
+        "command, runs the pool with the UI in front of it (--no-ui: headless, a daemon).",
     )
     parser.add_argument("--version", action="version", version=f"tuitop {__version__}")
     _add_config_option(parser, top_level=True)
