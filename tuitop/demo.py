@@ -99,6 +99,10 @@ class Producer(threading.Thread):
             next_at += interval
             self._stopped.wait(max(next_at - time.monotonic(), 0.0))
 
+    def halt(self) -> None:
+        """Stops producing (returns at once; ``stop`` also waits and cleans up)."""
+        self._stopped.set()
+
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
@@ -115,7 +119,7 @@ def _run_headless(settings: Settings, config: Path, log_file: Path) -> int:
     return supervisor.run()
 
 
-def _run_with_ui(config: Path, log_file: Path, options: DemoOptions) -> int:
+def _run_with_ui(config: Path, log_file: Path, options: DemoOptions, producer: Producer) -> int:
     """The pool as the daemon itself in a child process, the UI in front of it."""
     from tuitop.procmeter import ProcessMeter
     from tuitop.tui.app import run_with_pool
@@ -128,7 +132,7 @@ def _run_with_ui(config: Path, log_file: Path, options: DemoOptions) -> int:
         *("--config", str(config), "--pool-name", DEMO_POOL),
         *("--log-file", str(log_file), "--grace", str(DEMO_GRACE)),
     ]
-    return run_with_pool(argv, source, options.interval)
+    return run_with_pool(argv, source, options.interval, on_stop=producer.halt)
 
 
 def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
@@ -154,7 +158,7 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
                 if no_ui:
                     code = _run_headless(settings, config, log_file)
                 else:
-                    code = _run_with_ui(config, log_file, options)
+                    code = _run_with_ui(config, log_file, options, producer)
             finally:
                 producer.stop()
             client = redis_server.client()

@@ -13,7 +13,7 @@ The same app is ``tuitop`` (with the pool behind it), ``tuitop demo`` and ``tuit
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -68,12 +68,16 @@ class TuitopApp(App[int]):
         interval: float = 0.5,
         log: LogSource | None = None,
         pool: PoolProcess | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stop`` runs when the operator first asks to quit, before the pool is told
+        to stop (the demo stops its producer there, so the queue is not fed meanwhile)."""
         super().__init__()
         self.source = source
         self.interval = interval
         self.log_source = log
         self.pool = pool
+        self.on_stop = on_stop
         self.paused = False
         self.snapshot: Snapshot | None = None
         self.reading: Reading | None = None
@@ -248,6 +252,8 @@ class TuitopApp(App[int]):
         if self.pool is None or self.pool.returncode is not None:
             self.exit(self.pool.returncode if self.pool else 0)
             return
+        if not self.stopping and self.on_stop is not None:
+            self.on_stop()
         self.stopping = True
         self.pool.stop()
         self._show_header()
@@ -257,12 +263,17 @@ class TuitopApp(App[int]):
             )
 
 
-def run_with_pool(argv: Sequence[str], source: SnapshotSource, interval: float) -> int:
+def run_with_pool(
+    argv: Sequence[str],
+    source: SnapshotSource,
+    interval: float,
+    on_stop: Callable[[], None] | None = None,
+) -> int:
     """Runs the pool (``tuitop ARGV --no-ui``) as a child with the UI in front; returns the
     exit code: the pool's, or 1 when the UI itself failed. Whatever ends the UI, the pool
     is stopped warm and waited for."""
     pool = PoolProcess(argv).start()
-    app = TuitopApp(source, interval=interval, log=pool, pool=pool)
+    app = TuitopApp(source, interval=interval, log=pool, pool=pool, on_stop=on_stop)
     try:
         app.run()
     finally:

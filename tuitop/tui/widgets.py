@@ -185,10 +185,12 @@ def worker_state(worker: WorkerView, now: float) -> str:
     """idle · busy TOPIC 2.1 s · stopping · starting · dead (holding N); a state as of the
     worker's last heartbeat, which a silent worker's row says."""
     state = worker.state
-    if state == "busy" and worker.job_started:
+    if state == "busy":
+        state = f"busy {worker.topic}".rstrip()
+    if state.startswith("busy") and worker.job_started:
         # As of the heartbeat: now - job_started would count time since, when the worker
         # may well have finished that job and be idle.
-        state = f"busy {worker.topic} {seconds(max(worker.beat - worker.job_started, 0.0))}"
+        state += f" {seconds(max(worker.beat - worker.job_started, 0.0))}"
     if worker.state == "dead":
         return f"dead (holding {worker.holding})" if worker.holding else "dead"
     if worker.beat and now - worker.beat > SILENT_AFTER:
