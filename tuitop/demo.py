@@ -100,8 +100,10 @@ class Producer(threading.Thread):
             self._stopped.wait(max(next_at - time.monotonic(), 0.0))
 
     def halt(self) -> None:
-        """Stops producing (returns at once; ``stop`` also waits and cleans up)."""
+        """Stops producing: returns when the last notification is pushed (milliseconds);
+        ``stop`` also closes the notifier."""
         self._stopped.set()
+        self.join(timeout=5)
 
     def stop(self) -> None:
         self._stopped.set()
