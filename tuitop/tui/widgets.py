@@ -39,6 +39,25 @@ def clock_time(moment: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(moment))
 
 
+def show_if_changed(widget: Static, content: Text | Table | str, key: object) -> None:
+    """Updates ``widget`` only when ``key`` (what ``content`` was made of) changed: an
+    unchanged panel is not rendered again, and a layout is done only when the number of
+    lines may have changed (a refresh every half second must cost next to nothing)."""
+    before = getattr(widget, "_shown_key", None)
+    if before == key:
+        return
+    lines = str(key).count("\n")
+    relayout = before is None or lines != getattr(widget, "_shown_lines", -1)
+    widget._shown_key = key  # type: ignore[attr-defined]
+    widget._shown_lines = lines  # type: ignore[attr-defined]
+    widget.update(content, layout=relayout)
+
+
+def set_data_if_changed(sparkline: Sparkline, data: list[float]) -> None:
+    if list(sparkline.data or []) != data:
+        sparkline.data = data
+
+
 class HeaderBar(Static):
     """One line: where the data comes from, whether it is live, what the pool is doing."""
 
@@ -65,7 +84,8 @@ class HeaderBar(Static):
         if pool_state:
             parts.append(pool_state)
         self.set_class(bool(error), "problem")
-        self.update(" · ".join(parts))
+        text = " · ".join(parts)
+        show_if_changed(self, text, text)
 
 
 class QueuePanel(Vertical):
@@ -97,10 +117,10 @@ class QueuePanel(Vertical):
             f"   failed {minute.counts.get('failed', 0)}/min\n",
             f"in {recent.rate('enqueued'):.1f}/s   done {recent.rate('done'):.1f}/s",
         )
-        self.query_one("#queue-figures", Static).update(figures)
+        show_if_changed(self.query_one("#queue-figures", Static), figures, figures.markup)
         # 10 s a bar from the pools' samples, then the depth now.
         depths = [float(w.depth or 0) for w in snapshot.history] + [float(queue.waiting)]
-        self.query_one("#depth", Sparkline).data = depths
+        set_data_if_changed(self.query_one("#depth", Sparkline), depths)
 
 
 class LatencyPanel(Vertical):
@@ -131,13 +151,17 @@ class LatencyPanel(Vertical):
                 seconds(values.max),
             )
 
-        row("wait 1m", snapshot.last_minute.wait)
-        row("e2e  1m", snapshot.last_minute.end_to_end)
-        row("wait 5m", snapshot.last_five_minutes.wait)
-        row("e2e  5m", snapshot.last_five_minutes.end_to_end)
-        self.query_one("#latency-table", Static).update(table)
+        windows = (
+            ("wait 1m", snapshot.last_minute.wait),
+            ("e2e  1m", snapshot.last_minute.end_to_end),
+            ("wait 5m", snapshot.last_five_minutes.wait),
+            ("e2e  5m", snapshot.last_five_minutes.end_to_end),
+        )
+        for label, values in windows:
+            row(label, values)
+        show_if_changed(self.query_one("#latency-table", Static), table, windows)
         chart = [window.end_to_end.p95 or 0.0 for window in snapshot.history]
-        self.query_one("#latency-chart", Sparkline).data = chart
+        set_data_if_changed(self.query_one("#latency-chart", Sparkline), chart)
 
 
 class ConfigPanel(Static):
@@ -163,7 +187,8 @@ class ConfigPanel(Static):
                 )
             )
         self.set_class(bool(errors), "problem")
-        self.update(Text("\n").join(lines))
+        text = Text("\n").join(lines)
+        show_if_changed(self, text, text.markup)
 
     @staticmethod
     def _describe(pool: PoolView) -> Text:
@@ -224,6 +249,7 @@ class WorkersPanel(DataTable[Text]):
         super().__init__(id="workers", classes="panel", cursor_type="row", zebra_stripes=True)
         self.border_title = "Workers"
         self.filter = ""
+        self._rows: list[tuple[str, tuple[Text, ...]]] = []
 
     def on_mount(self) -> None:
         for label, width in self.COLUMNS:
@@ -244,14 +270,23 @@ class WorkersPanel(DataTable[Text]):
         if self.filter:
             title += f" · filter '{self.filter}': {len(shown)} shown"
         self.border_title = title
-        selected = self.cursor_row
-        self.clear()
-        for worker in shown:
-            self.add_row(*self._cells(worker, snapshot.taken_at), key=worker.id)
-        if shown and selected > 0:
-            self.move_cursor(row=min(selected, len(shown) - 1), animate=False)
+        rows = [(w.id, tuple(self._cells(w, snapshot.taken_at))) for w in shown]
+        if [key for key, _ in rows] == [key for key, _ in self._rows]:
+            # The same workers: only the cells that changed are drawn again.
+            for (key, cells), (_, before) in zip(rows, self._rows, strict=True):
+                for (label, _width), cell, old in zip(self.COLUMNS, cells, before, strict=True):
+                    if cell != old:
+                        self.update_cell(key, label, cell)
+        else:
+            selected = self.cursor_row
+            self.clear()
+            for key, cells in rows:
+                self.add_row(*cells, key=key)
+            if rows and selected > 0:
+                self.move_cursor(row=min(selected, len(rows) - 1), animate=False)
+        self._rows = rows
 
-    def _cells(self, worker: WorkerView, now: float) -> Iterable[Text]:
+    def _cells(self, worker: WorkerView, now: float) -> tuple[Text, ...]:
         recycle = max(worker.max_messages - worker.processed, 0)
         return (
             Text(worker.slot_name),
