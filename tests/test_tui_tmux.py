@@ -23,8 +23,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
-from tests.pool import REPO
+from tests.handlers_for_tests import RUNS_KEY
+from tests.pool import REPO, wait_until, write_config
+from tuitop import keys
+from tuitop.message import encode
+from tuitop.redisserver import EmbeddedRedis
 
 SESSION = "demo"
 TIMEOUT = 30.0
@@ -188,3 +193,37 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
     _queued, received, _left, dead = (int(group) for group in summary.groups())
     assert received > 0 and dead == 0, final
     assert "Traceback" not in final, final
+
+
+def test_tuitop_with_its_ui_and_the_terminal_closed_mid_job(
+    terminal: Terminal, tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The real ``tuitop --config FILE`` (the pool behind its UI): a refused save is shown,
+    and closing the terminal while a job runs stops the pool warm: the job finishes."""
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    command = (
+        f"{shlex.quote(sys.executable)} -m tuitop --config {shlex.quote(str(config))} "
+        f"--pool-name tm --log-file {shlex.quote(str(tmp_path / 'worker_log'))} "
+        "--handlers tests.handlers_for_tests; sleep 30"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TMUX"))} | {
+        "PYTHONPATH": str(REPO)
+    }
+    terminal.start(["sh", "-c", f"cd {shlex.quote(str(REPO))} && {command}"], env)
+    terminal.wait_for("Workers 2 running / 2 wanted", "tm/0", "tm/1", "pool pid")
+
+    # A save with a syntax error: said in the config panel, the pool runs on.
+    config.write_text("<?php\n$sys_nb_backend_workers = 3\n")
+    terminal.wait_for("the last save was refused", "Workers 2 running / 2 wanted")
+
+    # A job runs; the terminal closes (the tmux server is killed, the UI with it).
+    redis_client.lpush(keys.QUEUE, encode("test.slow", {"id": "j", "seconds": 2}))
+    wait_until(lambda: redis_client.lrange(RUNS_KEY, 0, -1) == [b"start:j"], what="the job")
+    pool_pid = int(redis_client.hget(keys.pool("tm"), "pid") or 0)
+    assert pool_pid and psutil.pid_exists(pool_pid)
+    terminal.tmux("kill-server")
+    wait_until(lambda: not psutil.pid_exists(pool_pid), timeout=30, what="the pool's end")
+    assert redis_client.lrange(RUNS_KEY, 0, -1) == [b"start:j", b"end:j"]  # not cut
+    log = (tmp_path / "worker_log").read_text()
+    assert "The UI that ran this pool is gone: stopping warm" in log
+    assert "Killing" not in log

@@ -113,7 +113,12 @@ class TuitopApp(App[int]):
 
     @work(thread=True, group="snapshot")
     def _take_snapshot(self) -> None:
-        self.post_message(self.SnapshotTaken(self.source.take()))
+        try:
+            reading = self.source.take()
+        except Exception as error:  # a bug must not end the UI (and with it the pool)
+            address = self.source.redis_settings.address
+            reading = Reading(None, address, f"unexpected: {self.source.describe(error)}")
+        self.post_message(self.SnapshotTaken(reading))
 
     def on_tuitop_app_snapshot_taken(self, message: SnapshotTaken) -> None:
         self._taking = False
