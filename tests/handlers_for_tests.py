@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -48,7 +49,17 @@ def slow(payload: Any, job: Job) -> None:
         client.close()
 
 
+def stdin(payload: Any, job: Job) -> None:
+    """Records what the worker's stdin (fd 0) is."""
+    client = connect(job.settings.redis)
+    try:
+        client.rpush(RUNS_KEY, os.readlink("/proc/self/fd/0"))
+    finally:
+        client.close()
+
+
 def register(registry: HandlerRegistry) -> None:
+    registry.register("test.stdin", stdin)
     registry.register("test.slow", slow)
     registry.register("test.fail", fail)
     registry.register("test.sleep", sleep)

@@ -81,3 +81,21 @@ def test_the_ui_dying_alone_stops_the_pool_warm(
     assert (
         "The UI that ran this pool is gone: stopping warm" in (tmp_path / "worker_log").read_text()
     )
+
+
+def test_workers_do_not_inherit_the_control_pipe(
+    pool: PoolProcess, redis_client: redis.Redis
+) -> None:
+    """The pipe is the supervisor's alone: a worker (and what its handler runs) reads
+    /dev/null, and holds nothing that would keep the pipe open."""
+    redis_client.lpush(keys.QUEUE, encode("test.stdin", {}))
+    wait_until(lambda: redis_client.llen(RUNS_KEY) == 1, what="the job")
+    assert redis_client.lindex(RUNS_KEY, 0) == b"/dev/null"
+
+
+def test_control_stdin_is_refused_from_a_terminal_or_with_the_ui() -> None:
+    from tests.pool import run_tuitop
+
+    done = run_tuitop("--control-stdin", "--config", "/nonexistent.inc")
+    assert done.returncode == 2
+    assert "--control-stdin is the UI's pipe to its pool" in done.stderr

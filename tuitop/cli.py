@@ -353,6 +353,10 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.max_messages < 1:
         print("tuitop: --max-messages must be at least 1", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.control_stdin and (not args.no_ui or os.isatty(sys.stdin.fileno())):
+        print("tuitop: --control-stdin is the UI's pipe to its pool, not for a terminal",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG_ERROR
     if _interval_or_exit(args):
         return EXIT_CONFIG_ERROR
     settings = _settings_or_exit(args.config)

@@ -103,7 +103,7 @@ class Producer(threading.Thread):
         """Stops producing: returns when the last notification is pushed (milliseconds);
         ``stop`` also closes the notifier."""
         self._stopped.set()
-        self.join(timeout=5)
+        self.join(timeout=1)
 
     def stop(self) -> None:
         self._stopped.set()

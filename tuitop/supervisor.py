@@ -79,8 +79,9 @@ return 0
 SUPERVISOR_SOCKET_TIMEOUT = 3.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
-CONTROL_STEPS = {ord("+"): +1, ord("-"): -1}
 """gunicorn's convention: one more worker, one fewer, for this session."""
+CONTROL_STEPS = {ord("+"): +1, ord("-"): -1}
+"""The bytes of the UI's control pipe, the same steps as SCALE_SIGNALS."""
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
 EXIT_REASONS = {
@@ -172,9 +173,15 @@ class Supervisor:
         self.workers: dict[int, WorkerRecord] = {}
         self._signals: list[int] = []
         self._wake_read, self._wake_write = os.pipe()
-        self._control_fd = options.control_fd
-        if self._control_fd is not None:
+        self._control_fd: int | None = None
+        if options.control_fd is not None:
+            # A private copy (not inherited), and /dev/null in its place: the forkserver,
+            # the workers and what their handlers run must not read, hold or block on it.
+            self._control_fd = os.dup(options.control_fd)
             os.set_blocking(self._control_fd, False)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, options.control_fd)
+            os.close(devnull)
         self._stop_signals = 0
         self._ui_gone = False
         """The UI that ran this pool died: a warm stop that no signal count makes cold."""
@@ -409,9 +416,10 @@ class Supervisor:
         waitables.extend(r.process.sentinel for r in self.workers.values() if not r.detached)
         if self._control_fd is not None:
             waitables.append(self._control_fd)
-        wait(waitables, timeout=max(timeout, 0.0))
+        ready = wait(waitables, timeout=max(timeout, 0.0))
         self._drain_wakeups()
-        self._read_control()
+        if self._control_fd is not None and self._control_fd in ready:
+            self._read_control()
 
     def _read_control(self) -> None:
         """Applies what the UI wrote on the control pipe (see ``PoolOptions.control_fd``)."""
@@ -424,6 +432,7 @@ class Supervisor:
         except OSError:
             data = b""
         if not data:
+            os.close(self._control_fd)
             self._control_fd = None
             if self._stop_signals == 0:
                 self.logger.warning("The UI that ran this pool is gone: stopping warm")

@@ -189,6 +189,9 @@ class TuitopApp(App[int]):
                 severity="warning",
             )
             return
+        if self.stopping:
+            self.notify("the pool is stopping", severity="warning")
+            return
         asked = self.pool.more_workers() if more else self.pool.fewer_workers()
         if not asked:
             self.notify("the pool is not running", severity="error")
@@ -282,7 +285,7 @@ def run_with_pool(
     try:
         app.run()
     finally:
-        if pool.returncode is None:  # the UI ended without stopping it (it failed)
+        if pool.returncode is None and pool.stop_requests == 0:  # the UI failed
             print("tuitop: stopping the pool (its running jobs finish)…", file=sys.stderr)
             pool.stop()
         code = pool.wait()

@@ -39,18 +39,16 @@ def clock_time(moment: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(moment))
 
 
-def show_if_changed(widget: Static, content: Text | Table | str, key: object) -> None:
+def show_if_changed(
+    widget: Static, content: Text | Table | str, key: object, *, fixed_height: bool = False
+) -> None:
     """Updates ``widget`` only when ``key`` (what ``content`` was made of) changed: an
-    unchanged panel is not rendered again, and a layout is done only when the number of
-    lines may have changed (a refresh every half second must cost next to nothing)."""
-    before = getattr(widget, "_shown_key", None)
-    if before == key:
+    unchanged panel is not rendered again (a refresh every half second must cost next to
+    nothing), and a panel of ``fixed_height`` (set in the .tcss) needs no layout."""
+    if getattr(widget, "_shown_key", None) == key:
         return
-    lines = str(key).count("\n")
-    relayout = before is None or lines != getattr(widget, "_shown_lines", -1)
     widget._shown_key = key  # type: ignore[attr-defined]
-    widget._shown_lines = lines  # type: ignore[attr-defined]
-    widget.update(content, layout=relayout)
+    widget.update(content, layout=not fixed_height)
 
 
 def set_data_if_changed(sparkline: Sparkline, data: list[float]) -> None:
@@ -85,7 +83,8 @@ class HeaderBar(Static):
             parts.append(pool_state)
         self.set_class(bool(error), "problem")
         text = " · ".join(parts)
-        show_if_changed(self, text, text)
+        # One line (set in the .tcss) unless a problem is said, which may wrap.
+        show_if_changed(self, text, text, fixed_height=not error)
 
 
 class QueuePanel(Vertical):
@@ -117,7 +116,8 @@ class QueuePanel(Vertical):
             f"   failed {minute.counts.get('failed', 0)}/min\n",
             f"in {recent.rate('enqueued'):.1f}/s   done {recent.rate('done'):.1f}/s",
         )
-        show_if_changed(self.query_one("#queue-figures", Static), figures, figures.markup)
+        figures_widget = self.query_one("#queue-figures", Static)
+        show_if_changed(figures_widget, figures, figures.markup, fixed_height=True)
         # 10 s a bar from the pools' samples, then the depth now.
         depths = [float(w.depth or 0) for w in snapshot.history] + [float(queue.waiting)]
         set_data_if_changed(self.query_one("#depth", Sparkline), depths)
@@ -159,7 +159,8 @@ class LatencyPanel(Vertical):
         )
         for label, values in windows:
             row(label, values)
-        show_if_changed(self.query_one("#latency-table", Static), table, windows)
+        latency_table = self.query_one("#latency-table", Static)
+        show_if_changed(latency_table, table, windows, fixed_height=True)
         chart = [window.end_to_end.p95 or 0.0 for window in snapshot.history]
         set_data_if_changed(self.query_one("#latency-chart", Sparkline), chart)
 
