@@ -106,7 +106,7 @@ class SnapshotSource:
             return Reading(None, "", str(error))
         except redis.RedisError as error:
             self.close()
-            return Reading(None, address, describe_error(error, self.settings.redis))
+            return Reading(None, address, self.describe(error))
         if self.meter is not None:
             snapshot = self.meter.measure(snapshot)
         return Reading(snapshot, address)
@@ -122,7 +122,7 @@ class SnapshotSource:
                 raise
 
     def describe(self, error: BaseException) -> str:
-        """An error of :meth:`with_queue` as the UI says it (the password masked)."""
+        """A Redis error as the UI says it (the password masked)."""
         return describe_error(error, self.settings.redis)
 
     def close(self) -> None:
