@@ -172,7 +172,8 @@ def test_scope_and_log_level_apply_live_and_producers_follow(
     assert notifier.notify(Notification(102, 1, 1, notification.mails)) == QUEUED
     # The workers log at debug level now.
     redis_client.lpush(keys.QUEUE, encode("test.count", {"id": "dbg"}))
-    pool.wait_for_log(r"\[debug\] Got message: .*dbg")
+    pool.wait_for_log(r"\[info\] Got message: .*dbg")
+    pool.wait_for_log(r"\[debug\] Wait for messages")
     notifier.close()
     assert pool.stop() == 0
 

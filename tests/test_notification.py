@@ -484,7 +484,7 @@ def test_the_handler_sends_from_sys_noreply(smtp_server: SmtpServer) -> None:
     settings = Settings(mail=smtp_settings(smtp_server))
     transport = SmtpTransport(settings.mail)
     job = Job(settings, logging.getLogger(LOGGER), "host/1", transport, TOPIC)
-    handler = build_registry().get(TOPIC)
+    handler = build_registry().resolve(TOPIC, payload(2))
     assert handler is handle_notification
     handler(payload(2), job)
     transport.close()

@@ -105,9 +105,10 @@ def test_a_covered_project_is_queued(
     assert taken == [raw]
     transport = SmtpTransport(settings.mail)
     job = Job(settings, logging.getLogger("tests.notify"), "host/1", transport, TOPIC)
-    handler = build_registry().get(TOPIC)
+    message = decode(taken[0])
+    handler = build_registry().resolve(message.topic, message.payload)
     assert handler is not None
-    handler(decode(taken[0]).payload, job)
+    handler(message.payload, job)
     transport.close()
     assert subjects(smtp_server) == ["[bug #42] mail 1", "[bug #42] mail 2"]
 

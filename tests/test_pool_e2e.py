@@ -197,26 +197,32 @@ def test_bad_messages_go_to_the_dead_letters_with_reasons(
 ) -> None:
     config = write_config(tmp_path, port=redis_server.port, smtp_port=smtp_server.port)
     pool = start_pool(pools, tmp_path, config)
-    bad_payload = encode(TOPIC, {"project_id": 1, "artifact_id": 2, "changeset_id": 3})
+    bad_payload = encode(
+        TOPIC, {"project_id": 1, "artifact_id": 2, "changeset_id": 3, "mails": "oops"}
+    )
+    # Tuleap's own notification (ids only): for Tuleap's task process, and there is none.
+    tuleaps_own = encode(TOPIC, {"artifact_id": 2, "changeset_id": 3})
     push_all(
         redis_client,
         [
             b"this is not JSON",
             encode("no.such.topic", {}),
             bad_payload,
+            tuleaps_own,
             b"[1, 2]",
             b'{"event_name":"tuitop.noop","payload":{"v":NaN}}',
             notification(1),
         ],
     )
     smtp_server.wait_for(1)
-    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 5, what="5 dead letters")
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 6, what="6 dead letters")
     reasons = sorted(
         parse_dead_letter(e).reason for e in redis_client.lrange(keys.DEAD_LETTERS, 0, -1)
     )
     assert sum("not JSON" in r for r in reasons) == 2  # NaN is not JSON either
-    assert any("unknown topic 'no.such.topic'" in r for r in reasons)
+    assert any("unknown topic 'no.such.topic'" in r and "--task-command" in r for r in reasons)
     assert any("payload.mails" in r for r in reasons)
+    assert any("Tuleap's own notification" in r for r in reasons)
     assert any("not a JSON object" in r for r in reasons)
     wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
     assert pool.stop() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -19,6 +20,13 @@ from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
 from tuitop.queue import MAX_REQUEUES, Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
+from tuitop.tasks import (
+    TULEAP_CLI,
+    TULEAP_SOURCE_ROOT,
+    TULEAP_TASK_ARGV,
+    TaskCommand,
+    default_task_command,
+)
 
 if TYPE_CHECKING:
     from tuitop.tui.source import SnapshotSource
@@ -95,6 +103,19 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
     pool.add_argument(
         "--sendmail", default=DEFAULT_SENDMAIL, help="sendmail binary (default: %(default)s)"
+    )
+    pool.add_argument(
+        "--task-command",
+        metavar="CMD",
+        help="the command that runs one message read on its stdin, for every message no "
+        "built-in handler takes (split as a shell would; run without a shell; '' for none). "
+        f"Default: '{shlex.join(TULEAP_TASK_ARGV)}' where {TULEAP_CLI} exists, else none",
+    )
+    pool.add_argument(
+        "--task-dir",
+        metavar="DIR",
+        default=TULEAP_SOURCE_ROOT,
+        help="the directory the task command runs in (default: %(default)s)",
     )
 
 
@@ -359,6 +380,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_CONFIG_ERROR
     if _interval_or_exit(args):
         return EXIT_CONFIG_ERROR
+    task = _task_or_exit(args)
+    if isinstance(task, int):
+        return task
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
@@ -375,6 +399,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         retry=RetryPolicy(base_delay=args.retry_delay, max_requeues=MAX_REQUEUES),
         handler_modules=tuple(args.handlers),
         sendmail=args.sendmail,
+        task=task,
         control_fd=sys.stdin.fileno() if args.control_stdin else None,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )
@@ -386,6 +411,23 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         watch=args.config or DEFAULT_CONFIG_FILES,
     )
     return supervisor.run()
+
+
+def _task_or_exit(args: argparse.Namespace) -> TaskCommand | int | None:
+    """The task command the options name (Tuleap's by default where Tuleap is installed),
+    None for none; or the exit code after saying why it cannot run."""
+    if args.task_command is None:
+        if args.task_dir != TULEAP_SOURCE_ROOT:
+            print("tuitop: --task-dir needs a --task-command", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        return default_task_command()
+    if not args.task_command.strip():
+        return None
+    try:
+        return TaskCommand.parse(args.task_command, args.task_dir)
+    except ValueError as error:
+        print(f"tuitop: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
 
 def _ui_source(

@@ -6,12 +6,14 @@ and raises to say otherwise:
 * :class:`PayloadError` — the payload has the wrong shape: dead-lettered at once (a retry
   would fail the same way);
 * :class:`PermanentFailure` — it cannot succeed as it is: dead-lettered;
-* :class:`RetryLater` — try again later (with ``retry_payload`` when part of the job is done);
+* :class:`RetryLater` — try again later (with ``payload`` when part of the job is done);
 * anything else — logged with its traceback and retried, then dead-lettered.
 
-Built in: ``tuleap.tracker.artifact`` (notification mails) and ``tuitop.noop`` (does nothing;
-for benchmarks and smoke tests). Other topics come from plugin modules named with
-``--handlers MODULE``: each must define ``register(registry)``.
+Built in: ``tuleap.tracker.artifact`` carrying ``mails`` (tuitop's notification mails) and
+``tuitop.noop`` (does nothing; for benchmarks and smoke tests). Other topics come from
+plugin modules named with ``--handlers MODULE``: each must define ``register(registry)``.
+A message no handler takes goes to the registry's fallback when it has one: Tuleap's task
+process (:mod:`tuitop.tasks`), which runs every topic of a real Tuleap.
 """
 
 from __future__ import annotations
@@ -39,11 +41,18 @@ class PermanentFailure(Exception):
 
 
 class RetryLater(Exception):
-    """The job should be tried again; ``payload`` (if given) replaces the original's."""
+    """The job should be tried again; ``payload`` (if given) replaces the original's.
 
-    def __init__(self, reason: str, payload: Any = None) -> None:
+    ``detail`` is kept with the message if it ends in the dead letters (a task's stderr,
+    say); ``outcome`` is the stats counter it adds to (``failed``, or ``timedout``)."""
+
+    def __init__(
+        self, reason: str, payload: Any = None, *, detail: str = "", outcome: str = "failed"
+    ) -> None:
         super().__init__(reason)
         self.payload = payload
+        self.detail = detail
+        self.outcome = outcome
 
 
 @dataclass
@@ -56,22 +65,37 @@ class Job:
     mail: MailTransport
     topic: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""
+    """The message exactly as it was stored (what Tuleap's task process reads)."""
+    child_started: Callable[[int], None] = lambda pid: None
+    """A handler that runs a child process tells its pid here (0 when it ended), so that
+    the pool can kill its process group if the worker dies."""
 
 
 Handler = Callable[[Any, Job], None]
+Accepts = Callable[[Any], bool]
 
 
 class HandlerRegistry:
-    """The handlers a worker knows, by topic."""
+    """The handlers a worker knows, by topic, and the fallback for the rest."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, tuple[Handler, Accepts | None]] = {}
+        self.fallback: Handler | None = None
+        """Runs what no handler takes (Tuleap's task process), or None."""
 
-    def register(self, topic: str, handler: Handler) -> None:
-        self._handlers[topic] = handler
+    def register(self, topic: str, handler: Handler, accepts: Accepts | None = None) -> None:
+        """``handler`` runs ``topic``; with ``accepts``, only the payloads it says True of
+        (the others go to the fallback)."""
+        self._handlers[topic] = (handler, accepts)
 
-    def get(self, topic: str) -> Handler | None:
-        return self._handlers.get(topic)
+    def resolve(self, topic: str, payload: Any) -> Handler | None:
+        """The handler for this message: the topic's when it accepts the payload, else the
+        fallback; None when there is neither."""
+        entry = self._handlers.get(topic)
+        if entry is not None and (entry[1] is None or entry[1](payload)):
+            return entry[0]
+        return self.fallback
 
     def topics(self) -> list[str]:
         return sorted(self._handlers)
@@ -84,12 +108,16 @@ def noop(payload: Any, job: Job) -> None:
 NOOP_TOPIC = "tuitop.noop"
 
 
-def build_registry(plugin_modules: Iterable[str] = ()) -> HandlerRegistry:
-    """The built-in handlers plus those of each plugin module (imported here)."""
-    from tuitop.notification import TOPIC, handle_notification
+def build_registry(
+    plugin_modules: Iterable[str] = (), fallback: Handler | None = None
+) -> HandlerRegistry:
+    """The built-in handlers plus those of each plugin module (imported here), and
+    ``fallback`` for the rest."""
+    from tuitop.notification import TOPIC, carries_mails, handle_notification
 
     registry = HandlerRegistry()
-    registry.register(TOPIC, handle_notification)
+    registry.fallback = fallback
+    registry.register(TOPIC, handle_notification, accepts=carries_mails)
     registry.register(NOOP_TOPIC, noop)
     for name in plugin_modules:
         module = importlib.import_module(name)

@@ -92,6 +92,12 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
+def carries_mails(payload: Any) -> bool:
+    """True for tuitop's notification payload (it has ``mails``); Tuleap's own, which holds
+    only ids, is for Tuleap's task process."""
+    return isinstance(payload, dict) and "mails" in payload
+
+
 def parse_notification(payload: Any) -> Notification:
     """Checks a payload's shape; raises PayloadError saying where it is wrong."""
     if not isinstance(payload, dict):

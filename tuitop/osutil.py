@@ -4,11 +4,34 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import signal
+import time
+from typing import Any
 
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, or None. Resolved once: a child between fork and exec may call
+    set_parent_death_signal, and must not run ldconfig (find_library's way) there."""
+    for name in ("libc.so.6", ctypes.util.find_library("c")):
+        if not name:
+            continue
+        try:
+            return ctypes.CDLL(name, use_errno=True).prctl
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def parent_death_signal_available() -> bool:
+    """True where set_parent_death_signal works; resolves it for later calls (a child
+    between fork and exec calls it)."""
+    return _prctl() is not None
 
 
 def set_parent_death_signal(signum: int = signal.SIGTERM) -> bool:
@@ -16,11 +39,8 @@ def set_parent_death_signal(signum: int = signal.SIGTERM) -> bool:
 
     Returns False where that is not available (not Linux); callers keep their own check.
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    prctl = _prctl()
+    return prctl is not None and int(prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
 
 
 def process_running(pid: int, create_time: float | None = None) -> bool:
@@ -35,3 +55,41 @@ def process_running(pid: int, create_time: float | None = None) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+class ProcessTree:
+    """CPU and memory of a process and of everything it started (a worker and its task
+    process tree), measured between two calls to :meth:`measure`."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.root = process
+        self._children: dict[int, psutil.Process] = {}
+
+    def measure(self) -> tuple[float, int]:
+        """CPU % since the last call (over the process's life for one not seen before)
+        and RSS in bytes, the descendants included; raises psutil.Error when the root is
+        gone or not readable."""
+        with self.root.oneshot():
+            cpu = self.root.cpu_percent()
+            rss = int(self.root.memory_info().rss)
+            children = self.root.children(recursive=True)
+        seen: dict[int, psutil.Process] = {}
+        for child in children:
+            known = self._children.get(child.pid)
+            try:
+                if known is not None and known == child:  # same pid and start time
+                    child_cpu = known.cpu_percent()
+                    child = known
+                else:
+                    # A first cpu_percent() says 0: use its CPU time over its life so far.
+                    child_cpu = child.cpu_percent()
+                    times = child.cpu_times()
+                    lived = max(time.time() - child.create_time(), 1e-3)
+                    child_cpu = 100.0 * (times.user + times.system) / lived
+                rss += int(child.memory_info().rss)
+            except psutil.Error:  # ended meanwhile
+                continue
+            cpu += child_cpu
+            seen[child.pid] = child
+        self._children = seen
+        return cpu, rss

@@ -44,6 +44,7 @@ from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
 from tuitop.stats import SAMPLE_DEPTH_SCRIPT, StatsBatch, depth_sample_keys
+from tuitop.tasks import KILL_GRACE, TaskCommand, kill_group, sweep_leftovers
 from tuitop.watch import ConfigWatcher
 from tuitop.worker import (
     BUSY,
@@ -54,6 +55,7 @@ from tuitop.worker import (
     JOB_CLOCK,
     STATE,
     STATUS_SLOTS,
+    TASK_PID,
     StatusArray,
     WorkerOptions,
     worker_id_of,
@@ -66,6 +68,8 @@ BOOT_BACKOFF_MAX = 60.0
 REDIS_BACKOFF_MAX = 30.0
 ORPHAN_SCAN_EVERY = 5.0
 TIMEOUT_REASON = "its job ran past the time limit"
+TASK_LIMIT_MARGIN = KILL_GRACE + 5.0
+"""A worker stops its own task at the time limit; the pool steps in only this much later."""
 # Claims the pool's name, or extends the claim, while nobody else holds it (a claim that
 # expired while Redis was away is simply taken again).
 _CLAIM_NAME_SCRIPT = """
@@ -105,6 +109,8 @@ class PoolOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     handler_modules: tuple[str, ...] = ()
     sendmail: str = DEFAULT_SENDMAIL
+    task: TaskCommand | None = None
+    """Tuleap's task process, for every message no built-in handler takes."""
     tick: float = 1.0
     heartbeat_ttl: float = 10.0
     control_fd: int | None = None
@@ -357,6 +363,10 @@ class Supervisor:
                 "Redis is not configured ($redis_server is empty): no worker runs; "
                 "waiting for the configuration to change"
             )
+        if self.options.task is not None:
+            self.logger.info("Tasks run as %s", self.options.task.describe())
+            # What the tasks of an earlier run of a pool killed whole left behind.
+            sweep_leftovers(self._worker_alive, self.logger)
         if self._watch and self._reload is not None:
             self._watcher = ConfigWatcher(self._watch, self.request_reload, self.logger)
             self._watcher.start()
@@ -689,6 +699,9 @@ class Supervisor:
             retry=options.retry,
             handler_modules=options.handler_modules,
             sendmail=options.sendmail,
+            task=options.task,
+            job_timeout=options.job_timeout,
+            grace_period=options.grace_period,
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -746,14 +759,40 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.process.pid, signal.SIGKILL)
             record.process.join(timeout=1.0)  # SIGKILL is quick; reap it in this cycle
+        self._kill_task(record)
+
+    def _kill_task(self, record: WorkerRecord) -> None:
+        """Kills the task process group of a worker that is gone (its task leader died with
+        it; what the task started may live on in the group), and any process of its tree
+        that left the group."""
+        pgid = int(record.status[TASK_PID])
+        if not pgid:
+            return
+        record.status[TASK_PID] = 0
+        if kill_group(pgid):
+            self.logger.warning(
+                "Killed the task process group %d of worker %s", pgid, record.worker_id
+            )
+        sweep_leftovers(self._worker_alive, self.logger)
+
+    def _worker_alive(self, worker_id: str) -> bool:
+        """Whether the worker ``pool/slot#pid`` may still run its task (for the sweep of
+        task processes left behind: when unsure, alive)."""
+        for record in self.workers.values():
+            if record.worker_id == worker_id:
+                return record.process.is_alive() and not record.kill_reason
+        pid = worker_id.rpartition("#")[2]
+        return not pid.isdigit() or process_running(int(pid))
 
     def _enforce_time_limit(self) -> None:
-        limit = self.options.job_timeout
         now = time.monotonic()
         for record in list(self.workers.values()):
             started = record.status[JOB_CLOCK]
             if record.kill_reason or record.status[STATE] != BUSY or not started:
                 continue
+            limit = self.options.job_timeout
+            if record.status[TASK_PID]:
+                limit += TASK_LIMIT_MARGIN  # its worker stops it at the limit itself
             if now - started > limit:
                 self.logger.error(
                     "Task timed out: worker %s ran one job for more than %.0f s; killing it",
@@ -780,6 +819,7 @@ class Supervisor:
                 continue
             record.process.join(timeout=0)
             del self.workers[slot]
+            self._kill_task(record)
             code = record.process.exitcode
             lived = time.monotonic() - record.started
             self._account_exit(record, code, lived)

@@ -22,6 +22,7 @@ for the local supervisor, which enforces the job time limit from it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -51,10 +52,12 @@ from tuitop.handlers import (
 from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, decode, with_payload
-from tuitop.osutil import process_running, set_parent_death_signal
+from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
+from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.stats import END_TO_END, WAIT, StatsBatch
+from tuitop.tasks import TaskCommand, TaskRunner, task_handler
 
 # Exit codes the supervisor reads to say why a worker could not start.
 EXIT_OK = 0
@@ -65,12 +68,15 @@ EXIT_HANDLERS = 5
 
 # Shared status slots (a multiprocessing Array of doubles). JOB_STARTED is wall time, for
 # display; JOB_CLOCK is CLOCK_MONOTONIC (system-wide on Linux), for the time limit, so a
-# step of the wall clock never kills a job.
-STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK = range(7)
-STATUS_SLOTS = 7
+# step of the wall clock never kills a job. TASK_PID is the running task process (its
+# process group too), which the pool kills if the worker dies.
+STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID = range(8)
+STATUS_SLOTS = 8
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
+LOGGED_MESSAGE = 4096
+"""Bytes of a message written on its "Got message" line."""
 BATCH_BUDGET = 0.020
 """Seconds of work a batch is sized for, from the recent job durations."""
 ACK_AT_ONCE_AFTER = 0.002
@@ -115,6 +121,13 @@ class WorkerOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     handler_modules: tuple[str, ...] = ()
     sendmail: str = DEFAULT_SENDMAIL
+    task: TaskCommand | None = None
+    """Tuleap's task process, for the messages no handler takes (None: they are refused)."""
+    job_timeout: float = 15 * 60.0
+    """A task running longer is killed by the worker (the pool kills a worker whose
+    in-process handler runs longer)."""
+    grace_period: float = 30.0
+    """How long a task may go on once the pool is gone, before it is killed."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,7 @@ class _Failure:
     retryable: bool
     replacement: bytes | None
     trace: str
+    outcome: str
 
 
 class _Interrupted(Exception):
@@ -161,6 +175,7 @@ class Worker:
         self._topic = ""
         self.batch = _BatchGuard()
         self.logger = logging.getLogger("tuitop.worker")
+        self.tasks: TaskRunner | None = None
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -177,8 +192,18 @@ class Worker:
             secrets=settings.secrets,
         )
         self._set_state(STARTING)
+        if self.options.task is not None:
+            self.tasks = TaskRunner(
+                self.options.task,
+                time_limit=self.options.job_timeout,
+                logger=self.logger,
+                worker_id=self.id,
+            )
         try:
-            self.registry: HandlerRegistry = build_registry(self.options.handler_modules)
+            self.registry: HandlerRegistry = build_registry(
+                self.options.handler_modules,
+                fallback=task_handler(self.tasks) if self.tasks is not None else None,
+            )
         except Exception as error:
             self.logger.error("Worker %s cannot load its handlers: %s", self.id, error)
             return EXIT_HANDLERS
@@ -321,18 +346,20 @@ class Worker:
         self.status[JOB_CLOCK] = time.monotonic()
         if self.status[STATE] != BUSY:  # through a batch it stays busy
             self._set_state(BUSY)
-        if self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug("Got message: %s", raw[:500].decode("utf-8", "replace"))
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("Got message: %s", raw[:LOGGED_MESSAGE].decode("utf-8", "replace"))
         try:
             self._run_handler(message, now)
         finally:
             self.status[PROCESSED] += 1
             self.status[JOB_STARTED] = 0.0
             self.status[JOB_CLOCK] = 0.0
-            if self.logger.isEnabledFor(logging.DEBUG):
-                self.logger.debug(
-                    "Message processed in %.3f seconds [%d/%d]",
-                    time.time() - now,
+            if self.logger.isEnabledFor(logging.INFO):
+                # Tuleap's line: the time since the message was enqueued, not the job's.
+                age = message.age()
+                self.logger.info(
+                    "Message processed%s [%d/%d]",
+                    "" if age is None else f" in {age:.3f} seconds",
                     self.status[PROCESSED],
                     self.options.max_messages,
                 )
@@ -341,11 +368,19 @@ class Worker:
         if message.problem is not None:
             self._fail(message, f"unusable message: {message.problem}", retryable=False)
             return
-        handler = self.registry.get(message.topic)
+        handler = self.registry.resolve(message.topic, message.payload)
         if handler is None:
-            self._fail(message, f"unknown topic {message.topic!r}", retryable=False)
+            self._fail(message, self._no_handler(message), retryable=False)
             return
-        job = Job(self.options.settings, self.logger, self.id, self.mail, message.topic)
+        job = Job(
+            self.options.settings,
+            self.logger,
+            self.id,
+            self.mail,
+            message.topic,
+            raw=message.raw,
+            child_started=self._child_started,
+        )
         try:
             handler(message.payload, job)
         except PayloadError as error:
@@ -353,7 +388,13 @@ class Worker:
         except PermanentFailure as error:
             self._fail(message, str(error), retryable=False, payload=error.payload)
         except RetryLater as error:
-            self._fail(message, str(error), payload=error.payload)
+            self._fail(
+                message,
+                str(error),
+                payload=error.payload,
+                trace=error.detail,
+                outcome=error.outcome,
+            )
         except BaseException as error:  # SystemExit from a handler is its failure too
             if isinstance(error, _Interrupted | KeyboardInterrupt):
                 raise
@@ -379,6 +420,20 @@ class Worker:
                 self._stats.latency(WAIT, started - message.enqueue_ts)
                 self._stats.latency(END_TO_END, done - message.enqueue_ts)
 
+    def _no_handler(self, message: Message) -> str:
+        if message.topic == NOTIFICATION_TOPIC:
+            return (
+                f"{message.topic} without 'mails' is Tuleap's own notification, which only "
+                "Tuleap's task process runs (see --task-command)"
+            )
+        return (
+            f"unknown topic {message.topic!r}: no built-in handler, and no --task-command "
+            "to run Tuleap's task process"
+        )
+
+    def _child_started(self, pid: int) -> None:
+        self.status[TASK_PID] = pid
+
     def _fail(
         self,
         message: Message,
@@ -387,6 +442,7 @@ class Worker:
         retryable: bool = True,
         payload: Any = None,
         trace: str = "",
+        outcome: str = "failed",
     ) -> None:
         self.status[FAILED] += 1
         settings = self.options.settings
@@ -397,7 +453,7 @@ class Worker:
             except (ValueError, TypeError) as error:
                 self.logger.error("Worker %s: the handler's retry payload: %s", self.id, error)
         failure = _Failure(
-            message, settings.mask(reason), retryable, replacement, settings.mask(trace)
+            message, settings.mask(reason), retryable, replacement, settings.mask(trace), outcome
         )
         # Kept until written: if Redis fails now, it is written when Redis is back, never
         # replaced by a plain give-back (that would rerun what the job had already done).
@@ -420,6 +476,7 @@ class Worker:
                 traceback=failure.trace,
                 retryable=failure.retryable,
                 replacement=failure.replacement,
+                outcome=failure.outcome,
             )
             self._pending_failures.pop(0)
             level, what = outcomes[result]
@@ -460,7 +517,7 @@ class Worker:
 
     # --- heartbeat ------------------------------------------------------------------------
 
-    def beat(self, client: redis.Redis, process: psutil.Process | None = None) -> None:
+    def beat(self, client: redis.Redis, process: ProcessTree | None = None) -> None:
         """Publishes this worker's state (hash with a TTL) and keeps it registered."""
         status = self.status
         fields: dict[Any, str | int | float] = {
@@ -479,9 +536,8 @@ class Worker:
             "beat": time.time(),
         }
         if process is not None:
-            with process.oneshot():
-                fields["rss"] = process.memory_info().rss
-                fields["cpu"] = process.cpu_percent()
+            with contextlib.suppress(psutil.Error):
+                fields["cpu"], fields["rss"] = process.measure()
         key = keys.heartbeat(self.id)
         pipe = client.pipeline(transaction=False)
         pipe.hset(key, mapping=fields)
@@ -544,7 +600,7 @@ class _Heartbeat(threading.Thread):
             socket_timeout=HEARTBEAT_SOCKET_TIMEOUT,
         )
         self._queue = Queue(self._client, worker.options.retry)
-        self._process = psutil.Process()
+        self._process = ProcessTree(psutil.Process())
 
     def run(self) -> None:
         options = self.worker.options
@@ -567,6 +623,10 @@ class _Heartbeat(threading.Thread):
                     )
                     # The main thread may be blocked in BLMOVE: a signal wakes it up.
                     os.kill(os.getpid(), signal.SIGTERM)
+                    if self.worker.tasks is not None:
+                        # No pool is left to enforce its time limit or to stop it: the
+                        # task gets the pool's grace period, then its tree is killed.
+                        self.worker.tasks.cut_short(options.grace_period, "the pool is gone")
                 try:
                     self.worker.beat(self._client, self._process)
                     failing = False

@@ -1,0 +1,343 @@
+"""End to end: the real ``tuitop --no-ui`` runs Tuleap's messages through a task process.
+
+The task command is the stand-in ``tuleap`` of tests/bin (found on the PATH, as Tuleap's
+is on a Tuleap server): it records what it got and where, and fails, hangs, starts a child
+or writes on stderr when its message asks. Messages are pushed as Tuleap's front end
+pushes them: LPUSH of PHP's json_encode output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from tests.conftest import SmtpServerFactory
+from tests.pool import REPO, Pool, wait_until, write_config
+from tests.test_pool_e2e import nothing_pending, notification, push_all
+from tuitop import keys
+from tuitop.queue import parse_dead_letter
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.stats import read_buckets, summarize
+
+TASK = ("--task-command", "tuleap queue:task-worker-process")
+FAST_RETRY = ("--retry-delay", "0.05")
+SECRET = "s3cret-redis-password-of-thirty-chars"
+
+
+class Tuleap:
+    """The stand-in's records and the directory it runs in (Tuleap's source root)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "usr-share-tuleap"
+        self.root.mkdir()
+        self.records = tmp_path / "records"
+        self.records.mkdir()
+        self.env = {
+            "PATH": f"{REPO / 'tests' / 'bin'}:{os.environ['PATH']}",
+            "TULEAP_STANDIN_RECORDS": str(self.records),
+        }
+
+    def runs(self, kind: str = "start") -> list[dict[str, object]]:
+        return [json.loads(p.read_text()) for p in sorted(self.records.glob(f"*.{kind}.json"))]
+
+    def runs_of(self, message_id: str, kind: str = "start") -> list[dict[str, object]]:
+        return [r for r in self.runs(kind) if r["id"] == message_id]
+
+
+@pytest.fixture
+def tuleap(tmp_path: Path) -> Tuleap:
+    return Tuleap(tmp_path)
+
+
+def start_pool(
+    pools: list[Pool], tmp_path: Path, tuleap: Tuleap, *args: str, **config: object
+) -> Pool:
+    port = config.pop("port")
+    path = write_config(tmp_path, port=port, **config)  # type: ignore[arg-type]
+    pool = Pool(
+        tmp_path, path, *TASK, "--task-dir", str(tuleap.root), *args, env=tuleap.env
+    ).start()
+    pools.append(pool)
+    return pool
+
+
+def php_message(topic: str, payload: str, enqueue_ts: float, queued_total: int = 0) -> bytes:
+    """A message byte for byte as Tuleap's PHP front end writes it (json_encode)."""
+    return (
+        f'{{"event_name":"{topic}","payload":{payload},'
+        f'"_enqueue_ts":{enqueue_ts:.6f},"_queued_total":{queued_total}}}'
+    ).encode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_tuleaps_messages_run_once_each_with_their_exact_bytes(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server_factory: SmtpServerFactory,
+) -> None:
+    smtp = smtp_server_factory()
+    pool = start_pool(
+        pools, tmp_path, tuleap, port=redis_server.port, smtp_port=smtp.port, workers=3
+    )
+    now = time.time()
+    raws = []
+    for i in range(40):
+        topic = ("tuleap.tracker.artifact", "tuleap.git.hooks.post-receive")[i % 2]
+        # PHP escapes "/" and non-ASCII; the task must get exactly these bytes.
+        raws.append(
+            php_message(
+                topic,
+                f'{{"id":"m{i}","artifact_id":{i},"changeset_id":{1000 + i},'
+                f'"path":"repo\\/x.git","who":"J\\u00e9r\\u00f4me"}}',
+                now + i / 1000,
+            )
+        )
+    # tuitop's own notification, with its mails, is sent by the built-in handler.
+    raws.append(notification(7))
+    push_all(redis_client, raws)
+
+    wait_until(lambda: len(tuleap.runs("end")) == 40, 60, "40 tasks to end")
+    smtp.wait_for(1)
+    wait_until(lambda: nothing_pending(redis_client), 20, "an empty queue")
+    runs = tuleap.runs()
+    assert sorted(r["id"] for r in runs) == sorted(f"m{i}" for i in range(40))  # once each
+    by_id = {r["id"]: r for r in runs}
+    for i, raw in enumerate(raws[:40]):
+        run = by_id[f"m{i}"]
+        assert bytes.fromhex(str(run["stdin_hex"])) == raw
+        assert run["cwd"] == str(tuleap.root)
+        assert run["argv"] == [str(REPO / "tests" / "bin" / "tuleap"), "queue:task-worker-process"]
+        env = run["env"]
+        assert isinstance(env, dict)
+        assert env["SHELL_VERBOSITY"] == "1" and env["TLP_DELAY_CRON_CMD"] == "0"
+    assert len({r["env"]["TUITOP_WORKER"] for r in runs}) > 1  # type: ignore[index]  # spread
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    log = pool.log()
+    assert log.count("[info] Got message: {") >= 41
+    assert "[info] Message processed in " in log
+    assert pool.stop() == 0
+
+
+def test_a_failing_task_is_retried_then_dead_lettered_with_its_stderr_tail(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server_factory: object,
+) -> None:
+    server = redis_server_factory(password=SECRET)  # type: ignore[operator]
+    client = server.client()
+    pool = start_pool(
+        pools, tmp_path, tuleap, *FAST_RETRY, port=server.port, password=SECRET, workers=2
+    )
+    noise = "x" * 10_000 + "\n"
+    push_all(
+        client,
+        [
+            php_message(
+                "tuleap.tracker.artifact.deletion",
+                json.dumps(
+                    {
+                        "id": "doomed",
+                        "standin": {
+                            "exit": 3,
+                            "stderr": f"{noise}PHP Fatal error: cannot connect with {SECRET}\n",
+                        },
+                    }
+                ),
+                time.time(),
+            ),
+            php_message(
+                "tuleap.fts.index-item",
+                json.dumps({"id": "flaky", "standin": {"fail_times": 2}}),
+                time.time(),
+            ),
+        ],
+    )
+    wait_until(lambda: client.llen(keys.DEAD_LETTERS) == 1, 30, "a dead letter")
+    wait_until(lambda: nothing_pending(client), 30, "an empty queue")
+    assert len(tuleap.runs_of("doomed")) == 4  # Tuleap's 1 + 3 tries
+    assert len(tuleap.runs_of("flaky")) == 3  # failed twice, done the third time
+    letter = parse_dead_letter(client.lindex(keys.DEAD_LETTERS, 0))
+    assert letter.topic == "tuleap.tracker.artifact.deletion"
+    assert "task exited with status 3" in letter.reason
+    assert letter.reason.endswith(
+        "PHP Fatal error: cannot connect with ***; given up after 4 tries"
+    )
+    assert letter.traceback.endswith("PHP Fatal error: cannot connect with ***\n")
+    assert len(letter.traceback.encode()) <= 4096
+    assert SECRET not in pool.log() + pool.output()
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_a_hanging_task_is_killed_at_the_time_limit_with_its_children(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start_pool(
+        pools,
+        tmp_path,
+        tuleap,
+        *FAST_RETRY,
+        "--job-timeout",
+        "1.5",
+        port=redis_server.port,
+        workers=1,
+    )
+    payload = json.dumps({"id": "hang", "standin": {"hang": True, "child": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    [first] = wait_until(lambda: tuleap.runs_of("hang"), 20, "the task to start")
+    wait_until(
+        lambda: not alive(int(first["pid"])) and not alive(int(first["child_pid"])),  # type: ignore[arg-type]
+        10,
+        "the task and its child to be killed",
+    )
+    # Retried, and given up after Tuleap's 3 tries, as a time-out each time.
+    wait_until(lambda: client.llen(keys.DEAD_LETTERS) == 1, 40, "the dead letter")
+    letter = parse_dead_letter(client.lindex(keys.DEAD_LETTERS, 0))
+    assert "ran past the time limit of 1.5 s" in letter.reason
+    runs = tuleap.runs_of("hang")
+    assert len(runs) == 4 and not tuleap.runs_of("hang", "end")
+    for run in runs:
+        wait_until(lambda run=run: not alive(int(run["child_pid"])), 10, "every child killed")  # type: ignore[misc]
+    counts = summarize(read_buckets(client, time.time(), 120), 120).counts
+    assert counts.get("timedout") == 4
+    assert "Task stopped: it ran past the time limit" in pool.log()
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_no_task_process_is_left_after_a_sigkill_of_the_pool(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, "--grace", "1", port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "orphan", "standin": {"hang": True, "child": True}})
+    push_all(client, [php_message("tuleap.project.create-from-archive", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("orphan"), 20, "the task to start")
+    pool.signal(signal.SIGKILL)  # the pool's parent process only
+    pool.wait(10)
+    wait_until(
+        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
+        10,
+        "the task tree to be killed once the pool is gone (after --grace)",
+    )
+    # Nothing lost: it waits for a retry, charged one try.
+    wait_until(lambda: client.zcard(keys.DELAYED) == 1, 10, "the message in the delayed set")
+    assert "the pool is gone" in pool.log()
+    client.close()
+
+
+def test_a_pool_killed_whole_leaves_nothing_after_its_next_start(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "whole", "standin": {"hang": True, "child": True}})
+    push_all(client, [php_message("tuleap.project.create-from-archive", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("whole"), 20, "the task to start")
+    # The pool, its forkserver and its worker at once (the task is in a group of its own).
+    family = psutil.Process(pool.pid).children(recursive=True)
+    task_tree = {int(run["pid"]), int(run["child_pid"])}  # type: ignore[arg-type]
+    for process in [psutil.Process(pool.pid), *family]:
+        if process.pid not in task_tree:
+            process.kill()
+    pool.wait(10)
+    wait_until(lambda: not alive(int(run["pid"])), 10, "the task leader to die with its worker")
+    assert alive(int(run["child_pid"]))  # what it started lives on: no one is left to kill it
+    second = Pool(
+        tmp_path,
+        tmp_path / "local.inc",
+        *TASK,
+        "--task-dir",
+        str(tuleap.root),
+        "--pool-name",
+        "second",
+        env=tuleap.env,
+    ).start()
+    pools.append(second)
+    wait_until(lambda: not alive(int(run["child_pid"])), 20, "the next start to sweep it")
+    assert "left by workers that are gone" in second.log()
+    # The message the dead worker held is recovered once its heartbeat expired, and runs.
+    wait_until(lambda: len(tuleap.runs_of("whole")) == 2, 40, "the message to run again")
+    client.close()
+
+
+def test_a_worker_killed_mid_task_takes_its_task_tree_along(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, *FAST_RETRY, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "w", "standin": {"hang": True, "child": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("w"), 20, "the task to start")
+    worker = psutil.Process(int(run["ppid"]))  # type: ignore[arg-type]
+    worker.kill()
+    wait_until(
+        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
+        10,
+        "the task tree of the dead worker to be killed",
+    )
+    wait_until(lambda: len(tuleap.runs_of("w")) == 2, 20, "the message recovered and run again")
+    client.close()
+    pool.kill_all()
+
+
+def test_a_warm_stop_lets_a_running_task_finish_and_a_cold_one_kills_it(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "warm", "standin": {"sleep": 2}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    wait_until(lambda: tuleap.runs_of("warm"), 20, "the task to start")
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(20) == 0
+    assert len(tuleap.runs_of("warm", "end")) == 1  # it finished
+    assert nothing_pending(client) and client.llen(keys.DEAD_LETTERS) == 0
+
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "cold", "standin": {"hang": True, "child": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("cold"), 20, "the task to start")
+    pool.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    pool.signal(signal.SIGTERM)  # the second signal: cold
+    assert pool.wait(20) == 0
+    wait_until(
+        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
+        10,
+        "the task tree killed by the cold stop",
+    )
+    assert client.zcard(keys.DELAYED) == 1  # recovered, with one more try
+    client.close()
+
+
+def test_task_options_are_checked_at_start(tmp_path: Path, redis_server: EmbeddedRedis) -> None:
+    from tests.pool import run_tuitop
+
+    config = write_config(tmp_path, port=redis_server.port)
+    result = run_tuitop(
+        "--no-ui", "--config", str(config), "--task-command", "no-such-cmd x", "--task-dir", "/"
+    )
+    assert result.returncode == 2
+    assert "no-such-cmd is not found on the PATH" in result.stderr
+    result = run_tuitop("--no-ui", "--config", str(config), "--task-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "--task-dir needs a --task-command" in result.stderr

@@ -1,0 +1,472 @@
+"""Tuleap's task process: one child process per job, as Tuleap's own worker runs it.
+
+Tuleap's worker (``src/utils/worker.php``, ``TaskWorkerProcess``) runs every message it
+takes as ``tuleap queue:task-worker-process`` in Tuleap's source root, with the environment
+plus ``SHELL_VERBOSITY=1`` and ``TLP_DELAY_CRON_CMD=0``, the message exactly as stored in
+Redis on its stdin, and a 15-minute limit; exit status 0 means done. :class:`TaskRunner`
+does the same, and keeps promises Tuleap's does not:
+
+* the task is its own process group, so a time limit kills its whole tree (SIGTERM to the
+  group, SIGKILL ``kill_grace`` seconds later), and a SIGINT from a terminal, which
+  reaches the pool's group, never reaches it;
+* the task dies with its worker (``PR_SET_PDEATHSIG``): a worker killed by any means
+  leaves no task running; what the task started itself is still in its group, which the
+  pool kills when it reaps the worker (:func:`kill_group`), and every process of the tree
+  carries ``TUITOP_WORKER`` in its environment, so a pool that was killed whole finds
+  what its tasks left at its next start (:func:`sweep_leftovers`);
+* processes a task leaves in its group when it exits are stopped with it;
+* its output goes to the worker_log line by line, at most ``log_limit`` bytes a job, and
+  the last ``tail_limit`` bytes of its stderr are kept for the dead letter: memory stays
+  bounded whatever the task writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from tuitop.handlers import Handler, Job, RetryLater
+from tuitop.osutil import parent_death_signal_available, set_parent_death_signal
+
+TULEAP_CLI = "/usr/bin/tuleap"
+TULEAP_SOURCE_ROOT = "/usr/share/tuleap"
+TULEAP_TASK_ARGV = ("tuleap", "queue:task-worker-process")
+TASK_ENVIRONMENT = {"SHELL_VERBOSITY": "1", "TLP_DELAY_CRON_CMD": "0"}
+"""What Tuleap's worker adds to the environment of its task process."""
+WORKER_MARKER = "TUITOP_WORKER"
+"""Environment variable naming the worker that started a task (inherited by its tree)."""
+
+KILL_GRACE = 5.0
+"""Seconds between the SIGTERM and the SIGKILL of a task's group."""
+LOG_LIMIT = 64 * 1024
+"""Bytes of a job's output written to the worker_log; the rest is counted, not logged."""
+TAIL_LIMIT = 4 * 1024
+"""Bytes of the end of a task's stderr kept for the dead letter."""
+LEFTOVER_WAIT = 0.2
+"""Seconds the processes a finished task left behind get between SIGTERM and SIGKILL."""
+_READ_SIZE = 64 * 1024
+_POLL = 0.25
+"""Longest wait between two looks at the deadline (another thread may move it)."""
+
+
+class TaskStartError(Exception):
+    """The task command could not be started (missing, not executable, bad directory)."""
+
+
+@dataclass(frozen=True)
+class TaskCommand:
+    """What to run for a job, and where."""
+
+    argv: tuple[str, ...]
+    directory: str
+
+    @classmethod
+    def parse(cls, command_line: str, directory: str) -> TaskCommand:
+        """Splits ``command_line`` as a POSIX shell would (no shell runs it) and checks
+        that it can run; raises ValueError saying why not."""
+        try:
+            argv = tuple(shlex.split(command_line))
+        except ValueError as error:
+            raise ValueError(f"--task-command {command_line!r}: {error}") from None
+        if not argv:
+            raise ValueError("--task-command is empty")
+        if not os.path.isdir(directory):
+            raise ValueError(f"--task-dir {directory}: not a directory")
+        program = argv[0]
+        if "/" in program:
+            # A relative path is relative to the task's directory, where it runs.
+            path = os.path.join(directory, program)
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise ValueError(f"--task-command: {program} is not an executable file")
+        elif shutil.which(program) is None:
+            raise ValueError(f"--task-command: {program} is not found on the PATH")
+        return cls(argv, directory)
+
+    def describe(self) -> str:
+        return f"{shlex.join(self.argv)} (in {self.directory})"
+
+
+def default_task_command() -> TaskCommand | None:
+    """Tuleap's own task command on a host where Tuleap is installed, else None."""
+    if os.path.exists(TULEAP_CLI) and os.path.isdir(TULEAP_SOURCE_ROOT):
+        return TaskCommand(TULEAP_TASK_ARGV, TULEAP_SOURCE_ROOT)
+    return None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a task ended."""
+
+    returncode: int
+    """The exit status, or minus the signal that killed it (as ``subprocess`` says)."""
+    seconds: float
+    stderr_tail: str
+    """The end of its stderr (at most ``tail_limit`` bytes), decoded leniently."""
+    output_bytes: int
+    """Bytes it wrote on stdout and stderr together."""
+    killed_because: str = ""
+    """Why tuitop killed it ('' when it ended on its own)."""
+    timed_out: bool = False
+    """Killed for running past the time limit (not because the pool went away)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.killed_because
+
+    def describe(self) -> str:
+        """e.g. 'exited with status 3', 'was killed by SIGKILL (it ran past ...)'."""
+        if self.returncode >= 0:
+            how = f"exited with status {self.returncode}"
+        else:
+            try:
+                how = f"was killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                how = f"was killed by signal {-self.returncode}"
+        if self.killed_because:
+            how = f"{how} ({self.killed_because})"
+        return f"task {how} after {self.seconds:.1f} s"
+
+    def last_line(self) -> str:
+        """The last non-empty line of its stderr, for a one-line reason."""
+        for line in reversed(self.stderr_tail.splitlines()):
+            if line.strip():
+                return line.strip()
+        return ""
+
+
+class _Output:
+    """One job's output on its way to the log: split in lines, bounded."""
+
+    def __init__(self, logger: logging.Logger, log_limit: int, tail_limit: int) -> None:
+        self.logger = logger
+        self.log_limit = log_limit
+        self.tail_limit = tail_limit
+        self.logged = 0
+        self.dropped = 0
+        self.total = 0
+        self.tail = bytearray()
+        self._partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def add(self, stream: str, data: bytes) -> None:
+        self.total += len(data)
+        if stream == "stderr":
+            self.tail += data
+            del self.tail[: -self.tail_limit]
+        partial = self._partial[stream]
+        partial += data
+        *lines, rest = bytes(partial).split(b"\n")
+        # A line longer than the tail is cut: the buffer never grows past it.
+        if len(rest) > self.tail_limit:
+            lines.append(rest)
+            rest = b""
+        partial[:] = rest
+        for line in lines:
+            self._log(stream, line)
+
+    def close(self) -> None:
+        for stream, partial in self._partial.items():
+            if partial:
+                self._log(stream, bytes(partial))
+                partial.clear()
+        if self.dropped:
+            self.logger.warning("task output: %d more byte(s) not logged", self.dropped)
+
+    def _log(self, stream: str, line: bytes) -> None:
+        if self.logged + len(line) > self.log_limit:
+            self.dropped += len(line) + 1
+            return
+        self.logged += len(line) + 1
+        level = logging.WARNING if stream == "stderr" else logging.INFO
+        if self.logger.isEnabledFor(level):
+            self.logger.log(level, "task %s: %s", stream, line.decode("utf-8", "replace"))
+
+
+def _die_with_parent(parent: int) -> None:
+    # Runs in the child between fork and exec: only system calls, nothing that may wait
+    # on a lock another thread of the worker held when it forked (prctl is resolved).
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # the worker died before the signal was armed
+        os._exit(1)
+
+
+def kill_group(pgid: int, signum: int = signal.SIGKILL) -> bool:
+    """Sends ``signum`` to the process group ``pgid``; False when no process is left in it."""
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's group by now: leave it alone
+    return True
+
+
+@dataclass(frozen=True)
+class _Limit:
+    at: float
+    """time.monotonic() past which the task is stopped."""
+    reason: str
+    timed_out: bool
+
+
+class TaskRunner:
+    """Runs one task at a time for a worker (not thread-safe, but for :meth:`cut_short`)."""
+
+    def __init__(
+        self,
+        command: TaskCommand,
+        *,
+        time_limit: float,
+        logger: logging.Logger,
+        worker_id: str,
+        kill_grace: float = KILL_GRACE,
+        log_limit: int = LOG_LIMIT,
+        tail_limit: int = TAIL_LIMIT,
+    ) -> None:
+        self.command = command
+        self.time_limit = time_limit
+        self.logger = logger
+        self.kill_grace = kill_grace
+        self.log_limit = log_limit
+        self.tail_limit = tail_limit
+        self._environment = {**os.environ, **TASK_ENVIRONMENT, WORKER_MARKER: worker_id}
+        parent_death_signal_available()  # resolved here, not in the child after fork
+        self._lock = threading.Lock()
+        self._limit: _Limit | None = None
+        """The running task's deadline (None when no task runs)."""
+
+    def cut_short(self, seconds: float, reason: str) -> None:
+        """Lets the running task (if any) run at most ``seconds`` more; safe from any
+        thread. Used when the pool is gone: its grace period, then the task is killed."""
+        with self._lock:
+            deadline = time.monotonic() + seconds
+            if self._limit is not None and deadline < self._limit.at:
+                self._limit = _Limit(deadline, reason, timed_out=False)
+
+    def run(self, raw: bytes, on_start: Callable[[int], None] = lambda pid: None) -> TaskOutcome:
+        """Runs the task for one message (``raw`` on its stdin) to its end; ``on_start``
+        gets its pid (which is also its process group) as soon as it runs. Raises
+        TaskStartError when it cannot be started at all."""
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                self.command.argv,
+                cwd=self.command.directory,
+                env=self._environment,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                process_group=0,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                close_fds=True,
+            )
+        except OSError as error:
+            raise TaskStartError(
+                f"cannot start {shlex.join(self.command.argv)}: {error.strerror or error}"
+            ) from None
+        on_start(process.pid)
+        with self._lock:
+            self._limit = _Limit(
+                started + self.time_limit,
+                f"it ran past the time limit of {self.time_limit:g} s",
+                timed_out=True,
+            )
+        output = _Output(self.logger, self.log_limit, self.tail_limit)
+        killed: _Limit | None = None
+        try:
+            killed = self._communicate(process, raw, output)
+        finally:
+            with self._lock:
+                self._limit = None
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+            if process.returncode is None:  # only when _communicate itself failed
+                kill_group(process.pid)
+                process.wait()
+            self._stop_leftovers(process.pid, quietly=killed is not None)
+            output.close()
+        return TaskOutcome(
+            returncode=int(process.returncode),
+            seconds=time.monotonic() - started,
+            stderr_tail=bytes(output.tail).decode("utf-8", "replace"),
+            output_bytes=output.total,
+            killed_because=killed.reason if killed else "",
+            timed_out=killed.timed_out if killed else False,
+        )
+
+    def _communicate(
+        self, process: subprocess.Popen[bytes], raw: bytes, output: _Output
+    ) -> _Limit | None:
+        """Feeds stdin, relays the output, enforces the deadline; returns the limit the
+        task was killed for (None when it ended on its own)."""
+        assert process.stdin and process.stdout and process.stderr
+        selector = selectors.DefaultSelector()
+        streams = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr"}
+        for fd in streams:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        stdin = process.stdin.fileno()
+        os.set_blocking(stdin, False)
+        pending = memoryview(raw)
+        if pending:
+            selector.register(stdin, selectors.EVENT_WRITE)
+        else:
+            process.stdin.close()
+        exit_fd = _pidfd(process.pid)
+        if exit_fd is not None:
+            selector.register(exit_fd, selectors.EVENT_READ)
+        killed: _Limit | None = None
+        kill_at = 0.0  # when the SIGKILL follows the SIGTERM (0: none sent; inf: sent)
+        try:
+            while process.poll() is None:
+                now = time.monotonic()
+                with self._lock:
+                    limit = self._limit
+                deadline = limit.at if limit is not None else math.inf
+                if limit is not None and not kill_at and now >= deadline:
+                    killed, kill_at = limit, now + self.kill_grace
+                    self.logger.error("Task stopped: %s; stopping its process group", limit.reason)
+                    kill_group(process.pid, signal.SIGTERM)
+                elif now >= kill_at > 0:
+                    kill_group(process.pid, signal.SIGKILL)
+                    kill_at = math.inf
+                next_step = kill_at if kill_at else deadline
+                for key, _ in selector.select(min(_POLL, max(next_step - now, 0.0))):
+                    fd = int(key.fd)
+                    if fd == stdin:
+                        pending = self._feed(selector, process, pending)
+                    elif fd in streams:
+                        self._read(selector, fd, streams[fd], output)
+            # Ended: what is already in the pipes is its output; a process it left behind
+            # may hold them open, so read what is there without waiting for their end.
+            for fd, stream in streams.items():
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.get_key(fd)
+                    while self._read(selector, fd, stream, output):
+                        pass
+        finally:
+            selector.close()
+            if exit_fd is not None:
+                os.close(exit_fd)
+        return killed
+
+    def _feed(
+        self,
+        selector: selectors.BaseSelector,
+        process: subprocess.Popen[bytes],
+        pending: memoryview,
+    ) -> memoryview:
+        assert process.stdin is not None
+        try:
+            written = os.write(process.stdin.fileno(), pending[:_READ_SIZE])
+        except BlockingIOError:
+            return pending
+        except OSError:  # EPIPE: the task does not read all of it; its business
+            written = len(pending)
+        pending = pending[written:]
+        if not pending:
+            selector.unregister(process.stdin.fileno())
+            process.stdin.close()
+        return pending
+
+    def _read(
+        self, selector: selectors.BaseSelector, fd: int, stream: str, output: _Output
+    ) -> bool:
+        """Reads once from ``fd``; False at its end or when nothing is there now."""
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            selector.unregister(fd)
+            return False
+        output.add(stream, data)
+        return True
+
+    def _stop_leftovers(self, pgid: int, *, quietly: bool) -> None:
+        """Stops what the task left running in its group (it is over: they are orphans);
+        ``quietly`` after a kill, where the group's last processes are merely slower to go."""
+        if not kill_group(pgid, 0):
+            return
+        if not quietly:
+            self.logger.warning("The task left process(es) running in its group; stopping them")
+        kill_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + LEFTOVER_WAIT
+        while time.monotonic() < deadline and kill_group(pgid, 0):
+            time.sleep(0.01)
+        kill_group(pgid, signal.SIGKILL)
+
+
+def task_handler(runner: TaskRunner) -> Handler:
+    """The handler that runs a message through ``runner`` (the registry's fallback): done
+    on exit status 0; else retried (then dead-lettered) with the task's stderr tail."""
+
+    def run_task(payload: Any, job: Job) -> None:
+        try:
+            outcome = runner.run(job.raw, job.child_started)
+        except TaskStartError as error:
+            raise RetryLater(str(error)) from None
+        finally:
+            job.child_started(0)
+        if outcome.ok:
+            return
+        last_line = outcome.last_line()
+        reason = outcome.describe() + (f": {last_line}" if last_line else "")
+        raise RetryLater(
+            reason,
+            detail=outcome.stderr_tail,
+            outcome="timedout" if outcome.timed_out else "failed",
+        )
+
+    return run_task
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux ≥ 5.3), else None
+    (the loop then looks every ``_POLL`` seconds)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def sweep_leftovers(worker_ids_alive: Callable[[str], bool], logger: logging.Logger) -> int:
+    """Kills the task processes on this host whose worker is gone (``TUITOP_WORKER`` in
+    their environment names a worker for which ``worker_ids_alive`` says False): what the
+    tasks of a pool killed whole left behind. Returns how many were killed."""
+    killed = 0
+    me = os.getuid()
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.info["uids"] is None or process.info["uids"].real != me:
+                continue
+            worker_id = process.environ().get(WORKER_MARKER)
+            if not worker_id or worker_ids_alive(worker_id):
+                continue
+            process.kill()
+            killed += 1
+        except psutil.Error:
+            continue
+    if killed:
+        logger.warning("Killed %d task process(es) left by workers that are gone", killed)
+    return killed
