@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tuitop import keys
 from tuitop.message import decode, encode, with_payload
-from tuitop.queue import MAX_REQUEUES, Queue, Recovery, RetryPolicy
+from tuitop.queue import MAX_REQUEUES, Queue, Recovery, RetryPolicy, Taken
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.stats import read_buckets, summarize
 
@@ -734,6 +734,6 @@ def test_recover_unless_beating_leaves_a_live_worker_alone(redis_client: redis.R
 def test_take_or_count_says_what_the_processing_list_holds(redis_client: redis.Redis) -> None:
     queue = Queue(redis_client)
     redis_client.lpush(keys.processing_list(WORKER), b"a", b"b")
-    assert queue.take_or_count(WORKER, 5) == ([], 2)
+    assert queue.take_or_count(WORKER, 5) == Taken([], keys.QUEUE, 2)
     redis_client.lpush(keys.QUEUE, b"c")
-    assert queue.take_or_count(WORKER, 5) == ([b"c"], 0)
+    assert queue.take_or_count(WORKER, 5) == Taken([b"c"], keys.QUEUE, 0)

@@ -1,6 +1,7 @@
 """SVG snapshots of the UI's screens (pytest-textual-snapshot), drawn from a real Redis
 holding a fixed scene and seen at a frozen time (``tests/tui_scenes.py``): the main screen,
-a busy pool, a config error, Redis down and the dead-letter screen.
+a busy pool, lanes with a long task running, a config error, Redis down and the
+dead-letter screen.
 
 A change to a screen fails here until the new picture is looked at and accepted with
 ``pytest tests/test_tui_snapshots.py --snapshot-update`` (then ``scripts/screenshots.py``

@@ -59,7 +59,7 @@ def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
     watchdog.start()
     try:
         # The first job "runs" (this thread waits) past the give-back deadline.
-        worker.batch.arm(batch[1:], time.monotonic() + GIVE_BACK_AFTER)
+        worker.batch.arm(batch[1:], time.monotonic() + GIVE_BACK_AFTER, keys.QUEUE)
         time.sleep(GIVE_BACK_AFTER + 0.25)
         # While it still runs, another worker could take the rest already.
         assert redis_client.lrange(keys.QUEUE, 0, -1) == list(reversed(raws[1:]))
@@ -76,7 +76,7 @@ def test_a_fast_job_keeps_its_batch(redis_server: EmbeddedRedis) -> None:
     watchdog = _Heartbeat(worker)
     watchdog.start()
     try:
-        worker.batch.arm([b"tail"], time.monotonic() + 5.0)
+        worker.batch.arm([b"tail"], time.monotonic() + 5.0, keys.QUEUE)
         time.sleep(0.1)
         assert worker.batch.disarm() is False
     finally:
@@ -91,8 +91,8 @@ def test_stranded_messages_are_given_back_before_waiting(
     # As after a timed-out reply: Redis moved it, the worker never heard of it.
     redis_client.lpush(keys.processing_list(worker.id), stranded)
     with caplog.at_level(logging.WARNING, logger="tuitop.worker"):
-        batch = worker._next_batch()
-    assert batch == [stranded]  # given back untried, then taken again by the wait
+        batch, source = worker._next_batch()
+    assert (batch, source) == ([stranded], keys.QUEUE)  # given back, then taken again
     assert "gives back 1 stranded message(s)" in caplog.text
     assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [stranded]
 

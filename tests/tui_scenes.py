@@ -23,6 +23,7 @@ from textual.pilot import Pilot
 
 from tuitop import keys
 from tuitop.config import load_config
+from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LONG_LANE
 from tuitop.message import encode
 from tuitop.queue import dead_letter_entry
 from tuitop.redisserver import EmbeddedRedis
@@ -32,6 +33,9 @@ from tuitop.tui.logtail import FileTail
 from tuitop.tui.source import SnapshotSource
 from tuitop.tui.widgets import LogPanel
 
+LANES = DEFAULT_SPEC
+JIRA = "tuleap.tracker.creation.jira"
+LANE_WORKER = {"lane": LONG_LANE, "serves": f"{LONG_LANE},{DEFAULT_LANE}"}
 SCENE_PORT = 23791
 FROZEN = 1795856400.0 + 42.0
 """2026-11-28 09:00:42 UTC: the time every scene is seen at."""
@@ -86,10 +90,12 @@ def _pool(client: redis.Redis, name: str, host: str, pid: int, **fields: object)
         "loaded_at": FROZEN - 3600 - 17,
         "config_error": "",
         "beat": FROZEN - 0.4,
+        "lanes": LANES,
     }
     values.update(fields)
     client.hset(keys.pool(name), mapping=values)  # type: ignore[arg-type]
     client.sadd(keys.POOLS, name)
+    client.zadd(keys.LANES, {LONG_LANE: FROZEN - 0.4})
 
 
 def _worker(
@@ -112,6 +118,8 @@ def _worker(
         "rss": 38_000_000 + slot * 1_300_000,
         "cpu": 0.0,
         "beat": FROZEN - 0.3,
+        "lane": DEFAULT_LANE,
+        "serves": DEFAULT_LANE,
     }
     values.update(fields)
     if values["state"] != "dead":
@@ -140,6 +148,11 @@ def _history(client: redis.Redis, *, busy: bool) -> None:
                 wait += (120 - age) * chance.uniform(0.5, 1.5)
             batch.latency("w", wait)
             batch.latency("e", wait + chance.lognormvariate(-4.2, 0.4))
+        if age % 30 == 0:  # a long job now and then, on its lane
+            wait = chance.uniform(0.2, 1.0) + (40.0 if busy else 0.0)
+            batch.outcome("done", 1, lane=LONG_LANE)
+            batch.latency("w", wait, LONG_LANE)
+            batch.latency("e", wait + chance.uniform(40, 200))
         pipe = client.pipeline()
         batch.flush_into(pipe, start)
         depth = 0
@@ -177,7 +190,7 @@ def seed_main(client: redis.Redis, directory: Path) -> Path:
     """A quiet forge: one pool of two idle workers, a steady trickle, nothing wrong."""
     client.flushall()
     _pool(client, "web-1", "web-1", 4101)
-    _worker(client, "web-1", 0, "web-1", 4120, done=713, processed=713, cpu=1.0)
+    _worker(client, "web-1", 0, "web-1", 4120, done=713, processed=713, cpu=1.0, **LANE_WORKER)
     _worker(client, "web-1", 1, "web-1", 4121, done=698, processed=698, cpu=2.0)
     _history(client, busy=False)
     client.hset(keys.CONFIG, mapping={"async_scope": "all", "version": 1})
@@ -196,11 +209,15 @@ def seed_busy(client: redis.Redis, directory: Path) -> Path:
         0,
         "web-1",
         4120,
-        **busy,
-        job_started=FROZEN - 1.3,
-        done=2210,
-        processed=942,
-        cpu=38.0,
+        **LANE_WORKER,
+        state="busy",
+        topic=JIRA,
+        task_pid=5210,
+        job_started=FROZEN - 131.3,
+        done=210,
+        processed=42,
+        cpu=97.0,
+        rss=212_000_000,
     )
     _worker(
         client,
@@ -248,11 +265,56 @@ def seed_busy(client: redis.Redis, directory: Path) -> Path:
         encode(TOPIC, {"artifact_id": n}, enqueue_ts=FROZEN - 185 + n * 0.14) for n in range(1284)
     ]
     client.lpush(keys.QUEUE, *waiting)
+    imports = [encode(JIRA, {"n": n}, enqueue_ts=FROZEN - 240 + n * 30) for n in range(3)]
+    client.lpush(keys.lane_list(LONG_LANE), *imports)
     client.zadd(keys.DELAYED, {encode(TOPIC, {"n": 1}, queued_total=1): FROZEN + 4})
     _dead_letters(client)
     _history(client, busy=True)
     client.hset(keys.CONFIG, mapping={"async_scope": "all", "version": 3})
     return _log_file(directory, busy=True)
+
+
+def seed_lanes(client: redis.Redis, directory: Path) -> Path:
+    """A Tuleap forge of two workers: a JIRA import runs as Tuleap's task process on its
+    lane, two more wait there, and the notifications do not wait behind them."""
+    client.flushall()
+    _pool(client, "forge", "forge", 2101)
+    _worker(
+        client,
+        "forge",
+        0,
+        "forge",
+        2120,
+        **LANE_WORKER,
+        state="busy",
+        topic=JIRA,
+        task_pid=2388,
+        job_started=FROZEN - 187.6,
+        done=31,
+        processed=31,
+        cpu=94.0,
+        rss=246_000_000,
+    )
+    _worker(
+        client,
+        "forge",
+        1,
+        "forge",
+        2121,
+        state="busy",
+        topic="tuleap.git.hooks.post-receive",
+        task_pid=2391,
+        job_started=FROZEN - 0.6,
+        done=1288,
+        processed=288,
+        cpu=61.0,
+        rss=97_000_000,
+    )
+    imports = [encode(JIRA, {"n": n}, enqueue_ts=FROZEN - 200 + n * 40) for n in range(2)]
+    client.lpush(keys.lane_list(LONG_LANE), *imports)
+    _history(client, busy=False)
+    client.hset(keys.CONFIG, mapping={"async_scope": "all", "version": 1})
+    return _log_file(directory, busy=False)
 
 
 def seed_config_error(client: redis.Redis, directory: Path) -> Path:
@@ -362,6 +424,7 @@ class Scene:
 SCENES = (
     Scene("main", "A quiet pool", seed_main),
     Scene("busy", "A burst on two hosts: every worker state", seed_busy),
+    Scene("lanes", "Lanes: a JIRA import runs, notifications do not wait", seed_lanes),
     Scene("config_error", "A save with a syntax error", seed_config_error),
     Scene("redis_down", "Redis down: said, the last picture kept", seed_main, redis_goes_down),
     Scene("dead_letters", "Dead letters (d)", seed_busy, open_dead_letters),

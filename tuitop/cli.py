@@ -247,6 +247,7 @@ def _print_settings(loaded: LoadedConfig) -> None:
         ("backend workers", str(settings.backend_workers)),
         ("async emails", str(settings.async_scope)),
         ("log level", str(settings.log_level)),
+        ("lanes", str(settings.lanes)),
         ("mail", settings.mail.describe()),
         ("noreply", settings.mail.noreply or "(not set)"),
     ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuitop.errors import ConfigError
+from tuitop.lanes import DEFAULT_SPEC, LaneSet
 from tuitop.phpreader import (
     Diagnostic,
     Origin,
@@ -213,6 +214,8 @@ class Settings:
     async_scope: AsyncScope = field(default_factory=AsyncScope)
     log_level: LogLevel = LogLevel.WARNING
     mail: MailSettings = field(default_factory=MailSettings)
+    lanes: LaneSet = field(default_factory=lambda: LaneSet.parse(DEFAULT_SPEC))
+    """``$tuitop_lanes``: which topics have workers of their own (:mod:`tuitop.lanes`)."""
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -251,6 +254,14 @@ class Settings:
                 "auth_type": self.mail.auth_type,
                 "can_send": self.mail.can_send,
             },
+            "lanes": [
+                {
+                    "name": lane.name,
+                    "topics": list(lane.topics),
+                    "workers": f"{lane.workers}%" if lane.percent else lane.workers,
+                }
+                for lane in self.lanes.lanes
+            ],
             "files": list(self.files),
             "warnings": list(self.warnings),
         }
@@ -385,6 +396,7 @@ class _SettingsBuilder:
             async_scope=scope,
             log_level=self.log_level(),
             mail=self.mail(),
+            lanes=self.lanes(),
             files=self.files,
             warnings=tuple(self.warnings),
         )
@@ -450,6 +462,14 @@ class _SettingsBuilder:
                 f"'error'; it is {name!r}",
             )
         return _LOG_LEVEL_NAMES[name]
+
+    def lanes(self) -> LaneSet:
+        value = self.value("tuitop_lanes")
+        spec = DEFAULT_SPEC if value is None else self.text("tuitop_lanes")
+        try:
+            return LaneSet.parse(spec)
+        except ValueError as error:
+            raise self.error("tuitop_lanes", f"$tuitop_lanes: {error}") from None
 
     def mail(self) -> MailSettings:
         transport = self.text("email_transport", "sendmail")

@@ -7,6 +7,8 @@ bookkeeping, under the ``tuitop:`` prefix except where it belongs beside the que
 
 from __future__ import annotations
 
+from tuitop.lanes import DEFAULT_LANE
+
 # --- Tuleap's (wire-compatible) ------------------------------------------------------
 QUEUE = "app_user_events"
 """The list producers LPUSH into and workers take from (at the right end)."""
@@ -24,6 +26,21 @@ def processing_list(worker_id: str) -> str:
 PROCESSING_PATTERN = f"{QUEUE}-processing-*"
 
 # --- tuitop's --------------------------------------------------------------------------
+
+
+LANE_PREFIX = f"{QUEUE}-lane-"
+
+
+def lane_list(lane: str) -> str:
+    """The list a lane's messages wait in: Tuleap's own ``QUEUE`` for the default lane
+    (front ends push everything there), ``app_user_events-lane-<name>`` for the others."""
+    return QUEUE if lane == DEFAULT_LANE else f"{LANE_PREFIX}{lane}"
+
+
+LANES = "tuitop:lanes"
+"""Sorted set of the lanes pools serve; score: when a pool last said it serves it (Redis
+time), so that a lane no pool serves any more is moved back to ``QUEUE``."""
+
 DELAYED = f"{QUEUE}-delayed"
 """Sorted set of messages waiting for their retry time (score: when they are due)."""
 

@@ -16,35 +16,109 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
 from tuitop.stats import StatsBatch
 
 MAX_REQUEUES = 3
 """Tuleap's limit: a message may come back this many times, then it is given up."""
 
-# Takes up to ARGV[1] messages into the processing list in one round trip, but no more than
-# a fair share of the queue (its depth divided by the registered workers), so that a worker
-# never sits on messages another idle worker could be running.
-# When nothing is taken it returns, instead, how many messages the processing list already
-# holds: a worker that holds none in memory then knows they were stranded there.
+# Takes up to ARGV[1] messages into the processing list (KEYS[1]) in one round trip, from
+# the first of the worker's source lists (KEYS[3] .. KEYS[2 + ARGV[2]], in its order) that
+# holds any, but no more than a fair share of that list (its depth divided by the registered
+# workers, KEYS[2]), so that a worker never sits on messages another idle worker could run.
+# Taking from Tuleap's list (source number ARGV[3]), a message of a lane the worker does
+# not serve is moved to that lane's list instead, in the same script: the lane is the first
+# whose pattern (ARGV[4], ARGV[6] ...) matches the topic, the list is KEYS[target] (ARGV[5],
+# ARGV[7] ...; 0: a lane the worker serves, the message is kept). The topic is read where
+# PHP's json_encode writes it, first; a message where it is not found is kept.
+# Returns {source number, message, ...} (oldest first); when nothing is kept, instead, how
+# many messages the processing list already holds: a worker that holds none in memory then
+# knows they were stranded there.
 _TAKE_SCRIPT = """
-local depth = redis.call('LLEN', KEYS[1])
-if depth == 0 then
-  return redis.call('LLEN', KEYS[2])
+local max_batch, sources, inbox = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local workers = nil
+for s = 1, sources do
+  local source = KEYS[2 + s]
+  local depth = redis.call('LLEN', source)
+  if depth > 0 then
+    workers = workers or math.max(redis.call('SCARD', KEYS[2]), 1)
+    local n = math.min(max_batch, math.floor(depth / workers))
+    if n < 1 then n = 1 end
+    local kept = redis.call('RPOP', source, n)
+    if s == inbox and #ARGV > 3 then
+      local taken = kept
+      kept = {}
+      for _, message in ipairs(taken) do
+        local target = 0
+        local topic = string.match(message, '^%s*{%s*"event_name"%s*:%s*"([^"\\]*)"')
+        if topic then
+          for i = 4, #ARGV, 2 do
+            if string.match(topic, ARGV[i]) then
+              target = tonumber(ARGV[i + 1])
+              break
+            end
+          end
+        end
+        if target == 0 then
+          kept[#kept + 1] = message
+        else
+          redis.call('LPUSH', KEYS[target], message)
+        end
+      end
+    end
+    if #kept > 0 then
+      redis.call('LPUSH', KEYS[1], unpack(kept))
+      table.insert(kept, 1, s)
+      return kept
+    end
+  end
 end
-local workers = math.max(redis.call('SCARD', KEYS[3]), 1)
-local n = math.min(tonumber(ARGV[1]), math.floor(depth / workers))
-if n < 1 then n = 1 end
-local taken = redis.call('RPOP', KEYS[1], n)
-redis.call('LPUSH', KEYS[2], unpack(taken))
-return taken
+return redis.call('LLEN', KEYS[1])
+"""
+
+# Moves a message a worker took (blocking, from Tuleap's list) to the list of its lane,
+# which the worker does not serve; only if it is still in the processing list.
+_ROUTE_SCRIPT = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Moves back to Tuleap's list (KEYS[1]) the messages of the lanes no pool said it serves
+# in the last ARGV[1] seconds (by Redis' clock: hosts' clocks may differ), at most ARGV[2]
+# messages a call, the oldest to be taken first; a lane whose list is empty is forgotten.
+# Returns {lane, moved, lane, moved ...} for the lanes it moved messages of.
+_RECOVER_LANES_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+local budget = tonumber(ARGV[2])
+local report = {}
+for _, lane in ipairs(stale) do
+  local list = ARGV[3] .. lane
+  local moved = 0
+  while budget > 0 and redis.call('LMOVE', list, KEYS[1], 'LEFT', 'RIGHT') do
+    moved = moved + 1
+    budget = budget - 1
+  end
+  if moved > 0 then
+    report[#report + 1] = lane
+    report[#report + 1] = moved
+  end
+  if redis.call('LLEN', list) == 0 then
+    redis.call('ZREM', KEYS[2], lane)
+  end
+end
+return report
 """
 
 # Moves due messages from the delayed set to the head of the queue (taken next), oldest
@@ -85,8 +159,9 @@ end
 return table.concat(removed)
 """
 
-# Returns taken messages to the head of the queue (ARGV: last to take first), each only if
-# it is still in the processing list: a supervisor may have recovered it meanwhile.
+# Returns taken messages to the head of the list they came from (ARGV: last to take first),
+# each only if it is still in the processing list: a supervisor may have recovered it
+# meanwhile.
 _GIVE_BACK_SCRIPT = """
 for i = 1, #ARGV do
   if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
@@ -95,6 +170,50 @@ for i = 1, #ARGV do
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class TakePlan:
+    """Where a worker takes messages from, in order, and which it moves to another lane.
+
+    The plain plan is Tuleap's: one list. With lanes (:mod:`tuitop.lanes`) a worker takes
+    from the lists of the lanes it serves, its own first, and moves what it takes from
+    Tuleap's list for a lane it does not serve to that lane's list."""
+
+    sources: tuple[str, ...] = (keys.QUEUE,)
+    """The lists taken from, in order; the first is the one a worker blocks on."""
+    lanes: LaneSet = field(default_factory=LaneSet)
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
+
+    @classmethod
+    def for_lanes(cls, lanes: LaneSet, serves: tuple[str, ...]) -> TakePlan:
+        return cls(tuple(keys.lane_list(lane) for lane in serves), lanes, serves)
+
+    def route(self, topic: str) -> str | None:
+        """The list to move a message of ``topic`` to, or None to keep it."""
+        lane = self.lanes.lane_of(topic)
+        return None if lane in self.serves else keys.lane_list(lane)
+
+    def script_keys_and_args(self) -> tuple[list[str], list[str | int]]:
+        """The take script's KEYS after the processing list, and its ARGV after the batch
+        size (see _TAKE_SCRIPT)."""
+        script_keys = [keys.WORKERS, *self.sources]
+        inbox = self.sources.index(keys.QUEUE) + 1 if keys.QUEUE in self.sources else 0
+        args: list[str | int] = [len(self.sources), inbox]
+        if inbox:
+            targets: dict[str, int] = {}
+            for pattern, lane in self.lanes.routes():
+                if lane in self.serves:
+                    args += [pattern, 0]
+                    continue
+                key = keys.lane_list(lane)
+                if key not in targets:
+                    script_keys.append(key)
+                    targets[key] = len(script_keys) + 1  # KEYS[1] is the processing list
+                args += [pattern, targets[key]]
+            if all(target == 0 for target in args[3::2]):
+                args = args[:2]  # nothing to route: the script skips reading topics
+        return script_keys, args
 
 
 @dataclass(frozen=True)
@@ -121,6 +240,16 @@ class DeadLetter:
     topic: str
     traceback: str
     entry: bytes
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What a take moved into the processing list, oldest first, and from which list."""
+
+    messages: list[bytes]
+    source: str
+    held: int
+    """When nothing was taken: how many messages the processing list holds already."""
 
 
 @dataclass(frozen=True)
@@ -188,10 +317,18 @@ def parse_dead_letter(entry: bytes) -> DeadLetter:
 class Queue:
     """The queue operations on one Redis connection. Not thread-safe: one per thread."""
 
-    def __init__(self, redis: Redis, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, redis: Redis, retry: RetryPolicy | None = None, plan: TakePlan | None = None
+    ) -> None:
+        """``plan``: where :meth:`take` and :meth:`take_blocking` take from (Tuleap's list
+        by default)."""
         self.redis = redis
         self.retry_policy = retry or RetryPolicy()
+        self.plan = plan or TakePlan()
+        self._take_keys, self._take_args = self.plan.script_keys_and_args()
         self._take = redis.register_script(_TAKE_SCRIPT)
+        self._route = redis.register_script(_ROUTE_SCRIPT)
+        self._recover_lanes = redis.register_script(_RECOVER_LANES_SCRIPT)
         self._move_due = redis.register_script(_MOVE_DUE_SCRIPT)
         self._give_back = redis.register_script(_GIVE_BACK_SCRIPT)
 
@@ -209,29 +346,54 @@ class Queue:
     def take(self, worker_id: str, max_batch: int) -> list[bytes]:
         """Moves up to ``max_batch`` messages (at least one when any) into the processing
         list without blocking; returns them oldest first. Empty when the queue is empty."""
-        return self.take_or_count(worker_id, max_batch)[0]
+        return self.take_or_count(worker_id, max_batch).messages
 
-    def take_or_count(self, worker_id: str, max_batch: int) -> tuple[list[bytes], int]:
-        """As ``take``, in the same round trip; when the queue is empty, also says how many
-        messages the processing list holds (0 when something was taken)."""
+    def take_or_count(self, worker_id: str, max_batch: int) -> Taken:
+        """As ``take``, in the same round trip, saying which list they came from; when
+        nothing was taken, also how many messages the processing list holds."""
         result = self._take(
-            keys=[keys.QUEUE, keys.processing_list(worker_id), keys.WORKERS], args=[max_batch]
+            keys=[keys.processing_list(worker_id), *self._take_keys],
+            args=[max_batch, *self._take_args],
         )
         if isinstance(result, int):
-            return [], result
-        return list(cast(list[bytes], result)), 0
+            return Taken([], self.plan.sources[0], result)
+        source, *messages = cast(list[Any], result)
+        return Taken(messages, self.plan.sources[int(source) - 1], 0)
 
     def take_blocking(self, worker_id: str, timeout: float) -> bytes | None:
-        """Waits up to ``timeout`` seconds for one message (BLMOVE, never polling)."""
+        """Waits up to ``timeout`` seconds for one message of the plan's first list
+        (BLMOVE, never polling); one the worker does not serve is moved to its lane's list
+        (and None returned: the caller takes again)."""
         # redis-py types the timeout as int; Redis >= 6 takes a decimal number of seconds.
-        value = self.redis.blmove(
-            keys.QUEUE,
-            keys.processing_list(worker_id),
-            timeout,  # type: ignore[arg-type]
-            "RIGHT",
-            "LEFT",
+        value = cast(
+            bytes | None,
+            self.redis.blmove(
+                self.plan.sources[0],
+                keys.processing_list(worker_id),
+                timeout,  # type: ignore[arg-type]
+                "RIGHT",
+                "LEFT",
+            ),
         )
-        return cast(bytes | None, value)
+        if value is None or self.plan.sources[0] != keys.QUEUE or len(self.plan.lanes.lanes) == 0:
+            return value
+        target = self.plan.route(decode(value).topic)
+        if target is None:
+            return value
+        self._route(keys=[keys.processing_list(worker_id), target], args=[value])
+        return None
+
+    def recover_unserved_lanes(self, unserved_after: float, limit: int = 1000) -> dict[str, int]:
+        """Moves back to Tuleap's list the messages of lanes no pool has served for
+        ``unserved_after`` seconds (at most ``limit`` a call); returns how many, by lane."""
+        report = cast(
+            list[Any],
+            self._recover_lanes(
+                keys=[keys.QUEUE, keys.LANES],
+                args=[unserved_after, limit, keys.LANE_PREFIX],
+            ),
+        )
+        return {report[i].decode(): int(report[i + 1]) for i in range(0, len(report), 2)}
 
     def ack_into(self, pipe: Pipeline, worker_id: str, raws: Sequence[bytes]) -> None:
         """Queues the removal of finished messages (oldest first) on ``pipe`` (the caller
@@ -242,15 +404,14 @@ class Queue:
             # a round trip of its own; Redis caches the compiled body anyway.
             pipe.eval(_ACK_SCRIPT, 1, keys.processing_list(worker_id), *raws)
 
-    def give_back(self, worker_id: str, raws: Sequence[bytes]) -> None:
-        """Returns messages taken but not started to the head of the queue, in order, with
-        their try count unchanged (they were never tried). One no longer in the processing
-        list (recovered meanwhile) is not given back: it is already elsewhere."""
+    def give_back(self, worker_id: str, raws: Sequence[bytes], to: str = keys.QUEUE) -> None:
+        """Returns messages taken but not started to the head of the list ``to`` they came
+        from, in order, with their try count unchanged (they were never tried). One no
+        longer in the processing list (recovered meanwhile) is not given back: it is
+        already elsewhere."""
         if not raws:
             return
-        self._give_back(
-            keys=[keys.processing_list(worker_id), keys.QUEUE], args=list(reversed(raws))
-        )
+        self._give_back(keys=[keys.processing_list(worker_id), to], args=list(reversed(raws)))
 
     def fail(
         self,

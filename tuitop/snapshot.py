@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE
 from tuitop.message import decode
 from tuitop.stats import WindowStats, bucket_keys, summarize
 
@@ -26,8 +27,23 @@ FIVE_MINUTES = 300
 
 
 @dataclass(frozen=True)
+class LaneView:
+    """One lane (:mod:`tuitop.lanes`): its list, and the workers taking from it."""
+
+    name: str
+    waiting: int
+    oldest_age: float | None
+    """Seconds since the message taken next was enqueued (None: empty or no timestamp)."""
+    workers: int
+    """Live workers whose own lane it is."""
+    helpers: int
+    """Live workers of other lanes that take from it when theirs is empty."""
+
+
+@dataclass(frozen=True)
 class QueueView:
     waiting: int
+    """In Tuleap's list and every lane's."""
     delayed: int
     dead_letters: int
     processing: int
@@ -55,7 +71,12 @@ class WorkerView:
     """Messages in its processing list."""
     rss: int | None
     cpu: float | None
+    """Of the worker and its children (a task process and what it started)."""
     beat: float
+    lane: str = DEFAULT_LANE
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
+    task_pid: int = 0
+    """The task process it runs (0: none)."""
 
     @property
     def slot_name(self) -> str:
@@ -80,6 +101,8 @@ class PoolView:
     loaded_at: float
     config_error: str
     beat: float
+    lanes: str = ""
+    """Its ``$tuitop_lanes`` in force, canonical ('' for none)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +121,8 @@ class Snapshot:
     partial bucket left out: what a chart over time draws."""
     config: Mapping[str, str] = field(default_factory=dict)
     """The configuration the pools published (``keys.CONFIG``)."""
+    lanes: tuple[LaneView, ...] = ()
+    """The default lane first, then every lane a pool serves or served lately."""
 
 
 def _text(fields: Mapping[bytes, bytes], name: str, default: str = "") -> str:
@@ -125,9 +150,12 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     pipe.smembers(keys.WORKERS)
     pipe.smembers(keys.POOLS)
     pipe.hgetall(keys.CONFIG)
+    pipe.zrange(keys.LANES, 0, -1)
     for key in bucket_keys(moment, FIVE_MINUTES):
         pipe.hgetall(key)
-    waiting, oldest, delayed, first_due, dead, workers, pools, config, *buckets = pipe.execute()
+    (waiting, oldest, delayed, first_due, dead, workers, pools, config, lane_names, *buckets) = (
+        pipe.execute()
+    )
 
     worker_ids = sorted(member.decode() for member in cast(set[bytes], workers))
     pool_names = sorted(member.decode() for member in cast(set[bytes], pools))
@@ -139,7 +167,13 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         pipe.sismember(keys.WORKERS, worker_id)
     for name in pool_names:
         pipe.hgetall(keys.pool(name))
-    replies = pipe.execute() if worker_ids or pool_names else []
+    other_lanes = sorted(name.decode() for name in cast(list[bytes], lane_names))
+    for lane in other_lanes:
+        pipe.llen(keys.lane_list(lane))
+        pipe.lindex(keys.lane_list(lane), -1)
+    replies = pipe.execute() if worker_ids or pool_names or other_lanes else []
+    lane_replies = replies[len(replies) - 2 * len(other_lanes) :]
+    replies = replies[: len(replies) - 2 * len(other_lanes)]
 
     worker_views = []
     for index, worker_id in enumerate(worker_ids):
@@ -152,9 +186,22 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         for name, fields in zip(pool_names, replies[3 * len(worker_ids) :], strict=True)
         if fields
     ]
-    age = None
-    if oldest is not None:
-        age = decode(oldest).age(moment)
+    lists = [(DEFAULT_LANE, int(waiting), _age(oldest, moment))]
+    for index, lane in enumerate(other_lanes):
+        depth, lane_oldest = lane_replies[2 * index : 2 * index + 2]
+        lists.append((lane, int(depth), _age(lane_oldest, moment)))
+    live = [worker for worker in worker_views if worker.state != "dead"]
+    lane_views = tuple(
+        LaneView(
+            name,
+            depth,
+            lane_age,
+            workers=sum(1 for worker in live if worker.lane == name),
+            helpers=sum(1 for worker in live if worker.lane != name and name in worker.serves),
+        )
+        for name, depth, lane_age in lists
+    )
+    ages = [view.oldest_age for view in lane_views if view.oldest_age is not None]
     next_retry = None
     if first_due:
         next_retry = max(float(first_due[0][1]) - moment, 0.0)
@@ -162,7 +209,14 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     minute_buckets = buckets[: MINUTE // keys.STATS_BUCKET_SECONDS + 1]
     return Snapshot(
         taken_at=moment,
-        queue=QueueView(int(waiting), int(delayed), int(dead), processing, age, next_retry),
+        queue=QueueView(
+            sum(view.waiting for view in lane_views),
+            int(delayed),
+            int(dead),
+            processing,
+            max(ages) if ages else None,
+            next_retry,
+        ),
         workers=tuple(worker_views),
         pools=tuple(pool_views),
         last_ten_seconds=summarize(buckets[1:2], keys.STATS_BUCKET_SECONDS),
@@ -172,7 +226,12 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
             summarize([bucket], keys.STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
         ),
         config={k.decode(): v.decode("utf-8", "replace") for k, v in config.items()},
+        lanes=lane_views,
     )
+
+
+def _age(oldest: bytes | None, moment: float) -> float | None:
+    return None if oldest is None else decode(oldest).age(moment)
 
 
 _DEAD = {b"state": b"dead"}
@@ -198,6 +257,9 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> Work
         rss=_number(fields, "rss", int),
         cpu=_number(fields, "cpu", float),
         beat=_number(fields, "beat", float) or 0.0,
+        lane=_text(fields, "lane", DEFAULT_LANE),
+        serves=tuple(_text(fields, "serves", DEFAULT_LANE).split(",")),
+        task_pid=_number(fields, "task_pid", int) or 0,
     )
 
 
@@ -217,4 +279,5 @@ def _pool(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
         loaded_at=_number(fields, "loaded_at", float) or 0.0,
         config_error=_text(fields, "config_error"),
         beat=_number(fields, "beat", float) or 0.0,
+        lanes=_text(fields, "lanes"),
     )

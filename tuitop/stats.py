@@ -7,6 +7,10 @@ queue's length as a pool last sampled it in that bucket) and two log-scale histo
 ``w:<i>`` for the wait (enqueue → start) and ``e:<i>`` for end to end (enqueue → done), with
 8 buckets per power of two of microseconds (each within 9 % of the true value). A view reads
 the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whatever the load.
+
+Messages of a lane other than the default one (:mod:`tuitop.lanes`) count their ``done``
+and their wait under ``done@<lane>`` and ``w@<lane>:<i>`` instead: a window adds them to
+the totals and keeps them per lane, so that a lane costs no field more per message.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.client import Pipeline
 
 from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE
 
 SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"
@@ -28,17 +33,29 @@ OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "enqueued")
 DEPTH = "depth"
 """A gauge, not a counter: a window's depth is its newest bucket's."""
 
-SAMPLE_DEPTH_SCRIPT = """
-redis.call('HSET', KEYS[2], 'depth', redis.call('LLEN', KEYS[1]))
+POOL_TICK_SCRIPT = """
+local now = tonumber(redis.call('TIME')[1])
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[3], now, ARGV[i])
+end
+local depth = redis.call('LLEN', KEYS[1])
+for _, lane in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  depth = depth + redis.call('LLEN', ARGV[2] .. lane)
+end
+redis.call('HSET', KEYS[2], 'depth', depth)
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 """
-"""Samples the queue's length into the current bucket, in one command (pools call it once a
-tick; several pools sharing a Redis overwrite each other's nearly equal samples)."""
+"""A pool's once-a-tick bookkeeping in one command: says which lanes it serves (ARGV[3]...,
+with Redis' time), and samples the number of messages waiting (Tuleap's list and every
+lane's) into the current bucket (several pools overwrite each other's nearly equal
+samples)."""
 
 
-def depth_sample_keys(now: float) -> list[str]:
-    """KEYS for SAMPLE_DEPTH_SCRIPT (ARGV: the bucket's time to live)."""
-    return [keys.QUEUE, keys.stats_bucket(bucket_start(now))]
+def pool_tick(serves: Iterable[str], now: float) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of POOL_TICK_SCRIPT for a pool serving the lanes ``serves``."""
+    script_keys = [keys.QUEUE, keys.stats_bucket(bucket_start(now)), keys.LANES]
+    lanes = sorted(lane for lane in serves if keys.lane_list(lane) != keys.QUEUE)
+    return script_keys, [keys.STATS_KEEP_SECONDS, keys.LANE_PREFIX, *lanes]
 
 
 def latency_bucket(seconds: float) -> int:
@@ -56,25 +73,29 @@ def bucket_start(now: float) -> int:
     return int(now) - int(now) % keys.STATS_BUCKET_SECONDS
 
 
+def _lane_kind(kind: str, lane: str) -> str:
+    return kind if lane == DEFAULT_LANE else f"{kind}@{lane}"
+
+
 class StatsBatch:
     """What a worker observed since its last flush, added to Redis in one go."""
 
     def __init__(self) -> None:
         self.fields: Counter[str] = Counter()
 
-    def outcome(self, name: str, count: int = 1) -> None:
-        self.fields[name] += count
+    def outcome(self, name: str, count: int = 1, lane: str = DEFAULT_LANE) -> None:
+        self.fields[_lane_kind(name, lane)] += count
 
-    def latency(self, kind: str, seconds: float) -> None:
-        self.fields[f"{kind}:{latency_bucket(seconds)}"] += 1
+    def latency(self, kind: str, seconds: float, lane: str = DEFAULT_LANE) -> None:
+        self.fields[f"{_lane_kind(kind, lane)}:{latency_bucket(seconds)}"] += 1
 
     def flush_into(self, pipe: Pipeline, now: float) -> None:
         """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets."""
         if not self.fields:
             return
         key = keys.stats_bucket(bucket_start(now))
-        for field, count in self.fields.items():
-            pipe.hincrby(key, field, count)
+        for name, count in self.fields.items():
+            pipe.hincrby(key, name, count)
         pipe.expire(key, keys.STATS_KEEP_SECONDS)
         self.fields.clear()
 
@@ -91,6 +112,14 @@ class Percentiles:
 
 
 @dataclass(frozen=True)
+class LaneStats:
+    """One lane's share of a window."""
+
+    done: int
+    wait: Percentiles
+
+
+@dataclass(frozen=True)
 class WindowStats:
     """Counters and latencies over the last ``seconds``."""
 
@@ -100,6 +129,8 @@ class WindowStats:
     end_to_end: Percentiles
     depth: int | None = None
     """The queue's length sampled in the window's newest bucket that has a sample."""
+    lanes: Mapping[str, LaneStats] = field(default_factory=dict)
+    """Per lane that did anything in the window (the default lane included)."""
 
     def rate(self, outcome: str) -> float:
         """Events per second over the window."""
@@ -144,17 +175,30 @@ def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowS
     counts: Counter[str] = Counter()
     wait: Counter[int] = Counter()
     end_to_end: Counter[int] = Counter()
+    lane_done: Counter[str] = Counter()
+    lane_wait: dict[str, Counter[int]] = {}
     depth: int | None = None
     for bucket in buckets:  # newest first
         for raw_field, raw_count in bucket.items():
-            field, count = raw_field.decode(), int(raw_count)
-            kind, _, index = field.partition(":")
-            if field == DEPTH:
+            name, count = raw_field.decode(), int(raw_count)
+            kind, _, index = name.partition(":")
+            kind, _, lane = kind.partition("@")
+            lane = lane or DEFAULT_LANE
+            if name == DEPTH:
                 depth = count if depth is None else depth
             elif kind == WAIT and index:
                 wait[int(index)] += count
+                lane_wait.setdefault(lane, Counter())[int(index)] += count
             elif kind == END_TO_END and index:
                 end_to_end[int(index)] += count
             else:
-                counts[field] += count
-    return WindowStats(seconds, dict(counts), percentiles(wait), percentiles(end_to_end), depth)
+                counts[kind] += count
+                if kind == "done":
+                    lane_done[lane] += count
+    lanes = {
+        lane: LaneStats(lane_done[lane], percentiles(lane_wait.get(lane, Counter())))
+        for lane in sorted(set(lane_done) | set(lane_wait))
+    }
+    return WindowStats(
+        seconds, dict(counts), percentiles(wait), percentiles(end_to_end), depth, lanes
+    )

@@ -38,12 +38,13 @@ from setproctitle import setproctitle
 
 from tuitop import keys
 from tuitop.config import MAX_WORKERS, ConfigError, RedisSettings, Settings
+from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.osutil import process_running
 from tuitop.queue import Queue, RetryPolicy
 from tuitop.redisconn import connect, describe_error
-from tuitop.stats import SAMPLE_DEPTH_SCRIPT, StatsBatch, depth_sample_keys
+from tuitop.stats import POOL_TICK_SCRIPT, StatsBatch, pool_tick
 from tuitop.tasks import KILL_GRACE, TaskCommand, kill_group, sweep_leftovers
 from tuitop.watch import ConfigWatcher
 from tuitop.worker import (
@@ -135,6 +136,9 @@ class WorkerRecord:
     """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
     redis: RedisSettings = field(default_factory=RedisSettings)
     """The Redis it serves (the pool may have moved to another since it started)."""
+    lane: str = DEFAULT_LANE
+    """The lane it is for; ``serves``: the lanes it takes from, its own first."""
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
 
 
 class Supervisor:
@@ -163,7 +167,8 @@ class Supervisor:
         """The worker count set for this session (SIGTTIN/SIGTTOU), until the next load."""
         self._config_version = 0
         self._config_published = False
-        self._outdated: set[int] = set()
+        self._outdated: dict[int, str] = {}
+        """Slots whose worker is to be replaced (rolling, one at a time), and why."""
         self._left: dict[RedisSettings, Queue] = {}
         """Servers the pool left for another, while some of its old workers finish there."""
         """Slots whose worker runs with settings older than those in force."""
@@ -203,7 +208,7 @@ class Supervisor:
         self._pool_token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
         self._owns_name = False
         self._claim_script: Any = None
-        self._depth_script: Any = None
+        self._tick_script: Any = None
         self._started = psutil.Process().create_time()
 
     # --- signals -------------------------------------------------------------------------
@@ -330,11 +335,13 @@ class Supervisor:
             changes.append(f"workers {old.backend_workers} → {settings.backend_workers}")
         if old.async_scope != settings.async_scope:
             changes.append(f"async scope {old.async_scope} → {settings.async_scope}")
-        if _worker_settings(old) != _worker_settings(settings):
+        if old.lanes != settings.lanes:
+            changes.append(f"lanes {old.lanes} → {settings.lanes}")
+        if old.mail != settings.mail:
             # Workers hold the mail settings: replace them one at a time, each after its job.
             changes.append("mail settings changed: workers are replaced one by one")
         if _worker_settings(old) != _worker_settings(settings) or settings.redis != old.redis:
-            self._outdated = set(self.workers)
+            self._outdated = dict.fromkeys(self.workers, "its settings are outdated")
         self.settings = settings
         if changes or old != settings:
             # A save that changed nothing (a touch, a SIGHUP) is no new version.
@@ -472,7 +479,7 @@ class Supervisor:
             )
             self._queue = Queue(self._redis, self.options.retry)
             self._claim_script = self._redis.register_script(_CLAIM_NAME_SCRIPT)
-            self._depth_script = self._redis.register_script(SAMPLE_DEPTH_SCRIPT)
+            self._tick_script = self._redis.register_script(POOL_TICK_SCRIPT)
         try:
             self._redis.ping()
             self._claim_name()
@@ -564,6 +571,7 @@ class Supervisor:
             "files": ",".join(settings.files),
             "log_level": str(settings.log_level),
             "async_scope": str(settings.async_scope),
+            "lanes": settings.lanes.describe(),
             "redis": settings.redis.address,
             "loaded_at": self.loaded_at,
             "config_error": self.config_error,
@@ -575,9 +583,9 @@ class Supervisor:
         pipe.expire(keys.pool(name), ttl)
         pipe.sadd(keys.POOLS, name)
         # The depth over time that every view draws, sampled here once a tick.
-        self._depth_script(
-            keys=depth_sample_keys(time.time()), args=[keys.STATS_KEEP_SECONDS], client=pipe
-        )
+        served = {lane for r in self.workers.values() if not r.stopping for lane in r.serves}
+        tick_keys, tick_args = pool_tick(served, time.time())
+        self._tick_script(keys=tick_keys, args=tick_args, client=pipe)
         pipe.execute()
         if not self._config_published:
             self._publish_config()
@@ -680,7 +688,7 @@ class Supervisor:
     def _slot_name(self, slot: int) -> str:
         return f"{self.options.pool_name}/{slot}"
 
-    def _start(self, slot: int) -> None:
+    def _start(self, slot: int, lane: str, serves: tuple[str, ...]) -> None:
         slot_name = self._slot_name(slot)
         status = self._context.RawArray("d", STATUS_SLOTS)
         options = self.options
@@ -702,6 +710,8 @@ class Supervisor:
             task=options.task,
             job_timeout=options.job_timeout,
             grace_period=options.grace_period,
+            lane=lane,
+            serves=serves,
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
@@ -711,20 +721,33 @@ class Supervisor:
         process.start()
         worker_id = worker_id_of(slot_name, process.pid)
         self.workers[slot] = WorkerRecord(
-            slot, worker_id, process, cast(StatusArray, status), redis=self.settings.redis
+            slot,
+            worker_id,
+            process,
+            cast(StatusArray, status),
+            redis=self.settings.redis,
+            lane=lane,
+            serves=serves,
         )
-        self.logger.debug("Started worker %s", worker_id)
+        self.logger.debug("Started worker %s for lane %s", worker_id, lane)
+
+    def _active(self) -> dict[int, WorkerRecord]:
+        return {slot: record for slot, record in self.workers.items() if not record.stopping}
 
     def _scale(self) -> None:
         wanted = self.wanted
-        active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
-        # Scaling down, stop the workers due for replacement first, then the highest slots.
-        by_preference = sorted(active, key=lambda slot: (slot not in self._outdated, -slot))
-        excess = len(active) - wanted
-        for slot in by_preference[: max(excess, 0)]:
+        staffing = Staffing(self.settings.lanes, wanted)
+        active = self._active()
+        for slot in staffing.misfits({s: (r.lane, r.serves) for s, r in active.items()}):
+            self._outdated.setdefault(slot, "its lane changed")
+        # Scaling down, stop the workers due for replacement first, then those of lanes over
+        # their share, then the highest slots.
+        surplus = staffing.surplus_first({slot: record.lane for slot, record in active.items()})
+        by_preference = sorted(surplus, key=lambda slot: slot not in self._outdated)
+        for slot in by_preference[: max(len(active) - wanted, 0)]:
             self._stop_worker(self.workers[slot], "the pool is scaled down")
-        active = sorted(slot for slot, record in self.workers.items() if not record.stopping)
-        self._outdated &= set(active)
+        active = self._active()
+        self._outdated = {s: why for s, why in self._outdated.items() if s in active}
         replacing = any(
             record.stopping and not record.kill_reason for record in self.workers.values()
         )
@@ -732,16 +755,18 @@ class Supervisor:
         # would drop for nothing.
         if self._outdated and not replacing and len(active) >= wanted and self._redis_ok:
             # A rolling replacement: one worker at a time, each after its current job.
-            self._stop_worker(self.workers[self._outdated.pop()], "its settings are outdated")
+            slot, why = self._outdated.popitem()
+            self._stop_worker(self.workers[slot], why)
+            active = self._active()
         missing = wanted - min(len(active), wanted)
         if missing <= 0 or not self._redis_ok or time.monotonic() < self._next_start_at:
             return
+        lanes = staffing.to_start((record.lane for record in active.values()), missing)
         slot = 0
-        while missing > 0:
-            if slot not in self.workers:
-                self._start(slot)
-                missing -= 1
-            slot += 1
+        for lane in lanes:
+            while slot in self.workers:
+                slot += 1
+            self._start(slot, lane, staffing.serves(lane))
 
     def _stop_worker(self, record: WorkerRecord, why: str) -> None:
         if record.stopping:
@@ -915,7 +940,14 @@ class Supervisor:
         if not force and now - self._last_orphan_scan < ORPHAN_SCAN_EVERY:
             return
         self._last_orphan_scan = now
-        assert self._redis is not None
+        assert self._redis is not None and self._queue is not None
+        for lane, moved in self._queue.recover_unserved_lanes(self.options.heartbeat_ttl).items():
+            self.logger.warning(
+                "No pool serves lane %s any more: %d message(s) moved back to %s",
+                lane,
+                moved,
+                keys.QUEUE,
+            )
         ours = {record.worker_id for record in self.workers.values()}
         members = [m.decode() for m in cast(set[bytes], self._redis.smembers(keys.WORKERS))]
         candidates = [worker_id for worker_id in members if worker_id not in ours]
@@ -979,8 +1011,9 @@ def _describe_exit(code: int | None, detached: bool) -> str:
 
 def _worker_settings(settings: Settings) -> object:
     """What a running worker took from the settings at its start (beyond the log level,
-    which is shared live, and the Redis address, which the pool keeps)."""
-    return settings.mail
+    which is shared live, and the Redis address, which the pool keeps): a change replaces
+    the workers one by one, each after its current job."""
+    return settings.mail, settings.lanes
 
 
 def _same_server(a: RedisSettings, b: RedisSettings) -> bool:

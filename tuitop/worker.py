@@ -49,12 +49,13 @@ from tuitop.handlers import (
     RetryLater,
     build_registry,
 )
+from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, decode, with_payload
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
-from tuitop.queue import Queue, RetryPolicy
+from tuitop.queue import Queue, RetryPolicy, TakePlan
 from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.stats import END_TO_END, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
@@ -75,6 +76,8 @@ STATUS_SLOTS = 8
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
+MAX_TOPICS_REMEMBERED = 1000
+"""Topics whose lane a worker remembers (a hostile producer may send endless new ones)."""
 LOGGED_MESSAGE = 4096
 """Bytes of a message written on its "Got message" line."""
 BATCH_BUDGET = 0.020
@@ -128,6 +131,13 @@ class WorkerOptions:
     in-process handler runs longer)."""
     grace_period: float = 30.0
     """How long a task may go on once the pool is gone, before it is killed."""
+    lane: str = DEFAULT_LANE
+    """The lane this worker is for (:mod:`tuitop.lanes`)."""
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
+    """The lanes it takes from, in order (its own first)."""
+    help_interval: float = 1.0
+    """The longest blocking wait of a worker serving several lanes: it blocks on its own
+    lane's list, and looks at the others this often when idle."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,7 @@ class Worker:
         self.batch = _BatchGuard()
         self.logger = logging.getLogger("tuitop.worker")
         self.tasks: TaskRunner | None = None
+        self._lanes: dict[str, str] = {}
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -213,7 +224,11 @@ class Worker:
             client_name=f"tuitop:{self.id}",
             socket_timeout=self.options.block_timeout + 10,
         )
-        self.queue = Queue(self.redis, self.options.retry)
+        self.queue = Queue(
+            self.redis,
+            self.options.retry,
+            TakePlan.for_lanes(settings.lanes, self.options.serves),
+        )
         try:
             self.redis.ping()
             self.beat(self.redis)
@@ -276,9 +291,9 @@ class Worker:
                     self.logger.warning("Worker %s: Redis is back", self.id)
                     backoff = 0.0
                     self._settle()
-                batch = self._next_batch()
+                batch, source = self._next_batch()
                 if batch:
-                    self._run_batch(batch)
+                    self._run_batch(batch, source)
             except _Interrupted:
                 return
             except redis.RedisError as error:
@@ -291,13 +306,15 @@ class Worker:
                 )
                 self._sleep(backoff)
 
-    def _next_batch(self) -> list[bytes]:
+    def _next_batch(self) -> tuple[list[bytes], str]:
+        """Messages taken (oldest first) and the list they came from."""
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
         size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
-        batch, held = self.queue.take_or_count(self.id, size)
-        if batch:
-            return batch
+        taken = self.queue.take_or_count(self.id, size)
+        if taken.messages:
+            return taken.messages, taken.source
+        held = taken.held
         self._flush()
         if held:
             # This worker holds nothing in memory, yet its list does: a reply it never
@@ -307,25 +324,28 @@ class Worker:
         if self.status[STATE] != IDLE:
             self._set_state(IDLE)
             self.logger.debug("Wait for messages")
+        timeout = self.options.block_timeout
+        if len(self.options.serves) > 1:
+            timeout = min(timeout, self.options.help_interval)
         self._blocking = True
         try:
             if self.stop_requested:
-                return []
-            raw = self.queue.take_blocking(self.id, self.options.block_timeout)
+                return [], taken.source
+            raw = self.queue.take_blocking(self.id, timeout)
         finally:
             self._blocking = False
-        return [raw] if raw is not None else []
+        return ([raw] if raw is not None else []), self.queue.plan.sources[0]
 
-    def _run_batch(self, batch: list[bytes]) -> None:
+    def _run_batch(self, batch: list[bytes], source: str) -> None:
         sync_level(self.logger, self.level)  # the supervisor may have changed it
         for index, raw in enumerate(batch):
             tail = batch[index + 1 :]
             if self.stop_requested:
                 self._flush()
-                self.queue.give_back(self.id, batch[index:])
+                self.queue.give_back(self.id, batch[index:], to=source)
                 return
             started = time.monotonic()
-            self.batch.arm(tail, started + GIVE_BACK_AFTER)
+            self.batch.arm(tail, started + GIVE_BACK_AFTER, source)
             try:
                 self._process(raw)
             finally:
@@ -414,10 +434,11 @@ class Worker:
         else:
             self._pending_acks.append(message.raw)
             self.status[DONE] += 1
-            self._stats.outcome("done")
+            lane = self._lane_of(message.topic)
+            self._stats.outcome("done", lane=lane)
             if message.enqueue_ts > 0:
                 done = time.time()
-                self._stats.latency(WAIT, started - message.enqueue_ts)
+                self._stats.latency(WAIT, started - message.enqueue_ts, lane)
                 self._stats.latency(END_TO_END, done - message.enqueue_ts)
 
     def _no_handler(self, message: Message) -> str:
@@ -430,6 +451,15 @@ class Worker:
             f"unknown topic {message.topic!r}: no built-in handler, and no --task-command "
             "to run Tuleap's task process"
         )
+
+    def _lane_of(self, topic: str) -> str:
+        """The topic's lane, for the stats (remembered: a pool sees few topics)."""
+        lane = self._lanes.get(topic)
+        if lane is None:
+            lane = self.options.settings.lanes.lane_of(topic)
+            if len(self._lanes) < MAX_TOPICS_REMEMBERED:
+                self._lanes[topic] = lane
+        return lane
 
     def _child_started(self, pid: int) -> None:
         self.status[TASK_PID] = pid
@@ -525,6 +555,9 @@ class Worker:
             "pid": os.getpid(),
             "pool": self.options.pool,
             "slot": self.options.slot,
+            "lane": self.options.lane,
+            "serves": ",".join(self.options.serves),
+            "task_pid": int(status[TASK_PID]),
             "state": STATE_NAMES.get(status[STATE], "unknown"),
             "since": status[SINCE],
             "job_started": status[JOB_STARTED],
@@ -556,14 +589,18 @@ class _BatchGuard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tail: list[bytes] = []
+        self._source = keys.QUEUE
         self._deadline = 0.0
         self._given_back = False
         self.armed = threading.Event()
         """Set when a tail is armed, to wake the watchdog (which clears it)."""
 
-    def arm(self, tail: list[bytes], deadline: float) -> None:
+    def arm(self, tail: list[bytes], deadline: float, source: str) -> None:
+        """A job starts; ``tail`` (taken from the list ``source``) is given back if it is
+        still running at ``deadline``."""
         with self._lock:
             self._tail, self._deadline, self._given_back = tail, deadline, False
+            self._source = source
         if tail and not self.armed.is_set():  # set() costs a lock; most arms find it set
             self.armed.set()
 
@@ -573,13 +610,14 @@ class _BatchGuard:
             self._tail = []
             return self._given_back
 
-    def claim_if_late(self, now: float) -> list[bytes]:
-        """For the watchdog: the tail, if the running job is past its deadline."""
+    def claim_if_late(self, now: float) -> tuple[list[bytes], str]:
+        """For the watchdog: the tail and where it came from, if the running job is past
+        its deadline."""
         with self._lock:
             if not self._tail or now < self._deadline:
-                return []
+                return [], self._source
             tail, self._tail, self._given_back = self._tail, [], True
-            return tail
+            return tail, self._source
 
     def seconds_left(self, now: float) -> float | None:
         with self._lock:
@@ -608,9 +646,9 @@ class _Heartbeat(threading.Thread):
         orphaned = failing = False
         while not self._stopped.is_set():
             now = time.monotonic()
-            tail = self.worker.batch.claim_if_late(now)
+            tail, source = self.worker.batch.claim_if_late(now)
             if tail:
-                self._give_back(tail)
+                self._give_back(tail, source)
             if now >= next_beat:
                 next_beat = now + options.heartbeat_interval
                 if not orphaned and not process_running(
@@ -647,9 +685,9 @@ class _Heartbeat(threading.Thread):
             batch.armed.wait(max(next_beat - now, 0.0))
             batch.armed.clear()
 
-    def _give_back(self, tail: list[bytes]) -> None:
+    def _give_back(self, tail: list[bytes], source: str) -> None:
         try:
-            self._queue.give_back(self.worker.id, tail)
+            self._queue.give_back(self.worker.id, tail, to=source)
         except redis.RedisError as error:
             # They stay in the processing list; the worker gives them back once settled.
             self.worker.logger.warning(

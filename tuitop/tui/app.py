@@ -32,6 +32,7 @@ from tuitop.tui.source import Reading, SnapshotSource
 from tuitop.tui.widgets import (
     ConfigPanel,
     HeaderBar,
+    LanesPanel,
     LatencyPanel,
     LogPanel,
     QueuePanel,
@@ -92,6 +93,7 @@ class TuitopApp(App[int]):
         with Horizontal(id="top"):
             yield QueuePanel()
             yield LatencyPanel()
+        yield LanesPanel()
         yield ConfigPanel()
         yield WorkersPanel()
         yield LogPanel()
@@ -129,6 +131,7 @@ class TuitopApp(App[int]):
             self.snapshot = reading.snapshot
             self.query_one(QueuePanel).show(reading.snapshot)
             self.query_one(LatencyPanel).show(reading.snapshot)
+            self.query_one(LanesPanel).show(reading.snapshot)
             self.query_one(ConfigPanel).show(reading.snapshot)
             self.query_one(WorkersPanel).show(reading.snapshot)
         for panel in self.query(".panel"):

@@ -14,7 +14,8 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
-from tuitop.snapshot import PoolView, Snapshot, WorkerView
+from tuitop.lanes import DEFAULT_LANE, LaneSet, latency_target
+from tuitop.snapshot import LaneView, PoolView, Snapshot, WorkerView
 from tuitop.stats import Percentiles
 
 OLDEST_WARNING = 120.0
@@ -103,7 +104,7 @@ class QueuePanel(Vertical):
         queue = snapshot.queue
         minute, recent = snapshot.last_minute, snapshot.last_ten_seconds
         oldest = Text(f"oldest {seconds(queue.oldest_age)}")
-        if queue.oldest_age is not None and queue.oldest_age > OLDEST_WARNING:
+        if any(late(lane) for lane in snapshot.lanes):
             oldest.stylize("bold yellow")
         dead = Text(f"dead letters {queue.dead_letters:,}")
         if queue.dead_letters:
@@ -165,6 +166,67 @@ class LatencyPanel(Vertical):
         set_data_if_changed(self.query_one("#latency-chart", Sparkline), chart)
 
 
+class LanesPanel(Static):
+    """Each lane: its workers, what waits in it and for how long, its wait over a minute,
+    its topics (tuitop.lanes: notifications never wait behind long jobs)."""
+
+    def __init__(self) -> None:
+        super().__init__(id="lanes", classes="panel")
+        self.border_title = "Lanes"
+        self.border_subtitle = "workers: own +helping · wait and done over 1 min"
+
+    def show(self, snapshot: Snapshot) -> None:
+        table = Table(box=None, expand=True, pad_edge=False, header_style="dim")
+        table.add_column("lane", no_wrap=True)
+        for column in ("workers", "waiting", "oldest", "wait p50", "p99", "done"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_column("topics", no_wrap=True, overflow="ellipsis", ratio=1)
+        topics = _lane_topics(snapshot)
+        stats = snapshot.last_minute.lanes
+        rows = []
+        for lane in snapshot.lanes:
+            lane_stats = stats.get(lane.name)
+            wait = lane_stats.wait if lane_stats else None
+            workers = str(lane.workers) + (f" +{lane.helpers}" if lane.helpers else "")
+            oldest = Text(seconds(lane.oldest_age))
+            if late(lane):
+                oldest.stylize("bold yellow")
+            unserved = Text(workers, style="bold red" if not workers.strip("0 +") else "")
+            row = (
+                Text(lane.name),
+                unserved,
+                Text(f"{lane.waiting:,}"),
+                oldest,
+                Text(seconds(wait.p50 if wait else None)),
+                Text(seconds(wait.p99 if wait else None)),
+                Text(f"{lane_stats.done if lane_stats else 0:,}"),
+                Text(topics.get(lane.name, ""), style="dim"),
+            )
+            rows.append(row)
+            table.add_row(*row)
+        show_if_changed(self, table, tuple(tuple(cell.markup for cell in row) for row in rows))
+
+
+def late(lane: LaneView) -> bool:
+    """Its oldest message waited past the lane's latency target (a name like
+    ``latency_15m`` says it), else past Tuleap's SYSTEM_CHECK limit (120 s)."""
+    target = latency_target(lane.name) or OLDEST_WARNING
+    return lane.oldest_age is not None and lane.oldest_age > target
+
+
+def _lane_topics(snapshot: Snapshot) -> dict[str, str]:
+    """Each lane's topics as the pools' config says (the first pool naming a lane wins)."""
+    topics = {DEFAULT_LANE: "every other topic"}
+    for pool in snapshot.pools:
+        try:
+            lanes = LaneSet.parse(pool.lanes)
+        except ValueError:
+            continue
+        for lane in lanes.lanes:
+            topics.setdefault(lane.name, ", ".join(lane.topics))
+    return topics
+
+
 class ConfigPanel(Static):
     """The configuration in force in each pool, and its error in plain sight."""
 
@@ -197,9 +259,17 @@ class ConfigPanel(Static):
         workers = f"workers {pool.running}/{pool.wanted}"
         if pool.wanted != pool.configured:
             workers += f" (files say {pool.configured}; +/- for this session)"
+        try:
+            lanes = LaneSet.parse(pool.lanes)
+        except ValueError:
+            lanes = LaneSet()
+        reserved = " ".join(
+            f"{lane.name}({lane.workers}{'%' if lane.percent else ''})" for lane in lanes.lanes
+        )
         return Text(
             f"{pool.name}@{pool.host}  {files}  loaded {clock_time(pool.loaded_at)}  "
-            f"{workers}  async {pool.async_scope}  log {pool.log_level}  redis {pool.redis}"
+            f"{workers}  lanes {reserved or 'none'}  async {pool.async_scope}  "
+            f"log {pool.log_level}  redis {pool.redis}"
         )
 
 
@@ -212,7 +282,8 @@ def worker_state(worker: WorkerView, now: float) -> str:
     worker's last heartbeat, which a silent worker's row says."""
     state = worker.state
     if state == "busy":
-        state = f"busy {worker.topic}".rstrip()
+        # Tuleap's topics all begin so: the rest says more in the room there is.
+        state = f"busy {worker.topic.removeprefix('tuleap.')}".rstrip()
     if state.startswith("busy") and worker.job_started:
         # As of the heartbeat: now - job_started would count time since, when the worker
         # may well have finished that job and be idle.
@@ -228,13 +299,14 @@ class WorkersPanel(DataTable[Text]):
     """One row per worker, on every host sharing the Redis; a filter narrows the rows."""
 
     COLUMNS = (
-        ("id", 14),
-        ("host", 12),
+        ("id", 13),
+        ("host", 10),
         ("pid", 7),
-        ("state", 36),
-        ("done", 8),
+        ("lane", 11),
+        ("state", 34),
+        ("done", 7),
         ("failed", 6),
-        ("recycle in", 10),
+        ("recycle", 8),
         ("cpu", 5),
         ("rss", 7),
     )
@@ -293,6 +365,7 @@ class WorkersPanel(DataTable[Text]):
             Text(worker.slot_name),
             Text(worker.host or "—"),
             Text(str(worker.pid)),
+            Text(worker.lane if worker.state != "dead" else "—"),
             Text(worker_state(worker, now), style=self.STATE_STYLES.get(worker.state, "")),
             Text(f"{worker.done:,}", justify="right"),
             Text(f"{worker.failed:,}", justify="right", style="red" if worker.failed else ""),

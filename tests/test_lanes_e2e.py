@@ -1,0 +1,142 @@
+"""End to end: lanes in the real ``tuitop --no-ui``: notifications do not wait behind long
+Tuleap tasks, lanes follow a saved config live, a lane nobody serves is not forgotten."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SmtpServerFactory
+from tests.pool import Pool, wait_until, worker_heartbeats, write_config
+from tests.test_pool_e2e import nothing_pending, notification, push_all
+from tests.test_tasks_e2e import TASK, Tuleap, php_message
+from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE, LONG_LANE
+from tuitop.redisserver import EmbeddedRedis
+
+JIRA = "tuleap.tracker.creation.jira"
+
+
+@pytest.fixture
+def tuleap(tmp_path: Path) -> Tuleap:
+    return Tuleap(tmp_path)
+
+
+def start(pools: list[Pool], tmp_path: Path, tuleap: Tuleap, config: Path, *args: str) -> Pool:
+    pool = Pool(tmp_path, config, *TASK, "--task-dir", str(tuleap.root), *args, env=tuleap.env)
+    pools.append(pool.start())
+    return pool
+
+
+def long_job(message_id: str, seconds: float) -> bytes:
+    payload = json.dumps({"id": message_id, "standin": {"sleep": seconds}})
+    return php_message(JIRA, payload, time.time())
+
+
+def overlapping(tuleap: Tuleap, ids: list[str]) -> bool:
+    """Whether two of these tasks ran at the same time."""
+    spans = sorted(
+        (float(tuleap.runs_of(i)[0]["at"]), float(tuleap.runs_of(i, "end")[0]["at"])) for i in ids
+    )
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("lanes", [True, False], ids=["lanes", "tuleaps-single-list"])
+def test_notifications_do_not_wait_behind_long_tasks(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+    smtp_server_factory: SmtpServerFactory,
+    lanes: bool,
+) -> None:
+    smtp = smtp_server_factory()
+    client = redis_server.client()
+    extra = "" if lanes else "$tuitop_lanes = '';"
+    config = write_config(tmp_path, port=redis_server.port, smtp_port=smtp.port, extra=extra)
+    start(pools, tmp_path, tuleap, config)
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    ids = [f"jira{i}" for i in range(3)]
+    push_all(client, [long_job(i, 3.0) for i in ids])
+    time.sleep(0.5)  # the imports are running
+    sent = []
+    for i in range(20):
+        sent.append(time.time())
+        push_all(client, [notification(i)])
+        time.sleep(0.1)
+    received = smtp.wait_for(20, timeout=30)
+    waits = sorted(
+        message.received_at - sent[int(str(message.message["X-Tuleap-Artifact-Id"]))]
+        for message in received
+    )
+    wait_until(lambda: len(tuleap.runs("end")) == 3, 30, "the 3 imports to end")
+    wait_until(lambda: nothing_pending(client), what="an empty queue")
+    if lanes:
+        # One worker for the long lane: the imports ran one after the other, and every
+        # notification went out at once through the other worker.
+        assert not overlapping(tuleap, ids)
+        assert waits[-1] < 1.0, waits
+    else:
+        # Tuleap's single list: both workers took an import, the notifications waited.
+        assert overlapping(tuleap, ids)
+        assert waits[-1] > 2.0, waits
+    client.close()
+
+
+def test_lanes_follow_a_saved_config_and_a_lane_left_behind_is_run(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    config = write_config(tmp_path, port=redis_server.port, extra="$tuitop_lanes = '';")
+    pool = start(pools, tmp_path, tuleap, config)
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    assert {beat["lane"] for beat in worker_heartbeats(client).values()} == {DEFAULT_LANE}
+    push_all(client, [long_job("running", 3.0)])
+    wait_until(lambda: tuleap.runs_of("running"), what="a task to start")
+
+    # A lane for the imports, saved while one runs: the workers are replaced one by one,
+    # each after its job; the running task is not interrupted.
+    write_config(tmp_path, port=redis_server.port, extra=f"$tuitop_lanes = 'imports(1): {JIRA}';")
+    pool.wait_for_log(rf"config: lanes none → imports\(1\): {JIRA}")
+
+    def lanes_now() -> list[str]:
+        return sorted(beat["lane"] for beat in worker_heartbeats(client).values())
+
+    wait_until(lambda: lanes_now() == ["imports", DEFAULT_LANE], 30, "a worker on the lane")
+    wait_until(lambda: tuleap.runs_of("running", "end"), 10, "the running task to finish")
+    assert client.zscore(keys.LANES, "imports") is not None
+    # Imports go to the lane's list and its worker, one at a time.
+    push_all(client, [long_job(f"i{n}", 2.0) for n in range(3)])
+    wait_until(lambda: client.llen(keys.lane_list("imports")) >= 1, what="imports on their lane")
+
+    # The lane removed while imports wait on it: nobody serves it, so they go back to
+    # Tuleap's list and run there: nothing is forgotten in a lane nobody serves.
+    write_config(tmp_path, port=redis_server.port, extra="$tuitop_lanes = '';")
+    pool.wait_for_log("config: lanes imports")
+    wait_until(lambda: len(tuleap.runs("end")) == 4, 60, "every import to end")
+    assert sorted(r["id"] for r in tuleap.runs()) == ["i0", "i1", "i2", "running"]  # once each
+    wait_until(lambda: nothing_pending(client), what="an empty queue")
+    assert client.llen(keys.lane_list("imports")) == 0
+    assert "No pool serves lane imports any more" in pool.log()
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_a_pool_too_small_for_its_lanes_serves_them_all(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    start(pools, tmp_path, tuleap, config)
+    # Another pool's worker moved an import to the long lane's list before it went away.
+    client.lpush(keys.lane_list(LONG_LANE), long_job("parked", 0.1))
+    push_all(client, [long_job("direct", 0.1)])
+    wait_until(lambda: len(tuleap.runs("end")) == 2, 20, "both imports to run")
+    [beat] = worker_heartbeats(client).values()
+    assert beat["lane"] == DEFAULT_LANE
+    assert beat["serves"] == f"{DEFAULT_LANE},{LONG_LANE}"
+    client.close()

@@ -1,0 +1,153 @@
+"""Lanes in Redis: the take script's routing, blocking takes, give-backs, unserved lanes,
+the pools' tick. Against a real Redis server."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE, LaneSet
+from tuitop.message import decode, encode
+from tuitop.queue import Queue, TakePlan
+from tuitop.stats import POOL_TICK_SCRIPT, pool_tick
+
+D = DEFAULT_LANE
+LANES = LaneSet.parse("long(1): tuleap.tracker.creation.jira, tuleap.mediawiki-standalone.*")
+LONG = keys.lane_list("long")
+
+
+def queue_for(client: redis.Redis, *serves: str) -> Queue:
+    return Queue(client, plan=TakePlan.for_lanes(LANES, serves))
+
+
+def topics(raws: list[bytes]) -> list[str]:
+    return [decode(raw).topic for raw in raws]
+
+
+def payload_ids(raws: list[bytes]) -> list[int]:
+    return [decode(raw).payload["i"] for raw in raws]
+
+
+def test_a_default_worker_moves_other_lanes_messages_to_their_list_in_order(
+    redis_client: redis.Redis,
+) -> None:
+    mixed = [
+        encode(topic, {"i": i})
+        for i, topic in enumerate(
+            [
+                "tuleap.tracker.artifact",
+                "tuleap.tracker.creation.jira",
+                "tuleap.git.hooks.post-receive",
+                "tuleap.mediawiki-standalone.instance-creation",
+                "tuleap.tracker.creation.jira",
+                "tuleap.tracker.artifact",
+            ]
+        )
+    ]
+    redis_client.lpush(keys.QUEUE, *mixed)  # as front ends push: LPUSH, one by one
+    queue = queue_for(redis_client, D)
+    taken = queue.take_or_count("w/0#1", 32)
+    assert taken.source == keys.QUEUE
+    assert payload_ids(taken.messages) == [0, 2, 5]
+    assert redis_client.llen(keys.QUEUE) == 0
+    # The lane's list is FIFO as the queue is: the oldest is taken first (from the right).
+    assert payload_ids(list(reversed(redis_client.lrange(LONG, 0, -1)))) == [1, 3, 4]
+    # Nothing is anywhere twice: the processing list holds exactly what was kept.
+    assert payload_ids(
+        list(reversed(redis_client.lrange(keys.processing_list("w/0#1"), 0, -1)))
+    ) == [0, 2, 5]
+
+
+def test_a_lane_worker_takes_its_lane_first_then_helps_the_default_lane(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.lpush(LONG, encode("tuleap.tracker.creation.jira", {"i": 1}))
+    redis_client.lpush(
+        keys.QUEUE,
+        encode("tuleap.tracker.artifact", {"i": 2}),
+        encode("tuleap.tracker.creation.jira", {"i": 3}),
+    )
+    queue = queue_for(redis_client, "long", D)
+    first = queue.take_or_count("w/1#1", 32)
+    assert (first.source, payload_ids(first.messages)) == (LONG, [1])
+    # Its lane is empty: it takes from Tuleap's list what it serves, both lanes' messages.
+    second = queue.take_or_count("w/1#1", 32)
+    assert (second.source, payload_ids(second.messages)) == (keys.QUEUE, [2, 3])
+    nothing = queue.take_or_count("w/1#1", 32)
+    assert nothing.messages == [] and nothing.held == 3
+
+
+def test_a_message_without_a_topic_first_stays_in_the_default_lane(
+    redis_client: redis.Redis,
+) -> None:
+    odd = b'{"payload":{"i":1},"event_name":"tuleap.tracker.creation.jira"}'
+    redis_client.lpush(keys.QUEUE, odd, b"not json at all")
+    taken = queue_for(redis_client, D).take_or_count("w/0#1", 32)
+    assert taken.messages == [odd, b"not json at all"]  # run where taken: never lost
+
+
+def test_a_blocking_take_moves_another_lanes_message_and_takes_again(
+    redis_client: redis.Redis,
+) -> None:
+    queue = queue_for(redis_client, D)
+    long_one = encode("tuleap.tracker.creation.jira", {"i": 1})
+    redis_client.lpush(keys.QUEUE, long_one)
+    assert queue.take_blocking("w/0#1", 0.5) is None
+    assert redis_client.lrange(LONG, 0, -1) == [long_one]
+    assert redis_client.llen(keys.processing_list("w/0#1")) == 0
+    short = encode("tuleap.tracker.artifact", {"i": 2})
+    redis_client.lpush(keys.QUEUE, short)
+    assert queue.take_blocking("w/0#1", 0.5) == short
+    # A lane worker blocks on its own lane's list.
+    lane_queue = queue_for(redis_client, "long", D)
+    assert lane_queue.take_blocking("w/1#1", 0.5) == long_one
+
+
+def test_give_back_returns_messages_to_the_head_of_their_own_list(
+    redis_client: redis.Redis,
+) -> None:
+    raws = [encode("tuleap.tracker.creation.jira", {"i": i}) for i in range(3)]
+    redis_client.lpush(LONG, *raws)
+    queue = queue_for(redis_client, "long", D)
+    taken = queue.take_or_count("w/1#1", 3)
+    assert taken.source == LONG and len(taken.messages) == 3
+    queue.give_back("w/1#1", taken.messages[1:], to=taken.source)
+    assert payload_ids(list(reversed(redis_client.lrange(LONG, 0, -1)))) == [1, 2]
+    assert redis_client.llen(keys.QUEUE) == 0
+
+
+def test_a_lane_no_pool_serves_goes_back_to_tuleaps_list(redis_client: redis.Redis) -> None:
+    raws = [encode("tuleap.tracker.creation.jira", {"i": i}) for i in range(5)]
+    redis_client.lpush(LONG, *raws)
+    redis_client.lpush(keys.lane_list("served"), b"kept")
+    now = int(redis_client.time()[0])
+    redis_client.zadd(keys.LANES, {"long": now - 60, "served": now, "empty": now - 60})
+    queue = Queue(redis_client)
+    assert queue.recover_unserved_lanes(10) == {"long": 5}
+    # The oldest is taken first, as it would have been from its lane.
+    assert payload_ids(queue.take("w/0#1", 10)) == [0, 1, 2, 3, 4]
+    assert redis_client.zrange(keys.LANES, 0, -1) == [b"served"]
+    assert redis_client.lrange(keys.lane_list("served"), 0, -1) == [b"kept"]
+    # Bounded per call: a long lane moves over several calls.
+    redis_client.lpush(LONG, *raws)
+    redis_client.zadd(keys.LANES, {"long": now - 60})
+    assert queue.recover_unserved_lanes(10, limit=2) == {"long": 2}
+    assert queue.recover_unserved_lanes(10, limit=2) == {"long": 2}
+    assert queue.recover_unserved_lanes(10, limit=2) == {"long": 1}
+    assert redis_client.zscore(keys.LANES, "long") is None
+
+
+def test_the_pool_tick_says_which_lanes_it_serves_and_samples_every_list(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.lpush(keys.QUEUE, b"a", b"b")
+    redis_client.lpush(LONG, b"c")
+    script = redis_client.register_script(POOL_TICK_SCRIPT)
+    now = time.time()
+    script_keys, args = pool_tick({D, "long"}, now)
+    script(keys=script_keys, args=args)
+    assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]  # the default lane is Tuleap's
+    assert abs(redis_client.zscore(keys.LANES, "long") - int(redis_client.time()[0])) <= 1
+    assert redis_client.hget(script_keys[1], "depth") == b"3"

@@ -1,0 +1,269 @@
+"""Lanes: topics grouped by the latency they need, each with workers of its own.
+
+Tuleap has one list and every worker takes from it: with two workers, two JIRA imports stall
+every notification for minutes. A lane is a set of topics, named (as GoodJob advises) by the
+latency its jobs need, with a number of the pool's workers reserved for it — Sidekiq's and
+GoodJob's queue pools, kept on Tuleap's wire format:
+
+* the **default lane** (:data:`DEFAULT_LANE`) takes every topic no other lane names; its
+  list is Tuleap's own ``app_user_events``, where front ends still LPUSH everything;
+* every other lane has a list of its own; a worker that takes from ``app_user_events`` a
+  message of a lane it does not serve moves it to that lane's list, in the same atomic
+  script (:mod:`tuitop.queue`), so a message is always in exactly one list;
+* a lane's workers take from their lane first, then help the default lane when their own is
+  empty (capacity is never idle while notifications wait); the default lane's workers never
+  take another lane's messages, so long jobs can never take over the whole pool;
+* a lane the pool has too few workers to staff (one worker in all, say) is served by the
+  default lane's workers after their own, so nothing ever waits for a worker that does not
+  exist; a lane no live pool serves any more is moved back to ``app_user_events``.
+
+``$tuitop_lanes`` spells the lanes (see :meth:`LaneSet.parse`); unset, tuitop's default for a
+Tuleap forge puts its long topics (:data:`LONG_TOPICS`) on ``latency_15m`` with one worker.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_LANE = "latency_10s"
+"""The lane of every topic no other lane names: Tuleap's ``app_user_events``."""
+LONG_LANE = "latency_15m"
+LONG_TOPICS = (
+    "tuleap.tracker.creation.jira",
+    "tuleap.project.create-from-archive",
+    "tuleap.mediawiki-standalone.*",
+    "tuleap.git.repository-fork",
+)
+"""Tuleap's topics that may run for minutes: a JIRA import, a project made from an archive,
+MediaWiki instances and farm updates, a repository fork."""
+DEFAULT_SPEC = f"{LONG_LANE}(1): {', '.join(LONG_TOPICS)}"
+"""``$tuitop_lanes`` when unset."""
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
+_PATTERN = re.compile(r"[A-Za-z0-9_.:*?-]+")
+_LANE = re.compile(
+    r"\s*(?P<name>[^\s(:]+)\s*(?:\(\s*(?P<workers>[^)]*?)\s*\))?\s*:(?P<topics>.*)", re.DOTALL
+)
+_LUA_MAGIC = re.compile(r"([\^$()%.\[\]+\-])")
+
+
+@dataclass(frozen=True)
+class Lane:
+    """A lane other than the default one: its topics and the workers it reserves."""
+
+    name: str
+    topics: tuple[str, ...]
+    """Topic names or globs (``*`` any characters, ``?`` one), matched in order."""
+    workers: int
+    """Workers reserved, or a percentage of the pool's when ``percent``."""
+    percent: bool = False
+
+    def reserved(self, total: int) -> int:
+        """Workers it asks for in a pool of ``total`` (a percentage: at least 1 of 2+)."""
+        if not self.percent:
+            return self.workers
+        share = total * self.workers // 100
+        return max(share, 1) if self.workers and total >= 2 else share
+
+    def describe(self) -> str:
+        count = f"{self.workers}%" if self.percent else str(self.workers)
+        return f"{self.name}({count}): {', '.join(self.topics)}"
+
+
+@dataclass(frozen=True)
+class LaneSet:
+    """The lanes in force; with none, tuitop is Tuleap: one list, every worker on it."""
+
+    lanes: tuple[Lane, ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> LaneSet:
+        """Reads ``NAME(WORKERS): TOPIC, TOPIC ...; NAME(WORKERS): ...``.
+
+        WORKERS is a count or a percentage of the pool's workers (``25%``); without
+        ``(…)`` a lane reserves 1. Topics are separated by commas or spaces and may use
+        ``*`` and ``?``. A topic named by two lanes belongs to the first. Raises ValueError
+        saying what is wrong and where.
+        """
+        lanes: list[Lane] = []
+        for index, part in enumerate(spec.split(";"), start=1):
+            if not part.strip():
+                continue
+            match = _LANE.fullmatch(part)
+            if match is None:
+                raise ValueError(
+                    f"lane {index} ({part.strip()!r}): expected NAME(WORKERS): TOPIC, TOPIC..."
+                )
+            name = match.group("name")
+            if not _NAME.fullmatch(name):
+                raise ValueError(
+                    f"lane {index}: {name!r} is not a lane name (lower-case letters, digits, "
+                    "'_', '.', '-'; at most 40)"
+                )
+            if name == DEFAULT_LANE:
+                raise ValueError(
+                    f"lane {index}: {DEFAULT_LANE} is the default lane (every topic no other "
+                    "lane names); it is not listed"
+                )
+            if any(lane.name == name for lane in lanes):
+                raise ValueError(f"lane {index}: {name} is named twice")
+            workers, percent = _workers(match.group("workers"), name)
+            topics = tuple(t for t in re.split(r"[\s,]+", match.group("topics")) if t)
+            if not topics:
+                raise ValueError(f"lane {name}: no topic")
+            for topic in topics:
+                if not _PATTERN.fullmatch(topic):
+                    raise ValueError(
+                        f"lane {name}: {topic!r} is not a topic (letters, digits, '_', '.', "
+                        "':', '-', and the wildcards '*' and '?')"
+                    )
+            lanes.append(Lane(name, topics, workers, percent))
+        return cls(tuple(lanes))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every lane, the default one first."""
+        return (DEFAULT_LANE, *(lane.name for lane in self.lanes))
+
+    def describe(self) -> str:
+        """The spec in its canonical form ('' for none)."""
+        return "; ".join(lane.describe() for lane in self.lanes)
+
+    def __str__(self) -> str:
+        return self.describe() or "none"
+
+    def lane_of(self, topic: str) -> str:
+        """The lane a topic belongs to: the first that names it, else the default one."""
+        for lane in self.lanes:
+            if any(_glob(pattern).fullmatch(topic) for pattern in lane.topics):
+                return lane.name
+        return DEFAULT_LANE
+
+    def plan(self, total: int) -> tuple[str, ...]:
+        """The home lane of each of ``total`` worker slots: the lanes' reserved workers on
+        the lowest slots, in their order, the default lane on the rest — and always at
+        least one slot (reservations are cut, later lanes first, to leave it)."""
+        homes: list[str] = []
+        for lane in self.lanes:
+            left = total - 1 - len(homes)
+            homes.extend([lane.name] * max(min(lane.reserved(total), left), 0))
+        return tuple(homes + [DEFAULT_LANE] * (total - len(homes)))
+
+    def serves(self, home: str, plan: tuple[str, ...]) -> tuple[str, ...]:
+        """The lanes a worker whose home is ``home`` takes from, in order: its own, then
+        the default lane, then the lanes ``plan`` gives no worker of their own."""
+        unstaffed = tuple(name for name in self.names[1:] if name not in plan)
+        order = [home, DEFAULT_LANE, *unstaffed]
+        return tuple(dict.fromkeys(order))
+
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        """(Lua pattern, lane) for each topic pattern, in order: how the take script finds
+        a message's lane (tuitop.queue)."""
+        return tuple(
+            (_lua_pattern(pattern), lane.name) for lane in self.lanes for pattern in lane.topics
+        )
+
+
+_TARGET = re.compile(r"latency_(\d+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def latency_target(lane: str) -> float | None:
+    """The wait a lane named after its latency target promises (``latency_15m``: 900 s),
+    or None for a name that says none."""
+    match = _TARGET.fullmatch(lane)
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _workers(text: str | None, name: str) -> tuple[int, bool]:
+    if text is None:
+        return 1, False
+    percent = text.endswith("%")
+    digits = text[:-1].strip() if percent else text
+    if not digits.isdigit():
+        raise ValueError(f"lane {name}: ({text}) is not a number of workers (e.g. 2 or 25%)")
+    value = int(digits)
+    if percent and value > 100:
+        raise ValueError(f"lane {name}: {value}% of the workers is more than all of them")
+    return value, percent
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
+
+
+def _lua_pattern(pattern: str) -> str:
+    """The glob as an anchored Lua pattern (Lua escapes its magic characters with %)."""
+    escaped = _LUA_MAGIC.sub(r"%\1", pattern)
+    return "^" + escaped.replace("*", ".*").replace("?", ".") + "$"
+
+
+@dataclass(frozen=True)
+class Staffing:
+    """How a pool of ``total`` workers is split into lanes: pure decisions, no processes."""
+
+    lanes: LaneSet
+    total: int
+
+    @property
+    def planned(self) -> dict[str, int]:
+        """Workers each lane should have (lanes with none left out)."""
+        counts: dict[str, int] = {}
+        for home in self.lanes.plan(self.total):
+            counts[home] = counts.get(home, 0) + 1
+        return counts
+
+    def serves(self, home: str) -> tuple[str, ...]:
+        return self.lanes.serves(home, self.lanes.plan(self.total))
+
+    def misfits(self, workers: Mapping[int, tuple[str, tuple[str, ...]]]) -> list[int]:
+        """The slots (of ``workers``: slot → (lane, lanes served)) to replace, one by one:
+        those serving what their lane no longer should, and a lane's workers beyond its
+        share (highest slots first) when the pool is not larger than wanted (a pool too
+        large stops its extra workers instead, these first)."""
+        wrong = [slot for slot, (home, serves) in workers.items() if serves != self.serves(home)]
+        if len(workers) > self.total:
+            return sorted(wrong)
+        planned = self.planned
+        by_lane: dict[str, list[int]] = {}
+        for slot, (home, _) in sorted(workers.items()):
+            by_lane.setdefault(home, []).append(slot)
+        for home, slots in by_lane.items():
+            extra = len(slots) - planned.get(home, 0)
+            if extra > 0:
+                wrong.extend(slot for slot in slots[-extra:] if slot not in wrong)
+        return sorted(wrong)
+
+    def surplus_first(self, workers: Mapping[int, str]) -> list[int]:
+        """The slots of ``workers`` (slot → lane) in the order to stop them when the pool
+        is too large: lanes over their share first, then the highest slots."""
+        planned = self.planned
+        seen: dict[str, int] = {}
+        over: set[int] = set()
+        for slot, home in sorted(workers.items()):
+            seen[home] = seen.get(home, 0) + 1
+            if seen[home] > planned.get(home, 0):
+                over.add(slot)
+        return sorted(workers, key=lambda slot: (slot not in over, -slot))
+
+    def to_start(self, running: Iterable[str], count: int) -> list[str]:
+        """The lanes of the next ``count`` workers to start, given the lanes of those
+        ``running``: the lane missing the most first (in the lanes' order on a tie)."""
+        have: dict[str, int] = {}
+        for home in running:
+            have[home] = have.get(home, 0) + 1
+        planned = self.planned
+        order = self.lanes.names
+        starts: list[str] = []
+        for _ in range(count):
+            missing = {lane: planned.get(lane, 0) - have.get(lane, 0) for lane in order}
+            lane = max(order, key=lambda name: (missing[name], -order.index(name)))
+            if missing[lane] <= 0:
+                lane = DEFAULT_LANE
+            starts.append(lane)
+            have[lane] = have.get(lane, 0) + 1
+        return starts
