@@ -1,4 +1,4 @@
-"""`tuitop enqueue`, `tuitop notify` and `tuitop dead-letters`, run as the real command."""
+"""`tuitop enqueue`, `notify`, `dead-letters` and `adopt-tuleap`, run as the real command."""
 
 from __future__ import annotations
 
@@ -117,3 +117,47 @@ def test_dead_letters_list_show_replay_purge(
     purged = run_tuitop("dead-letters", "--config", config, "purge")
     assert "purged 1 dead letter(s)" in purged.stdout
     assert redis_client.llen(keys.DEAD_LETTERS) == 0
+
+
+def test_adopt_tuleap_requeues_what_tuleaps_stopped_workers_held(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    from tuitop.message import encode
+
+    config = write_config(tmp_path, port=redis_server.port)
+    fresh = encode("tuleap.tracker.artifact", {"artifact_id": 1})
+    worn = encode("tuleap.tracker.artifact", {"artifact_id": 2}, queued_total=3)
+    redis_client.lpush(keys.processing_list("1"), fresh, worn)  # Tuleap's worker --id=1
+    ours = keys.processing_list("web-1/0#123")
+    redis_client.lpush(ours, b"a live tuitop worker's")
+    dry = run_tuitop("adopt-tuleap", "--config", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "app_user_events-processing-1 (Tuleap's worker 1): 2 message(s)" in dry.stdout
+    assert redis_client.llen(keys.processing_list("1")) == 2
+
+    result = run_tuitop("adopt-tuleap", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "1 message(s) re-queued with one more try, 1 past their last try" in result.stdout
+    assert redis_client.llen(keys.processing_list("1")) == 0
+    [(member, _due)] = redis_client.zrange(keys.DELAYED, 0, -1, withscores=True)
+    assert decode(member.partition(b"|")[2]).queued_total == 1
+    assert redis_client.llen(keys.DEAD_LETTERS) == 1
+    assert redis_client.lrange(ours, 0, -1) == [b"a live tuitop worker's"]  # not Tuleap's
+    again = run_tuitop("adopt-tuleap", "--config", str(config))
+    assert "no processing list of Tuleap's workers holds a message" in again.stdout
+
+
+def test_a_tuleap_worker_is_running_when_its_pid_file_names_a_live_process(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from tuitop.tuleapworkers import running_pid
+
+    (tmp_path / "worker.pid").write_text(f"{os.getpid()}\n")
+    (tmp_path / "worker_2.pid").write_text("999999999\n")
+    (tmp_path / "worker_3.pid").write_text("garbage")
+    assert running_pid(0, str(tmp_path)) == os.getpid()
+    assert running_pid(2, str(tmp_path)) is None
+    assert running_pid(3, str(tmp_path)) is None
+    assert running_pid(4, str(tmp_path)) is None

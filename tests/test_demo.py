@@ -41,15 +41,17 @@ def test_demo_runs_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
             os.killpg(demo.pid, signal.SIGKILL)
     text = output.read_text()
     summary = re.search(
-        r"(\d+) notifications queued, (\d+) mails received by the local SMTP server, "
-        r"(\d+) notifications still queued, (\d+) dead letters",
+        r"(\d+) notifications and (\d+) of Tuleap's jobs queued, (\d+) done, (\d+) still "
+        r"queued, (\d+) dead letters; (\d+) mails received by the local SMTP server",
         text,
     )
     assert summary is not None, text[-2000:]
-    queued, received, left, dead = (int(group) for group in summary.groups())
-    assert received >= 20
-    assert received + left == queued  # every notification delivered or still queued
+    notifications, jobs, done, left, dead, mails = (int(group) for group in summary.groups())
+    assert mails >= 20 and jobs >= 2
+    assert done + left == notifications + jobs  # every message done or still queued
     assert dead == 0
+    # Both kinds ran: mails by tuitop's handler, Tuleap's jobs by the stand-in task process.
+    assert text.count("task stdout: demo task: tuleap.") >= 1
     assert "Traceback" not in text
     config = re.search(r"config\s+(\S+)", text)
     assert config is not None and not Path(config.group(1)).exists()  # cleaned up

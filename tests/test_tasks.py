@@ -169,13 +169,18 @@ def test_what_a_task_leaves_in_its_group_is_stopped_when_it_exits(
     assert any("left process(es) running" in r.getMessage() for r in caplog.records)
 
 
-def test_a_task_dies_with_its_worker(tmp_path: Path, records: Path) -> None:
+@pytest.mark.parametrize("armed_by", ["setpriv", "preexec"])
+def test_a_task_dies_with_its_worker(tmp_path: Path, records: Path, armed_by: str) -> None:
+    if armed_by == "setpriv" and not tasks.death_signal_wrapper():
+        pytest.skip("util-linux's setpriv has no --pdeathsig here")
+    wrapper = "None" if armed_by == "setpriv" else "()"
     # A stand-in worker: a Python process running the task, then killed with SIGKILL.
     script = (
         "import logging, sys\n"
         "from tuitop.tasks import TaskCommand, TaskRunner\n"
         f"c = TaskCommand.parse({f'{sys.executable} {STANDIN} queue:task-worker-process'!r}, '.')\n"
-        "r = TaskRunner(c, time_limit=60, logger=logging.getLogger(), worker_id='p/0#2')\n"
+        "r = TaskRunner(c, time_limit=60, logger=logging.getLogger(), worker_id='p/0#2',"
+        f" wrapper={wrapper})\n"
         f"r.run({message('orphan', hang=True)!r})\n"
     )
     worker = psutil.Popen([sys.executable, "-c", script], cwd=REPO)
@@ -227,8 +232,20 @@ def test_task_command_errors_are_clear(tmp_path: Path) -> None:
         worker_id="p/0#1",
     )
     script.unlink()
+    if tasks.death_signal_wrapper():
+        # setpriv starts, and says it cannot run the command.
+        outcome = task_runner.run(b"{}")
+        assert outcome.returncode == 127
+        assert "failed to execute" in outcome.last_line()
+    without_setpriv = TaskRunner(
+        task_runner.command,
+        time_limit=5,
+        logger=logging.getLogger(),
+        worker_id="p/0#1",
+        wrapper=(),
+    )
     with pytest.raises(TaskStartError, match="cannot start"):
-        task_runner.run(b"{}")
+        without_setpriv.run(b"{}")
 
 
 def test_the_task_handler_says_done_or_retry_with_the_detail(tmp_path: Path, records: Path) -> None:

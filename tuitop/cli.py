@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from tuitop import __version__
+from tuitop import __version__, keys
 from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
@@ -114,8 +114,8 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     pool.add_argument(
         "--task-dir",
         metavar="DIR",
-        default=TULEAP_SOURCE_ROOT,
-        help="the directory the task command runs in (default: %(default)s)",
+        help=f"the directory the task command runs in (default: {TULEAP_SOURCE_ROOT} where "
+        "it exists, else the directory tuitop starts in)",
     )
 
 
@@ -192,6 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LOG_FILE,
         help="worker_log to tail in the log panel (default: %(default)s; '' for none)",
     )
+
+    adopt = commands.add_parser(
+        "adopt-tuleap",
+        help="re-queue what Tuleap's own workers left in their processing lists",
+        description="After Tuleap's workers are stopped (tuleap-workers.service), re-queue "
+        "what they held (app_user_events-processing-N) as Tuleap's worker N would at its "
+        "next start: one more try, retried after the back-off, dead-lettered past the "
+        "last. Refused for a worker whose pid file says it still runs on this host; a "
+        "Tuleap worker on another host cannot be seen from here: stop them all first.",
+    )
+    _add_config_option(adopt)
+    adopt.add_argument("--dry-run", action="store_true", help="only say what Tuleap's workers hold")
 
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
@@ -362,6 +374,39 @@ def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_adopt_tuleap(args: argparse.Namespace) -> int:
+    from tuitop.tuleapworkers import running_pid, tuleap_lists
+
+    def adopt(queue: Queue) -> int:
+        lists = list(tuleap_lists(queue.redis))
+        if not lists:
+            print("no processing list of Tuleap's workers holds a message")
+            return EXIT_OK
+        status = EXIT_OK
+        for found in lists:
+            name = f"{keys.processing_list(found.worker_id)} (Tuleap's worker {found.number})"
+            pid = running_pid(found.number)
+            if pid is not None:
+                print(
+                    f"tuitop: {name}: the worker still runs (pid {pid}); stop "
+                    "tuleap-workers.service first",
+                    file=sys.stderr,
+                )
+                status = EXIT_FAILURE
+                continue
+            if args.dry_run:
+                print(f"{name}: {found.messages} message(s)")
+                continue
+            recovery = queue.recover(found.worker_id, f"left by Tuleap's worker {found.number}")
+            print(
+                f"{name}: {recovery.requeued} message(s) re-queued with one more try, "
+                f"{recovery.dead_lettered} past their last try dead-lettered"
+            )
+        return status
+
+    return _with_queue(args, adopt)
+
+
 def _interval_or_exit(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 60:
         print("tuitop: --interval must be between 0.05 and 60 seconds", file=sys.stderr)
@@ -418,14 +463,17 @@ def _task_or_exit(args: argparse.Namespace) -> TaskCommand | int | None:
     """The task command the options name (Tuleap's by default where Tuleap is installed),
     None for none; or the exit code after saying why it cannot run."""
     if args.task_command is None:
-        if args.task_dir != TULEAP_SOURCE_ROOT:
+        if args.task_dir is not None:
             print("tuitop: --task-dir needs a --task-command", file=sys.stderr)
             return EXIT_CONFIG_ERROR
         return default_task_command()
     if not args.task_command.strip():
         return None
+    directory = args.task_dir
+    if directory is None:
+        directory = TULEAP_SOURCE_ROOT if os.path.isdir(TULEAP_SOURCE_ROOT) else os.getcwd()
     try:
-        return TaskCommand.parse(args.task_command, args.task_dir)
+        return TaskCommand.parse(args.task_command, os.path.abspath(directory))
     except ValueError as error:
         print(f"tuitop: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -487,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "enqueue": command_enqueue,
         "notify": command_notify,
         "dead-letters": command_dead_letters,
+        "adopt-tuleap": command_adopt_tuleap,
         "demo": command_demo,
         "top": command_top,
     }

