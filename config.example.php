@@ -46,3 +46,11 @@ $email_relayhost_smtp_username = '';
 $email_relayhost_smtp_password = '';
 // plain or login
 $email_relayhost_smtp_auth_type = 'plain';
+
+// --- Lanes (tuitop's own) ------------------------------------------------------------
+// Topics with workers of their own, so that notifications never wait behind long jobs:
+// NAME(WORKERS): TOPIC, TOPIC ...; NAME(WORKERS): ...   (WORKERS: a count or e.g. 25%;
+// topics may use * and ?). Every other topic is on the default lane, latency_10s, whose
+// list is Tuleap's own app_user_events. '' means one list for all, as Tuleap has.
+// Unset, this is the default:
+$tuitop_lanes = 'latency_15m(1): tuleap.tracker.creation.jira, tuleap.project.create-from-archive, tuleap.mediawiki-standalone.*, tuleap.git.repository-fork';

@@ -16,6 +16,7 @@ from tuitop.config import (
     Settings,
     load_config,
 )
+from tuitop.lanes import DEFAULT_SPEC, LaneSet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -373,7 +374,27 @@ def test_example_config_reads_as_documented() -> None:
     assert str(settings.async_scope) == "all"
     assert settings.log_level is LogLevel.WARNING
     assert settings.mail.transport == "sendmail"
+    assert settings.lanes == LaneSet.parse(DEFAULT_SPEC)
     assert settings.warnings == ()
+
+
+def test_lanes_default_to_tuleaps_long_topics_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load(tmp_path, "").settings.lanes == LaneSet.parse(DEFAULT_SPEC)
+    assert load(tmp_path, "$tuitop_lanes = '';").settings.lanes == LaneSet()
+    spec = "$tuitop_lanes = 'imports(2): tuleap.tracker.creation.jira';"
+    lanes = load(tmp_path, spec).settings.lanes
+    assert lanes.lane_of("tuleap.tracker.creation.jira") == "imports"
+    assert lanes.plan(3) == ("imports", "imports", "latency_10s")
+    assert load(tmp_path, spec).settings.to_json()["lanes"] == [
+        {"name": "imports", "topics": ["tuleap.tracker.creation.jira"], "workers": 2}
+    ]
+
+
+def test_a_lane_spec_that_cannot_be_read_is_an_error_at_its_place(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, "$sys_nb_backend_workers = 2;\n  $tuitop_lanes = 'long tuleap.x';")
+    assert (caught.value.line, caught.value.column) == (3, 3)
+    assert "$tuitop_lanes: lane 1 ('long tuleap.x'): expected NAME(WORKERS)" in str(caught.value)
 
 
 def test_an_empty_file_is_refused_not_read_as_no_settings(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def test_a_default_worker_moves_other_lanes_messages_to_their_list_in_order(
     assert redis_client.llen(keys.QUEUE) == 0
     # The lane's list is FIFO as the queue is: the oldest is taken first (from the right).
     assert payload_ids(list(reversed(redis_client.lrange(LONG, 0, -1)))) == [1, 3, 4]
+    # The lane is listed, so that it is moved back if no pool ever comes to serve it.
+    assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]
     # Nothing is anywhere twice: the processing list holds exactly what was kept.
     assert payload_ids(
         list(reversed(redis_client.lrange(keys.processing_list("w/0#1"), 0, -1)))
@@ -96,6 +98,7 @@ def test_a_blocking_take_moves_another_lanes_message_and_takes_again(
     redis_client.lpush(keys.QUEUE, long_one)
     assert queue.take_blocking("w/0#1", 0.5) is None
     assert redis_client.lrange(LONG, 0, -1) == [long_one]
+    assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]
     assert redis_client.llen(keys.processing_list("w/0#1")) == 0
     short = encode("tuleap.tracker.artifact", {"i": 2})
     redis_client.lpush(keys.QUEUE, short)
@@ -116,6 +119,17 @@ def test_give_back_returns_messages_to_the_head_of_their_own_list(
     queue.give_back("w/1#1", taken.messages[1:], to=taken.source)
     assert payload_ids(list(reversed(redis_client.lrange(LONG, 0, -1)))) == [1, 2]
     assert redis_client.llen(keys.QUEUE) == 0
+
+
+def test_a_lane_routed_to_and_never_served_is_moved_back_too(redis_client: redis.Redis) -> None:
+    # A pool killed before it ever said it serves the lane its workers routed to.
+    redis_client.lpush(keys.QUEUE, encode("tuleap.tracker.creation.jira", {"i": 1}))
+    assert queue_for(redis_client, D).take("w/0#1", 32) == []
+    score = redis_client.zscore(keys.LANES, "long")
+    assert score is not None
+    redis_client.zadd(keys.LANES, {"long": score - 60})  # a minute later, by Redis' clock
+    assert Queue(redis_client).recover_unserved_lanes(10) == {"long": 1}
+    assert payload_ids(Queue(redis_client).take("w/0#1", 10)) == [1]
 
 
 def test_a_lane_no_pool_serves_goes_back_to_tuleaps_list(redis_client: redis.Redis) -> None:

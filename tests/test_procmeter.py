@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import subprocess
+import sys
+import time
 
+import psutil
+
+from tests.pool import wait_until
+from tuitop.osutil import ProcessTree
 from tuitop.procmeter import ProcessMeter
 from tuitop.snapshot import QueueView, Snapshot, WorkerView
 from tuitop.stats import Percentiles, WindowStats
@@ -43,3 +50,25 @@ def test_local_workers_are_measured_remote_and_dead_ones_keep_their_heartbeat() 
     second = meter.measure(_snapshot(local))
     assert second.workers[0].cpu is not None and second.workers[0].cpu != 45.0
     assert dataclasses.replace(second.workers[0], rss=123, cpu=45.0) == local
+
+
+def test_a_workers_children_count_in_its_cpu_and_rss() -> None:
+    # A worker stand-in with a child that holds 50 MB and spins.
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'b = bytearray(50_000_000)\\nwhile True: b[0] ^= 1'])\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        tree = ProcessTree(psutil.Process(parent.pid))
+        wait_until(lambda: tree.measure()[1] > 60_000_000, 10, "the child's 50 MB counted")
+        time.sleep(0.5)
+        cpu, _rss = tree.measure()
+        assert cpu > 30  # the child spins; the parent sleeps
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()

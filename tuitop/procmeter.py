@@ -2,7 +2,8 @@
 
 A worker publishes its own figures in its heartbeat once a second; a view on the same host
 measures them itself, fresher and without trusting the worker, and keeps the heartbeat's
-for workers on other hosts.
+for workers on other hosts. Both count the worker and its children: a task process and
+everything it started.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 
 import psutil
 
+from tuitop.osutil import ProcessTree
 from tuitop.snapshot import Snapshot, WorkerView
 
 
@@ -20,12 +22,12 @@ class ProcessMeter:
 
     def __init__(self, host: str | None = None) -> None:
         self.host = host or socket.gethostname()
-        self._processes: dict[str, psutil.Process] = {}
+        self._processes: dict[str, ProcessTree] = {}
 
     def measure(self, snapshot: Snapshot) -> Snapshot:
         """The snapshot with CPU % and RSS of this host's live workers measured now; a
         worker's first measurement (no interval yet) keeps its heartbeat's CPU %."""
-        seen: dict[str, psutil.Process] = {}
+        seen: dict[str, ProcessTree] = {}
         workers = []
         for worker in snapshot.workers:
             if worker.host == self.host and worker.pid and worker.state != "dead":
@@ -34,16 +36,14 @@ class ProcessMeter:
         self._processes = seen
         return dataclasses.replace(snapshot, workers=tuple(workers))
 
-    def _measure(self, worker: WorkerView, seen: dict[str, psutil.Process]) -> WorkerView:
-        process = self._processes.get(worker.id)
-        first = process is None
+    def _measure(self, worker: WorkerView, seen: dict[str, ProcessTree]) -> WorkerView:
+        tree = self._processes.get(worker.id)
+        first = tree is None
         try:
-            if process is None:
-                process = psutil.Process(worker.pid)
-            with process.oneshot():
-                cpu = process.cpu_percent()
-                rss = process.memory_info().rss
+            if tree is None:
+                tree = ProcessTree(psutil.Process(worker.pid))
+            cpu, rss = tree.measure()
         except psutil.Error:  # gone, or not ours to read: the heartbeat's figures stay
             return worker
-        seen[worker.id] = process
+        seen[worker.id] = tree
         return dataclasses.replace(worker, rss=rss, cpu=worker.cpu if first else cpu)

@@ -31,14 +31,16 @@ MAX_REQUEUES = 3
 """Tuleap's limit: a message may come back this many times, then it is given up."""
 
 # Takes up to ARGV[1] messages into the processing list (KEYS[1]) in one round trip, from
-# the first of the worker's source lists (KEYS[3] .. KEYS[2 + ARGV[2]], in its order) that
+# the first of the worker's source lists (KEYS[4] .. KEYS[3 + ARGV[2]], in its order) that
 # holds any, but no more than a fair share of that list (its depth divided by the registered
 # workers, KEYS[2]), so that a worker never sits on messages another idle worker could run.
 # Taking from Tuleap's list (source number ARGV[3]), a message of a lane the worker does
 # not serve is moved to that lane's list instead, in the same script: the lane is the first
-# whose pattern (ARGV[4], ARGV[6] ...) matches the topic, the list is KEYS[target] (ARGV[5],
-# ARGV[7] ...; 0: a lane the worker serves, the message is kept). The topic is read where
-# PHP's json_encode writes it, first; a message where it is not found is kept.
+# whose pattern (ARGV[5], ARGV[7] ...) matches the topic, the list is KEYS[target] (ARGV[6],
+# ARGV[8] ...; 0: a lane the worker serves, the message is kept). The topic is read where
+# PHP's json_encode writes it, first; a message where it is not found is kept. A lane moved
+# to is added to the lanes' set (KEYS[3]) if it is not there, so that it is found, and
+# moved back, if no pool ever serves it (its name: the key after ARGV[4] characters).
 # Returns {source number, message, ...} (oldest first); when nothing is kept, instead, how
 # many messages the processing list already holds: a worker that holds none in memory then
 # knows they were stranded there.
@@ -46,21 +48,22 @@ _TAKE_SCRIPT = """
 local max_batch, sources, inbox = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local workers = nil
 for s = 1, sources do
-  local source = KEYS[2 + s]
+  local source = KEYS[3 + s]
   local depth = redis.call('LLEN', source)
   if depth > 0 then
     workers = workers or math.max(redis.call('SCARD', KEYS[2]), 1)
     local n = math.min(max_batch, math.floor(depth / workers))
     if n < 1 then n = 1 end
     local kept = redis.call('RPOP', source, n)
-    if s == inbox and #ARGV > 3 then
+    if s == inbox and #ARGV > 4 then
       local taken = kept
+      local listed = {}
       kept = {}
       for _, message in ipairs(taken) do
         local target = 0
         local topic = string.match(message, '^%s*{%s*"event_name"%s*:%s*"([^"\\]*)"')
         if topic then
-          for i = 4, #ARGV, 2 do
+          for i = 5, #ARGV, 2 do
             if string.match(topic, ARGV[i]) then
               target = tonumber(ARGV[i + 1])
               break
@@ -71,6 +74,11 @@ for s = 1, sources do
           kept[#kept + 1] = message
         else
           redis.call('LPUSH', KEYS[target], message)
+          if not listed[target] then
+            listed[target] = true
+            local now = redis.call('TIME')[1]
+            redis.call('ZADD', KEYS[3], 'NX', now, string.sub(KEYS[target], ARGV[4] + 1))
+          end
         end
       end
     end
@@ -84,11 +92,13 @@ end
 return redis.call('LLEN', KEYS[1])
 """
 
-# Moves a message a worker took (blocking, from Tuleap's list) to the list of its lane,
-# which the worker does not serve; only if it is still in the processing list.
+# Moves a message a worker took (blocking, from Tuleap's list) to the list of its lane
+# (ARGV[2]), which the worker does not serve; only if it is still in the processing list.
+# The lane is added to the lanes' set if it is not there, as _TAKE_SCRIPT does.
 _ROUTE_SCRIPT = """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
   redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], 'NX', redis.call('TIME')[1], ARGV[2])
   return 1
 end
 return 0
@@ -190,16 +200,16 @@ class TakePlan:
         return cls(tuple(keys.lane_list(lane) for lane in serves), lanes, serves)
 
     def route(self, topic: str) -> str | None:
-        """The list to move a message of ``topic`` to, or None to keep it."""
+        """The lane to move a message of ``topic`` to, or None to keep it."""
         lane = self.lanes.lane_of(topic)
-        return None if lane in self.serves else keys.lane_list(lane)
+        return None if lane in self.serves else lane
 
     def script_keys_and_args(self) -> tuple[list[str], list[str | int]]:
         """The take script's KEYS after the processing list, and its ARGV after the batch
         size (see _TAKE_SCRIPT)."""
-        script_keys = [keys.WORKERS, *self.sources]
+        script_keys = [keys.WORKERS, keys.LANES, *self.sources]
         inbox = self.sources.index(keys.QUEUE) + 1 if keys.QUEUE in self.sources else 0
-        args: list[str | int] = [len(self.sources), inbox]
+        args: list[str | int] = [len(self.sources), inbox, len(keys.LANE_PREFIX)]
         if inbox:
             targets: dict[str, int] = {}
             for pattern, lane in self.lanes.routes():
@@ -211,8 +221,8 @@ class TakePlan:
                     script_keys.append(key)
                     targets[key] = len(script_keys) + 1  # KEYS[1] is the processing list
                 args += [pattern, targets[key]]
-            if all(target == 0 for target in args[3::2]):
-                args = args[:2]  # nothing to route: the script skips reading topics
+            if all(target == 0 for target in args[4::2]):
+                args = args[:3]  # nothing to route: the script skips reading topics
         return script_keys, args
 
 
@@ -377,10 +387,13 @@ class Queue:
         )
         if value is None or self.plan.sources[0] != keys.QUEUE or len(self.plan.lanes.lanes) == 0:
             return value
-        target = self.plan.route(decode(value).topic)
-        if target is None:
+        lane = self.plan.route(decode(value).topic)
+        if lane is None:
             return value
-        self._route(keys=[keys.processing_list(worker_id), target], args=[value])
+        self._route(
+            keys=[keys.processing_list(worker_id), keys.lane_list(lane), keys.LANES],
+            args=[value, lane],
+        )
         return None
 
     def recover_unserved_lanes(self, unserved_after: float, limit: int = 1000) -> dict[str, int]:
