@@ -140,3 +140,71 @@ def test_a_pool_too_small_for_its_lanes_serves_them_all(
     assert beat["lane"] == DEFAULT_LANE
     assert beat["serves"] == f"{DEFAULT_LANE},{LONG_LANE}"
     client.close()
+
+
+def index_job(message_id: str, seconds: float) -> bytes:
+    """A job of the default lane (a search index update) that runs ``seconds``."""
+    payload = json.dumps({"id": message_id, "standin": {"sleep": seconds}})
+    return php_message("tuleap.fts.index-item", payload, time.time())
+
+
+def test_an_idle_lane_worker_takes_the_default_lanes_work_at_once(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    start(pools, tmp_path, tuleap, write_config(tmp_path, port=redis_server.port))
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    push_all(client, [index_job("long", 6.0)])  # the default lane's worker is busy
+    wait_until(lambda: tuleap.runs_of("long"), what="the long one to start")
+    sent = {}
+    for n in range(10):
+        sent[f"q{n}"] = time.time()
+        push_all(client, [index_job(f"q{n}", 0.0)])
+        time.sleep(0.2)
+    wait_until(lambda: len(tuleap.runs("end")) == 10, 20, "the quick ones to run")
+    # The lane's worker, idle, blocks on Tuleap's list too: each starts at once.
+    waits = [float(tuleap.runs_of(i)[0]["at"]) - at for i, at in sent.items()]
+    assert max(waits) < 0.5, waits
+    client.close()
+
+
+def test_a_lane_removed_while_old_workers_route_to_it_loses_nothing(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start(pools, tmp_path, tuleap, write_config(tmp_path, port=redis_server.port))
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    push_all(client, [long_job("slow", 8.0)])  # the lane's worker is busy for a while
+    wait_until(lambda: tuleap.runs_of("slow"), what="the slow import to start")
+    write_config(tmp_path, port=redis_server.port, extra="$tuitop_lanes = '';")
+    pool.wait_for_log("config: lanes latency_15m")
+    # Meanwhile imports keep coming: the old default worker, until it is replaced, moves
+    # them to the lane no pool serves any more.
+    for n in range(20):
+        push_all(client, [long_job(f"i{n}", 0.05)])
+        time.sleep(0.2)
+    wait_until(lambda: len(tuleap.runs("end")) == 21, 60, "every import to run")
+    assert sorted(r["id"] for r in tuleap.runs()) == sorted(["slow", *(f"i{n}" for n in range(20))])
+    wait_until(lambda: nothing_pending(client), what="an empty queue")
+    assert client.llen(keys.lane_list(LONG_LANE)) == 0
+    client.close()
+
+
+def test_a_warm_stop_of_the_last_pool_of_a_lane_moves_it_back(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    pool = start(pools, tmp_path, tuleap, write_config(tmp_path, port=redis_server.port))
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    push_all(client, [long_job(f"j{n}", 2.0) for n in range(3)])
+    wait_until(lambda: tuleap.runs(), what="an import to start")
+    wait_until(lambda: client.llen(keys.lane_list(LONG_LANE)) >= 1, what="imports on the lane")
+    assert pool.stop() == 0
+    # Nothing is left in a list that only a running tuitop reads: what did not run waits
+    # in Tuleap's list, for a Tuleap worker or the next pool.
+    assert client.llen(keys.lane_list(LONG_LANE)) == 0
+    assert client.zscore(keys.LANES, LONG_LANE) is None
+    ran = len(tuleap.runs("end"))
+    assert ran + client.llen(keys.QUEUE) == 3, (ran, client.llen(keys.QUEUE))
+    assert "No other pool serves lane latency_15m" in pool.log()
+    client.close()

@@ -81,13 +81,18 @@ def test_a_lane_worker_takes_its_lane_first_then_helps_the_default_lane(
     assert nothing.messages == [] and nothing.held == 3
 
 
-def test_a_message_without_a_topic_first_stays_in_the_default_lane(
+def test_a_message_is_routed_by_its_topic_wherever_it_is_written(
     redis_client: redis.Redis,
 ) -> None:
     odd = b'{"payload":{"i":1},"event_name":"tuleap.tracker.creation.jira"}'
-    redis_client.lpush(keys.QUEUE, odd, b"not json at all")
+    big = b'{"payload":"' + b"x" * 70_000 + b'","event_name":"tuleap.tracker.creation.jira"}'
+    redis_client.lpush(keys.QUEUE, odd, b"not json at all", b"[1, 2]", big)
     taken = queue_for(redis_client, D).take_or_count("w/0#1", 32)
-    assert taken.messages == [odd, b"not json at all"]  # run where taken: never lost
+    # The odd one goes to its lane; what has no topic to read is run where it was taken
+    # (and dead-lettered there with the reason), never lost; a big one is not decoded in
+    # Redis, where it would hold every other client up: it runs on the default lane.
+    assert taken.messages == [b"not json at all", b"[1, 2]", big]
+    assert redis_client.lrange(LONG, 0, -1) == [odd]
 
 
 def test_a_blocking_take_moves_another_lanes_message_and_takes_again(
@@ -103,9 +108,15 @@ def test_a_blocking_take_moves_another_lanes_message_and_takes_again(
     short = encode("tuleap.tracker.artifact", {"i": 2})
     redis_client.lpush(keys.QUEUE, short)
     assert queue.take_blocking("w/0#1", 0.5) == short
-    # A lane worker blocks on its own lane's list.
+    # A lane worker blocks on Tuleap's list too, where every message arrives first: idle,
+    # it takes a notification at once; its own lane's list it takes from between waits.
     lane_queue = queue_for(redis_client, "long", D)
-    assert lane_queue.take_blocking("w/1#1", 0.5) == long_one
+    redis_client.lpush(keys.QUEUE, short)
+    assert lane_queue.take_blocking("w/1#1", 0.5) == short
+    redis_client.lpush(keys.QUEUE, long_one)
+    assert lane_queue.take_blocking("w/1#1", 0.5) == long_one  # its lane: kept
+    assert lane_queue.take_blocking("w/1#1", 0.1) is None
+    assert payload_ids(lane_queue.take("w/1#1", 5)) == [1]  # the one moved there before
 
 
 def test_give_back_returns_messages_to_the_head_of_their_own_list(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -236,11 +237,17 @@ def test_a_new_redis_address_moves_the_workers_one_by_one(
         keys.QUEUE, *[encode("test.slow", {"id": n, "seconds": 1.5}) for n in range(3)]
     )
     wait_until(lambda: old_client.llen(RUNS_KEY) >= 2, what="two jobs started")
+    # And one waits in the lane of another pool, which that pool still serves.
+    old_client.lpush(keys.lane_list("elsewhere"), encode("test.slow", {"id": 9, "seconds": 0}))
+    old_client.zadd(keys.LANES, {"elsewhere": int(old_client.time()[0]) + 3600})
     config.write_text(config_text(new.port, 2, level="info"))
     pool.wait_for_log(rf"config: Redis 127.0.0.1:{old.port} → 127.0.0.1:{new.port}")
     wait_for_workers(new_client, 2)
     wait_until(lambda: not worker_heartbeats(old_client), timeout=20, what="old Redis left")
-    pool.wait_for_log(rf"Left Redis 127.0.0.1:{old.port}: it still holds \d+ queued")
+    log = pool.wait_for_log(rf"Left Redis 127.0.0.1:{old.port}: it still holds \d+ queued")
+    said = re.search(rf"Left Redis 127.0.0.1:{old.port}: it still holds (\d+) queued", log)
+    assert said is not None
+    assert int(said.group(1)) == old_client.llen(keys.QUEUE) + 1  # the lane's one counted
     # The jobs running on the old Redis finished, none cut off; what was left there is
     # still there (not lost, not served), and said so.
     runs = [value.decode() for value in old_client.lrange(RUNS_KEY, 0, -1)]

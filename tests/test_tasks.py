@@ -18,6 +18,7 @@ import pytest
 from tests.pool import REPO, wait_until
 from tuitop import tasks
 from tuitop.handlers import Job, RetryLater
+from tuitop.log import TuleapFormatter
 from tuitop.message import encode
 from tuitop.tasks import (
     TASK_ENVIRONMENT,
@@ -153,6 +154,16 @@ def test_cut_short_ends_a_task_early_and_says_why(tmp_path: Path, records: Path)
     assert outcome.killed_because == "the pool is gone"
 
 
+def test_cut_short_applies_to_a_task_started_after_it_too(tmp_path: Path, records: Path) -> None:
+    # The pool went away just before the worker started its next task.
+    task_runner = runner(tmp_path, time_limit=60.0, kill_grace=0.5)
+    task_runner.cut_short(0.3, "the pool is gone")
+    began = time.monotonic()
+    outcome = task_runner.run(message("late", hang=True))
+    assert outcome.killed_because == "the pool is gone"
+    assert time.monotonic() - began < 5
+
+
 def test_what_a_task_leaves_in_its_group_is_stopped_when_it_exits(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -276,3 +287,56 @@ def test_tuleaps_command_is_the_default_where_tuleap_is_installed(
     assert tasks.default_task_command() == TaskCommand(
         ("tuleap", "queue:task-worker-process"), str(root)
     )
+
+
+SECRET = "s3cret-redis-password-of-thirty-chars"
+
+
+def test_a_secret_split_by_a_cut_is_masked_in_the_log_and_in_the_tail(tmp_path: Path) -> None:
+    # The worker_log's own formatter, which masks every line, on a logger of this test's.
+    log_file = tmp_path / "worker_log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(TuleapFormatter(lambda: (SECRET,)))
+    logger = logging.getLogger("tests.tasks.masked")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    # A line longer than the 4 KiB a line may wait for its end, the secret across the
+    # place where it is cut, written in two pieces; then a tail that begins in a secret.
+    script = tmp_path / "task.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"printf '%05000d{SECRET[:10]}' 0 >&2; sleep 0.3; printf '{SECRET[10:]}\\n' >&2\n"
+        f"printf 'x{SECRET}%04080d' 0 >&2\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    task_runner = TaskRunner(
+        TaskCommand.parse(str(script), str(tmp_path)),
+        time_limit=10,
+        logger=logger,
+        worker_id="p/0#1",
+        secrets=lambda: (SECRET,),
+    )
+    outcome = task_runner.run(b"{}")
+    logger.removeHandler(handler)
+    handler.close()
+    logged = log_file.read_text()
+    assert "task stderr: x***0000" in logged
+    for piece in (SECRET, SECRET[:10], SECRET[10:], SECRET[-15:]):
+        assert piece not in logged
+        assert piece not in outcome.stderr_tail
+    assert len(outcome.stderr_tail.encode()) <= 4096
+
+
+def test_output_past_the_log_limit_is_only_counted(tmp_path: Path) -> None:
+    # 50 MB of empty lines: counted once the limit is reached, not split line by line.
+    command = TaskCommand.parse(
+        'sh -c \'head -c 50000000 /dev/zero | tr "\\0" "\\n"\'', str(tmp_path)
+    )
+    task_runner = TaskRunner(
+        command, time_limit=30, logger=logging.getLogger("tests.tasks"), worker_id="p/0#1"
+    )
+    began = time.monotonic()
+    outcome = task_runner.run(b"")
+    assert outcome.ok and outcome.output_bytes == 50_000_000
+    assert time.monotonic() - began < 10

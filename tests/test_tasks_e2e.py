@@ -341,3 +341,24 @@ def test_task_options_are_checked_at_start(tmp_path: Path, redis_server: Embedde
     result = run_tuitop("--no-ui", "--config", str(config), "--task-dir", str(tmp_path))
     assert result.returncode == 2
     assert "--task-dir needs a --task-command" in result.stderr
+
+
+def test_a_daemon_a_task_started_ends_when_its_worker_does(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    # One message a worker: the worker exits (recycled) right after the task.
+    pool = start_pool(
+        pools, tmp_path, tuleap, "--max-messages", "1", port=redis_server.port, workers=1
+    )
+    payload = json.dumps({"id": "d", "standin": {"daemon": True}})
+    push_all(client, [php_message("tuleap.git.hooks.post-receive", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("d", "end") and tuleap.runs_of("d"), 20, "the task")
+    assert int(run["pgid"]) != os.getpgid(int(run["daemon_pid"]))  # it left the task's group
+    wait_until(
+        lambda: not alive(int(run["daemon_pid"])),  # type: ignore[arg-type]
+        15,
+        "the daemon to be ended with its worker",
+    )
+    client.close()
+    assert pool.stop() == 0

@@ -182,16 +182,15 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
     # -J joins the lines the terminal wrapped: the summary line is about 130 characters.
     final = terminal.screen("-J", "-S", "-100")
     assert exit_file.read_text().strip() == "0", final
-    assert "notifications queued" in final, final
-    assert "mails received by the local SMTP server" in final, final
     summary = re.search(
-        r"(\d+) notifications queued, (\d+) mails received by the local SMTP server, "
-        r"(\d+) notifications still queued, (\d+) dead letters",
+        r"(\d+) notifications and (\d+) of Tuleap's jobs queued, (\d+) done, (\d+) still "
+        r"queued, (\d+) dead letters; (\d+) mails received by the local SMTP server",
         final,
     )
     assert summary is not None, final
-    _queued, received, _left, dead = (int(group) for group in summary.groups())
-    assert received > 0 and dead == 0, final
+    notifications, jobs, done, left, dead, mails = (int(group) for group in summary.groups())
+    assert mails > 0 and jobs > 0 and dead == 0, final
+    assert done + left == notifications + jobs, final
     assert "Traceback" not in final, final
 
 

@@ -11,8 +11,10 @@ GoodJob's queue pools, kept on Tuleap's wire format:
   message of a lane it does not serve moves it to that lane's list, in the same atomic
   script (:mod:`tuitop.queue`), so a message is always in exactly one list;
 * a lane's workers take from their lane first, then help the default lane when their own is
-  empty (capacity is never idle while notifications wait); the default lane's workers never
-  take another lane's messages, so long jobs can never take over the whole pool;
+  empty; every worker waits on ``app_user_events``, where every message arrives, so that an
+  idle worker of any lane takes a notification at once (capacity is never idle while
+  notifications wait); the default lane's workers never take another lane's messages, so
+  long jobs can never take over the whole pool;
 * a lane the pool has too few workers to staff (one worker in all, say) is served by the
   default lane's workers after their own, so nothing ever waits for a worker that does not
   exist; a lane no live pool serves any more is moved back to ``app_user_events``.
@@ -91,15 +93,15 @@ class LaneSet:
         for index, part in enumerate(spec.split(";"), start=1):
             if not part.strip():
                 continue
+            # What is wrong is said by place, never by quoting the text: a config file's
+            # strings may hold secrets, and no error shows one (the reader's rule).
             match = _LANE.fullmatch(part)
             if match is None:
-                raise ValueError(
-                    f"lane {index} ({part.strip()!r}): expected NAME(WORKERS): TOPIC, TOPIC..."
-                )
+                raise ValueError(f"lane {index}: expected NAME(WORKERS): TOPIC, TOPIC...")
             name = match.group("name")
             if not _NAME.fullmatch(name):
                 raise ValueError(
-                    f"lane {index}: {name!r} is not a lane name (lower-case letters, digits, "
+                    f"lane {index}: its name is not a lane name (lower-case letters, digits, "
                     "'_', '.', '-'; at most 40)"
                 )
             if name == DEFAULT_LANE:
@@ -113,11 +115,11 @@ class LaneSet:
             topics = tuple(t for t in re.split(r"[\s,]+", match.group("topics")) if t)
             if not topics:
                 raise ValueError(f"lane {name}: no topic")
-            for topic in topics:
+            for position, topic in enumerate(topics, start=1):
                 if not _PATTERN.fullmatch(topic):
                     raise ValueError(
-                        f"lane {name}: {topic!r} is not a topic (letters, digits, '_', '.', "
-                        "':', '-', and the wildcards '*' and '?')"
+                        f"lane {name}: topic {position} is not a topic (letters, digits, '_', "
+                        "'.', ':', '-', and the wildcards '*' and '?')"
                     )
             lanes.append(Lane(name, topics, workers, percent))
         return cls(tuple(lanes))
@@ -185,7 +187,7 @@ def _workers(text: str | None, name: str) -> tuple[int, bool]:
     percent = text.endswith("%")
     digits = text[:-1].strip() if percent else text
     if not digits.isdigit():
-        raise ValueError(f"lane {name}: ({text}) is not a number of workers (e.g. 2 or 25%)")
+        raise ValueError(f"lane {name}: its workers are not a number (e.g. 2 or 25%)")
     value = int(digits)
     if percent and value > 100:
         raise ValueError(f"lane {name}: {value}% of the workers is more than all of them")

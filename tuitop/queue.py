@@ -38,9 +38,10 @@ MAX_REQUEUES = 3
 # not serve is moved to that lane's list instead, in the same script: the lane is the first
 # whose pattern (ARGV[5], ARGV[7] ...) matches the topic, the list is KEYS[target] (ARGV[6],
 # ARGV[8] ...; 0: a lane the worker serves, the message is kept). The topic is read where
-# PHP's json_encode writes it, first; a message where it is not found is kept. A lane moved
-# to is added to the lanes' set (KEYS[3]) if it is not there, so that it is found, and
-# moved back, if no pool ever serves it (its name: the key after ARGV[4] characters).
+# PHP's json_encode writes it, first, else by decoding the message (up to 64 KiB: a bigger
+# one is kept); a message with no topic found is kept. A lane moved to is added to the
+# lanes' set (KEYS[3]) if it is not there, so that it is found, and moved back, if no pool
+# ever serves it (its name: the key after ARGV[4] characters).
 # Returns {source number, message, ...} (oldest first); when nothing is kept, instead, how
 # many messages the processing list already holds: a worker that holds none in memory then
 # knows they were stranded there.
@@ -57,17 +58,28 @@ for s = 1, sources do
     local kept = redis.call('RPOP', source, n)
     if s == inbox and #ARGV > 4 then
       local taken = kept
-      local listed = {}
+      local listed, targets = {}, {}
       kept = {}
       for _, message in ipairs(taken) do
         local target = 0
         local topic = string.match(message, '^%s*{%s*"event_name"%s*:%s*"([^"\\]*)"')
+        if not topic and #message <= 65536 then
+          local ok, document = pcall(cjson.decode, message)
+          if ok and type(document) == 'table' and type(document.event_name) == 'string' then
+            topic = document.event_name
+          end
+        end
         if topic then
-          for i = 5, #ARGV, 2 do
-            if string.match(topic, ARGV[i]) then
-              target = tonumber(ARGV[i + 1])
-              break
+          target = targets[topic]
+          if target == nil then
+            target = 0
+            for i = 5, #ARGV, 2 do
+              if string.match(topic, ARGV[i]) then
+                target = tonumber(ARGV[i + 1])
+                break
+              end
             end
+            targets[topic] = target
           end
         end
         if target == 0 then
@@ -105,12 +117,18 @@ return 0
 """
 
 # Moves back to Tuleap's list (KEYS[1]) the messages of the lanes no pool said it serves
-# in the last ARGV[1] seconds (by Redis' clock: hosts' clocks may differ), at most ARGV[2]
-# messages a call, the oldest to be taken first; a lane whose list is empty is forgotten.
-# Returns {lane, moved, lane, moved ...} for the lanes it moved messages of.
+# in the last ARGV[1] seconds (by Redis' clock: hosts' clocks may differ) — or, when ARGV
+# names lanes after the third, of those — at most ARGV[2] messages a call, the oldest to be
+# taken first; a lane whose list is empty is forgotten. Returns {lane, moved, lane, moved
+# ...} for the lanes it moved messages of.
 _RECOVER_LANES_SCRIPT = """
-local now = tonumber(redis.call('TIME')[1])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+local stale = {}
+if #ARGV > 3 then
+  for i = 4, #ARGV do stale[#stale + 1] = ARGV[i] end
+else
+  local now = tonumber(redis.call('TIME')[1])
+  stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]))
+end
 local budget = tonumber(ARGV[2])
 local report = {}
 for _, lane in ipairs(stale) do
@@ -191,7 +209,9 @@ class TakePlan:
     Tuleap's list for a lane it does not serve to that lane's list."""
 
     sources: tuple[str, ...] = (keys.QUEUE,)
-    """The lists taken from, in order; the first is the one a worker blocks on."""
+    """The lists taken from, in order (its own lane's first). Every worker serves the
+    default lane and blocks on its list, Tuleap's, where every message arrives first: an
+    idle worker of any lane takes a notification at once."""
     lanes: LaneSet = field(default_factory=LaneSet)
     serves: tuple[str, ...] = (DEFAULT_LANE,)
 
@@ -366,26 +386,26 @@ class Queue:
             args=[max_batch, *self._take_args],
         )
         if isinstance(result, int):
-            return Taken([], self.plan.sources[0], result)
+            return Taken([], keys.QUEUE, result)
         source, *messages = cast(list[Any], result)
         return Taken(messages, self.plan.sources[int(source) - 1], 0)
 
     def take_blocking(self, worker_id: str, timeout: float) -> bytes | None:
-        """Waits up to ``timeout`` seconds for one message of the plan's first list
-        (BLMOVE, never polling); one the worker does not serve is moved to its lane's list
-        (and None returned: the caller takes again)."""
+        """Waits up to ``timeout`` seconds for one message of Tuleap's list (BLMOVE, never
+        polling); one of a lane the worker does not serve is moved to that lane's list (and
+        None returned: the caller takes again)."""
         # redis-py types the timeout as int; Redis >= 6 takes a decimal number of seconds.
         value = cast(
             bytes | None,
             self.redis.blmove(
-                self.plan.sources[0],
+                keys.QUEUE,
                 keys.processing_list(worker_id),
                 timeout,  # type: ignore[arg-type]
                 "RIGHT",
                 "LEFT",
             ),
         )
-        if value is None or self.plan.sources[0] != keys.QUEUE or len(self.plan.lanes.lanes) == 0:
+        if value is None or not self.plan.lanes.lanes:
             return value
         lane = self.plan.route(decode(value).topic)
         if lane is None:
@@ -399,13 +419,23 @@ class Queue:
     def recover_unserved_lanes(self, unserved_after: float, limit: int = 1000) -> dict[str, int]:
         """Moves back to Tuleap's list the messages of lanes no pool has served for
         ``unserved_after`` seconds (at most ``limit`` a call); returns how many, by lane."""
-        report = cast(
-            list[Any],
-            self._recover_lanes(
-                keys=[keys.QUEUE, keys.LANES],
-                args=[unserved_after, limit, keys.LANE_PREFIX],
-            ),
-        )
+        return self._lanes_back([unserved_after, limit, keys.LANE_PREFIX])
+
+    def move_lanes_back(self, lanes: Sequence[str], limit: int = 10_000) -> dict[str, int]:
+        """Moves the messages of ``lanes`` back to Tuleap's list (a pool that was the last
+        to serve them stops), ``limit`` a round trip until they are empty; returns how
+        many, by lane."""
+        moved: dict[str, int] = {}
+        while lanes:
+            report = self._lanes_back([0, limit, keys.LANE_PREFIX, *lanes])
+            for lane, count in report.items():
+                moved[lane] = moved.get(lane, 0) + count
+            if sum(report.values()) < limit:
+                return moved
+        return moved
+
+    def _lanes_back(self, args: list[Any]) -> dict[str, int]:
+        report = cast(list[Any], self._recover_lanes(keys=[keys.QUEUE, keys.LANES], args=args))
         return {report[i].decode(): int(report[i + 1]) for i in range(0, len(report), 2)}
 
     def ack_into(self, pipe: Pipeline, worker_id: str, raws: Sequence[bytes]) -> None:

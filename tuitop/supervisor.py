@@ -209,6 +209,9 @@ class Supervisor:
         self._owns_name = False
         self._claim_script: Any = None
         self._tick_script: Any = None
+        self._served_lanes: set[str] = set()
+        """Every lane a worker of this pool served since it started (and its workers may
+        have moved messages to): released as the pool stops."""
         self._started = psutil.Process().create_time()
 
     # --- signals -------------------------------------------------------------------------
@@ -562,6 +565,8 @@ class Supervisor:
         name = self.options.pool_name
         settings = self.settings
         running = sum(1 for record in self.workers.values() if not record.stopping)
+        served = {lane for r in self.workers.values() if not r.stopping for lane in r.serves}
+        served.discard(DEFAULT_LANE)  # Tuleap's list: every pool serves it
         fields: dict[Any, str | int | float] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -572,6 +577,7 @@ class Supervisor:
             "log_level": str(settings.log_level),
             "async_scope": str(settings.async_scope),
             "lanes": settings.lanes.describe(),
+            "served": ",".join(sorted(served)),
             "redis": settings.redis.address,
             "loaded_at": self.loaded_at,
             "config_error": self.config_error,
@@ -582,8 +588,7 @@ class Supervisor:
         pipe.hset(keys.pool(name), mapping=fields)
         pipe.expire(keys.pool(name), ttl)
         pipe.sadd(keys.POOLS, name)
-        # The depth over time that every view draws, sampled here once a tick.
-        served = {lane for r in self.workers.values() if not r.stopping for lane in r.serves}
+        # The lanes served, and the depth over time that every view draws, once a tick.
         tick_keys, tick_args = pool_tick(served, time.time())
         self._tick_script(keys=tick_keys, args=tick_args, client=pipe)
         pipe.execute()
@@ -648,10 +653,13 @@ class Supervisor:
     def _report_left(self, settings: RedisSettings, queue: Queue) -> None:
         if _same_server(settings, self.settings.redis):
             return  # only the credentials changed: nothing was left anywhere
+        lanes = cast(list[bytes], queue.redis.zrange(keys.LANES, 0, -1))
         pipe = queue.redis.pipeline(transaction=False)
-        pipe.llen(keys.QUEUE)
         pipe.zcard(keys.DELAYED)
-        waiting, delayed = pipe.execute()
+        for key in (keys.QUEUE, *(keys.lane_list(lane.decode()) for lane in lanes)):
+            pipe.llen(key)
+        delayed, *depths = pipe.execute()
+        waiting = sum(depths)
         level = logging.WARNING if waiting or delayed else logging.INFO
         self.logger.log(
             level,
@@ -729,6 +737,7 @@ class Supervisor:
             lane=lane,
             serves=serves,
         )
+        self._served_lanes.update(served for served in serves if served != DEFAULT_LANE)
         self.logger.debug("Started worker %s for lane %s", worker_id, lane)
 
     def _active(self) -> dict[int, WorkerRecord]:
@@ -784,21 +793,27 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.process.pid, signal.SIGKILL)
             record.process.join(timeout=1.0)  # SIGKILL is quick; reap it in this cycle
-        self._kill_task(record)
+        self._kill_task_group(record)
 
-    def _kill_task(self, record: WorkerRecord) -> None:
-        """Kills the task process group of a worker that is gone (its task leader died with
-        it; what the task started may live on in the group), and any process of its tree
-        that left the group."""
+    def _kill_task_group(self, record: WorkerRecord) -> None:
+        """Kills the process group of the task a worker killed or dead was running (its
+        leader dies with the worker; what it started may live on in the group)."""
         pgid = int(record.status[TASK_PID])
-        if not pgid:
-            return
         record.status[TASK_PID] = 0
-        if kill_group(pgid):
+        if pgid and kill_group(pgid):
             self.logger.warning(
                 "Killed the task process group %d of worker %s", pgid, record.worker_id
             )
-        sweep_leftovers(self._worker_alive, self.logger)
+
+    def _end_tasks_of(self, record: WorkerRecord) -> None:
+        """Once a worker is gone, however it ended: its task's group, and every process
+        its tasks started that left the group (a daemon in a session of its own), found
+        by the worker's id in their environment — as systemd ends what a Tuleap worker's
+        unit leaves behind when it restarts."""
+        if self.options.task is None:
+            return
+        self._kill_task_group(record)
+        sweep_leftovers(lambda worker_id: worker_id != record.worker_id, self.logger)
 
     def _worker_alive(self, worker_id: str) -> bool:
         """Whether the worker ``pool/slot#pid`` may still run its task (for the sweep of
@@ -844,7 +859,7 @@ class Supervisor:
                 continue
             record.process.join(timeout=0)
             del self.workers[slot]
-            self._kill_task(record)
+            self._end_tasks_of(record)
             code = record.process.exitcode
             lived = time.monotonic() - record.started
             self._account_exit(record, code, lived)
@@ -995,7 +1010,46 @@ class Supervisor:
             for record in self.workers.values():
                 record.process.join(timeout=5)
             self._reap()
+        self._release_lanes()
         self.logger.info("Pool %s stopped", self.options.pool_name)
+
+    def _release_lanes(self) -> None:
+        """The lanes this pool served that no other live pool serves go back to Tuleap's
+        list as it stops: nothing waits in a list that only a tuitop reads once none runs
+        (a Tuleap worker taking over, Tuleap's SYSTEM_CHECK)."""
+        if not (self._served_lanes and self._redis_ok and self._queue and self._redis):
+            return
+        try:
+            others = [
+                name.decode()
+                for name in cast(set[bytes], self._redis.smembers(keys.POOLS))
+                if name.decode() != self.options.pool_name
+            ]
+            pipe = self._redis.pipeline(transaction=False)
+            for name in others:
+                pipe.hget(keys.pool(name), "served")
+            still = {
+                lane
+                for served in pipe.execute()
+                if served
+                for lane in cast(bytes, served).decode().split(",")
+            }
+            lanes = sorted(self._served_lanes - still)
+            moved = self._queue.move_lanes_back(lanes) if lanes else {}
+        except redis.RedisError as error:
+            self.logger.warning(
+                "Could not move this pool's lanes back to %s: %s (the next pool to start does it)",
+                keys.QUEUE,
+                describe_error(error, self.settings.redis),
+            )
+            return
+        for lane, count in moved.items():
+            self.logger.warning(
+                "No other pool serves lane %s: %d message(s) moved back to %s",
+                lane,
+                count,
+                keys.QUEUE,
+            )
 
 
 def _describe_exit(code: int | None, detached: bool) -> str:

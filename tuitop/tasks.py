@@ -37,12 +37,13 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from tuitop.config import MASK
 from tuitop.handlers import Handler, Job, RetryLater
 from tuitop.osutil import parent_death_signal_available, set_parent_death_signal
 
@@ -62,6 +63,7 @@ TAIL_LIMIT = 4 * 1024
 """Bytes of the end of a task's stderr kept for the dead letter."""
 LEFTOVER_WAIT = 0.2
 """Seconds the processes a finished task left behind get between SIGTERM and SIGKILL."""
+_MASK = MASK.encode()
 _READ_SIZE = 64 * 1024
 _POLL = 0.25
 """Longest wait between two looks at the deadline (another thread may move it)."""
@@ -119,7 +121,8 @@ class TaskOutcome:
     """The exit status, or minus the signal that killed it (as ``subprocess`` says)."""
     seconds: float
     stderr_tail: str
-    """The end of its stderr (at most ``tail_limit`` bytes), decoded leniently."""
+    """The end of its stderr (at most ``tail_limit`` bytes), decoded leniently, the
+    runner's secrets masked."""
     output_bytes: int
     """Bytes it wrote on stdout and stderr together."""
     killed_because: str = ""
@@ -153,30 +156,51 @@ class TaskOutcome:
 
 
 class _Output:
-    """One job's output on its way to the log: split in lines, bounded."""
+    """One job's output on its way to the log: split in lines, bounded, and masked before
+    anything is cut, so that no cut splits a secret into two halves that pass unmasked."""
 
-    def __init__(self, logger: logging.Logger, log_limit: int, tail_limit: int) -> None:
+    def __init__(
+        self, logger: logging.Logger, log_limit: int, tail_limit: int, secrets: Sequence[str]
+    ) -> None:
         self.logger = logger
         self.log_limit = log_limit
         self.tail_limit = tail_limit
         self.logged = 0
         self.dropped = 0
         self.total = 0
-        self.tail = bytearray()
+        self._secrets = sorted((s.encode() for s in secrets if s), key=len, reverse=True)
+        self._overlap = max((len(s) for s in self._secrets), default=1) - 1
+        """What a cut keeps back: a secret begun before it is whole on one side."""
+        self._tail = bytearray()
         self._partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def _mask(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret, _MASK)
+        return data
+
+    @property
+    def stderr_tail(self) -> str:
+        """The end of its stderr, at most ``tail_limit`` bytes, secrets masked."""
+        return self._mask(bytes(self._tail))[-self.tail_limit :].decode("utf-8", "replace")
 
     def add(self, stream: str, data: bytes) -> None:
         self.total += len(data)
         if stream == "stderr":
-            self.tail += data
-            del self.tail[: -self.tail_limit]
+            self._tail += data
+            del self._tail[: -(self.tail_limit + self._overlap)]
+        if self.logged >= self.log_limit:
+            self.dropped += len(data)  # past the limit it is only counted, not split
+            return
         partial = self._partial[stream]
         partial += data
         *lines, rest = bytes(partial).split(b"\n")
         # A line longer than the tail is cut: the buffer never grows past it.
         if len(rest) > self.tail_limit:
-            lines.append(rest)
-            rest = b""
+            masked = self._mask(rest)
+            cut = len(masked) - self._overlap
+            lines.append(masked[:cut])
+            rest = masked[cut:]
         partial[:] = rest
         for line in lines:
             self._log(stream, line)
@@ -258,9 +282,11 @@ class TaskRunner:
         log_limit: int = LOG_LIMIT,
         tail_limit: int = TAIL_LIMIT,
         wrapper: tuple[str, ...] | None = None,
+        secrets: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         """``wrapper``: what is exec'd in front of the command to arm its death signal
-        (default: :func:`death_signal_wrapper`; ``()``: armed between fork and exec)."""
+        (default: :func:`death_signal_wrapper`; ``()``: armed between fork and exec).
+        ``secrets``: the values masked in what the task writes (the passwords in force)."""
         self.command = command
         self.time_limit = time_limit
         self.logger = logger
@@ -270,17 +296,22 @@ class TaskRunner:
         self._environment = {**os.environ, **TASK_ENVIRONMENT, WORKER_MARKER: worker_id}
         parent_death_signal_available()  # resolved here, not in the child after fork
         self._wrapper = death_signal_wrapper() if wrapper is None else wrapper
+        self._secrets = secrets
         self._lock = threading.Lock()
         self._limit: _Limit | None = None
         """The running task's deadline (None when no task runs)."""
+        self._cut: _Limit | None = None
+        """The deadline cut_short set, for every task from then on."""
 
     def cut_short(self, seconds: float, reason: str) -> None:
-        """Lets the running task (if any) run at most ``seconds`` more; safe from any
-        thread. Used when the pool is gone: its grace period, then the task is killed."""
+        """Lets the running task, and any started after, run at most ``seconds`` more
+        from now; safe from any thread. Used when the pool is gone: its grace period, then
+        the task is killed."""
         with self._lock:
-            deadline = time.monotonic() + seconds
-            if self._limit is not None and deadline < self._limit.at:
-                self._limit = _Limit(deadline, reason, timed_out=False)
+            cut = _Limit(time.monotonic() + seconds, reason, timed_out=False)
+            self._cut = cut if self._cut is None or cut.at < self._cut.at else self._cut
+            if self._limit is not None and cut.at < self._limit.at:
+                self._limit = cut
 
     def run(self, raw: bytes, on_start: Callable[[int], None] = lambda pid: None) -> TaskOutcome:
         """Runs the task for one message (``raw`` on its stdin) to its end; ``on_start``
@@ -311,7 +342,9 @@ class TaskRunner:
                 f"it ran past the time limit of {self.time_limit:g} s",
                 timed_out=True,
             )
-        output = _Output(self.logger, self.log_limit, self.tail_limit)
+            if self._cut is not None and self._cut.at < self._limit.at:
+                self._limit = self._cut
+        output = _Output(self.logger, self.log_limit, self.tail_limit, self._secrets())
         killed: _Limit | None = None
         try:
             killed = self._communicate(process, raw, output)
@@ -330,7 +363,7 @@ class TaskRunner:
         return TaskOutcome(
             returncode=int(process.returncode),
             seconds=time.monotonic() - started,
-            stderr_tail=bytes(output.tail).decode("utf-8", "replace"),
+            stderr_tail=output.stderr_tail,
             output_bytes=output.total,
             killed_because=killed.reason if killed else "",
             timed_out=killed.timed_out if killed else False,
@@ -354,6 +387,7 @@ class TaskRunner:
             selector.register(stdin, selectors.EVENT_WRITE)
         else:
             process.stdin.close()
+            stdin = -1  # its number is free now: the pidfd below may well get it
         exit_fd = _pidfd(process.pid)
         if exit_fd is not None:
             selector.register(exit_fd, selectors.EVENT_READ)
@@ -377,6 +411,8 @@ class TaskRunner:
                     fd = int(key.fd)
                     if fd == stdin:
                         pending = self._feed(selector, process, pending)
+                        if not pending:
+                            stdin = -1  # closed: its number may come back for another
                     elif fd in streams:
                         self._read(selector, fd, streams[fd], output)
             # Ended: what is already in the pipes is its output; a process it left behind

@@ -136,8 +136,9 @@ class WorkerOptions:
     serves: tuple[str, ...] = (DEFAULT_LANE,)
     """The lanes it takes from, in order (its own first)."""
     help_interval: float = 1.0
-    """The longest blocking wait of a worker serving several lanes: it blocks on its own
-    lane's list, and looks at the others this often when idle."""
+    """The longest blocking wait of a worker serving several lanes: it blocks on Tuleap's
+    list, where every message arrives, and looks at its other lanes' lists between jobs and
+    this often when idle (a message another worker moved to its lane starts this soon)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ class Worker:
                 time_limit=self.options.job_timeout,
                 logger=self.logger,
                 worker_id=self.id,
+                secrets=settings.secrets,
             )
         try:
             self.registry: HandlerRegistry = build_registry(
@@ -334,7 +336,7 @@ class Worker:
             raw = self.queue.take_blocking(self.id, timeout)
         finally:
             self._blocking = False
-        return ([raw] if raw is not None else []), self.queue.plan.sources[0]
+        return ([raw] if raw is not None else []), keys.QUEUE
 
     def _run_batch(self, batch: list[bytes], source: str) -> None:
         sync_level(self.logger, self.level)  # the supervisor may have changed it
