@@ -10,6 +10,7 @@ import redis
 
 from tests.pool import Pool, wait_until, write_config
 from tuitop import keys
+from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
 from tuitop.queue import Queue
 from tuitop.redisserver import EmbeddedRedis
@@ -76,8 +77,12 @@ def test_a_live_pool_seen_whole(
     busy = next(w for w in snapshot.workers if w.topic == "test.sleep")
     assert busy.state == "busy" and busy.holding == 1 and busy.pid > 0
     assert snapshot.queue.processing >= 1
-    assert snapshot.last_minute.end_to_end.count >= 20
-    assert snapshot.last_minute.end_to_end.p99 is not None
+    # Every job's wait by its lane (the notifications' own latency: none here).
+    default_lane = snapshot.last_minute.lanes[DEFAULT_LANE]
+    assert default_lane.done >= 20 and default_lane.wait.count >= 20
+    assert default_lane.wait.p99 is not None
+    assert snapshot.last_minute.end_to_end.count == 0
+    assert [lane.name for lane in snapshot.lanes] == [DEFAULT_LANE, LONG_LANE]
     (pool_view,) = snapshot.pools
     assert (pool_view.wanted, pool_view.running, pool_view.config_error) == (2, 2, "")
     assert pool_view.files == (str(config),)

@@ -235,3 +235,22 @@ def test_an_empty_batch_writes_nothing(redis_client: redis.Redis) -> None:
     window = summarize(read_buckets(redis_client, time.time(), WINDOW), WINDOW)
     assert window.counts == {}
     assert window.wait == window.end_to_end == Percentiles(0, None, None, None, None)
+
+
+def test_notifications_and_lanes_are_counted_apart() -> None:
+    batch = StatsBatch()
+    batch.outcome("done", 3)
+    batch.outcome("done", 2, lane="latency_10s")
+    batch.outcome("done", 1, lane="latency_15m")
+    batch.latency(WAIT, 0.001)  # a notification
+    batch.latency(WAIT, 0.001, "latency_10s")
+    batch.latency(WAIT, 0.002, "latency_10s")
+    batch.latency(WAIT, 100.0, "latency_15m")  # a JIRA import: not the notifications'
+    bucket = {name.encode(): str(count).encode() for name, count in batch.fields.items()}
+    window = summarize([bucket], 60)
+    assert window.counts == {"done": 3}
+    assert window.wait.count == 1 and window.wait.max is not None and window.wait.max < 0.01
+    assert window.lanes["latency_10s"].done == 2
+    assert window.lanes["latency_10s"].wait.count == 2
+    assert window.lanes["latency_15m"].wait.p50 is not None
+    assert window.lanes["latency_15m"].wait.p50 > 90

@@ -4,17 +4,20 @@ every panel, every key."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
+from rich.console import Console
 from textual.widgets import Input, Static
 
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, Pool, write_config
 from tuitop import keys
 from tuitop.config import load_config
+from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
 from tuitop.poolprocess import PoolProcess
 from tuitop.redisserver import EmbeddedRedis
@@ -25,6 +28,7 @@ from tuitop.tui.source import SnapshotSource
 from tuitop.tui.widgets import (
     ConfigPanel,
     HeaderBar,
+    LanesPanel,
     LatencyPanel,
     LogPanel,
     QueuePanel,
@@ -45,7 +49,10 @@ async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
 
 
 def text_of(widget: Static) -> str:
-    return str(widget.render())
+    """What the widget shows, as plain text (a table rendered, too)."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
 
 
 def app_for(
@@ -88,6 +95,12 @@ def test_file_tail_follows_appends_partial_lines_and_rotation(tmp_path: Path) ->
     assert tail.read_lines() == ["new"]
 
 
+def lane_done(app: TuitopApp, lane: str) -> int:
+    if app.snapshot is None or lane not in app.snapshot.last_minute.lanes:
+        return 0
+    return app.snapshot.last_minute.lanes[lane].done
+
+
 async def test_every_panel_shows_a_live_pool_and_redis_down_is_said(
     tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
@@ -98,9 +111,11 @@ async def test_every_panel_shows_a_live_pool_and_redis_down_is_said(
     app = app_for(config, log=FileTail(str(pool.log_file)))
     async with app.run_test(size=SIZE) as pilot:
         await until(lambda: rows(app) == 2)
-        await until(
-            lambda: app.snapshot is not None and app.snapshot.last_minute.end_to_end.count == 30
-        )
+        await until(lambda: lane_done(app, DEFAULT_LANE) == 30)  # every job, on its lane
+        # The Lanes panel: Tuleap's list, and the lane the pool says it serves (its tick).
+        await until(lambda: "30" in text_of(app.query_one(LanesPanel)))
+        await until(lambda: LONG_LANE in text_of(app.query_one(LanesPanel)))
+        assert DEFAULT_LANE in text_of(app.query_one(LanesPanel))
         assert "done" in text_of(app.query_one("#queue-figures", Static))
         assert f"redis 127.0.0.1:{redis_server.port} ✔" in text_of(app.query_one(HeaderBar))
         await until(lambda: "workers 2/2" in text_of(app.query_one(ConfigPanel)))

@@ -138,7 +138,9 @@ def _history(client: redis.Redis, *, busy: bool) -> None:
         if busy and age < 120:
             rate = 55 + chance.randint(0, 20)
         batch.outcome("enqueued", rate * 10)
-        batch.outcome("done", (rate - (3 if busy and age < 120 else 0)) * 10)
+        done = (rate - (3 if busy and age < 120 else 0)) * 10
+        batch.outcome("done", done)
+        batch.outcome("done", done, lane=DEFAULT_LANE)
         if busy and age % 40 == 0:
             batch.outcome("failed", 2)
             batch.outcome("retried", 2)
@@ -146,13 +148,14 @@ def _history(client: redis.Redis, *, busy: bool) -> None:
             wait = chance.lognormvariate(-6.5, 0.6)
             if busy and age < 120:
                 wait += (120 - age) * chance.uniform(0.5, 1.5)
-            batch.latency("w", wait)
+            batch.latency("w", wait)  # notifications: their own latency, and their lane's
+            batch.latency("w", wait, DEFAULT_LANE)
             batch.latency("e", wait + chance.lognormvariate(-4.2, 0.4))
         if age % 30 == 0:  # a long job now and then, on its lane
             wait = chance.uniform(0.2, 1.0) + (40.0 if busy else 0.0)
+            batch.outcome("done", 1)
             batch.outcome("done", 1, lane=LONG_LANE)
             batch.latency("w", wait, LONG_LANE)
-            batch.latency("e", wait + chance.uniform(40, 200))
         pipe = client.pipeline()
         batch.flush_into(pipe, start)
         depth = 0

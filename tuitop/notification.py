@@ -24,6 +24,8 @@ from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, PermanentMailError, TransientMailError
 
 TOPIC = "tuleap.tracker.artifact"
+NOTIFICATION_TOPICS = frozenset({TOPIC, "tuleap.pullrequest.notification"})
+"""The topics whose latency is the notifications' (the UI's Notification latency)."""
 LOG_KEY = "Notification"
 
 

@@ -8,9 +8,10 @@ queue's length as a pool last sampled it in that bucket) and two log-scale histo
 8 buckets per power of two of microseconds (each within 9 % of the true value). A view reads
 the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whatever the load.
 
-Messages of a lane other than the default one (:mod:`tuitop.lanes`) count their ``done``
-and their wait under ``done@<lane>`` and ``w@<lane>:<i>`` instead: a window adds them to
-the totals and keeps them per lane, so that a lane costs no field more per message.
+``done`` counts every message done, ``w`` and ``e`` the notifications only (what the
+seed asks an admin to watch: a JIRA import's minutes would drown them). Per lane
+(:mod:`tuitop.lanes`), every message's wait and done count go under ``w@<lane>:<i>`` and
+``done@<lane>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from redis import Redis
 from redis.client import Pipeline
 
 from tuitop import keys
-from tuitop.lanes import DEFAULT_LANE
 
 SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"
@@ -73,8 +73,8 @@ def bucket_start(now: float) -> int:
     return int(now) - int(now) % keys.STATS_BUCKET_SECONDS
 
 
-def _lane_kind(kind: str, lane: str) -> str:
-    return kind if lane == DEFAULT_LANE else f"{kind}@{lane}"
+def _lane_kind(kind: str, lane: str | None) -> str:
+    return kind if lane is None else f"{kind}@{lane}"
 
 
 class StatsBatch:
@@ -83,10 +83,12 @@ class StatsBatch:
     def __init__(self) -> None:
         self.fields: Counter[str] = Counter()
 
-    def outcome(self, name: str, count: int = 1, lane: str = DEFAULT_LANE) -> None:
+    def outcome(self, name: str, count: int = 1, lane: str | None = None) -> None:
+        """Counts ``name`` (``done`` …) in all, or for ``lane`` only."""
         self.fields[_lane_kind(name, lane)] += count
 
-    def latency(self, kind: str, seconds: float, lane: str = DEFAULT_LANE) -> None:
+    def latency(self, kind: str, seconds: float, lane: str | None = None) -> None:
+        """Adds a latency of ``kind`` (WAIT, END_TO_END) in all, or for ``lane`` only."""
         self.fields[f"{_lane_kind(kind, lane)}:{latency_bucket(seconds)}"] += 1
 
     def flush_into(self, pipe: Pipeline, now: float) -> None:
@@ -130,7 +132,8 @@ class WindowStats:
     depth: int | None = None
     """The queue's length sampled in the window's newest bucket that has a sample."""
     lanes: Mapping[str, LaneStats] = field(default_factory=dict)
-    """Per lane that did anything in the window (the default lane included)."""
+    """Per lane that did anything in the window (the default lane included); ``wait`` and
+    ``end_to_end`` above are the notifications'."""
 
     def rate(self, outcome: str) -> float:
         """Events per second over the window."""
@@ -183,18 +186,19 @@ def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowS
             name, count = raw_field.decode(), int(raw_count)
             kind, _, index = name.partition(":")
             kind, _, lane = kind.partition("@")
-            lane = lane or DEFAULT_LANE
             if name == DEPTH:
                 depth = count if depth is None else depth
+            elif kind == WAIT and index and lane:
+                lane_wait.setdefault(lane, Counter())[int(index)] += count
             elif kind == WAIT and index:
                 wait[int(index)] += count
-                lane_wait.setdefault(lane, Counter())[int(index)] += count
             elif kind == END_TO_END and index:
                 end_to_end[int(index)] += count
-            else:
-                counts[kind] += count
+            elif lane:
                 if kind == "done":
                     lane_done[lane] += count
+            else:
+                counts[kind] += count
     lanes = {
         lane: LaneStats(lane_done[lane], percentiles(lane_wait.get(lane, Counter())))
         for lane in sorted(set(lane_done) | set(lane_wait))

@@ -53,6 +53,7 @@ from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, decode, with_payload
+from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
 from tuitop.queue import Queue, RetryPolicy, TakePlan
@@ -437,11 +438,14 @@ class Worker:
             self._pending_acks.append(message.raw)
             self.status[DONE] += 1
             lane = self._lane_of(message.topic)
+            self._stats.outcome("done")
             self._stats.outcome("done", lane=lane)
             if message.enqueue_ts > 0:
-                done = time.time()
-                self._stats.latency(WAIT, started - message.enqueue_ts, lane)
-                self._stats.latency(END_TO_END, done - message.enqueue_ts)
+                wait = started - message.enqueue_ts
+                self._stats.latency(WAIT, wait, lane)
+                if message.topic in NOTIFICATION_TOPICS:
+                    self._stats.latency(WAIT, wait)
+                    self._stats.latency(END_TO_END, time.time() - message.enqueue_ts)
 
     def _no_handler(self, message: Message) -> str:
         if message.topic == NOTIFICATION_TOPIC:
