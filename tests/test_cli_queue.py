@@ -161,3 +161,24 @@ def test_a_tuleap_worker_is_running_when_its_pid_file_names_a_live_process(
     assert running_pid(2, str(tmp_path)) is None
     assert running_pid(3, str(tmp_path)) is None
     assert running_pid(4, str(tmp_path)) is None
+
+
+def test_hand_back_is_refused_while_a_pool_runs_and_done_once_none_does(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    from tuitop.message import encode
+
+    config = write_config(tmp_path, port=redis_server.port)
+    redis_client.lpush(keys.lane_list("latency_15m"), encode("tuleap.tracker.creation.jira", {}))
+    redis_client.zadd(keys.LANES, {"latency_15m": 1})
+    redis_client.sadd(keys.POOLS, "web-1")
+    redis_client.hset(keys.pool("web-1"), "host", "web-1")  # its heartbeat: it runs
+    refused = run_tuitop("hand-back", "--config", str(config))
+    assert refused.returncode == 1
+    assert "pool(s) web-1 still run on this Redis" in refused.stderr
+    assert redis_client.llen(keys.QUEUE) == 0
+    redis_client.delete(keys.pool("web-1"))  # its heartbeat expired: it is gone
+    result = run_tuitop("hand-back", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "1 from lanes (latency_15m 1)" in result.stdout
+    assert redis_client.llen(keys.QUEUE) == 1

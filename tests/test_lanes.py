@@ -56,7 +56,6 @@ def test_the_first_lane_naming_a_topic_wins() -> None:
     [
         ("long tuleap.x", "expected NAME(WORKERS): TOPIC"),
         ("Long(1): x", "lane 1: its name is not a lane name"),
-        (f"{D}(1): x", "is the default lane"),
         ("a: x; a: y", "named twice"),
         ("a(two): x", "its workers are not a number"),
         ("a(-1): x", "its workers are not a number"),
@@ -128,3 +127,32 @@ def test_a_pool_without_lanes_is_tuleaps() -> None:
     assert staffing.planned == {D: 3}
     assert staffing.to_start([], 3) == [D, D, D]
     assert staffing.misfits({0: (D, (D,)), 1: (D, (D,))}) == []
+
+
+def test_the_default_lane_may_claim_topics_before_a_catch_all() -> None:
+    # Notifications fast, everything else on a lane that may wait: a reserved worker for
+    # the rest, which helps the notifications when it has nothing of its own.
+    lanes = LaneSet.parse("latency_10s: tuleap.tracker.artifact; latency_5m(1): *")
+    assert lanes.lane_of("tuleap.tracker.artifact") == D
+    assert lanes.lane_of("tuleap.fts.index-item") == "latency_5m"
+    assert lanes.names == (D, "latency_5m")
+    assert lanes.plan(2) == ("latency_5m", D)
+    assert lanes.serves(D, lanes.plan(2)) == (D,)
+    assert [lane for _, lane in lanes.routes()] == [D, "latency_5m"]
+    assert LaneSet.parse(lanes.describe()) == lanes
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("latency_1s(1): tuleap.tracker.artifact", "would wait less than the default lane"),
+        ("latency_500ms: x", "would wait less than the default lane"),
+        (f"{D}(1): x", "written without (WORKERS)"),
+    ],
+)
+def test_a_lane_faster_than_the_default_is_refused_with_the_way_to_do_it(
+    spec: str, error: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)) as caught:
+        LaneSet.parse(spec)
+    assert D in str(caught.value)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SmtpServerFactory
+from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.pool import Pool, wait_until, worker_heartbeats, write_config
 from tests.test_pool_e2e import nothing_pending, notification, push_all
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
@@ -178,12 +179,13 @@ def test_a_lane_removed_while_old_workers_route_to_it_loses_nothing(
     wait_until(lambda: tuleap.runs_of("slow"), what="the slow import to start")
     write_config(tmp_path, port=redis_server.port, extra="$tuitop_lanes = '';")
     pool.wait_for_log("config: lanes latency_15m")
-    # Meanwhile imports keep coming: the old default worker, until it is replaced, moves
-    # them to the lane no pool serves any more.
+    # Meanwhile imports keep coming. The idle default worker, outdated, is replaced at
+    # once: none of them is moved to the lane no pool serves any more, to wait there for
+    # the lane to be moved back (~15 s); the busy one is replaced after its job.
     for n in range(20):
         push_all(client, [long_job(f"i{n}", 0.05)])
         time.sleep(0.2)
-    wait_until(lambda: len(tuleap.runs("end")) == 21, 60, "every import to run")
+    wait_until(lambda: len(tuleap.runs("end")) == 21, 8, "every import to run, promptly")
     assert sorted(r["id"] for r in tuleap.runs()) == sorted(["slow", *(f"i{n}" for n in range(20))])
     wait_until(lambda: nothing_pending(client), what="an empty queue")
     assert client.llen(keys.lane_list(LONG_LANE)) == 0
@@ -208,3 +210,63 @@ def test_a_warm_stop_of_the_last_pool_of_a_lane_moves_it_back(
     assert ran + client.llen(keys.QUEUE) == 3, (ran, client.llen(keys.QUEUE))
     assert "No other pool serves lane latency_15m" in pool.log()
     client.close()
+
+
+def test_two_pools_of_a_lane_stopping_together_move_it_back(
+    tmp_path: Path, tuleap: Tuleap, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    config = write_config(tmp_path, port=redis_server.port)
+    both = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()  # each pool's own log
+        both.append(start(pools, tmp_path / name, tuleap, config, "--pool-name", name))
+    wait_until(lambda: len(worker_heartbeats(client)) == 4, what="4 workers")
+    push_all(client, [long_job(f"j{n}", 3.0) for n in range(8)])
+    wait_until(lambda: client.llen(keys.lane_list(LONG_LANE)) >= 4, what="imports on the lane")
+    for pool in both:
+        pool.signal(signal.SIGTERM)
+    for pool in both:
+        assert pool.wait(30) == 0
+    # Each said at once that it served no lane any more: neither counted on the other.
+    assert client.llen(keys.lane_list(LONG_LANE)) == 0
+    assert len(tuleap.runs("end")) + client.llen(keys.QUEUE) == 8
+    client.close()
+
+
+def test_a_lane_list_no_set_lists_is_found_at_start_and_run(
+    tmp_path: Path, tuleap: Tuleap, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    # What an older tuitop left: messages in a lane's list, the lane nowhere listed.
+    client.lpush(keys.lane_list("imports"), long_job("old1", 0.0), long_job("old2", 0.0))
+    config = write_config(tmp_path, port=redis_server.port, extra="$tuitop_lanes = '';")
+    pool = start(pools, tmp_path, tuleap, config)
+    wait_until(lambda: len(tuleap.runs("end")) == 2, 20, "both to run")
+    assert "Lane imports had messages no pool listed" in pool.log()
+    client.close()
+
+
+def test_a_redis_left_behind_gets_its_lanes_back_in_tuleaps_list(
+    tmp_path: Path,
+    tuleap: Tuleap,
+    pools: list[Pool],
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    old, new = redis_server_factory(), redis_server_factory()
+    old_client = old.client()
+    # One worker: the long lane has none of its own, the default worker serves it too.
+    config = write_config(tmp_path, port=old.port, workers=1)
+    pool = start(pools, tmp_path, tuleap, config)
+    wait_until(lambda: len(worker_heartbeats(old_client)) == 1, what="the worker")
+    push_all(old_client, [index_job("busy", 2.0)])
+    wait_until(lambda: tuleap.runs_of("busy"), what="its job to start")
+    parked = long_job("parked", 0.0)
+    old_client.lpush(keys.lane_list(LONG_LANE), parked)  # waits behind the running job
+    write_config(tmp_path, port=new.port, workers=1)
+    pool.wait_for_log(rf"Left Redis 127.0.0.1:{old.port}: it still holds 1 queued", timeout=30)
+    # The old server's lane is back in its Tuleap list, where any worker finds it.
+    assert old_client.llen(keys.lane_list(LONG_LANE)) == 0
+    assert old_client.lrange(keys.QUEUE, 0, -1) == [parked]
+    assert not tuleap.runs_of("parked")
+    old_client.close()

@@ -176,3 +176,46 @@ def test_the_pool_tick_says_which_lanes_it_serves_and_samples_every_list(
     assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]  # the default lane is Tuleap's
     assert abs(redis_client.zscore(keys.LANES, "long") - int(redis_client.time()[0])) <= 1
     assert redis_client.hget(script_keys[1], "depth") == b"3"
+
+
+def test_both_ways_of_taking_read_a_topic_alike(redis_client: redis.Redis) -> None:
+    # Bigger than the decode limit and its topic not first: not decoded, by the script
+    # (Redis would be held up) nor by a blocking take — it runs on the default lane.
+    big = b'{"payload":"' + b"x" * 70_000 + b'","event_name":"tuleap.tracker.creation.jira"}'
+    small = b'{"payload":{"i":1},"event_name":"tuleap.tracker.creation.jira"}'
+    queue = queue_for(redis_client, D)
+    redis_client.lpush(keys.QUEUE, big)
+    assert queue.take_blocking("w/0#1", 0.5) == big
+    redis_client.lpush(keys.QUEUE, small)
+    assert queue.take_blocking("w/0#1", 0.5) is None  # decoded, routed to its lane
+    assert redis_client.lrange(LONG, 0, -1) == [small]
+
+
+def test_lane_lists_no_set_lists_are_found_and_listed(redis_client: redis.Redis) -> None:
+    # As an older tuitop left them: a lane's list, not in tuitop:lanes.
+    redis_client.lpush(LONG, encode("tuleap.tracker.creation.jira", {"i": 1}))
+    queue = Queue(redis_client)
+    assert queue.list_lanes() == ["long"]
+    assert redis_client.zscore(keys.LANES, "long") == 0  # as not served since long
+    assert queue.list_lanes() == []  # listed once
+    assert queue.recover_unserved_lanes(10) == {"long": 1}
+
+
+def test_hand_back_gives_tuleaps_list_everything_only_tuitop_reads(
+    redis_client: redis.Redis,
+) -> None:
+    queue = queue_for(redis_client, D)
+    redis_client.lpush(LONG, encode("tuleap.tracker.creation.jira", {"i": 1}))
+    redis_client.zadd(keys.LANES, {"long": 1})
+    redis_client.lpush(keys.QUEUE, encode("tuleap.fts.index-item", {"i": 2}))
+    queue.take("pool/0#9", 1)  # held by a tuitop worker that is gone
+    retry = encode("tuleap.git.hooks.post-receive", {"i": 3}, queued_total=1)
+    redis_client.zadd(keys.DELAYED, {b"token|" + retry: time.time() + 3600})
+    redis_client.lpush(keys.processing_list("2"), b"Tuleap's own: not for hand-back")
+    handed = queue.hand_back("handed back")
+    assert (handed.recovered, handed.lanes, handed.retries) == (1, {"long": 1}, 2)
+    left = [decode(raw) for raw in redis_client.lrange(keys.QUEUE, 0, -1)]
+    assert sorted(message.payload["i"] for message in left) == [1, 2, 3]
+    assert redis_client.zcard(keys.DELAYED) == 0 and redis_client.llen(LONG) == 0
+    assert redis_client.llen(keys.processing_list("pool/0#9")) == 0
+    assert redis_client.llen(keys.processing_list("2")) == 1

@@ -206,11 +206,14 @@ def test_a_task_dies_with_its_worker(tmp_path: Path, records: Path, armed_by: st
 
 
 def test_sweep_kills_the_processes_of_workers_that_are_gone(tmp_path: Path) -> None:
-    environment = {**os.environ, WORKER_MARKER: "gone-pool/0#999999"}
+    # Ids of this test's own: the sweep must not touch what other pools on this machine
+    # run (every other id is said alive here).
+    gone = f"gone-pool-{os.getpid()}/0#999999"
+    environment = {**os.environ, WORKER_MARKER: gone}
     left = psutil.Popen(["sleep", "300"], env=environment, start_new_session=True)
     kept = psutil.Popen(["sleep", "300"], env={**os.environ, WORKER_MARKER: "live/0#1"})
     try:
-        killed = sweep_leftovers(lambda worker_id: worker_id == "live/0#1", logging.getLogger())
+        killed = sweep_leftovers(lambda worker_id: worker_id != gone, logging.getLogger())
         assert killed == 1
         left.wait(5)
         assert kept.is_running()

@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import redis
 
@@ -204,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_option(adopt)
     adopt.add_argument("--dry-run", action="store_true", help="only say what Tuleap's workers hold")
+
+    hand = commands.add_parser(
+        "hand-back",
+        help="give Tuleap's list what only tuitop reads, once no pool runs",
+        description="When going back to Tuleap's own workers, with every tuitop pool "
+        "stopped: move into app_user_events what only tuitop reads — what its workers "
+        "held (with one more try), its lanes' lists, and the retries waiting their time. "
+        "Refused while a pool runs on this Redis.",
+    )
+    _add_config_option(hand)
 
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
@@ -407,6 +417,29 @@ def command_adopt_tuleap(args: argparse.Namespace) -> int:
     return _with_queue(args, adopt)
 
 
+def command_hand_back(args: argparse.Namespace) -> int:
+    def hand_back(queue: Queue) -> int:
+        client = queue.redis
+        names = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS)))
+        live = [name for name in names if client.exists(keys.pool(name))]
+        if live:
+            print(
+                f"tuitop: pool(s) {', '.join(live)} still run on this Redis: stop them first",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        handed = queue.hand_back("handed back to Tuleap's workers")
+        lanes = ", ".join(f"{lane} {count}" for lane, count in handed.lanes.items()) or "none"
+        print(
+            f"handed back to {keys.QUEUE}: {handed.recovered} message(s) tuitop's workers "
+            f"held, {sum(handed.lanes.values())} from lanes ({lanes}), {handed.retries} "
+            "retries"
+        )
+        return EXIT_OK
+
+    return _with_queue(args, hand_back)
+
+
 def _interval_or_exit(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 60:
         print("tuitop: --interval must be between 0.05 and 60 seconds", file=sys.stderr)
@@ -536,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notify": command_notify,
         "dead-letters": command_dead_letters,
         "adopt-tuleap": command_adopt_tuleap,
+        "hand-back": command_hand_back,
         "demo": command_demo,
         "top": command_top,
     }

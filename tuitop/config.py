@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuitop.errors import ConfigError
-from tuitop.lanes import DEFAULT_SPEC, LaneSet
+from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LaneSet
 from tuitop.phpreader import (
     Diagnostic,
     Origin,
@@ -258,7 +258,11 @@ class Settings:
                 {
                     "name": lane.name,
                     "topics": list(lane.topics),
-                    "workers": f"{lane.workers}%" if lane.percent else lane.workers,
+                    "workers": None
+                    if lane.name == DEFAULT_LANE
+                    else f"{lane.workers}%"
+                    if lane.percent
+                    else lane.workers,
                 }
                 for lane in self.lanes.lanes
             ],

@@ -70,15 +70,29 @@ class Lane:
         return max(share, 1) if self.workers and total >= 2 else share
 
     def describe(self) -> str:
+        if self.name == DEFAULT_LANE:
+            return f"{self.name}: {', '.join(self.topics)}"
         count = f"{self.workers}%" if self.percent else str(self.workers)
         return f"{self.name}({count}): {', '.join(self.topics)}"
 
 
 @dataclass(frozen=True)
 class LaneSet:
-    """The lanes in force; with none, tuitop is Tuleap: one list, every worker on it."""
+    """The lanes in force; with none, tuitop is Tuleap: one list, every worker on it.
+
+    Lanes are for what may wait *longer* than the default lane: their workers help the
+    default lane when their own is empty, and the default lane's never take theirs. To keep
+    some topics fast while everything else may wait, give those to the default lane itself
+    (``latency_10s: tuleap.tracker.artifact; latency_5m(1): *``)."""
 
     lanes: tuple[Lane, ...] = ()
+    """As written, in order (a topic belongs to the first that names it); the default lane
+    among them when it names topics of its own."""
+
+    @property
+    def reserved(self) -> tuple[Lane, ...]:
+        """The lanes other than the default one: those with workers of their own."""
+        return tuple(lane for lane in self.lanes if lane.name != DEFAULT_LANE)
 
     @classmethod
     def parse(cls, spec: str) -> LaneSet:
@@ -86,8 +100,11 @@ class LaneSet:
 
         WORKERS is a count or a percentage of the pool's workers (``25%``); without
         ``(…)`` a lane reserves 1. Topics are separated by commas or spaces and may use
-        ``*`` and ``?``. A topic named by two lanes belongs to the first. Raises ValueError
-        saying what is wrong and where.
+        ``*`` and ``?``. A topic named by two lanes belongs to the first. The default lane,
+        ``latency_10s``, may be written too, without workers (it has those the others do
+        not reserve), to take topics before a later lane's pattern would. A lane named
+        after a latency target shorter than the default lane's is refused: lanes are for
+        what may wait longer. Raises ValueError saying what is wrong and where.
         """
         lanes: list[Lane] = []
         for index, part in enumerate(spec.split(";"), start=1):
@@ -104,14 +121,24 @@ class LaneSet:
                     f"lane {index}: its name is not a lane name (lower-case letters, digits, "
                     "'_', '.', '-'; at most 40)"
                 )
-            if name == DEFAULT_LANE:
+            if name == DEFAULT_LANE and match.group("workers") is not None:
                 raise ValueError(
-                    f"lane {index}: {DEFAULT_LANE} is the default lane (every topic no other "
-                    "lane names); it is not listed"
+                    f"lane {index}: {DEFAULT_LANE} is the default lane: it has the workers "
+                    "the other lanes do not reserve, written without (WORKERS)"
+                )
+            target = latency_target(name)
+            if target is not None and target < DEFAULT_TARGET:
+                raise ValueError(
+                    f"lane {index}: {name} would wait less than the default lane "
+                    f"({DEFAULT_LANE}); lanes are for what may wait longer, and their workers "
+                    f"help the default lane: give these topics to {DEFAULT_LANE} instead "
+                    f"({DEFAULT_LANE}: TOPIC, ...)"
                 )
             if any(lane.name == name for lane in lanes):
                 raise ValueError(f"lane {index}: {name} is named twice")
             workers, percent = _workers(match.group("workers"), name)
+            if name == DEFAULT_LANE:
+                workers, percent = 0, False
             topics = tuple(t for t in re.split(r"[\s,]+", match.group("topics")) if t)
             if not topics:
                 raise ValueError(f"lane {name}: no topic")
@@ -127,7 +154,7 @@ class LaneSet:
     @property
     def names(self) -> tuple[str, ...]:
         """Every lane, the default one first."""
-        return (DEFAULT_LANE, *(lane.name for lane in self.lanes))
+        return (DEFAULT_LANE, *(lane.name for lane in self.reserved))
 
     def describe(self) -> str:
         """The spec in its canonical form ('' for none)."""
@@ -148,7 +175,7 @@ class LaneSet:
         the lowest slots, in their order, the default lane on the rest — and always at
         least one slot (reservations are cut, later lanes first, to leave it)."""
         homes: list[str] = []
-        for lane in self.lanes:
+        for lane in self.reserved:
             left = total - 1 - len(homes)
             homes.extend([lane.name] * max(min(lane.reserved(total), left), 0))
         return tuple(homes + [DEFAULT_LANE] * (total - len(homes)))
@@ -170,6 +197,8 @@ class LaneSet:
 
 _TARGET = re.compile(r"latency_(\d+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_TARGET = 10.0
+"""The default lane's latency target, as its name says."""
 
 
 def latency_target(lane: str) -> float | None:

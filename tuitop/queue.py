@@ -13,6 +13,8 @@ returns Tuleap discards it — tuitop moves it to the dead-letter list with the 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +32,10 @@ from tuitop.stats import StatsBatch
 MAX_REQUEUES = 3
 """Tuleap's limit: a message may come back this many times, then it is given up."""
 
+ROUTING_DECODE_LIMIT = 65536
+"""A message bigger than this is not decoded to find its topic for a lane (in Redis, that
+would hold every other client up): without its topic first, it stays on the default lane."""
+
 # Takes up to ARGV[1] messages into the processing list (KEYS[1]) in one round trip, from
 # the first of the worker's source lists (KEYS[4] .. KEYS[3 + ARGV[2]], in its order) that
 # holds any, but no more than a fair share of that list (its depth divided by the registered
@@ -38,10 +44,11 @@ MAX_REQUEUES = 3
 # not serve is moved to that lane's list instead, in the same script: the lane is the first
 # whose pattern (ARGV[5], ARGV[7] ...) matches the topic, the list is KEYS[target] (ARGV[6],
 # ARGV[8] ...; 0: a lane the worker serves, the message is kept). The topic is read where
-# PHP's json_encode writes it, first, else by decoding the message (up to 64 KiB: a bigger
-# one is kept); a message with no topic found is kept. A lane moved to is added to the
-# lanes' set (KEYS[3]) if it is not there, so that it is found, and moved back, if no pool
-# ever serves it (its name: the key after ARGV[4] characters).
+# PHP's json_encode writes it, first, else by decoding the message (up to
+# ROUTING_DECODE_LIMIT bytes: a bigger one is kept); a message with no topic found is
+# kept. A lane moved to is added to the lanes' set (KEYS[3]) if it is not there, so that
+# it is found, and moved back, if no pool ever serves it (its name: the key after ARGV[4]
+# characters).
 # Returns {source number, message, ...} (oldest first); when nothing is kept, instead, how
 # many messages the processing list already holds: a worker that holds none in memory then
 # knows they were stranded there.
@@ -63,7 +70,7 @@ for s = 1, sources do
       for _, message in ipairs(taken) do
         local target = 0
         local topic = string.match(message, '^%s*{%s*"event_name"%s*:%s*"([^"\\]*)"')
-        if not topic and #message <= 65536 then
+        if not topic and #message <= @DECODE_LIMIT@ then
           local ok, document = pcall(cjson.decode, message)
           if ok and type(document) == 'table' and type(document.event_name) == 'string' then
             topic = document.event_name
@@ -102,7 +109,7 @@ for s = 1, sources do
   end
 end
 return redis.call('LLEN', KEYS[1])
-"""
+""".replace("@DECODE_LIMIT@", str(ROUTING_DECODE_LIMIT))
 
 # Moves a message a worker took (blocking, from Tuleap's list) to the list of its lane
 # (ARGV[2]), which the worker does not serve; only if it is still in the processing list.
@@ -200,6 +207,21 @@ return 0
 """
 
 
+_TOPIC_FIRST = re.compile(rb'^\s*\{\s*"event_name"\s*:\s*"([^"\\]*)"')
+
+
+def routing_topic(raw: bytes) -> str | None:
+    """The topic a message is routed to a lane by, found as _TAKE_SCRIPT finds it: where
+    PHP's json_encode writes it, first, else by decoding up to ROUTING_DECODE_LIMIT."""
+    first = _TOPIC_FIRST.match(raw)
+    if first is not None:
+        return first.group(1).decode("utf-8", "replace")
+    if len(raw) > ROUTING_DECODE_LIMIT:
+        return None
+    message = decode(raw)
+    return None if message.problem is not None else message.topic
+
+
 @dataclass(frozen=True)
 class TakePlan:
     """Where a worker takes messages from, in order, and which it moves to another lane.
@@ -280,6 +302,18 @@ class Taken:
     source: str
     held: int
     """When nothing was taken: how many messages the processing list holds already."""
+
+
+@dataclass(frozen=True)
+class HandBack:
+    """What :meth:`Queue.hand_back` moved."""
+
+    recovered: int
+    """Messages tuitop's workers held (now retried from Tuleap's list, or dead letters)."""
+    lanes: dict[str, int]
+    """Messages moved from each lane's list."""
+    retries: int
+    """Retries that were waiting their time, now at the head of Tuleap's list."""
 
 
 @dataclass(frozen=True)
@@ -405,9 +439,10 @@ class Queue:
                 "LEFT",
             ),
         )
-        if value is None or not self.plan.lanes.lanes:
+        if value is None or not self.plan.lanes.reserved:
             return value
-        lane = self.plan.route(decode(value).topic)
+        topic = routing_topic(value)
+        lane = None if topic is None else self.plan.route(topic)
         if lane is None:
             return value
         self._route(
@@ -420,6 +455,39 @@ class Queue:
         """Moves back to Tuleap's list the messages of lanes no pool has served for
         ``unserved_after`` seconds (at most ``limit`` a call); returns how many, by lane."""
         return self._lanes_back([unserved_after, limit, keys.LANE_PREFIX])
+
+    def list_lanes(self) -> list[str]:
+        """Lists in the lanes' set every lane whose list holds messages and is not there
+        (left by a tuitop older than that set's rule), as not served since long: moved
+        back unless a pool serves it. SCAN: it never blocks Redis. Returns those listed."""
+        listed = []
+        for key in self.redis.scan_iter(match=f"{keys.LANE_PREFIX}*", count=1000):
+            lane = key.decode("utf-8", "replace").removeprefix(keys.LANE_PREFIX)
+            if self.redis.zadd(keys.LANES, {lane: 0}, nx=True):
+                listed.append(lane)
+        return listed
+
+    def hand_back(self, reason: str) -> HandBack:
+        """Gives Tuleap's list everything only a tuitop reads, once no tuitop runs (Tuleap's
+        workers take over): what tuitop's workers held (recovered: one more try, or dead-
+        lettered past the last), the lanes' lists, and the retries waiting their time, at
+        the head of the queue. The caller makes sure no pool runs."""
+        workers = {m.decode() for m in cast(set[bytes], self.redis.smembers(keys.WORKERS))}
+        prefix = keys.processing_list("")
+        for key in self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
+            suffix = key.decode("utf-8", "replace").removeprefix(prefix)
+            if not suffix.isdigit():  # Tuleap's own are tuitop adopt-tuleap's
+                workers.add(suffix)
+        recovered = sum(self.recover(worker_id, reason).total for worker_id in sorted(workers))
+        self.list_lanes()
+        lanes = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.LANES, 0, -1))]
+        moved = self.move_lanes_back(lanes) if lanes else {}
+        retries = 0
+        while True:
+            count = self.move_due(now=math.inf)
+            retries += count
+            if count == 0:
+                return HandBack(recovered, moved, retries)
 
     def move_lanes_back(self, lanes: Sequence[str], limit: int = 10_000) -> dict[str, int]:
         """Moves the messages of ``lanes`` back to Tuleap's list (a pool that was the last

@@ -53,6 +53,7 @@ from tuitop.worker import (
     EXIT_OK,
     EXIT_REDIS_AUTH,
     EXIT_REDIS_UNREACHABLE,
+    IDLE,
     JOB_CLOCK,
     STATE,
     STATUS_SLOTS,
@@ -499,6 +500,13 @@ class Supervisor:
         self._redis_down_since = 0.0
         self._redis_backoff = 0.0
         try:
+            assert self._queue is not None
+            for lane in self._queue.list_lanes():
+                self.logger.warning(
+                    "Lane %s had messages no pool listed (left by an older tuitop): listed "
+                    "now, moved back unless a pool serves it",
+                    lane,
+                )
             self._recover_orphans(force=True)
         except redis.RedisError as error:
             self._redis_failed(error)
@@ -638,6 +646,8 @@ class Supervisor:
             try:
                 queue.move_due()
                 if not served:
+                    if not _same_server(settings, self.settings.redis):
+                        self._release_lanes(queue, settings)
                     self._report_left(settings, queue)
             except redis.RedisError as error:
                 if not served:
@@ -762,10 +772,14 @@ class Supervisor:
         )
         # Replace only while a replacement can start (the new Redis answers), or capacity
         # would drop for nothing.
-        if self._outdated and not replacing and len(active) >= wanted and self._redis_ok:
-            # A rolling replacement: one worker at a time, each after its current job.
-            slot, why = self._outdated.popitem()
-            self._stop_worker(self.workers[slot], why)
+        if self._outdated and len(active) >= wanted and self._redis_ok:
+            # Idle ones at once (they hold no job, and an outdated worker may move messages
+            # to a lane no longer served); busy ones rolling, one at a time, after its job.
+            idle = [slot for slot in self._outdated if active[slot].status[STATE] == IDLE]
+            if not idle and not replacing:
+                idle = [next(iter(self._outdated))]
+            for slot in idle:
+                self._stop_worker(self.workers[slot], self._outdated.pop(slot))
             active = self._active()
         missing = wanted - min(len(active), wanted)
         if missing <= 0 or not self._redis_ok or time.monotonic() < self._next_start_at:
@@ -978,6 +992,7 @@ class Supervisor:
     # --- shutdown --------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
+        self._say_stopping()
         alive = [record for record in self.workers.values() if record.process.is_alive()]
         if alive:
             self.logger.info(
@@ -1010,22 +1025,45 @@ class Supervisor:
             for record in self.workers.values():
                 record.process.join(timeout=5)
             self._reap()
-        self._release_lanes()
+        if self._redis_ok and self._queue is not None:
+            self._release_lanes(self._queue, self.settings.redis)
+        elif self._served_lanes:
+            self.logger.warning(
+                "Redis does not answer: lane(s) %s stay where they are (the next pool to "
+                "start moves back what no pool serves)",
+                ", ".join(sorted(self._served_lanes)),
+            )
         self.logger.info("Pool %s stopped", self.options.pool_name)
 
-    def _release_lanes(self) -> None:
-        """The lanes this pool served that no other live pool serves go back to Tuleap's
-        list as it stops: nothing waits in a list that only a tuitop reads once none runs
-        (a Tuleap worker taking over, Tuleap's SYSTEM_CHECK)."""
-        if not (self._served_lanes and self._redis_ok and self._queue and self._redis):
+    def _say_stopping(self) -> None:
+        """Tells other pools at once that this one serves no lane any more: two pools
+        stopping together must not each count on the other to keep a lane."""
+        if not (self._redis_ok and self._owns_name and self._redis is not None):
             return
+        key = keys.pool(self.options.pool_name)
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(key, mapping={"served": "", "stopping": 1})
+            pipe.expire(key, int(self.options.heartbeat_ttl))
+            pipe.execute()
+        except redis.RedisError as error:
+            self._redis_failed(error)
+
+    def _release_lanes(self, queue: Queue, where: RedisSettings) -> None:
+        """The lanes this pool served that no other live pool on ``queue``'s Redis serves
+        go back to Tuleap's list there, as the pool stops or leaves that Redis: nothing
+        waits in a list that only a tuitop reads once none runs (a Tuleap worker taking
+        over, Tuleap's SYSTEM_CHECK)."""
+        if not self._served_lanes:
+            return
+        client = queue.redis
         try:
             others = [
                 name.decode()
-                for name in cast(set[bytes], self._redis.smembers(keys.POOLS))
+                for name in cast(set[bytes], client.smembers(keys.POOLS))
                 if name.decode() != self.options.pool_name
             ]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for name in others:
                 pipe.hget(keys.pool(name), "served")
             still = {
@@ -1035,18 +1073,21 @@ class Supervisor:
                 for lane in cast(bytes, served).decode().split(",")
             }
             lanes = sorted(self._served_lanes - still)
-            moved = self._queue.move_lanes_back(lanes) if lanes else {}
+            moved = queue.move_lanes_back(lanes) if lanes else {}
         except redis.RedisError as error:
             self.logger.warning(
-                "Could not move this pool's lanes back to %s: %s (the next pool to start does it)",
+                "Could not move this pool's lanes back to %s on %s: %s (the next pool to "
+                "start there does it)",
                 keys.QUEUE,
-                describe_error(error, self.settings.redis),
+                where.address,
+                describe_error(error, where),
             )
             return
         for lane, count in moved.items():
             self.logger.warning(
-                "No other pool serves lane %s: %d message(s) moved back to %s",
+                "No other pool serves lane %s on %s: %d message(s) moved back to %s",
                 lane,
+                where.address,
                 count,
                 keys.QUEUE,
             )

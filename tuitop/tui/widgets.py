@@ -223,7 +223,10 @@ def _lane_topics(snapshot: Snapshot) -> dict[str, str]:
         except ValueError:
             continue
         for lane in lanes.lanes:
-            topics.setdefault(lane.name, ", ".join(lane.topics))
+            if lane.name == DEFAULT_LANE:
+                topics[DEFAULT_LANE] = f"{', '.join(lane.topics)}, and every other topic"
+            else:
+                topics.setdefault(lane.name, ", ".join(lane.topics))
     return topics
 
 
@@ -264,7 +267,7 @@ class ConfigPanel(Static):
         except ValueError:
             lanes = LaneSet()
         reserved = " ".join(
-            f"{lane.name}({lane.workers}{'%' if lane.percent else ''})" for lane in lanes.lanes
+            f"{lane.name}({lane.workers}{'%' if lane.percent else ''})" for lane in lanes.reserved
         )
         return Text(
             f"{pool.name}@{pool.host}  {files}  loaded {clock_time(pool.loaded_at)}  "
