@@ -331,6 +331,29 @@ def test_a_secret_split_by_a_cut_is_masked_in_the_log_and_in_the_tail(tmp_path: 
     assert len(outcome.stderr_tail.encode()) <= 4096
 
 
+@pytest.mark.parametrize("cut_at", [5, 10, 15, 22, 30])
+def test_the_stderr_tail_never_begins_with_the_rest_of_a_secret(
+    tmp_path: Path, cut_at: int
+) -> None:
+    # The tail is trimmed where it is, then masked: masking a later secret shortens it,
+    # and the trim may have cut an earlier one.
+    secret = "Sup3r-Secret-Passw0rd-x"
+    later = "x" * 50 + secret + "y" * (4118 - cut_at - 50 - len(secret))
+    (tmp_path / "stderr.txt").write_text("head " + secret + later + "\n")
+    command = TaskCommand.parse("sh -c 'cat stderr.txt >&2; exit 1'", str(tmp_path))
+    task_runner = TaskRunner(
+        command,
+        time_limit=10,
+        logger=logging.getLogger("tests.tasks"),
+        worker_id="p/0#1",
+        secrets=lambda: (secret,),
+    )
+    tail = task_runner.run(b"").stderr_tail
+    for length in range(5, len(secret) + 1):
+        assert secret[:length] not in tail and secret[-length:] not in tail, (length, tail[:40])
+    assert "***" in tail
+
+
 def test_output_past_the_log_limit_is_only_counted(tmp_path: Path) -> None:
     # 50 MB of empty lines: counted once the limit is reached, not split line by line.
     command = TaskCommand.parse(

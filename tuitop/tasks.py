@@ -172,6 +172,7 @@ class _Output:
         self._overlap = max((len(s) for s in self._secrets), default=1) - 1
         """What a cut keeps back: a secret begun before it is whole on one side."""
         self._tail = bytearray()
+        self._trimmed = False
         self._partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
 
     def _mask(self, data: bytes) -> bytes:
@@ -182,13 +183,22 @@ class _Output:
     @property
     def stderr_tail(self) -> str:
         """The end of its stderr, at most ``tail_limit`` bytes, secrets masked."""
-        return self._mask(bytes(self._tail))[-self.tail_limit :].decode("utf-8", "replace")
+        masked = self._mask(bytes(self._tail))
+        if self._trimmed:
+            # The trim may have cut a secret: what is left of it is at the very start,
+            # at most an overlap long, and masking cannot see it. Dropped, whatever the
+            # masking further on did to the length.
+            masked = masked[self._overlap :]
+        return masked[-self.tail_limit :].decode("utf-8", "replace")
 
     def add(self, stream: str, data: bytes) -> None:
         self.total += len(data)
         if stream == "stderr":
             self._tail += data
-            del self._tail[: -(self.tail_limit + self._overlap)]
+            keep = self.tail_limit + self._overlap
+            if len(self._tail) > keep:
+                del self._tail[:-keep]
+                self._trimmed = True
         if self.logged >= self.log_limit:
             self.dropped += len(data)  # past the limit it is only counted, not split
             return
