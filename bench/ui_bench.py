@@ -6,6 +6,8 @@
 2. Drain of 100,000 pre-queued no-op messages by a pool of 2 workers, without and with the
    real ``tuitop top`` attached in a tmux terminal (refreshing every 0.5 s), alternated
    run by run; also the UI's own CPU time during the drain.
+3. The UI's CPU watching an idle pool of 2 workers (its default lanes in service) for 10 s,
+   twice.
 
 Prints a table and writes ``bench/results/ui.json``. Run: ``python -m bench.ui_bench``
 (needs tmux on the PATH).
@@ -29,7 +31,15 @@ from typing import Any
 import psutil
 import redis
 
-from bench.pool_bench import bench_drain, command_count, percentile, write_config
+from bench.pool_bench import (
+    bench_drain,
+    command_count,
+    percentile,
+    start_pool,
+    stop,
+    wait_for_workers,
+    write_config,
+)
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
@@ -125,6 +135,28 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def bench_idle_ui(
+    directory: Path, server: EmbeddedRedis, config: Path, seconds: float
+) -> dict[str, Any]:
+    client = server.client()
+    client.flushall()
+    pool = start_pool(directory, config)
+    try:
+        wait_for_workers(client, 2)
+        ui = start_ui(config)
+        try:
+            time.sleep(3)  # past its first pictures
+            before = cpu_seconds(ui)
+            time.sleep(seconds)
+            used = cpu_seconds(ui) - before
+        finally:
+            stop_ui()
+    finally:
+        stop(pool)
+        client.close()
+    return {"seconds": seconds, "ui_cpu_seconds": used, "ui_cpu_percent": 100 * used / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="drains with and without the UI")
@@ -153,6 +185,7 @@ def main() -> None:
                 attached.append(result)
             finally:
                 stop_ui()
+        idle = [bench_idle_ui(directory, server, config, 10.0) for _ in range(2)]
 
     def best(runs: list[dict[str, Any]]) -> float:
         return max(run["per_second"] for run in runs)
@@ -178,6 +211,7 @@ def main() -> None:
             "median_without": median(without),
             "median_with": median(attached),
         },
+        "idle_ui": idle,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
@@ -196,6 +230,8 @@ def main() -> None:
         print(f"  {label:<32}{rates}  (median {median(runs):,.0f})")
     ui_cpu = [run["ui_cpu_seconds"] for run in attached]
     print(f"  UI CPU during a drain: {', '.join(f'{s:.2f} s' for s in ui_cpu)}")
+    shares = ", ".join(f"{run['ui_cpu_percent']:.1f} %" for run in idle)
+    print(f"\nthe UI watching an idle pool (10 s, 0.5 s refresh): {shares} of one core")
     print(f"\nwritten to {RESULTS.relative_to(REPO)}")
 
 
