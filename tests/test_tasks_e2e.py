@@ -83,6 +83,12 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_for_tree_to_end(run: dict[str, object], what: str) -> None:
+    """Until the task of this run and the child it started are both gone."""
+    leader, child = int(str(run["pid"])), int(str(run["child_pid"]))
+    wait_until(lambda: not alive(leader) and not alive(child), 10, what)
+
+
 def test_tuleaps_messages_run_once_each_with_their_exact_bytes(
     tmp_path: Path,
     pools: list[Pool],
@@ -203,11 +209,7 @@ def test_a_hanging_task_is_killed_at_the_time_limit_with_its_children(
     payload = json.dumps({"id": "hang", "standin": {"hang": True, "child": True}})
     push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
     [first] = wait_until(lambda: tuleap.runs_of("hang"), 20, "the task to start")
-    wait_until(
-        lambda: not alive(int(first["pid"])) and not alive(int(first["child_pid"])),  # type: ignore[arg-type]
-        10,
-        "the task and its child to be killed",
-    )
+    wait_for_tree_to_end(first, "the task and its child to be killed")
     # Retried, and given up after Tuleap's 3 tries, as a time-out each time.
     wait_until(lambda: client.llen(keys.DEAD_LETTERS) == 1, 40, "the dead letter")
     letter = parse_dead_letter(client.lindex(keys.DEAD_LETTERS, 0))
@@ -233,11 +235,7 @@ def test_no_task_process_is_left_after_a_sigkill_of_the_pool(
     [run] = wait_until(lambda: tuleap.runs_of("orphan"), 20, "the task to start")
     pool.signal(signal.SIGKILL)  # the pool's parent process only
     pool.wait(10)
-    wait_until(
-        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
-        10,
-        "the task tree to be killed once the pool is gone (after --grace)",
-    )
+    wait_for_tree_to_end(run, "the task tree to be killed once the pool is gone (after --grace)")
     # Nothing lost: it waits for a retry, charged one try.
     wait_until(lambda: client.zcard(keys.DELAYED) == 1, 10, "the message in the delayed set")
     assert "the pool is gone" in pool.log()
@@ -289,11 +287,7 @@ def test_a_worker_killed_mid_task_takes_its_task_tree_along(
     [run] = wait_until(lambda: tuleap.runs_of("w"), 20, "the task to start")
     worker = psutil.Process(int(run["ppid"]))  # type: ignore[arg-type]
     worker.kill()
-    wait_until(
-        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
-        10,
-        "the task tree of the dead worker to be killed",
-    )
+    wait_for_tree_to_end(run, "the task tree of the dead worker to be killed")
     wait_until(lambda: len(tuleap.runs_of("w")) == 2, 20, "the message recovered and run again")
     client.close()
     pool.kill_all()
@@ -320,11 +314,7 @@ def test_a_warm_stop_lets_a_running_task_finish_and_a_cold_one_kills_it(
     time.sleep(0.5)
     pool.signal(signal.SIGTERM)  # the second signal: cold
     assert pool.wait(20) == 0
-    wait_until(
-        lambda: not alive(int(run["pid"])) and not alive(int(run["child_pid"])),  # type: ignore[arg-type]
-        10,
-        "the task tree killed by the cold stop",
-    )
+    wait_for_tree_to_end(run, "the task tree killed by the cold stop")
     assert client.zcard(keys.DELAYED) == 1  # recovered, with one more try
     client.close()
 
