@@ -175,9 +175,15 @@ def test_hand_back_is_refused_while_a_pool_runs_and_done_once_none_does(
     redis_client.hset(keys.pool("web-1"), "host", "web-1")  # its heartbeat: it runs
     refused = run_tuitop("hand-back", "--config", str(config))
     assert refused.returncode == 1
-    assert "pool(s) web-1 still run on this Redis" in refused.stderr
+    assert "pool web-1 still run(s) on this Redis" in refused.stderr
     assert redis_client.llen(keys.QUEUE) == 0
     redis_client.delete(keys.pool("web-1"))  # its heartbeat expired: it is gone
+    # A worker of it still beats (its pool was killed; it finishes its job): refused.
+    redis_client.sadd(keys.WORKERS, "web-1/0#42")
+    redis_client.hset(keys.heartbeat("web-1/0#42"), "state", "busy")
+    refused = run_tuitop("hand-back", "--config", str(config))
+    assert refused.returncode == 1 and "worker web-1/0#42" in refused.stderr
+    redis_client.delete(keys.heartbeat("web-1/0#42"))
     result = run_tuitop("hand-back", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "1 from lanes (latency_15m 1)" in result.stdout

@@ -156,3 +156,23 @@ def test_a_lane_faster_than_the_default_is_refused_with_the_way_to_do_it(
     with pytest.raises(ValueError, match=re.escape(error)) as caught:
         LaneSet.parse(spec)
     assert D in str(caught.value)
+
+
+def test_the_lane_of_the_rest_and_topics_never_matched() -> None:
+    assert LaneSet.parse(DEFAULT_SPEC).catch_all == D
+    bulk = LaneSet.parse("latency_10s: tuleap.tracker.artifact; latency_5m(1): *")
+    assert bulk.catch_all == "latency_5m" and bulk.never_matched() == []
+    shadowed = LaneSet.parse("latency_5m(1): *; latency_10s: a; x(1): b, c, b")
+    assert shadowed.never_matched() == [
+        "lane latency_10s: topic 1 is never matched: an earlier one takes every such topic first",
+        "lane x: topic 1 is never matched: an earlier one takes every such topic first",
+        "lane x: topic 2 is never matched: an earlier one takes every such topic first",
+        "lane x: topic 3 is never matched: an earlier one takes every such topic first",
+    ]
+
+
+def test_topics_match_as_bytes_as_in_redis() -> None:
+    lanes = LaneSet.parse("x(1): a*b, ?")
+    assert lanes.lane_of("a\nb") == "x"  # '*' takes a newline, as Lua's '.*' does
+    assert lanes.lane_of("é") == D  # two bytes: not '?'
+    assert lanes.lane_of("e") == "x"

@@ -219,3 +219,17 @@ def test_hand_back_gives_tuleaps_list_everything_only_tuitop_reads(
     assert redis_client.zcard(keys.DELAYED) == 0 and redis_client.llen(LONG) == 0
     assert redis_client.llen(keys.processing_list("pool/0#9")) == 0
     assert redis_client.llen(keys.processing_list("2")) == 1
+
+
+def test_python_and_lua_route_odd_topics_alike(redis_client: redis.Redis) -> None:
+    lanes = LaneSet.parse("x(1): a*b, ?")
+    plan = TakePlan.for_lanes(lanes, (D,))
+    queue = Queue(redis_client, plan=plan)
+    for topic in ("a\nb", "é", "e", "ab", "a-b"):
+        raw = encode(topic, {"t": topic})
+        expected_kept = lanes.lane_of(topic) == D
+        redis_client.lpush(keys.QUEUE, raw)
+        kept = queue.take("w/0#1", 1) == [raw]  # the script
+        redis_client.lpush(keys.QUEUE, raw)
+        blocking_kept = queue.take_blocking("w/0#1", 0.2) == raw  # Python
+        assert kept == blocking_kept == expected_kept, topic

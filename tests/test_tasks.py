@@ -17,6 +17,7 @@ import pytest
 
 from tests.pool import REPO, wait_until
 from tuitop import tasks
+from tuitop.config import mask_secrets
 from tuitop.handlers import Job, RetryLater
 from tuitop.log import TuleapFormatter
 from tuitop.message import encode
@@ -366,3 +367,41 @@ def test_output_past_the_log_limit_is_only_counted(tmp_path: Path) -> None:
     outcome = task_runner.run(b"")
     assert outcome.ok and outcome.output_bytes == 50_000_000
     assert time.monotonic() - began < 10
+
+
+def test_a_secret_inside_another_is_masked_whole_across_a_cut(tmp_path: Path) -> None:
+    # The Redis password begins with the relay's: a line cut past 4 KiB, the longer one
+    # written across two writes. Neither may leave a piece of the other.
+    longer, shorter = "Passw0rd-2024-redis!", "Passw0rd"
+    script = tmp_path / "task.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"printf '%05000d token={longer[:12]}' 0 >&2; sleep 0.3\n"
+        f"printf '{longer[12:]} more\\n' >&2; exit 1\n"
+    )
+    script.chmod(0o755)
+    log_file = tmp_path / "worker_log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(TuleapFormatter(lambda: (longer, shorter)))
+    logger = logging.getLogger("tests.tasks.nested")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    task_runner = TaskRunner(
+        TaskCommand.parse(str(script), str(tmp_path)),
+        time_limit=10,
+        logger=logger,
+        worker_id="p/0#1",
+        secrets=lambda: (longer, shorter),
+    )
+    outcome = task_runner.run(b"")
+    logger.removeHandler(handler)
+    handler.close()
+    for text in (log_file.read_text(), outcome.stderr_tail):
+        assert "token=*** more" in text
+        assert "2024" not in text and "redis!" not in text and shorter not in text
+
+
+def test_secrets_that_overlap_are_masked_as_one() -> None:
+    assert mask_secrets("x hunter2fast y", ["hunter2", "2fast"]) == "x *** y"
+    assert mask_secrets("aPassw0rd-2024-redis!b", ["Passw0rd", "Passw0rd-2024-redis!"]) == "a***b"
+    assert mask_secrets("no secret here", ["hunter2"]) == "no secret here"

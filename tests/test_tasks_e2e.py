@@ -352,3 +352,29 @@ def test_a_daemon_a_task_started_ends_when_its_worker_does(
     )
     client.close()
     assert pool.stop() == 0
+
+
+def test_a_pool_stopping_warm_is_seen_to_its_end_and_hand_back_waits(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    from tests.pool import run_tuitop
+
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "long", "standin": {"sleep": 14}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    wait_until(lambda: tuleap.runs_of("long"), 20, "the task to start")
+    pool.signal(signal.SIGTERM)
+    time.sleep(12)  # past the heartbeat's 10 s: the grace period goes on
+    assert client.hget(keys.pool(pool_name(client)), "stopping") == b"1"
+    refused = run_tuitop("hand-back", "--config", str(tmp_path / "local.inc"))
+    assert refused.returncode == 1, refused.stdout
+    assert pool.wait(30) == 0
+    assert len(tuleap.runs_of("long", "end")) == 1  # it ran once, to its end
+    assert nothing_pending(client)
+    client.close()
+
+
+def pool_name(client: redis.Redis) -> str:
+    [name] = client.smembers(keys.POOLS)
+    return str(name.decode())

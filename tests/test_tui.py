@@ -318,3 +318,26 @@ async def test_redis_not_configured_is_said_plainly(tmp_path: Path) -> None:
         assert "Redis is not configured ($redis_server is empty)" in text_of(header)
         assert app.snapshot is None and rows(app) == 0
         await pilot.press("q")
+
+
+def test_the_lanes_panel_says_where_every_other_topic_goes() -> None:
+    from tuitop.snapshot import PoolView, QueueView, Snapshot
+    from tuitop.stats import Percentiles, WindowStats
+    from tuitop.tui.widgets import _lane_topics
+
+    def topics(*specs: str) -> dict[str, str]:
+        none = Percentiles(0, None, None, None, None)
+        window = WindowStats(60, {}, none, none)
+        pools = tuple(
+            PoolView(f"p{n}", "h", 1, 2, 2, 2, (), "info", "all", "r", 0.0, "", 0.0, spec)
+            for n, spec in enumerate(specs)
+        )
+        queue = QueueView(0, 0, 0, 0, None, None)
+        return _lane_topics(Snapshot(0.0, queue, (), pools, window, window, window))
+
+    assert topics("")[DEFAULT_LANE] == "every other topic"
+    bulk = topics("latency_10s: tuleap.tracker.artifact; latency_5m(1): *")
+    assert bulk == {DEFAULT_LANE: "tuleap.tracker.artifact", "latency_5m": "every other topic"}
+    # Two pools: the first that names a lane says what it holds.
+    two = topics("latency_10s: a; x(1): b", "latency_10s: c; x(1): d")
+    assert two == {DEFAULT_LANE: "a, every other topic", "x": "b"}

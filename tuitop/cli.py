@@ -9,7 +9,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -419,12 +419,11 @@ def command_adopt_tuleap(args: argparse.Namespace) -> int:
 
 def command_hand_back(args: argparse.Namespace) -> int:
     def hand_back(queue: Queue) -> int:
-        client = queue.redis
-        names = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS)))
-        live = [name for name in names if client.exists(keys.pool(name))]
+        live = queue.live_pools()
         if live:
             print(
-                f"tuitop: pool(s) {', '.join(live)} still run on this Redis: stop them first",
+                f"tuitop: {', '.join(live)} still run(s) on this Redis: stop them first "
+                "(a pool's heartbeat lasts 10 s after it is gone)",
                 file=sys.stderr,
             )
             return EXIT_FAILURE
@@ -435,6 +434,12 @@ def command_hand_back(args: argparse.Namespace) -> int:
             f"held, {sum(handed.lanes.values())} from lanes ({lanes}), {handed.retries} "
             "retries"
         )
+        dead = int(queue.redis.llen(keys.DEAD_LETTERS))
+        if dead:
+            print(
+                f"{dead} dead letter(s) stay in {keys.DEAD_LETTERS}, which only tuitop reads: "
+                "'tuitop dead-letters' lists them, 'replay --all' puts them back in the queue"
+            )
         return EXIT_OK
 
     return _with_queue(args, hand_back)

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tuitop.errors import ConfigError
 from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LaneSet
@@ -272,11 +272,48 @@ class Settings:
 
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
-    """Replaces each secret in ``text`` by ``***`` (longest first, so none leaks in part)."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
+    """``text`` with every place a secret occurs replaced by ``***``."""
+    return mask_spans(text, list(secrets), MASK)
+
+
+_Text = TypeVar("_Text", str, bytes)
+
+
+def secret_spans(text: _Text, secrets: Sequence[_Text]) -> list[tuple[int, int]]:
+    """Where ``secrets`` occur in ``text``, as (start, end) in order, spans that overlap
+    or touch merged: secrets that share characters (one inside another, one's end another's
+    start) make one span."""
+    spans: list[tuple[int, int]] = []
+    for secret in secrets:
+        if not secret:
+            continue
+        start = text.find(secret)
+        while start != -1:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for begin, end in spans:
+        if merged and begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def mask_spans(text: _Text, secrets: Sequence[_Text], mask: _Text) -> _Text:
+    """Replaces by ``mask`` every span of ``text`` where secrets occur (secret_spans):
+    never one secret leaving a piece of another."""
+    spans = secret_spans(text, secrets)
+    if not spans:
+        return text
+    pieces: list[_Text] = []
+    last = 0
+    for begin, end in spans:
+        pieces += [text[last:begin], mask]
+        last = end
+    pieces.append(text[last:])
+    return text[:0].join(pieces)
 
 
 @dataclass(frozen=True)
@@ -471,9 +508,12 @@ class _SettingsBuilder:
         value = self.value("tuitop_lanes")
         spec = DEFAULT_SPEC if value is None else self.text("tuitop_lanes")
         try:
-            return LaneSet.parse(spec)
+            lanes = LaneSet.parse(spec)
         except ValueError as error:
             raise self.error("tuitop_lanes", f"$tuitop_lanes: {error}") from None
+        for warning in lanes.never_matched():
+            self.warn("tuitop_lanes", f"$tuitop_lanes: {warning}")
+        return lanes
 
     def mail(self) -> MailSettings:
         transport = self.text("email_transport", "sendmail")

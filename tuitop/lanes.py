@@ -25,6 +25,7 @@ Tuleap forge puts its long topics (:data:`LONG_TOPICS`) on ``latency_15m`` with 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -164,11 +165,32 @@ class LaneSet:
         return self.describe() or "none"
 
     def lane_of(self, topic: str) -> str:
-        """The lane a topic belongs to: the first that names it, else the default one."""
+        """The lane a topic belongs to: the first that names it, else the default one.
+        Matched on its UTF-8 bytes, as the take script matches it in Redis."""
+        data = topic.encode("utf-8", "surrogateescape")
         for lane in self.lanes:
-            if any(_glob(pattern).fullmatch(topic) for pattern in lane.topics):
+            if any(_glob(pattern).fullmatch(data) for pattern in lane.topics):
                 return lane.name
         return DEFAULT_LANE
+
+    @property
+    def catch_all(self) -> str:
+        """The lane of the topics no lane names: the first written with ``*``, else the
+        default lane."""
+        return next((lane.name for lane in self.lanes if "*" in lane.topics), DEFAULT_LANE)
+
+    def never_matched(self) -> list[str]:
+        """Topics written where an earlier one always takes them first (the same topic
+        earlier, or after ``*``): what is written there never happens."""
+        seen: set[str] = set()
+        found = []
+        for lane in self.lanes:
+            for position, topic in enumerate(lane.topics, start=1):
+                if "*" in seen or topic in seen:
+                    found.append(f"lane {lane.name}: topic {position} is never matched: an "
+                                 "earlier one takes every such topic first")  # fmt: skip
+                seen.add(topic)
+        return found
 
     def plan(self, total: int) -> tuple[str, ...]:
         """The home lane of each of ``total`` worker slots: the lanes' reserved workers on
@@ -223,8 +245,12 @@ def _workers(text: str | None, name: str) -> tuple[int, bool]:
     return value, percent
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."))
+@functools.cache
+def _glob(pattern: str) -> re.Pattern[bytes]:
+    """The glob as a regular expression on bytes, ``?`` one byte and ``*`` any, newlines
+    too: what the Lua pattern of _lua_pattern means."""
+    escaped = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.compile(escaped.encode(), re.DOTALL)
 
 
 def _lua_pattern(pattern: str) -> str:

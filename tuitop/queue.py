@@ -467,18 +467,44 @@ class Queue:
                 listed.append(lane)
         return listed
 
+    def live_pools(self) -> list[str]:
+        """Pools and workers that show a sign of life: a pool's heartbeat or name claim, a
+        worker's heartbeat (a worker whose pool was killed finishes its job, beating)."""
+        client = self.redis
+        names = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS)))
+        workers = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.WORKERS)))
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.pool(name), keys.pool(name) + ":owner")
+        for worker_id in workers:
+            pipe.exists(keys.heartbeat(worker_id))
+        signs = pipe.execute()
+        live = [
+            f"pool {name}" for name, sign in zip(names, signs[: len(names)], strict=True) if sign
+        ]
+        live += [
+            f"worker {worker_id}"
+            for worker_id, sign in zip(workers, signs[len(names) :], strict=True)
+            if sign
+        ]
+        return live
+
     def hand_back(self, reason: str) -> HandBack:
         """Gives Tuleap's list everything only a tuitop reads, once no tuitop runs (Tuleap's
         workers take over): what tuitop's workers held (recovered: one more try, or dead-
-        lettered past the last), the lanes' lists, and the retries waiting their time, at
-        the head of the queue. The caller makes sure no pool runs."""
+        lettered past the last; never the list of a worker that still beats), the lanes'
+        lists, and the retries waiting their time, at the head of the queue. The caller
+        makes sure no pool runs (:meth:`live_pools`)."""
         workers = {m.decode() for m in cast(set[bytes], self.redis.smembers(keys.WORKERS))}
         prefix = keys.processing_list("")
         for key in self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
             suffix = key.decode("utf-8", "replace").removeprefix(prefix)
             if not suffix.isdigit():  # Tuleap's own are tuitop adopt-tuleap's
                 workers.add(suffix)
-        recovered = sum(self.recover(worker_id, reason).total for worker_id in sorted(workers))
+        recovered = sum(
+            self.recover(worker_id, reason, unless_beating=True).total
+            for worker_id in sorted(workers)
+        )
         self.list_lanes()
         lanes = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.LANES, 0, -1))]
         moved = self.move_lanes_back(lanes) if lanes else {}

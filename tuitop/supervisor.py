@@ -551,7 +551,8 @@ class Supervisor:
         owner_key = keys.pool(self.options.pool_name) + ":owner"
         ttl = int(self.options.heartbeat_ttl)
         try:
-            self._claim_script(keys=[owner_key], args=[self._pool_token, ttl])
+            if not self._claim_script(keys=[owner_key], args=[self._pool_token, ttl]):
+                self._owns_name = False  # another pool took it: its lanes are its own
         except redis.RedisError as error:
             self._redis_failed(error)
 
@@ -772,7 +773,8 @@ class Supervisor:
         )
         # Replace only while a replacement can start (the new Redis answers), or capacity
         # would drop for nothing.
-        if self._outdated and len(active) >= wanted and self._redis_ok:
+        can_start = self._redis_ok and time.monotonic() >= self._next_start_at
+        if self._outdated and len(active) >= wanted and can_start:
             # Idle ones at once (they hold no job, and an outdated worker may move messages
             # to a lane no longer served); busy ones rolling, one at a time, after its job.
             idle = [slot for slot in self._outdated if active[slot].status[STATE] == IDLE]
@@ -1013,6 +1015,7 @@ class Supervisor:
             self._handle_signals()
             self._check_redis()
             self._keep_name()
+            self._say_stopping()  # the views, and hand-back, see the pool to its end
             self._enforce_time_limit()
             self._reap()
         if self.workers:
@@ -1025,25 +1028,28 @@ class Supervisor:
             for record in self.workers.values():
                 record.process.join(timeout=5)
             self._reap()
-        if self._redis_ok and self._queue is not None:
+        if self._redis_ok and self._owns_name and self._queue is not None:
             self._release_lanes(self._queue, self.settings.redis)
         elif self._served_lanes:
+            why = "Redis does not answer" if self._owns_name else "this pool lost its name"
             self.logger.warning(
-                "Redis does not answer: lane(s) %s stay where they are (the next pool to "
-                "start moves back what no pool serves)",
+                "%s: lane(s) %s stay where they are (the next pool to start moves back "
+                "what no pool serves)",
+                why,
                 ", ".join(sorted(self._served_lanes)),
             )
         self.logger.info("Pool %s stopped", self.options.pool_name)
 
     def _say_stopping(self) -> None:
-        """Tells other pools at once that this one serves no lane any more: two pools
-        stopping together must not each count on the other to keep a lane."""
+        """Tells other pools at once that this one serves no lane any more (two pools
+        stopping together must not each count on the other to keep a lane), and keeps the
+        pool's heartbeat through the grace period."""
         if not (self._redis_ok and self._owns_name and self._redis is not None):
             return
         key = keys.pool(self.options.pool_name)
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(key, mapping={"served": "", "stopping": 1})
+            pipe.hset(key, mapping={"served": "", "stopping": 1, "beat": time.time()})
             pipe.expire(key, int(self.options.heartbeat_ttl))
             pipe.execute()
         except redis.RedisError as error:

@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from tuitop.config import MASK
+from tuitop.config import MASK, mask_spans, secret_spans
 from tuitop.handlers import Handler, Job, RetryLater
 from tuitop.osutil import parent_death_signal_available, set_parent_death_signal
 
@@ -176,20 +176,31 @@ class _Output:
         self._partial: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
 
     def _mask(self, data: bytes) -> bytes:
-        for secret in self._secrets:
-            data = data.replace(secret, _MASK)
-        return data
+        return mask_spans(data, self._secrets, _MASK)
 
     @property
     def stderr_tail(self) -> str:
         """The end of its stderr, at most ``tail_limit`` bytes, secrets masked."""
-        masked = self._mask(bytes(self._tail))
+        raw = bytes(self._tail)
         if self._trimmed:
-            # The trim may have cut a secret: what is left of it is at the very start,
-            # at most an overlap long, and masking cannot see it. Dropped, whatever the
-            # masking further on did to the length.
-            masked = masked[self._overlap :]
-        return masked[-self.tail_limit :].decode("utf-8", "replace")
+            # The trim may have cut a secret: what is left of it begins the buffer, the end
+            # of a secret, which masking cannot see: dropped (the longest such beginning).
+            cut = max(
+                (k for secret in self._secrets for k in range(1, len(secret))
+                 if raw.startswith(secret[-k:])),
+                default=0,
+            )  # fmt: skip
+            raw = raw[cut:]
+        # Masked whole, then cut: a cut can only split a mask or plain text.
+        return self._mask(raw)[-self.tail_limit :].decode("utf-8", "replace")
+
+    def _safe_cut(self, data: bytes, cut: int) -> int:
+        """``cut``, moved out of the secret it would fall inside: to its start, or past its
+        end when it starts the buffer (the buffer must shrink)."""
+        for begin, end in secret_spans(data, self._secrets):
+            if begin < cut < end:
+                return begin if begin > 0 else end
+        return cut
 
     def add(self, stream: str, data: bytes) -> None:
         self.total += len(data)
@@ -205,12 +216,12 @@ class _Output:
         partial = self._partial[stream]
         partial += data
         *lines, rest = bytes(partial).split(b"\n")
-        # A line longer than the tail is cut: the buffer never grows past it.
+        # A line longer than the tail is cut: the buffer never grows past it. Cut raw, kept
+        # back far enough that a secret begun before the cut is whole on one side.
         if len(rest) > self.tail_limit:
-            masked = self._mask(rest)
-            cut = len(masked) - self._overlap
-            lines.append(masked[:cut])
-            rest = masked[cut:]
+            cut = self._safe_cut(rest, len(rest) - self._overlap)
+            lines.append(self._mask(rest[:cut]))
+            rest = rest[cut:]
         partial[:] = rest
         for line in lines:
             self._log(stream, line)

@@ -215,18 +215,21 @@ def late(lane: LaneView) -> bool:
 
 
 def _lane_topics(snapshot: Snapshot) -> dict[str, str]:
-    """Each lane's topics as the pools' config says (the first pool naming a lane wins)."""
-    topics = {DEFAULT_LANE: "every other topic"}
+    """Each lane's topics as the first pool's config that names it says; "every other
+    topic" where those no lane names go (the default lane, or a lane written with ``*``)."""
+    topics: dict[str, str] = {}
+    rest = ""
     for pool in snapshot.pools:
         try:
             lanes = LaneSet.parse(pool.lanes)
         except ValueError:
             continue
+        rest = rest or lanes.catch_all
         for lane in lanes.lanes:
-            if lane.name == DEFAULT_LANE:
-                topics[DEFAULT_LANE] = f"{', '.join(lane.topics)}, and every other topic"
-            else:
-                topics.setdefault(lane.name, ", ".join(lane.topics))
+            named = [topic for topic in lane.topics if topic != "*"]
+            topics.setdefault(lane.name, ", ".join(named))
+    rest = rest or DEFAULT_LANE
+    topics[rest] = ", ".join(filter(None, (topics.get(rest, ""), "every other topic")))
     return topics
 
 
