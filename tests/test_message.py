@@ -100,3 +100,32 @@ def test_encoding_matches_php_json_encode_byte_for_byte() -> None:
         check=True,
     ).stdout
     assert php_json(value) == php
+
+
+DEEP = b'{"event_name":"tuleap.x","payload":' + b"[" * 5000 + b"]" * 5000 + b"}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (DEEP, "nested too deep"),
+        (b'{"event_name":"tuleap.x","payload":1e400}', "out of range"),
+        (b'{"event_name":"tuleap.x","payload":-1E999}', "out of range"),
+        (b'{"event_name":"tuleap.x","payload":"\xff\xfe"}', "not JSON"),
+        (b'"just a string"', "not a JSON object"),
+        (b"", "not JSON"),
+    ],
+)
+def test_hostile_values_never_raise_and_say_why(raw: bytes, problem: str) -> None:
+    message = decode(raw)
+    assert message.problem is not None and problem in message.problem
+    with pytest.raises(ValueError):
+        with_queued_total(raw, 1)
+
+
+def test_a_payload_too_deep_to_write_is_a_value_error() -> None:
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deep"):
+        encode("tuleap.x", deep)

@@ -25,6 +25,7 @@ from tuitop.notification import TOPIC
 from tuitop.queue import Queue, parse_dead_letter
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
+from tuitop.snapshot import take_snapshot
 
 FAST_RETRY = ("--retry-delay", "0.05")
 
@@ -441,4 +442,31 @@ def test_a_lost_forkserver_loses_no_message_and_the_pool_goes_on(
     wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
     assert [r.decode() for r in redis_client.lrange(RUNS_KEY, 0, -1)] == ["during", "after"]
     assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    assert pool.stop() == 0
+
+
+def test_one_hostile_message_never_stops_the_service(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    """Issue 10, case 1: a payload nested 3,000 deep made json raise RecursionError, the
+    worker crash, and the message come back untried, forever, stalling all behind it."""
+    config = write_config(tmp_path, port=redis_server.port, smtp_port=smtp_server.port)
+    pool = start_pool(pools, tmp_path, config)
+    deep = b'{"event_name":"tuleap.tracker.artifact","payload":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    huge_number = b'{"event_name":"tuleap.tracker.artifact","payload":{"n":1e400}}'
+    push_all(redis_client, [deep, huge_number, notification(1)])
+    smtp_server.wait_for(1)  # what came behind them went through
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 2, what="2 dead letters")
+    reasons = sorted(
+        parse_dead_letter(e).reason for e in redis_client.lrange(keys.DEAD_LETTERS, 0, -1)
+    )
+    assert "nested too deep" in reasons[1] and "out of range" in reasons[0]
+    assert "crashed" not in pool.log() and "Traceback" not in pool.log()
+    # The views read the queue without a hitch meanwhile: the snapshot decodes the oldest.
+    redis_client.lpush(keys.QUEUE, deep)
+    assert take_snapshot(redis_client).queue.waiting <= 1
     assert pool.stop() == 0

@@ -309,8 +309,9 @@ def _with_queue(args: argparse.Namespace, action: Callable[[Queue], int]) -> int
 def command_enqueue(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(args.payload)
-    except ValueError as error:
-        print(f"tuitop: the payload is not JSON: {error}", file=sys.stderr)
+    except (ValueError, RecursionError) as error:
+        why = "nested too deep" if isinstance(error, RecursionError) else str(error)
+        print(f"tuitop: the payload is not JSON tuitop can send: {why}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
     def push(queue: Queue) -> int:

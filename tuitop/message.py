@@ -10,6 +10,7 @@ dead-letter it with that reason instead of crashing.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,10 @@ class Message:
 
 def php_json(value: Any) -> bytes:
     """``value`` encoded as PHP's ``json_encode`` would (byte for byte for what tuitop writes)."""
-    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    try:
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deep to be written as JSON") from None
     # "/" only ever occurs inside JSON strings, so this escapes exactly what PHP escapes.
     return text.replace("/", "\\/").encode("ascii")
 
@@ -64,6 +68,9 @@ def decode(raw: bytes) -> Message:
         document = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         return Message(NO_TOPIC, "", 0.0, 0, raw, f"not JSON ({error})")
+    except RecursionError:
+        # Not a ValueError: a front end's bug must not crash whoever reads the message.
+        return Message(NO_TOPIC, "", 0.0, 0, raw, "not JSON tuitop can read (nested too deep)")
     if not isinstance(document, dict):
         return Message(
             NO_TOPIC, "", 0.0, 0, raw, f"not a JSON object but {type(document).__name__}"
@@ -81,24 +88,44 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# NaN and Infinity are not JSON (PHP's json_decode refuses them) and could never be written
-# back: refused like any other invalid JSON. One decoder for all (making one costs more
-# than decoding a small message).
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+# NaN and Infinity are not JSON (PHP's json_decode refuses them), and a number too large
+# for a double (1e400) reads as one: none could ever be written back, so each is refused
+# like any other invalid JSON. One decoder for all (making one costs more than decoding a
+# small message).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def with_queued_total(raw: bytes, queued_total: int) -> bytes:
-    """The same message with another try count; every other field is kept as it was."""
-    document = json.loads(raw)
+    """The same message with another try count; every other field is kept as it was.
+    Raises ValueError for a message decode() finds a problem with."""
+    document = _document(raw)
     document["_queued_total"] = queued_total
     return php_json(document)
 
 
 def with_payload(raw: bytes, payload: Any) -> bytes:
-    """The same message with another payload (for a retry of what is left of a job)."""
-    document = json.loads(raw)
+    """The same message with another payload (for a retry of what is left of a job).
+    Raises ValueError when it cannot be written (a payload nested too deep, say)."""
+    document = _document(raw)
     document["payload"] = payload
     return php_json(document)
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    try:
+        document = _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"not JSON tuitop can read: {type(error).__name__}") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return document
 
 
 def _number(value: Any, kind: type[float] | type[int]) -> float:

@@ -360,7 +360,7 @@ def parse_dead_letter(entry: bytes) -> DeadLetter:
         record = json.loads(entry)
         if not isinstance(record, dict):
             raise ValueError("not an object")
-    except ValueError:
+    except (ValueError, RecursionError):
         return DeadLetter(entry, "unreadable dead-letter entry", "", 0.0, 0, "", "", entry)
     if "message_hex" in record:
         message = bytes.fromhex(str(record["message_hex"]))

@@ -52,7 +52,7 @@ from tuitop.handlers import (
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
-from tuitop.message import Message, decode, with_payload
+from tuitop.message import NO_TOPIC, Message, decode, with_payload
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
@@ -351,6 +351,18 @@ class Worker:
             self.batch.arm(tail, started + GIVE_BACK_AFTER, source)
             try:
                 self._process(raw)
+            except (_Interrupted, KeyboardInterrupt, redis.RedisError):
+                raise  # the loop's to handle (a warm stop, Redis away: nothing is lost)
+            except Exception as error:
+                # tuitop's own fault, not the handler's (that one is caught in _run_handler):
+                # the message is charged a try, so that one that keeps crashing is given up
+                # instead of taken again and again.
+                self.logger.exception("Worker %s failed on a message", self.id)
+                self._fail(
+                    Message(NO_TOPIC, "", 0.0, 0, raw),
+                    f"tuitop failed on it: {type(error).__name__}: {error}",
+                    trace=traceback.format_exc(),
+                )
             finally:
                 given_back = self.batch.disarm()
             elapsed = time.monotonic() - started

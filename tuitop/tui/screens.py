@@ -81,7 +81,7 @@ class HelpScreen(ModalScreen[None]):
 def _letter_detail(letter: DeadLetter) -> Text:
     try:
         message = json.dumps(json.loads(letter.message), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         message = letter.message.decode("utf-8", "replace")
     at = datetime.fromtimestamp(letter.at).isoformat(sep=" ", timespec="seconds")
     text = Text()
