@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tuitop import keys
 from tuitop.message import decode, encode, with_payload
-from tuitop.queue import MAX_REQUEUES, Queue, Recovery, RetryPolicy, Taken
+from tuitop.queue import MAX_REQUEUES, Queue, Recovery, RetryPolicy, Taken, dead_letter_entry
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.stats import read_buckets, summarize
 
@@ -737,3 +737,40 @@ def test_take_or_count_says_what_the_processing_list_holds(redis_client: redis.R
     assert queue.take_or_count(WORKER, 5) == Taken([], keys.QUEUE, 2)
     redis_client.lpush(keys.QUEUE, b"c")
     assert queue.take_or_count(WORKER, 5) == Taken([b"c"], keys.QUEUE, 0)
+
+
+def test_replay_all_takes_every_letter_once_oldest_first_whatever_it_holds(
+    redis_client: redis.Redis, queue: Queue
+) -> None:
+    """Issue 10, case 7: replay read the whole list per letter, stopped for good at a letter
+    that could not be written back (1e400), and replay_all capped silently."""
+    raws = [message(n, 2) for n in range(350)]
+    unwritable = b'{"event_name":"tuitop.noop","payload":1e400}'
+    fill_processing(queue, WORKER, raws[:175])
+    for raw in raws[:175]:
+        queue.fail(WORKER, raw, "died", retryable=False)
+    redis_client.lpush(
+        keys.DEAD_LETTERS,
+        dead_letter_entry(unwritable, "out of range", worker=WORKER, tries=0, topic=""),
+    )
+    fill_processing(queue, WORKER, raws[175:])
+    for raw in raws[175:]:
+        queue.fail(WORKER, raw, "died", retryable=False)
+    # In chunks smaller than the list, as a million letters are read.
+    assert queue.replay_all(chunk=100) == 351
+    assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    replayed = list(reversed(redis_client.lrange(keys.QUEUE, 0, -1)))  # taken first, first
+    assert replayed[175] == unwritable  # kept as it was, in its place
+    assert [ident(raw) for raw in replayed[:175] + replayed[176:]] == list(range(350))
+
+
+def test_replay_all_takes_what_there_is_when_called(
+    redis_client: redis.Redis, queue: Queue
+) -> None:
+    raws = [message(n, 2) for n in range(5)]
+    fill_processing(queue, WORKER, raws)
+    for raw in raws:
+        queue.fail(WORKER, raw, "died", retryable=False)
+    assert queue.replay_all(chunk=2) == 5
+    assert queue.replay_all(chunk=2) == 0  # nothing left, nothing twice
+    assert redis_client.llen(keys.QUEUE) == 5

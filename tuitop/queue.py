@@ -12,6 +12,7 @@ returns Tuleap discards it — tuitop moves it to the dead-letter list with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -222,6 +223,18 @@ def routing_topic(raw: bytes) -> str | None:
     return None if message.problem is not None else message.topic
 
 
+# Takes one dead letter (ARGV[1]) out of the list — searched from the newest end, or from
+# the oldest (ARGV[3] = -1) — and pushes its message (ARGV[2]) onto the queue, atomically;
+# 0 when it was no longer there.
+_REPLAY_SCRIPT = """
+if redis.call('LREM', KEYS[1], tonumber(ARGV[3]), ARGV[1]) == 0 then
+  return 0
+end
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class TakePlan:
     """Where a worker takes messages from, in order, and which it moves to another lane.
@@ -395,6 +408,7 @@ class Queue:
         self._recover_lanes = redis.register_script(_RECOVER_LANES_SCRIPT)
         self._move_due = redis.register_script(_MOVE_DUE_SCRIPT)
         self._give_back = redis.register_script(_GIVE_BACK_SCRIPT)
+        self._replay = redis.register_script(_REPLAY_SCRIPT)
 
     # --- producers -----------------------------------------------------------------------
 
@@ -654,30 +668,35 @@ class Queue:
         entries = cast(list[bytes], self.redis.lrange(keys.DEAD_LETTERS, start, start + count - 1))
         return [parse_dead_letter(entry) for entry in entries]
 
-    def replay(self, letter: DeadLetter) -> bool:
-        """Puts a dead letter back at the end of the queue with a fresh try count.
-        False when it was no longer there (replayed or purged by someone else)."""
+    def replay(self, letter: DeadLetter, *, from_oldest: bool = False) -> bool:
+        """Puts a dead letter back at the end of the queue with a fresh try count, in one
+        script; False when it was no longer there (replayed or purged by someone else).
+        ``from_oldest``: look for it from the oldest end (where replay_all takes them)."""
         message = letter.message
-        if decode(message).problem is None:
+        # One unusable as it is is replayed as it is, and dead-lettered again with why.
+        with contextlib.suppress(ValueError):
             message = with_queued_total(message, 0)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(keys.DEAD_LETTERS)  # type: ignore[no-untyped-call]
-                    if letter.entry not in cast(list[bytes], pipe.lrange(keys.DEAD_LETTERS, 0, -1)):
-                        return False
-                    pipe.multi()
-                    pipe.lrem(keys.DEAD_LETTERS, 1, letter.entry)  # type: ignore[arg-type]  # bytes are fine
-                    pipe.lpush(keys.QUEUE, message)
-                    pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+        removed = self._replay(
+            keys=[keys.DEAD_LETTERS, keys.QUEUE],
+            args=[letter.entry, message, -1 if from_oldest else 1],
+        )
+        return bool(removed)
 
-    def replay_all(self) -> int:
-        """Replays every dead letter (oldest first, as they died); returns how many."""
-        letters = self.dead_letters(0, 1_000_000)
-        return sum(self.replay(letter) for letter in reversed(letters))
+    def replay_all(self, chunk: int = 1000) -> int:
+        """Replays every dead letter there is when it is called (oldest first, as they
+        died), ``chunk`` read at a time; those that die again meanwhile are not replayed
+        twice. Returns how many were replayed."""
+        left = int(self.redis.llen(keys.DEAD_LETTERS))
+        replayed = 0
+        while left > 0:
+            count = min(chunk, left)
+            entries = cast(list[bytes], self.redis.lrange(keys.DEAD_LETTERS, -count, -1))
+            if not entries:
+                break
+            for entry in reversed(entries):  # the oldest, at the tail, first
+                replayed += self.replay(parse_dead_letter(entry), from_oldest=True)
+            left -= len(entries)
+        return replayed
 
     def purge_dead_letters(self) -> int:
         """Deletes every dead letter; returns how many there were."""
