@@ -351,6 +351,16 @@ def test_json_masks_passwords(tmp_path: Path) -> None:
     assert loaded.variables_json()["sys_dbpasswd"] == "***"
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["db_pass", "ldap_bind_pwd", "sys_api_key", "oauth_credentials", "mail_auth", "Sys_PassWord"],
+)
+def test_every_name_that_says_secret_is_masked_in_json(tmp_path: Path, name: str) -> None:
+    """Issue 10, case 11: names were matched on passw(or)d, secret, token only."""
+    loaded = load(tmp_path, REDIS + f"${name} = '{SECRET}';")
+    assert loaded.variables_json()[name] == "***"
+
+
 def test_mask_scrubs_foreign_text(tmp_path: Path) -> None:
     settings = secret_config(tmp_path).settings
     text = f"AUTH {SECRET} failed; relay said {SECRET}x"

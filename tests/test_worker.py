@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -107,3 +108,33 @@ def test_heartbeat_registers_the_worker_with_a_ttl(
     assert beat[b"pid"] == str(os.getpid()).encode()
     assert beat[b"pool"] == b"test"
     assert 0 < redis_client.ttl(keys.heartbeat(worker.id)) <= 10
+
+
+def test_the_worker_log_is_created_private_and_again_after_logrotate(tmp_path: Path) -> None:
+    """Issue 10, case 11: worker_log was created 0644; at debug it holds recipients and
+    tracebacks."""
+    import os
+    import stat
+
+    from tuitop.log import LOG_FILE_MODE, SettableLevel, setup_logging
+
+    path = tmp_path / "worker_log"
+    previous = os.umask(0o022)
+    tuitop_logger = logging.getLogger("tuitop")
+    propagate, level = tuitop_logger.propagate, tuitop_logger.level
+    try:
+        logger = setup_logging(
+            log_file=str(path), to_stderr=False, level=SettableLevel(logging.INFO)
+        )
+        logger.warning("one")
+        assert stat.S_IMODE(path.stat().st_mode) == LOG_FILE_MODE
+        path.rename(tmp_path / "worker_log.1")  # logrotate moves it away
+        logger.warning("two")
+        assert stat.S_IMODE(path.stat().st_mode) == LOG_FILE_MODE
+        assert "two" in path.read_text()
+    finally:
+        os.umask(previous)
+        for handler in list(tuitop_logger.handlers):
+            tuitop_logger.removeHandler(handler)
+            handler.close()
+        tuitop_logger.propagate, tuitop_logger.level = propagate, level  # as the others expect

@@ -52,7 +52,8 @@ MASK = "***"
 
 _ENV_REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PHP_TRIM = b" \t\n\r\0\x0b"
-_SECRET_NAME = re.compile(r"passw(or)?d|secret|token", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNORECASE)
+"""Names of variables whose values are never shown: masking too much is harmless."""
 
 
 def is_secret_variable(name: str) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from tuitop.config import mask_secrets
 
@@ -69,6 +70,23 @@ class LevelFilter(logging.Filter):
         return record.levelno >= min(self.level.value, logging.ERROR)
 
 
+LOG_FILE_MODE = 0o640
+"""A worker_log made by tuitop is readable by its owner and group only: at debug level it
+holds recipients, messages and tracebacks."""
+
+
+class PrivateWatchedFileHandler(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler that creates its file ``LOG_FILE_MODE`` (the first time and
+    after logrotate moved it away), whatever the process's umask; a file already there
+    keeps its mode (the admin's choice)."""
+
+    def _open(self) -> Any:
+        descriptor = os.open(
+            self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE
+        )
+        return open(descriptor, "a", encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(
     *,
     log_file: str | None,
@@ -93,7 +111,7 @@ def setup_logging(
     if log_file:
         try:
             # Watched: after logrotate moves the file away, the next line opens a new one.
-            handlers.append(logging.handlers.WatchedFileHandler(log_file, encoding="utf-8"))
+            handlers.append(PrivateWatchedFileHandler(log_file, encoding="utf-8"))
         except OSError as error:
             print(
                 f"tuitop: cannot write the log file {log_file}: {error.strerror}", file=sys.stderr
