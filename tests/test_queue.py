@@ -774,3 +774,26 @@ def test_replay_all_takes_what_there_is_when_called(
     assert queue.replay_all(chunk=2) == 5
     assert queue.replay_all(chunk=2) == 0  # nothing left, nothing twice
     assert redis_client.llen(keys.QUEUE) == 5
+
+
+def test_retries_fall_due_by_redis_clock_whatever_the_hosts(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10, case 6: due times used the failing host's clock and the mover another
+    host's: a host an hour ahead made every retry wait an hour (or, behind, none)."""
+    queue = Queue(redis_client, RetryPolicy(base_delay=0.5))
+    raws = [message(n, 0) for n in range(2)]
+    fill_processing(queue, WORKER, raws)
+    ahead = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: ahead)  # this host's clock is an hour off
+    queue.fail(WORKER, raws[0], "relay down")
+    queue.recover(WORKER, "worker died")  # the other one
+    server_now = float(redis_client.time()[0])
+    scores = [score for _, score in redis_client.zrange(keys.DELAYED, 0, -1, withscores=True)]
+    delay = queue.retry_policy.delay(1)
+    assert all(server_now + delay - 2 <= score <= server_now + delay + 2 for score in scores)
+    # And they fall due by Redis' clock, whatever this one says.
+    monkeypatch.undo()
+    assert queue.move_due() == 0
+    time.sleep(delay + 0.2)
+    assert queue.move_due() == 2

@@ -158,9 +158,15 @@ return report
 """
 
 # Moves due messages from the delayed set to the head of the queue (taken next), oldest
-# due first. Members are "<unique token>|<message>" so two equal messages stay two.
+# due first. Members are "<unique token>|<message>" so two equal messages stay two. Due by
+# Redis' clock (ARGV[1] = 'now'), the clock that scheduled them: hosts' clocks may differ.
 _MOVE_DUE_SCRIPT = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = ARGV[1]
+if now == 'now' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for i = #due, 1, -1 do
   local member = due[i]
   local sep = string.find(member, '|', 1, true)
@@ -168,6 +174,14 @@ for i = #due, 1, -1 do
   redis.call('ZREM', KEYS[1], member)
 end
 return #due
+"""
+
+
+# Adds a message (ARGV[2]) to the delayed set (KEYS[1]), due ARGV[1] seconds from now by
+# Redis' clock. EVAL, not a registered script: it runs inside MULTI.
+_SCHEDULE_SCRIPT = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[1]), ARGV[2])
 """
 
 
@@ -650,8 +664,9 @@ class Queue:
                     continue
 
     def move_due(self, now: float | None = None, limit: int = 1000) -> int:
-        """Moves delayed messages whose time has come to the head of the queue."""
-        moment = time.time() if now is None else now
+        """Moves delayed messages whose time has come (by Redis' clock, or ``now``) to the
+        head of the queue."""
+        moment: float | str = "now" if now is None else now
         return int(cast(int, self._move_due(keys=[keys.DELAYED, keys.QUEUE], args=[moment, limit])))
 
     def next_due(self) -> float | None:
@@ -733,8 +748,10 @@ class Queue:
                 # Never raise here (the caller is mid-transaction): keep it, with why.
                 why = f"{reason}; cannot be written back for a retry: {error}"
             else:
-                due = time.time() + self.retry_policy.delay(tries)
-                pipe.zadd(keys.DELAYED, {uuid.uuid4().hex.encode() + b"|" + retry: due})
+                # Due by Redis' clock, the one move_due reads: a host whose clock is off
+                # must not spend a retry early, nor hold it for hours.
+                member = uuid.uuid4().hex.encode() + b"|" + retry
+                pipe.eval(_SCHEDULE_SCRIPT, 1, keys.DELAYED, self.retry_policy.delay(tries), member)
                 return "retried"
         entry = dead_letter_entry(
             raw,
