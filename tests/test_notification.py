@@ -29,6 +29,7 @@ from tuitop.mail import (
     SendmailTransport,
     SmtpTransport,
     TransientMailError,
+    UncertainMailError,
     transport_for,
 )
 from tuitop.notification import (
@@ -593,3 +594,48 @@ def test_transport_for_each_setting() -> None:
 def test_notification_round_trips_through_its_payload() -> None:
     notification = Notification(7, 8, 9, (Mail(("a@example.com",), "s", "t"),))
     assert parse_notification(notification.to_payload()) == notification
+
+
+# --- a relay that loses the line after the mail's end ------------------------------------
+
+
+def test_a_mail_whose_answer_is_lost_is_not_sent_again(smtp_server: SmtpServer) -> None:
+    """Issue 10, case 5: a disconnect while waiting for the answer to DATA was retried on a
+    new connection, although the relay had the mail: it went out twice."""
+    transport = SmtpTransport(smtp_settings(smtp_server))
+    note = parse_notification(payload(2))
+    transport.send(build_email(note.mails[0], SENDER, note))  # a kept connection
+    smtp_server.hang_up(times=1)
+    with pytest.raises(UncertainMailError, match="may have it"):
+        transport.send(build_email(note.mails[1], SENDER, note))
+    assert len(smtp_server.hung_up) == 1 and len(smtp_server.messages) == 1  # once
+    # The transport goes on with a new connection for the next mail.
+    transport.send(build_email(note.mails[0], SENDER, note))
+    assert len(smtp_server.messages) == 2
+    transport.close()
+
+
+def test_a_notification_counts_such_a_mail_as_sent(
+    smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = SmtpTransport(smtp_settings(smtp_server))
+    smtp_server.hang_up(times=1)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        send_notification(
+            parse_notification(payload(2)), transport, SENDER, logging.getLogger(LOGGER)
+        )
+    transport.close()
+    # The first one hung up (the relay may have it), the second went through; no retry.
+    assert len(smtp_server.hung_up) == 1 and subjects(smtp_server) == ["[bug #42] mail 2"]
+    assert "counted as sent, not sent again" in caplog.text
+
+
+def test_a_stale_kept_connection_is_still_retried_once(smtp_server: SmtpServer) -> None:
+    transport = SmtpTransport(smtp_settings(smtp_server))
+    note = parse_notification(payload(2))
+    transport.send(build_email(note.mails[0], SENDER, note))
+    smtp_server.stop()  # the relay restarts: the kept connection is dead before MAIL FROM
+    smtp_server.start()
+    transport.send(build_email(note.mails[1], SENDER, note))
+    assert len(smtp_server.messages) == 2
+    transport.close()

@@ -12,9 +12,12 @@ import smtplib
 import ssl
 import subprocess
 from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tuitop.config import MailSettings
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 DEFAULT_SENDMAIL = "/usr/sbin/sendmail"
 SMTP_TIMEOUT = 30.0
@@ -30,6 +33,32 @@ class TransientMailError(MailError):
 
 class PermanentMailError(MailError):
     """Not sent, and sending it again as it is will fail again."""
+
+
+class UncertainMailError(MailError):
+    """The mail went out whole, but the relay's answer was lost (the line closed, or no
+    answer in time): the relay may well have it. Sending it again could send it twice."""
+
+
+class _MailEndWatch:
+    """Mixed into smtplib's clients: says whether the end of a mail's data went out (the
+    moment after which the relay may hold it, answer or not)."""
+
+    mail_end_sent = False
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        super().send(s)  # type: ignore[misc]
+        # smtplib sends a mail's data, its ending "." line included, as one bytes block.
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.mail_end_sent = True
+
+
+class _SMTP(_MailEndWatch, smtplib.SMTP):
+    pass
+
+
+class _SMTP_SSL(_MailEndWatch, smtplib.SMTP_SSL):
+    pass
 
 
 class MailTransport(Protocol):
@@ -76,19 +105,19 @@ class SmtpTransport:
     def __init__(self, settings: MailSettings, timeout: float = SMTP_TIMEOUT) -> None:
         self.settings = settings
         self.timeout = timeout
-        self._client: smtplib.SMTP | None = None
+        self._client: _SMTP | _SMTP_SSL | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _SMTP | _SMTP_SSL:
         mail = self.settings
         try:
-            client: smtplib.SMTP
+            client: _SMTP | _SMTP_SSL
             if mail.implicit_tls:
                 context = ssl.create_default_context()
-                client = smtplib.SMTP_SSL(
+                client = _SMTP_SSL(
                     mail.relay_host, mail.relay_port, timeout=self.timeout, context=context
                 )
             else:
-                client = smtplib.SMTP(mail.relay_host, mail.relay_port, timeout=self.timeout)
+                client = _SMTP(mail.relay_host, mail.relay_port, timeout=self.timeout)
                 if mail.starttls:
                     client.starttls(context=ssl.create_default_context())
             if mail.username:
@@ -107,27 +136,36 @@ class SmtpTransport:
         return client
 
     def send(self, message: EmailMessage) -> list[str]:
+        """Sends once: a mail whose end went out is never sent again here, whatever
+        happens to the answer (UncertainMailError)."""
         for attempt in (1, 2):
             if self._client is None:
                 self._client = self._connect()
+            client = self._client
+            client.mail_end_sent = False
             try:
-                refused = self._client.send_message(message)
-            except smtplib.SMTPServerDisconnected:
-                # A kept connection the relay closed meanwhile: reconnect once.
+                refused = client.send_message(message)
+            except smtplib.SMTPRecipientsRefused as error:
+                codes = {code for code, _ in error.recipients.values()}
+                raise _by_code(min(codes), "every recipient was refused") from None
+            except smtplib.SMTPResponseException as error:  # the relay answered: it is sure
+                text = error.smtp_error
+                detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+                raise _by_code(error.smtp_code, detail) from None
+            except OSError as error:  # the line lost or silent (smtplib's errors are OSErrors)
+                if client.mail_end_sent:
+                    self.close()
+                    raise UncertainMailError(
+                        f"the relay's answer to a whole mail was lost ({error}): it may have it"
+                    ) from None
+                if not isinstance(error, smtplib.SMTPServerDisconnected):
+                    self.close()
+                    raise TransientMailError(f"sending failed: {error}") from None
+                # A kept connection the relay closed meanwhile, before this mail: once more.
                 self._client = None
                 if attempt == 2:
                     raise TransientMailError("the relay closed the connection") from None
                 continue
-            except smtplib.SMTPRecipientsRefused as error:
-                codes = {code for code, _ in error.recipients.values()}
-                raise _by_code(min(codes), "every recipient was refused") from None
-            except smtplib.SMTPResponseException as error:
-                text = error.smtp_error
-                detail = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-                raise _by_code(error.smtp_code, detail) from None
-            except (OSError, smtplib.SMTPException) as error:
-                self.close()
-                raise TransientMailError(f"sending failed: {error}") from None
             return list(refused)
         raise AssertionError("unreachable")
 

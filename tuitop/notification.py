@@ -21,7 +21,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
 from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater
-from tuitop.mail import MailTransport, PermanentMailError, TransientMailError
+from tuitop.mail import MailTransport, PermanentMailError, TransientMailError, UncertainMailError
 
 TOPIC = "tuleap.tracker.artifact"
 NOTIFICATION_TOPICS = frozenset({TOPIC, "tuleap.pullrequest.notification"})
@@ -171,6 +171,16 @@ def send_notification(
     for index, mail in enumerate(notification.mails):
         try:
             refused = transport.send(build_email(mail, sender, notification))
+        except UncertainMailError as error:
+            # The relay may have it: sent again, it could arrive twice. Counted as sent.
+            logger.warning(
+                "[%s] %s: mail to %s: %s; counted as sent, not sent again",
+                LOG_KEY,
+                notification.describe(),
+                mail.to,
+                error,
+            )
+            continue
         except TransientMailError as error:
             left = tuple(rejected) + notification.mails[index:]
             logger.warning(

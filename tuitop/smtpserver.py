@@ -82,6 +82,8 @@ class SmtpServer:
         self._messages: list[ReceivedMessage] = []
         self._refused: list[ReceivedMessage] = []
         self._abandoned: list[ReceivedMessage] = []
+        self._hung_up: list[ReceivedMessage] = []
+        self._hang_ups = 0
         self._delay = delay
         self._refusal: str | None = None
         self._refusals_left: int | None = None
@@ -168,6 +170,13 @@ class SmtpServer:
             self._refusal = reply
             self._refusals_left = times
 
+    def hang_up(self, times: int = 1) -> None:
+        """Close the connection of the next ``times`` messages once each is received whole,
+        without an answer: as a relay that takes a mail and then loses the line. They are
+        kept in :attr:`hung_up` (a real relay would usually deliver them)."""
+        with self._condition:
+            self._hang_ups = times
+
     def accept(self) -> None:
         """Stop refusing: accept every message from now on."""
         with self._condition:
@@ -192,6 +201,12 @@ class SmtpServer:
         with self._condition:
             return list(self._abandoned)
 
+    @property
+    def hung_up(self) -> list[ReceivedMessage]:
+        """Messages received whole whose connection the server closed unanswered."""
+        with self._condition:
+            return list(self._hung_up)
+
     def wait_for(self, count: int, timeout: float = DEFAULT_WAIT) -> list[ReceivedMessage]:
         """The accepted messages once there are at least ``count``; TimeoutError if not in time."""
         with self._condition:
@@ -208,6 +223,7 @@ class SmtpServer:
             self._messages.clear()
             self._refused.clear()
             self._abandoned.clear()
+            self._hung_up.clear()
 
     # --- called from the server's thread -----------------------------------------------
 
@@ -245,6 +261,13 @@ class SmtpServer:
                     self._refusal = self._refusals_left = None
         self._record(self._messages if reply is None else self._refused, received)
         return ACCEPTED_REPLY if reply is None else reply
+
+    def _take_hang_up(self) -> bool:
+        with self._condition:
+            if self._hang_ups <= 0:
+                return False
+            self._hang_ups -= 1
+            return True
 
     def _record(self, bucket: list[ReceivedMessage], received: ReceivedMessage) -> None:
         with self._condition:
@@ -285,6 +308,11 @@ class _Handler:
             received_at=time.time(),
             login=None if login is None else login.decode("utf-8", "replace"),
         )
+        if self._server._take_hang_up():
+            self._server._record(self._server._hung_up, received)
+            if isinstance(smtp.transport, asyncio.Transport):
+                smtp.transport.abort()  # no answer: the line is lost after the mail's end
+            return "250 OK"  # goes nowhere
         return await self._server._answer(received)
 
 
