@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 import redis
 
+from tests.proxy import ReplyLosingProxy
 from tuitop import keys
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
 from tuitop.handlers import Job, build_registry
@@ -279,3 +280,49 @@ def test_the_producer_api_is_importable_from_the_package() -> None:
     assert tuitop.Mail is Mail
     with pytest.raises(AttributeError):
         tuitop.NoSuchThing  # noqa: B018
+
+
+def test_a_push_whose_reply_is_lost_is_queued_once_and_not_sent_inline(
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 10, case 8: a lost LPUSH reply made the Notifier send inline, while the
+    message was queued too: every mail twice."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
+    settings = Settings(
+        redis=RedisSettings("127.0.0.1", proxy.port),
+        backend_workers=1,
+        async_scope=settings.async_scope,
+        mail=settings.mail,
+    )
+    notifier = Notifier(settings)
+    try:
+        assert notifier.notify(notification()) == QUEUED  # the line works
+        proxy.lose_reply_to(b"LPUSH")
+        with caplog.at_level(logging.WARNING, logger="tuitop.notify"):
+            assert notifier.notify(notification(mails=1)) == QUEUED
+        assert proxy.lost == 1
+        assert len(queued(redis_client)) == 2  # once each
+        assert smtp_server.messages == []  # and nothing inline
+        assert "was lost, but it is queued" in caplog.text
+    finally:
+        notifier.close()
+        proxy.close()
+
+
+def test_a_push_that_never_reached_redis_is_sent_inline(
+    redis_server: EmbeddedRedis, smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
+    notifier = Notifier(settings)
+    redis_server.kill()  # gone before the push: it cannot have been queued
+    try:
+        with caplog.at_level(logging.WARNING, logger="tuitop.notify"):
+            assert notifier.notify(notification()) == SENT
+        assert len(smtp_server.wait_for(2)) == 2
+        assert FALLBACK in caplog.text
+    finally:
+        notifier.close()

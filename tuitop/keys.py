@@ -69,6 +69,15 @@ def pool(pool_name: str) -> str:
     return f"tuitop:pool:{pool_name}"
 
 
+def push_marker(token: str) -> str:
+    """Set with a push, for ``PUSH_MARKER_SECONDS``: whether a push whose reply was lost
+    happened (tuitop.notify)."""
+    return f"tuitop:pushed:{token}"
+
+
+PUSH_MARKER_SECONDS = 300
+
+
 def stats_bucket(bucket_start: int) -> str:
     """Hash of counters and latency histograms for the 10 s starting at ``bucket_start``."""
     return f"tuitop:stats:{bucket_start}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from typing import Any, cast
 
 import redis
@@ -68,22 +69,45 @@ class Notifier:
             parse_notification(notification.to_payload())
         except PayloadError as error:
             raise NotificationError(f"malformed notification: {error}", None) from None
-        if self.scope().covers(notification.project_id):
-            try:
-                self._queue().push(encode(TOPIC, notification.to_payload()))
-                return QUEUED
-            except redis.RedisError as error:
-                self.logger.warning(
-                    "[Notification] Unable to queue notification for %d, fallback to online "
-                    "notif (%s)",
-                    notification.artifact_id,
-                    describe_error(error, self.settings.redis),
-                )
+        if self.scope().covers(notification.project_id) and self._queued(notification):
+            return QUEUED
         try:
             send_notification(notification, self._mail(), self.settings.mail.noreply, self.logger)
         except (RetryLater, PermanentFailure) as error:
             raise NotificationError(str(error), error.payload) from None
         return SENT
+
+    def _queued(self, notification: Notification) -> bool:
+        """Pushes it; False when it was not queued (to be sent inline). A push whose reply
+        is lost is asked about (its marker, on a fresh connection): queued, it is not also
+        sent inline — the mail would go out twice."""
+        if not self.settings.redis.configured:
+            reason = "$redis_server is empty"
+        else:
+            queue = Queue(self._connection())
+            token = uuid.uuid4().hex
+            try:
+                queue.push_marked(encode(TOPIC, notification.to_payload()), token)
+                return True
+            except redis.RedisError as error:
+                reason = describe_error(error, self.settings.redis)
+            try:
+                if queue.was_pushed(token):
+                    self.logger.warning(
+                        "[Notification] the reply to queueing notification for %d was lost, "
+                        "but it is queued (%s)",
+                        notification.artifact_id,
+                        reason,
+                    )
+                    return True
+            except redis.RedisError:
+                reason += "; whether it reached Redis cannot be told: it may come twice"
+        self.logger.warning(
+            "[Notification] Unable to queue notification for %d, fallback to online notif (%s)",
+            notification.artifact_id,
+            reason,
+        )
+        return False
 
     def scope(self) -> AsyncScope:
         """The async scope in force: the one the pools published in Redis (read at most
@@ -109,11 +133,6 @@ class Notifier:
         if self._client is None:
             self._client = connect(self.settings.redis, client_name="tuitop:notifier")
         return self._client
-
-    def _queue(self) -> Queue:
-        if not self.settings.redis.configured:
-            raise redis.ConnectionError("$redis_server is empty")
-        return Queue(self._connection())
 
     def _mail(self) -> MailTransport:
         if self._transport is None:

@@ -433,6 +433,20 @@ class Queue:
         _count(pipe, "enqueued", 1)
         pipe.execute()
 
+    def push_marked(self, raw: bytes, token: str) -> None:
+        """As ``push``, and sets the marker of ``token`` (a unique string) for a few
+        minutes, in the same transaction: whoever lost the reply can tell whether it was
+        pushed (:meth:`was_pushed`)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.QUEUE, raw)
+        pipe.set(keys.push_marker(token), 1, ex=keys.PUSH_MARKER_SECONDS)
+        _count(pipe, "enqueued", 1)
+        pipe.execute()
+
+    def was_pushed(self, token: str) -> bool:
+        """Whether the push of ``token`` happened (within the marker's minutes)."""
+        return bool(self.redis.exists(keys.push_marker(token)))
+
     # --- workers -------------------------------------------------------------------------
 
     def take(self, worker_id: str, max_batch: int) -> list[bytes]:
