@@ -8,9 +8,11 @@ supervisor killed, bad input, wrong password, Redis away at start and restarted.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -469,4 +471,37 @@ def test_one_hostile_message_never_stops_the_service(
     # The views read the queue without a hitch meanwhile: the snapshot decodes the oldest.
     redis_client.lpush(keys.QUEUE, deep)
     assert take_snapshot(redis_client).queue.waiting <= 1
+    assert pool.stop() == 0
+
+
+def test_a_worker_frozen_past_its_heartbeat_reruns_at_most_what_it_held(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Issue 10, case 3, with a real freeze: SIGSTOP past the heartbeat, the list recovered
+    as another pool would, SIGCONT. What runs twice is at most what its list held then:
+    the fast jobs it had finished and not yet acked (acks go by the batch), and the one it
+    was in; what it had not started it leaves to the retry (test_worker shows that part)."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests", *FAST_RETRY
+    )
+    [worker_id] = wait_until(lambda: list(worker_heartbeats(redis_client)), what="the worker")
+    pid = int(worker_heartbeats(redis_client)[worker_id]["pid"])
+    push_all(redis_client, [encode("test.count", {"id": n}) for n in range(400)])
+    wait_until(lambda: redis_client.llen(RUNS_KEY) >= 50, what="it is running them")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(
+            lambda: not redis_client.exists(keys.heartbeat(worker_id)), 15, "its heartbeat to go"
+        )
+        held = redis_client.llen(keys.processing_list(worker_id))
+        Queue(redis_client).recover(worker_id, "stopped beating", unless_beating=True)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: nothing_pending(redis_client), 30, what="everything done")
+    runs = Counter(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
+    assert set(runs) == {str(n) for n in range(400)}  # none lost
+    twice = [n for n, count in runs.items() if count > 1]
+    assert len(twice) <= held <= 32 + 1, (twice, held)  # a batch at most, and the one in hand
+    assert "its messages were recovered by another while it was silent" in pool.log()
     assert pool.stop() == 0

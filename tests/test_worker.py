@@ -12,12 +12,15 @@ import redis
 
 from tuitop import keys
 from tuitop.config import RedisSettings, Settings
+from tuitop.handlers import build_registry
 from tuitop.log import SettableLevel
+from tuitop.mail import NoTransport
 from tuitop.message import encode
 from tuitop.queue import Queue
 from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.worker import (
+    DONE,
     GIVE_BACK_AFTER,
     STATUS_SLOTS,
     Worker,
@@ -138,3 +141,26 @@ def test_the_worker_log_is_created_private_and_again_after_logrotate(tmp_path: P
             tuitop_logger.removeHandler(handler)
             handler.close()
         tuitop_logger.propagate, tuitop_logger.level = propagate, level  # as the others expect
+
+
+def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10, case 3: a worker frozen past its heartbeat had its list recovered by
+    another pool; resumed, it ran the rest of its batch anyway (25 duplicates in one
+    trial), ignoring its acks' '0 removed'."""
+    worker = make_worker(redis_server)
+    worker.registry, worker.mail = build_registry(), NoTransport("none")
+    redis_client.set(keys.worker_lease(worker.id), 1)  # as it does when it starts
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(10)]
+    redis_client.lpush(keys.QUEUE, *raws)
+    batch = worker.queue.take(worker.id, 10)
+    assert len(batch) == 10
+    # It freezes here; meanwhile another pool finds it silent and recovers its list.
+    Queue(redis_client).recover(worker.id, "stopped beating", unless_beating=True)
+    worker.last_beat = time.monotonic() - 60  # it is thawed a minute later
+    with caplog.at_level(logging.ERROR, logger="tuitop.worker"):
+        worker._run_batch(batch, keys.QUEUE)
+    assert worker.status[DONE] == 0  # none run here: they wait for their retry elsewhere
+    assert redis_client.zcard(keys.DELAYED) == 10
+    assert worker.stop_requested and "runs none of the 10 it held" in caplog.text

@@ -56,6 +56,13 @@ def heartbeat(worker_id: str) -> str:
     return f"tuitop:worker:{worker_id}"
 
 
+def worker_lease(worker_id: str) -> str:
+    """Set by a worker when it starts, deleted with its processing list when anyone
+    recovers it: a worker that finds it gone knows what it holds is elsewhere now (it was
+    frozen, or cut off, past its heartbeat)."""
+    return f"tuitop:worker:{worker_id}:lease"
+
+
 CONFIG = "tuitop:config"
 """Hash of the configuration in force (async scope, log level, workers) with a version
 number, so that producers in other processes follow a change without reading files."""

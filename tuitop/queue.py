@@ -665,7 +665,7 @@ class Queue:
                             requeued += 1
                         else:
                             dead += 1
-                    pipe.delete(processing)
+                    pipe.delete(processing, keys.worker_lease(worker_id))
                     if forget_worker:
                         pipe.srem(keys.WORKERS, worker_id)
                     if requeued:

@@ -189,6 +189,10 @@ class Worker:
         self.logger = logging.getLogger("tuitop.worker")
         self.tasks: TaskRunner | None = None
         self._lanes: dict[str, str] = {}
+        self.last_beat = time.monotonic()
+        """When a heartbeat last got through (set by the heartbeat thread)."""
+        self.lost = ""
+        """Why this worker knows its list was recovered by someone else ('' while not)."""
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -234,6 +238,7 @@ class Worker:
         )
         try:
             self.redis.ping()
+            self.redis.set(keys.worker_lease(self.id), 1)
             self.beat(self.redis)
         except redis.RedisError as error:
             self.logger.error(describe_error(error, settings.redis))
@@ -257,7 +262,7 @@ class Worker:
             self._settle()
             pipe = self.redis.pipeline(transaction=True)
             pipe.srem(keys.WORKERS, self.id)
-            pipe.delete(keys.heartbeat(self.id))
+            pipe.delete(keys.heartbeat(self.id), keys.worker_lease(self.id))
             pipe.execute()
         except redis.RedisError as error:
             self.logger.warning(
@@ -343,6 +348,8 @@ class Worker:
         sync_level(self.logger, self.level)  # the supervisor may have changed it
         for index, raw in enumerate(batch):
             tail = batch[index + 1 :]
+            if self._list_lost(len(batch) - index):
+                return  # what it holds was recovered: run elsewhere, not here
             if self.stop_requested:
                 self._flush()
                 self.queue.give_back(self.id, batch[index:], to=source)
@@ -539,8 +546,32 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         self.queue.ack_into(pipe, self.id, self._pending_acks)
         self._stats.flush_into(pipe, time.time())
-        pipe.execute()
+        replies = pipe.execute()
+        if self._pending_acks and b"0" in replies[0]:
+            # Some were no longer in its list: recovered while this worker was silent.
+            self.lost = "its acks found messages no longer in its list"
         self._pending_acks.clear()
+
+    def _list_lost(self, held: int) -> bool:
+        """Whether this worker's list was recovered by someone else (it was silent past
+        its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
+        still has — they are elsewhere now — and stops. Asked of Redis only when its last
+        beat is older than half the heartbeat's life, or after a sign of it."""
+        if not self.lost and time.monotonic() - self.last_beat > self.options.heartbeat_ttl / 2:
+            if not self.redis.exists(keys.worker_lease(self.id)):
+                self.lost = "its lease is gone"
+        if not self.lost:
+            return False
+        self.logger.error(
+            "Worker %s: its messages were recovered by another while it was silent (%s): "
+            "it runs none of the %d it held, and stops",
+            self.id,
+            self.lost,
+            held,
+        )
+        self.stop_requested = True
+        self.stop_reason = "its messages were recovered while it was silent"
+        return True
 
     def _settle(self) -> None:
         """Writes what is pending (failures, acks), then gives back whatever else the
@@ -594,7 +625,11 @@ class Worker:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, int(self.options.heartbeat_ttl))
         pipe.sadd(keys.WORKERS, self.id)
-        pipe.execute()
+        pipe.exists(keys.worker_lease(self.id))
+        *_, leased = pipe.execute()
+        if not leased:
+            self.lost = "its heartbeat found its lease gone"
+        self.last_beat = time.monotonic()  # after `lost`: who sees this beat sees that
 
 
 class _BatchGuard:
