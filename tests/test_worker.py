@@ -67,7 +67,7 @@ def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
         time.sleep(GIVE_BACK_AFTER + 0.25)
         # While it still runs, another worker could take the rest already.
         assert redis_client.lrange(keys.QUEUE, 0, -1) == list(reversed(raws[1:]))
-        assert worker.batch.disarm() is True
+        assert worker.batch.disarm() == (True, 0)
     finally:
         watchdog.stop()
     assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [raws[0]]
@@ -82,7 +82,7 @@ def test_a_fast_job_keeps_its_batch(redis_server: EmbeddedRedis) -> None:
     try:
         worker.batch.arm([b"tail"], time.monotonic() + 5.0, keys.QUEUE)
         time.sleep(0.1)
-        assert worker.batch.disarm() is False
+        assert worker.batch.disarm() == (False, 0)
     finally:
         watchdog.stop()
 
@@ -164,3 +164,27 @@ def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
     assert worker.status[DONE] == 0  # none run here: they wait for their retry elsewhere
     assert redis_client.zcard(keys.DELAYED) == 10
     assert worker.stop_requested and "runs none of the 10 it held" in caplog.text
+
+
+def test_what_finished_before_a_long_job_is_acked_while_it_runs(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Issue 10, case 4: fast jobs finished before a slow one stayed unacked until it
+    ended (up to --job-timeout): a time-limit kill ran them again."""
+    worker = make_worker(redis_server)
+    redis_client.set(keys.worker_lease(worker.id), 1)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
+    redis_client.lpush(keys.QUEUE, *raws)
+    batch = worker.queue.take(worker.id, 4)
+    watchdog = _Heartbeat(worker)
+    watchdog.start()
+    try:
+        # Three finished, not yet acked (acks go by the batch); the fourth runs long.
+        worker.batch.arm([], time.monotonic() + GIVE_BACK_AFTER, keys.QUEUE, batch[:3])
+        time.sleep(GIVE_BACK_AFTER + 0.25)
+        # Killed now, only the long one would be run again.
+        assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [raws[3]]
+        assert worker.batch.disarm() == (False, 3)
+    finally:
+        watchdog.stop()
+    assert not worker.lost

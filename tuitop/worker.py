@@ -355,7 +355,7 @@ class Worker:
                 self.queue.give_back(self.id, batch[index:], to=source)
                 return
             started = time.monotonic()
-            self.batch.arm(tail, started + GIVE_BACK_AFTER, source)
+            self.batch.arm(tail, started + GIVE_BACK_AFTER, source, list(self._pending_acks))
             try:
                 self._process(raw)
             except (_Interrupted, KeyboardInterrupt, redis.RedisError):
@@ -371,7 +371,8 @@ class Worker:
                     trace=traceback.format_exc(),
                 )
             finally:
-                given_back = self.batch.disarm()
+                given_back, acked = self.batch.disarm()
+                del self._pending_acks[:acked]  # the watchdog acked them
             elapsed = time.monotonic() - started
             self._job_time = 0.8 * self._job_time + 0.2 * max(elapsed, 1e-6)
             if elapsed > ACK_AT_ONCE_AFTER:
@@ -557,9 +558,9 @@ class Worker:
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
         still has — they are elsewhere now — and stops. Asked of Redis only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
-        if not self.lost and time.monotonic() - self.last_beat > self.options.heartbeat_ttl / 2:
-            if not self.redis.exists(keys.worker_lease(self.id)):
-                self.lost = "its lease is gone"
+        silent = time.monotonic() - self.last_beat > self.options.heartbeat_ttl / 2
+        if not self.lost and silent and not self.redis.exists(keys.worker_lease(self.id)):
+            self.lost = "its lease is gone"
         if not self.lost:
             return False
         self.logger.error(
@@ -633,48 +634,59 @@ class Worker:
 
 
 class _BatchGuard:
-    """The unstarted rest of the batch, which a watchdog may give back while a job runs.
+    """What a watchdog takes over while a job runs long: the unstarted rest of the batch
+    (given back to the queue, for other workers) and the finished messages not yet acked
+    (acked, so that a time-limit kill does not run them again).
 
-    The main thread arms it before each job and disarms it after; whoever takes the tail
-    first (the watchdog, past the deadline) owns it, under the lock.
+    The main thread arms it before each job and disarms it after; whoever takes them
+    first (the watchdog, past the deadline) owns them, under the lock.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tail: list[bytes] = []
+        self._acks: list[bytes] = []
         self._source = keys.QUEUE
         self._deadline = 0.0
         self._given_back = False
+        self._acked = 0
         self.armed = threading.Event()
         """Set when a tail is armed, to wake the watchdog (which clears it)."""
 
-    def arm(self, tail: list[bytes], deadline: float, source: str) -> None:
-        """A job starts; ``tail`` (taken from the list ``source``) is given back if it is
-        still running at ``deadline``."""
+    def arm(
+        self, tail: list[bytes], deadline: float, source: str, acks: list[bytes] | None = None
+    ) -> None:
+        """A job starts; ``tail`` (taken from the list ``source``) is given back, and
+        ``acks`` (finished, the oldest first) acked, if it is still running at
+        ``deadline``."""
         with self._lock:
-            self._tail, self._deadline, self._given_back = tail, deadline, False
+            self._tail, self._acks = tail, acks or []
+            self._deadline, self._given_back, self._acked = deadline, False, 0
             self._source = source
-        if tail and not self.armed.is_set():  # set() costs a lock; most arms find it set
+        if (tail or acks) and not self.armed.is_set():  # set() costs a lock; most find it set
             self.armed.set()
 
-    def disarm(self) -> bool:
-        """Ends the job; True when the watchdog gave the tail back meanwhile."""
+    def disarm(self) -> tuple[bool, int]:
+        """Ends the job: whether the watchdog gave the tail back meanwhile, and how many
+        of the acks (the first ones) it took."""
         with self._lock:
-            self._tail = []
-            return self._given_back
+            self._tail, self._acks = [], []
+            return self._given_back, self._acked
 
-    def claim_if_late(self, now: float) -> tuple[list[bytes], str]:
-        """For the watchdog: the tail and where it came from, if the running job is past
-        its deadline."""
+    def claim_if_late(self, now: float) -> tuple[list[bytes], str, list[bytes]]:
+        """For the watchdog: the tail, where it came from, and the acks, if the running
+        job is past its deadline."""
         with self._lock:
-            if not self._tail or now < self._deadline:
-                return [], self._source
-            tail, self._tail, self._given_back = self._tail, [], True
-            return tail, self._source
+            if not (self._tail or self._acks) or now < self._deadline:
+                return [], self._source, []
+            tail, acks, self._tail, self._acks = self._tail, self._acks, [], []
+            self._given_back = self._given_back or bool(tail)
+            self._acked += len(acks)
+            return tail, self._source, acks
 
     def seconds_left(self, now: float) -> float | None:
         with self._lock:
-            return max(self._deadline - now, 0.0) if self._tail else None
+            return max(self._deadline - now, 0.0) if self._tail or self._acks else None
 
 
 class _Heartbeat(threading.Thread):
@@ -699,9 +711,11 @@ class _Heartbeat(threading.Thread):
         orphaned = failing = False
         while not self._stopped.is_set():
             now = time.monotonic()
-            tail, source = self.worker.batch.claim_if_late(now)
+            tail, source, acks = self.worker.batch.claim_if_late(now)
             if tail:
                 self._give_back(tail, source)
+            if acks:
+                self._ack(acks)
             if now >= next_beat:
                 next_beat = now + options.heartbeat_interval
                 if not orphaned and not process_running(
@@ -752,6 +766,21 @@ class _Heartbeat(threading.Thread):
             self.worker.id,
             len(tail),
         )
+
+    def _ack(self, acks: list[bytes]) -> None:
+        """Acks what the worker finished before the job that runs long."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            self._queue.ack_into(pipe, self.worker.id, acks)
+            [removed] = pipe.execute()
+        except redis.RedisError as error:
+            # They stay in the list: the worker's end or a recovery settles them.
+            self.worker.logger.warning(
+                "Worker %s: could not ack %d message(s): %s", self.worker.id, len(acks), error
+            )
+            return
+        if b"0" in removed:
+            self.worker.lost = "its acks found messages no longer in its list"
 
     def stop(self) -> None:
         self._stopped.set()
