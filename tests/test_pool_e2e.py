@@ -505,3 +505,41 @@ def test_a_worker_frozen_past_its_heartbeat_reruns_at_most_what_it_held(
     assert len(twice) <= held <= 32 + 1, (twice, held)  # a batch at most, and the one in hand
     assert "its messages were recovered by another while it was silent" in pool.log()
     assert pool.stop() == 0
+
+
+def test_a_pool_that_lost_its_name_in_an_outage_stops_its_workers(
+    tmp_path: Path, pools: list[Pool], redis_server_factory: RedisServerFactory
+) -> None:
+    """Issue 10, case 9: a pool whose name claim lapsed while Redis was away, and another
+    pool took the name meanwhile, kept its workers serving under it beside the other."""
+    server = redis_server_factory()
+    config = write_config(tmp_path, port=server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, "--pool-name", "forge")
+    client = server.client()
+    wait_until(lambda: worker_heartbeats(client), what="its worker")
+    server.kill()
+    pool.wait_for_log("unreachable", timeout=20)
+    server.start()
+    client = server.client()
+    # Another pool named forge got there first (it claimed the name while this one waited).
+    client.set(keys.pool("forge") + ":owner", "elsewhere:1:1", ex=600)
+    pool.wait_for_log("Another pool named forge is running", timeout=30)
+    pool.wait_for_log(
+        r"Stopping worker forge/0#\d+ after its current job \(the pool lost its name\)"
+    )
+    wait_until(lambda: not worker_heartbeats(client), 20, "no worker of it serving")
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_pools_long_gone_are_forgotten(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Issue 10, case 9: tuitop:pools only grew, and every snapshot reads each name."""
+    redis_client.sadd(keys.POOLS, *[f"old-{n}" for n in range(50)])
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, "--pool-name", "live")
+    wait_until(
+        lambda: redis_client.smembers(keys.POOLS) == {b"live"}, 20, "only the live pool left"
+    )
+    assert pool.stop() == 0

@@ -543,6 +543,10 @@ class Supervisor:
             (owner or b"?").decode(errors="replace"),
             ttl,
         )
+        # Workers started under the name (before a partition, say) must not serve on under
+        # it beside the pool that holds it now: their ids could meet that pool's.
+        for record in self.workers.values():
+            self._stop_worker(record, "the pool lost its name")
 
     def _keep_name(self) -> None:
         """Renews the name claim while shutting down (the grace period outlasts its TTL)."""
@@ -965,6 +969,20 @@ class Supervisor:
                 recovery.dead_lettered,
             )
 
+    def _forget_gone_pools(self) -> None:
+        """Takes out of the set of pools those with neither a heartbeat nor a name claim:
+        every view reads each name it holds, so a set that only grows costs more and more."""
+        assert self._redis is not None
+        names = [m.decode() for m in cast(set[bytes], self._redis.smembers(keys.POOLS))]
+        if not names:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.pool(name), keys.pool(name) + ":owner")
+        gone = [name for name, alive in zip(names, pipe.execute(), strict=True) if not alive]
+        if gone:
+            self._redis.srem(keys.POOLS, *gone)
+
     def _recover_orphans(self, force: bool = False) -> None:
         """Recovers the lists of registered workers, on any host, whose heartbeat expired."""
         now = time.monotonic()
@@ -979,6 +997,7 @@ class Supervisor:
                 moved,
                 keys.QUEUE,
             )
+        self._forget_gone_pools()
         ours = {record.worker_id for record in self.workers.values()}
         members = [m.decode() for m in cast(set[bytes], self._redis.smembers(keys.WORKERS))]
         candidates = [worker_id for worker_id in members if worker_id not in ours]
