@@ -512,17 +512,25 @@ def test_a_pool_that_lost_its_name_in_an_outage_stops_its_workers(
 ) -> None:
     """Issue 10, case 9: a pool whose name claim lapsed while Redis was away, and another
     pool took the name meanwhile, kept its workers serving under it beside the other."""
-    server = redis_server_factory()
+    server = redis_server_factory(appendonly=True)
     config = write_config(tmp_path, port=server.port, workers=1)
     pool = start_pool(pools, tmp_path, config, "--pool-name", "forge")
     client = server.client()
     wait_until(lambda: worker_heartbeats(client), what="its worker")
-    server.kill()
-    pool.wait_for_log("unreachable", timeout=20)
+    # The pool is cut off (frozen here, so that it learns nothing meanwhile); its claim
+    # lapses and another pool named forge takes the name; Redis even restarts. When the
+    # pool is back, the name is another's (kept on disk through the restart).
+    client.config_set("appendfsync", "always")
+    os.kill(pool.pid, signal.SIGSTOP)
+    try:
+        client.set(keys.pool("forge") + ":owner", "elsewhere:1:1", ex=600)
+        server.kill()
+    finally:
+        os.kill(pool.pid, signal.SIGCONT)
+    # The pool finds Redis gone itself, then reconnects to find the name another's.
+    pool.wait_for_log(rf"\[{pool.pid}\] \[error\] Redis at .* unreachable", timeout=20)
     server.start()
     client = server.client()
-    # Another pool named forge got there first (it claimed the name while this one waited).
-    client.set(keys.pool("forge") + ":owner", "elsewhere:1:1", ex=600)
     pool.wait_for_log("Another pool named forge is running", timeout=30)
     pool.wait_for_log(
         r"Stopping worker forge/0#\d+ after its current job \(the pool lost its name\)"
