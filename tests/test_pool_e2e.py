@@ -551,3 +551,31 @@ def test_pools_long_gone_are_forgotten(
         lambda: redis_client.smembers(keys.POOLS) == {b"live"}, 20, "only the live pool left"
     )
     assert pool.stop() == 0
+
+
+def test_what_tuleaps_stopped_workers_left_is_run_and_a_live_ones_list_is_not(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Issue 10, case 2: what Tuleap's own workers held when they were stopped to hand
+    over to tuitop (app_user_events-processing-N) was never run."""
+    left = [encode("test.count", {"id": f"left{n}"}) for n in range(2)]
+    redis_client.lpush(keys.processing_list("3"), *left)  # worker 3, gone for good
+    live = keys.processing_list("4")  # worker 4 runs on another host: its list moves
+    redis_client.lpush(live, encode("test.count", {"id": "live0"}))
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests",
+        "--tuleap-list-timeout", "2", *FAST_RETRY,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    n = 0
+    while time.monotonic() < deadline and redis_client.llen(RUNS_KEY) < 2:
+        n += 1  # worker 4 at work: one message done, the next taken
+        redis_client.rpop(live)
+        redis_client.lpush(live, encode("test.count", {"id": f"live{n}"}))
+        time.sleep(0.5)
+    runs = sorted(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
+    assert runs == ["left0", "left1"]  # each once, with one more try
+    assert redis_client.llen(live) == 1  # the live worker's own is left alone
+    assert "left by Tuleap's worker 3" in pool.log()
+    assert pool.stop() == 0

@@ -27,6 +27,7 @@ from tuitop.tasks import (
     TaskCommand,
     default_task_command,
 )
+from tuitop.tuleapworkers import HOLD_LIMIT
 
 if TYPE_CHECKING:
     from tuitop.tui.source import SnapshotSource
@@ -93,6 +94,15 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         help="first retry delay in seconds, doubled each try up to 8x (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--tuleap-list-timeout",
+        metavar="S",
+        type=float,
+        default=HOLD_LIMIT,
+        help="a processing list of Tuleap's own workers unchanged this long, with no pid "
+        "file on this host saying its worker runs, is recovered (default: %(default)g: "
+        "Tuleap's 15-minute task limit and a minute)",
     )
     pool.add_argument(
         "--handlers",
@@ -485,6 +495,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         handler_modules=tuple(args.handlers),
         sendmail=args.sendmail,
         task=task,
+        tuleap_hold_limit=args.tuleap_list_timeout,
         control_fd=sys.stdin.fileno() if args.control_stdin else None,
         **({"pool_name": args.pool_name} if args.pool_name else {}),
     )

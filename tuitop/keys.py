@@ -37,6 +37,10 @@ def lane_list(lane: str) -> str:
     return QUEUE if lane == DEFAULT_LANE else f"{LANE_PREFIX}{lane}"
 
 
+TULEAP_LISTS = "tuitop:tuleap-lists"
+"""Hash: each processing list of a Tuleap worker → what it held and since when (Redis
+time), to tell a list left by a worker that is gone (tuitop.tuleapworkers)."""
+
 LANES = "tuitop:lanes"
 """Sorted set of the lanes pools serve; score: when a pool last said it serves it (Redis
 time), so that a lane no pool serves any more is moved back to ``QUEUE``."""

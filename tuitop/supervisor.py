@@ -36,7 +36,7 @@ import psutil
 import redis
 from setproctitle import setproctitle
 
-from tuitop import keys
+from tuitop import keys, tuleapworkers
 from tuitop.config import MAX_WORKERS, ConfigError, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import setup_logging, sync_level
@@ -113,6 +113,9 @@ class PoolOptions:
     sendmail: str = DEFAULT_SENDMAIL
     task: TaskCommand | None = None
     """Tuleap's task process, for every message no built-in handler takes."""
+    tuleap_hold_limit: float = tuleapworkers.HOLD_LIMIT
+    """A Tuleap worker's list unchanged this long (and no pid file of it here) is
+    recovered: its worker is gone (tuitop.tuleapworkers.left_behind)."""
     tick: float = 1.0
     heartbeat_ttl: float = 10.0
     control_fd: int | None = None
@@ -206,6 +209,7 @@ class Supervisor:
         self._boot_failures = 0
         self._next_start_at = 0.0
         self._last_orphan_scan = 0.0
+        self._last_tuleap_scan = 0.0
         self._pool_token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
         self._owns_name = False
         self._claim_script: Any = None
@@ -969,6 +973,23 @@ class Supervisor:
                 recovery.dead_lettered,
             )
 
+    def _recover_tuleaps_lists(self) -> None:
+        """What Tuleap's own workers left in their lists when they stopped for good (a
+        hand-over to tuitop), looked at every quarter of the hold limit, a minute at most."""
+        now = time.monotonic()
+        every = min(60.0, self.options.tuleap_hold_limit / 4)
+        if now - self._last_tuleap_scan < every:
+            return
+        self._last_tuleap_scan = now
+        assert self._redis is not None
+        for found in tuleapworkers.left_behind(self._redis, self.options.tuleap_hold_limit):
+            why = (
+                f"left by Tuleap's worker {found.number}: unchanged for "
+                f"{self.options.tuleap_hold_limit:g} s, no worker {found.number} runs here"
+            )
+            self.logger.warning("%d message(s) %s: recovering them", found.messages, why)
+            self._recover(found.worker_id, why)
+
     def _forget_gone_pools(self) -> None:
         """Takes out of the set of pools those with neither a heartbeat nor a name claim:
         every view reads each name it holds, so a set that only grows costs more and more."""
@@ -998,6 +1019,7 @@ class Supervisor:
                 keys.QUEUE,
             )
         self._forget_gone_pools()
+        self._recover_tuleaps_lists()
         ours = {record.worker_id for record in self.workers.values()}
         members = [m.decode() for m in cast(set[bytes], self._redis.smembers(keys.WORKERS))]
         candidates = [worker_id for worker_id in members if worker_id not in ours]

@@ -9,9 +9,11 @@ says whether it still runs on this host.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -19,6 +21,9 @@ from tuitop import keys
 from tuitop.osutil import process_running
 
 PID_DIRECTORY = "/var/run/tuleap"
+HOLD_LIMIT = 16 * 60.0
+"""Tuleap's worker stops a task at 15 minutes and removes its message: a list of one of
+its workers unchanged for longer (a minute's margin) belongs to a worker that is gone."""
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,33 @@ def running_pid(number: int, directory: str = PID_DIRECTORY) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid > 0 and process_running(pid) else None
+
+
+def left_behind(client: redis.Redis, hold_limit: float = HOLD_LIMIT) -> list[TuleapList]:
+    """The lists of Tuleap's workers that are gone: no pid file on this host names a live
+    worker of theirs, and their content has not changed for ``hold_limit`` seconds (by
+    Redis' clock, as every pool on every host sees it: their first sight of each content is
+    kept in Redis). A live Tuleap worker on another host changes its list within its task
+    limit, so it is never taken for gone."""
+    now = float(client.time()[0])
+    seen = {
+        key.decode(): value.decode()
+        for key, value in cast(dict[bytes, bytes], client.hgetall(keys.TULEAP_LISTS)).items()
+    }
+    gone: list[TuleapList] = []
+    present = set()
+    for found in tuleap_lists(client):
+        key = keys.processing_list(found.worker_id)
+        present.add(key)
+        oldest = cast(bytes | None, client.lindex(key, -1)) or b""
+        content = hashlib.sha1(f"{found.messages}:".encode() + oldest).hexdigest()
+        since = seen.get(key, "")
+        if not since.startswith(f"{content}|"):
+            client.hset(keys.TULEAP_LISTS, key, f"{content}|{now}")
+            continue
+        if now - float(since.partition("|")[2]) > hold_limit and running_pid(found.number) is None:
+            gone.append(found)
+    stale = [key for key in seen if key not in present]
+    if stale:
+        client.hdel(keys.TULEAP_LISTS, *stale)
+    return gone
