@@ -1,0 +1,426 @@
+"""The chaos campaign: nothing lost, whatever happens to the processes around the queue.
+
+Two pools (two ``tuitop --no-ui``) serve one Redis (appendonly, fsync always) and send
+notifications through a real SMTP server, while a producer pushes a stream of them (with
+tuitop's own marked push, as a front end using the Notifier would) and, meanwhile:
+
+* a random worker is SIGKILLed every 2 s;
+* a pool's config file is saved every 5 s with another worker count (1 to 8);
+* Redis is killed (-9) and started again;
+* the SMTP server is down for 10 s;
+* one pool's parent and all its workers are SIGKILLed at once (a host dying), and the
+  pool is started again;
+* a worker is frozen (SIGSTOP) past its heartbeat, then thawed.
+
+Then the producer stops, the pools drain everything, and the campaign counts, by each
+notification's artifact id: pushed, delivered (mails received), duplicates (each with the
+events that explain it: a kill or a freeze while it was in a worker's hands), dead-lettered
+(past Tuleap's 3 tries: a message killed with its worker that often), and lost — anything
+pushed that is neither delivered nor a dead letter. Exits 1 when anything is lost.
+
+Run: ``python -m bench.chaos`` (``--messages``, ``--rate``); writes bench/results/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from tuitop import keys
+from tuitop.message import decode, encode
+from tuitop.notification import TOPIC, Mail, Notification
+from tuitop.queue import Queue, parse_dead_letter
+from tuitop.redisserver import EmbeddedRedis
+from tuitop.smtpserver import SmtpServer
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "chaos.json"
+
+
+@dataclass
+class Event:
+    at: float
+    what: str
+
+
+@dataclass
+class Report:
+    pushed: int
+    delivered: int
+    duplicates: dict[int, list[str]]
+    """Artifact id → the events that explain its second delivery."""
+    dead: int
+    lost: list[int]
+    events: list[Event] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def unexplained(self) -> list[int]:
+        return [artifact for artifact, why in self.duplicates.items() if not why]
+
+
+class PoolProcess:
+    """One ``tuitop --no-ui`` with a config file of its own."""
+
+    def __init__(self, directory: Path, name: str, redis_port: int, smtp_port: int) -> None:
+        self.name = name
+        self.config = directory / f"{name}.inc"
+        self.log = directory / f"{name}.log"
+        self.redis_port, self.smtp_port = redis_port, smtp_port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.save(2)
+
+    def save(self, workers: int) -> None:
+        """Writes the config as an editor does: a new file renamed over the old one."""
+        text = (
+            "<?php\n$redis_server = '127.0.0.1';\n"
+            f"$redis_port = {self.redis_port};\n$sys_nb_backend_workers = {workers};\n"
+            "$sys_logger_level = 'info';\n$sys_noreply = 'noreply@chaos.example';\n"
+            f"$email_transport = 'smtp';\n$email_relayhost = '127.0.0.1:{self.smtp_port}';\n"
+        )
+        temporary = self.config.with_suffix(".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, self.config)
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "tuitop", "--no-ui", "--config", str(self.config),
+            "--pool-name", self.name, "--log-file", str(self.log),
+            "--retry-delay", "2", "--grace", "5",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        output = open(self.log.with_suffix(".out"), "ab")  # noqa: SIM115 - the child's
+        self.process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
+
+    def workers(self) -> list[psutil.Process]:
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            family = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        found = []
+        for process in family:
+            try:
+                if "tuitop: worker" in " ".join(process.cmdline()):  # its process title
+                    found.append(process)
+            except psutil.Error:
+                continue
+        return found
+
+    def kill_whole(self) -> None:
+        """SIGKILL of the parent and every process it started, at once: a host dying."""
+        if self.process is None:
+            return
+        family = []
+        with contextlib.suppress(psutil.Error):
+            family = psutil.Process(self.process.pid).children(recursive=True)
+        for process in [psutil.Process(self.process.pid), *family]:
+            try:
+                process.kill()
+            except psutil.Error:
+                continue
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.kill_whole()
+
+
+def notification_message(artifact: int) -> bytes:
+    note = Notification(
+        project_id=101,
+        artifact_id=artifact,
+        changeset_id=artifact,
+        mails=(Mail((f"user{artifact % 97}@chaos.example",), f"artifact #{artifact}", "x"),),
+    )
+    return encode(TOPIC, note.to_payload())
+
+
+class Campaign:
+    def __init__(self, directory: Path, messages: int, rate: float, seed: int) -> None:
+        self.directory = directory
+        self.messages = messages
+        self.rate = rate
+        self.random = random.Random(seed)
+        self.events: list[Event] = []
+        self.began = time.monotonic()
+        self.redis = EmbeddedRedis(directory=directory / "redis", appendonly=True)
+        self.smtp = SmtpServer()
+        self.pools: list[PoolProcess] = []
+        self._producing = threading.Event()
+
+    # --- what happens ---------------------------------------------------------------
+
+    def note(self, what: str) -> None:
+        self.events.append(Event(time.monotonic() - self.began, what))
+
+    def _client(self) -> redis.Redis:
+        return self.redis.client()
+
+    def _start_redis(self) -> None:
+        self.redis.start()
+        client = self._client()
+        client.config_set("appendfsync", "always")  # an acked write is on disk
+        client.close()
+
+    def produce(self) -> None:
+        """Pushes every notification once, with the marked push: a push whose reply is
+        lost is asked about (on a fresh connection) before it is pushed again."""
+        client = self._client()
+        queue = Queue(client)
+        began = time.monotonic()
+        for artifact in range(self.messages):
+            target = began + artifact / self.rate
+            while (delay := target - time.monotonic()) > 0:
+                time.sleep(delay)
+            raw = notification_message(artifact)
+            while True:
+                token = uuid.uuid4().hex
+                try:
+                    queue.push_marked(raw, token)
+                    break
+                except redis.RedisError:
+                    pass
+                try:
+                    if queue.was_pushed(token):
+                        break
+                except redis.RedisError:
+                    time.sleep(0.2)  # Redis away: push again once it is back
+        self._producing.clear()
+        client.close()
+
+    def chaos(self, duration: float) -> None:
+        """The events, on their schedule, until the producer is done."""
+        at = {"redis": 0.25, "smtp": 0.40, "host": 0.55, "freeze": 0.70}
+        done: set[str] = set()
+        next_kill = next_save = 0.0
+        saves = 0
+        while self._producing.is_set():
+            now = time.monotonic() - self.began
+            progress = now / duration
+            if now >= next_kill:
+                next_kill = now + 2.0
+                workers = [w for pool in self.pools for w in pool.workers()]
+                if workers:
+                    victim = self.random.choice(workers)
+                    try:
+                        victim.kill()
+                        self.note(f"SIGKILL worker pid {victim.pid}")
+                    except psutil.Error:
+                        pass
+            if now >= next_save:
+                next_save = now + 5.0
+                pool = self.pools[saves % len(self.pools)]
+                saves += 1
+                count = self.random.randint(1, 8)
+                pool.save(count)
+                self.note(f"{pool.name}: config saved, {count} worker(s)")
+            if "redis" not in done and progress >= at["redis"]:
+                done.add("redis")
+                self.note("Redis killed (-9)")
+                self.redis.kill()
+                time.sleep(2)
+                self._start_redis()
+                self.note("Redis started again")
+            if "smtp" not in done and progress >= at["smtp"]:
+                done.add("smtp")
+                self.note("SMTP server down")
+                self.smtp.stop()
+                threading.Timer(10, self._smtp_back).start()
+            if "host" not in done and progress >= at["host"]:
+                done.add("host")
+                pool = self.pools[0]
+                self.note(f"{pool.name}: the whole host killed (-9)")
+                pool.kill_whole()
+                time.sleep(3)
+                pool.start()
+                self.note(f"{pool.name}: started again")
+            if "freeze" not in done and progress >= at["freeze"]:
+                workers = [w for pool in self.pools for w in pool.workers()]
+                if workers:
+                    done.add("freeze")
+                    frozen = self.random.choice(workers)
+                    try:
+                        frozen.suspend()
+                        self.note(f"worker pid {frozen.pid} frozen (SIGSTOP)")
+                        threading.Timer(12, self._thaw, args=(frozen,)).start()
+                    except psutil.Error:
+                        pass
+            time.sleep(0.1)
+
+    def _smtp_back(self) -> None:
+        self.smtp.start()
+        self.note("SMTP server back")
+
+    def _thaw(self, process: psutil.Process) -> None:
+        try:
+            process.resume()
+            self.note(f"worker pid {process.pid} thawed (SIGCONT)")
+        except psutil.Error:
+            pass
+
+    # --- the run ------------------------------------------------------------------------
+
+    def run(self, drain_timeout: float = 180.0) -> Report:
+        self._start_redis()
+        self.smtp.start()
+        self.pools = [
+            PoolProcess(self.directory, name, self.redis.port, self.smtp.port)
+            for name in ("host-a", "host-b")
+        ]
+        try:
+            for pool in self.pools:
+                pool.start()
+            duration = self.messages / self.rate
+            self._producing.set()
+            producer = threading.Thread(target=self.produce, daemon=True)
+            producer.start()
+            self.chaos(duration)
+            producer.join()
+            self.note("producer done")
+            for pool in self.pools:
+                pool.save(2)
+            self._drain(drain_timeout)
+            self.note("drained")
+        finally:
+            for pool in self.pools:
+                pool.stop()
+            report = self._count()
+            self.smtp.stop()
+            self.redis.close()
+        report.seconds = time.monotonic() - self.began
+        return report
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = self._client()
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    lanes = [m.decode() for m in client.zrange(keys.LANES, 0, -1)]
+                    waiting = client.llen(keys.QUEUE) + client.zcard(keys.DELAYED)
+                    waiting += sum(client.llen(keys.lane_list(lane)) for lane in lanes)
+                    held = sum(
+                        client.llen(key) for key in client.scan_iter(match=keys.PROCESSING_PATTERN)
+                    )
+                except redis.RedisError:
+                    time.sleep(0.5)
+                    continue
+                if waiting == 0 and held == 0:
+                    return
+                time.sleep(0.5)
+        finally:
+            client.close()
+
+    def _count(self) -> Report:
+        received = Counter(
+            int(str(message.message["X-Tuleap-Artifact-Id"])) for message in self.smtp.messages
+        )
+        client = self._client()
+        dead_ids = set()
+        for entry in client.lrange(keys.DEAD_LETTERS, 0, -1):
+            payload = decode(parse_dead_letter(entry).message).payload
+            if isinstance(payload, dict) and "artifact_id" in payload:
+                dead_ids.add(int(payload["artifact_id"]))
+        client.close()
+        times: dict[int, list[float]] = {}
+        for message in self.smtp.messages:
+            artifact = int(str(message.message["X-Tuleap-Artifact-Id"]))
+            times.setdefault(artifact, []).append(message.received_at)
+        duplicates = {}
+        wall_began = time.time() - (time.monotonic() - self.began)
+        for artifact, count in received.items():
+            if count < 2:
+                continue
+            first, second = sorted(times[artifact])[:2]
+            window = (first - wall_began - 3, second - wall_began)
+            duplicates[artifact] = [
+                event.what
+                for event in self.events
+                if window[0] <= event.at <= window[1]
+                and ("SIGKILL" in event.what or "frozen" in event.what or "host" in event.what)
+            ]
+        lost = [n for n in range(self.messages) if n not in received and n not in dead_ids]
+        return Report(
+            pushed=self.messages,
+            delivered=len(received),
+            duplicates=duplicates,
+            dead=len(dead_ids - set(received)),
+            lost=lost,
+            events=self.events,
+        )
+
+
+def run_campaign(messages: int, rate: float, seed: int = 7) -> Report:
+    with tempfile.TemporaryDirectory(prefix="tuitop-chaos-") as temp:
+        return Campaign(Path(temp), messages, rate, seed).run()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=200.0, help="notifications pushed a second")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    report = run_campaign(args.messages, args.rate, args.seed)
+    explained = len(report.duplicates) - len(report.unexplained)
+    rows = [
+        ("pushed", f"{report.pushed:,}"),
+        ("delivered (mails received, once or more)", f"{report.delivered:,}"),
+        (
+            "duplicates",
+            f"{len(report.duplicates):,} ({explained:,} explained by a kill or a freeze)",
+        ),
+        ("dead-lettered (past Tuleap's 3 tries)", f"{report.dead:,}"),
+        ("lost", f"{len(report.lost):,}"),
+        ("events", f"{len(report.events):,} in {report.seconds:.0f} s"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    print("tuitop chaos campaign")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    for artifact in report.unexplained[:10]:
+        print(f"  unexplained duplicate: artifact {artifact}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    document: dict[str, Any] = {
+        "messages": args.messages,
+        "rate": args.rate,
+        "pushed": report.pushed,
+        "delivered": report.delivered,
+        "duplicates": {str(k): v for k, v in report.duplicates.items()},
+        "dead": report.dead,
+        "lost": report.lost,
+        "events": [{"at": round(e.at, 2), "what": e.what} for e in report.events],
+        "seconds": report.seconds,
+    }
+    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(REPO)}")
+    return 1 if report.lost else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
