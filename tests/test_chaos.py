@@ -14,7 +14,7 @@ from bench.chaos import run_campaign
 def test_the_short_chaos_run_loses_nothing() -> None:
     report = run_campaign(messages=3000, rate=40.0)
     assert report.lost == [], f"lost: {report.lost[:20]} (events: {report.events})"
-    assert report.delivered + report.dead == report.pushed
+    assert report.delivered + report.dead + len(report.unconfirmed) == report.pushed
     kinds = " ".join(event.what for event in report.events)
     for happened in ("SIGKILL worker", "config saved", "Redis killed", "SMTP server down",
                      "whole host killed", "frozen (SIGSTOP)"):  # fmt: skip
