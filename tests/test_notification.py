@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import SmtpServerFactory
 from tuitop.config import MailSettings, Secret, Settings
-from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater, build_registry
+from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import (
     MailTransport,
     NoTransport,
@@ -41,6 +41,7 @@ from tuitop.notification import (
     parse_notification,
     send_notification,
 )
+from tuitop.registry import build_registry
 from tuitop.smtpserver import SmtpServer
 
 SENDER = '"Tuleap" <noreply@tuleap.example>'

@@ -15,13 +15,14 @@ import redis
 from tests.proxy import ReplyLosingProxy
 from tuitop import keys
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
-from tuitop.handlers import Job, build_registry
+from tuitop.handlers import Job
 from tuitop.mail import SmtpTransport
 from tuitop.message import decode
 from tuitop.notification import TOPIC, Mail, Notification
 from tuitop.notify import QUEUED, SENT, NotificationError, Notifier
 from tuitop.queue import Queue
 from tuitop.redisserver import EmbeddedRedis
+from tuitop.registry import build_registry
 from tuitop.smtpserver import SmtpServer
 from tuitop.stats import read_buckets, summarize
 

@@ -290,6 +290,37 @@ def test_job_past_the_time_limit_kills_its_worker_and_is_retried(
     assert total == 1  # still somewhere, never lost
 
 
+def test_a_job_killed_at_the_time_limit_leaves_its_traceback_in_the_log_and_letter(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    """Before the kill the pool asks the worker for its stacks (faulthandler, SIGUSR1):
+    an admin sees where the job hung, in the log and with the dead letter."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools,
+        tmp_path,
+        config,
+        "--handlers",
+        "tests.handlers_for_tests",
+        "--job-timeout",
+        "1",
+        *FAST_RETRY,
+    )
+    push_all(redis_client, [encode("test.sleep", {"id": "s", "seconds": 60})])
+    pool.wait_for_log("at its time limit:", timeout=20)
+    log = pool.log()
+    stack = log[log.index("at its time limit:") :]
+    assert "handlers_for_tests.py" in stack and "in sleep" in stack, stack[:2000]
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 1, 60, "the dead letter")
+    letter = parse_dead_letter(redis_client.lindex(keys.DEAD_LETTERS, 0) or b"")
+    assert "its job ran past the time limit" in letter.reason
+    assert "in sleep" in letter.traceback and "handlers_for_tests.py" in letter.traceback
+    assert pool.stop() == 0
+
+
 def test_workers_are_recycled_after_max_messages(
     tmp_path: Path,
     pools: list[Pool],

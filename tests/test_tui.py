@@ -329,7 +329,7 @@ def test_the_lanes_panel_says_where_every_other_topic_goes() -> None:
         none = Percentiles(0, None, None, None, None)
         window = WindowStats(60, {}, none, none)
         pools = tuple(
-            PoolView(f"p{n}", "h", 1, 2, 2, 2, (), "info", "all", "r", 0.0, "", 0.0, spec)
+            PoolView(name=f"p{n}", host="h", pid=1, wanted=2, lanes=spec)
             for n, spec in enumerate(specs)
         )
         queue = QueueView(0, 0, 0, 0, None, None)

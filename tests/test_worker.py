@@ -12,13 +12,13 @@ import redis
 
 from tuitop import keys
 from tuitop.config import RedisSettings, Settings
-from tuitop.handlers import build_registry
 from tuitop.log import SettableLevel
 from tuitop.mail import NoTransport
 from tuitop.message import encode
 from tuitop.queue import Queue
 from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
+from tuitop.registry import build_registry
 from tuitop.worker import (
     DONE,
     GIVE_BACK_AFTER,

@@ -464,7 +464,7 @@ def _interval_or_exit(args: argparse.Namespace) -> int:
 
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from tuitop.supervisor import PoolOptions, Supervisor
+    from tuitop.pool import PoolOptions, Supervisor
 
     if args.max_messages < 1:
         print("tuitop: --max-messages must be at least 1", file=sys.stderr)

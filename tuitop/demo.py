@@ -28,12 +28,12 @@ from tuitop.config import Settings, load_config
 from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
+from tuitop.pool import PoolOptions, Supervisor
 from tuitop.queue import Queue
 from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 from tuitop.stats import read_buckets, summarize
-from tuitop.supervisor import PoolOptions, Supervisor
 from tuitop.tasks import TaskCommand
 
 DEMO_POOL = "demo"

@@ -9,18 +9,17 @@ and raises to say otherwise:
 * :class:`RetryLater` — try again later (with ``payload`` when part of the job is done);
 * anything else — logged with its traceback and retried, then dead-lettered.
 
-Built in: ``tuleap.tracker.artifact`` carrying ``mails`` (tuitop's notification mails) and
-``tuitop.noop`` (does nothing; for benchmarks and smoke tests). Other topics come from
-plugin modules named with ``--handlers MODULE``: each must define ``register(registry)``.
-A message no handler takes goes to the registry's fallback when it has one: Tuleap's task
-process (:mod:`tuitop.tasks`), which runs every topic of a real Tuleap.
+This module is the contract between a worker and the handlers, and imports none of them:
+the built-in ones and the plugins' (``--handlers MODULE``, each defining
+``register(registry)``) are put together by :mod:`tuitop.registry`. A message no handler
+takes goes to the registry's fallback when it has one: Tuleap's task process
+(:mod:`tuitop.tasks`), which runs every topic of a real Tuleap.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,30 +98,3 @@ class HandlerRegistry:
 
     def topics(self) -> list[str]:
         return sorted(self._handlers)
-
-
-def noop(payload: Any, job: Job) -> None:
-    """``tuitop.noop``: does nothing, successfully."""
-
-
-NOOP_TOPIC = "tuitop.noop"
-
-
-def build_registry(
-    plugin_modules: Iterable[str] = (), fallback: Handler | None = None
-) -> HandlerRegistry:
-    """The built-in handlers plus those of each plugin module (imported here), and
-    ``fallback`` for the rest."""
-    from tuitop.notification import TOPIC, carries_mails, handle_notification
-
-    registry = HandlerRegistry()
-    registry.fallback = fallback
-    registry.register(TOPIC, handle_notification, accepts=carries_mails)
-    registry.register(NOOP_TOPIC, noop)
-    for name in plugin_modules:
-        module = importlib.import_module(name)
-        register = getattr(module, "register", None)
-        if not callable(register):
-            raise ImportError(f"handler module {name} has no register(registry) function")
-        register(registry)
-    return registry

@@ -641,12 +641,14 @@ class Queue:
         *,
         forget_worker: bool = True,
         unless_beating: bool = False,
+        traceback: str = "",
     ) -> Recovery:
         """Moves everything in ``worker_id``'s processing list back (delayed, try + 1) or to
         the dead-letter list, atomically; safe to run from several places at once.
 
         With ``unless_beating`` nothing is done while the worker's heartbeat exists, checked
-        in the same transaction (for workers found silent: one may beat again meanwhile)."""
+        in the same transaction (for workers found silent: one may beat again meanwhile).
+        ``traceback`` is kept with what is dead-lettered (the worker's stack when killed)."""
         processing = keys.processing_list(worker_id)
         heartbeat = keys.heartbeat(worker_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -661,7 +663,8 @@ class Queue:
                     requeued = dead = 0
                     # The list's tail holds what was taken first: recover it first.
                     for raw in reversed(raws):
-                        if self._reschedule(pipe, raw, reason, worker_id) == "retried":
+                        done = self._reschedule(pipe, raw, reason, worker_id, traceback=traceback)
+                        if done == "retried":
                             requeued += 1
                         else:
                             dead += 1

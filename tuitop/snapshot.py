@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from tuitop import keys
+from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.message import decode
 from tuitop.stats import WindowStats, bucket_keys, summarize
@@ -52,31 +53,13 @@ class QueueView:
     next_retry_in: float | None
 
 
-@dataclass(frozen=True)
-class WorkerView:
+@dataclass(frozen=True, kw_only=True)
+class WorkerView(WorkerBeat):
+    """A registered worker: its heartbeat (the defaults when it has none: it is dead)."""
+
     id: str
-    pool: str
-    host: str
-    pid: int
-    slot: int
-    state: str
-    topic: str
-    since: float
-    job_started: float
-    done: int
-    failed: int
-    processed: int
-    max_messages: int
-    holding: int
+    holding: int = 0
     """Messages in its processing list."""
-    rss: int | None
-    cpu: float | None
-    """Of the worker and its children (a task process and what it started)."""
-    beat: float
-    lane: str = DEFAULT_LANE
-    serves: tuple[str, ...] = (DEFAULT_LANE,)
-    task_pid: int = 0
-    """The task process it runs (0: none)."""
 
     @property
     def slot_name(self) -> str:
@@ -84,25 +67,11 @@ class WorkerView:
         return self.id.split("#", 1)[0]
 
 
-@dataclass(frozen=True)
-class PoolView:
+@dataclass(frozen=True, kw_only=True)
+class PoolView(PoolBeat):
+    """A live pool: its heartbeat."""
+
     name: str
-    host: str
-    pid: int
-    wanted: int
-    """The count the pool runs now: the session's (``+``/``-``) or the config's."""
-    configured: int
-    """``$sys_nb_backend_workers`` as the files say."""
-    running: int
-    files: tuple[str, ...]
-    log_level: str
-    async_scope: str
-    redis: str
-    loaded_at: float
-    config_error: str
-    beat: float
-    lanes: str = ""
-    """Its ``$tuitop_lanes`` in force, canonical ('' for none)."""
 
 
 @dataclass(frozen=True)
@@ -123,19 +92,6 @@ class Snapshot:
     """The configuration the pools published (``keys.CONFIG``)."""
     lanes: tuple[LaneView, ...] = ()
     """The default lane first, then every lane a pool serves or served lately."""
-
-
-def _text(fields: Mapping[bytes, bytes], name: str, default: str = "") -> str:
-    value = fields.get(name.encode())
-    return default if value is None else value.decode("utf-8", "replace")
-
-
-def _number(fields: Mapping[bytes, bytes], name: str, kind: type[int] | type[float]) -> Any:
-    value = fields.get(name.encode())
-    try:
-        return kind(float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
@@ -239,45 +195,14 @@ _DEAD = {b"state": b"dead"}
 
 def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> WorkerView:
     slot_name, _, pid = worker_id.partition("#")
-    return WorkerView(
+    return WorkerView.parse(
+        fields,
         id=worker_id,
-        pool=_text(fields, "pool", slot_name.rsplit("/", 1)[0]),
-        host=_text(fields, "host"),
-        pid=_number(fields, "pid", int) or (int(pid) if pid.isdigit() else 0),
-        slot=_number(fields, "slot", int) or 0,
-        state=_text(fields, "state", "unknown"),
-        topic=_text(fields, "topic"),
-        since=_number(fields, "since", float) or 0.0,
-        job_started=_number(fields, "job_started", float) or 0.0,
-        done=_number(fields, "done", int) or 0,
-        failed=_number(fields, "failed", int) or 0,
-        processed=_number(fields, "processed", int) or 0,
-        max_messages=_number(fields, "max_messages", int) or 0,
         holding=holding,
-        rss=_number(fields, "rss", int),
-        cpu=_number(fields, "cpu", float),
-        beat=_number(fields, "beat", float) or 0.0,
-        lane=_text(fields, "lane", DEFAULT_LANE),
-        serves=tuple(_text(fields, "serves", DEFAULT_LANE).split(",")),
-        task_pid=_number(fields, "task_pid", int) or 0,
+        pool=slot_name.rsplit("/", 1)[0],
+        pid=int(pid) if pid.isdigit() else 0,
     )
 
 
 def _pool(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
-    files = _text(fields, "files")
-    return PoolView(
-        name=name,
-        host=_text(fields, "host"),
-        pid=_number(fields, "pid", int) or 0,
-        wanted=_number(fields, "wanted", int) or 0,
-        configured=_number(fields, "configured", int) or 0,
-        running=_number(fields, "running", int) or 0,
-        files=tuple(files.split(",")) if files else (),
-        log_level=_text(fields, "log_level"),
-        async_scope=_text(fields, "async_scope"),
-        redis=_text(fields, "redis"),
-        loaded_at=_number(fields, "loaded_at", float) or 0.0,
-        config_error=_text(fields, "config_error"),
-        beat=_number(fields, "beat", float) or 0.0,
-        lanes=_text(fields, "lanes"),
-    )
+    return PoolView.parse(fields, name=name)

@@ -23,6 +23,7 @@ for the local supervisor, which enforces the job time limit from it.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -33,13 +34,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TextIO, cast
 
 import psutil
 import redis
 from setproctitle import setproctitle
 
 from tuitop import keys
+from tuitop.beats import WorkerBeat
 from tuitop.config import Settings
 from tuitop.handlers import (
     HandlerRegistry,
@@ -47,7 +49,6 @@ from tuitop.handlers import (
     PayloadError,
     PermanentFailure,
     RetryLater,
-    build_registry,
 )
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, setup_logging, sync_level
@@ -58,6 +59,7 @@ from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
 from tuitop.queue import Queue, RetryPolicy, TakePlan
 from tuitop.redisconn import connect, describe_error, is_auth_error
+from tuitop.registry import build_registry
 from tuitop.stats import END_TO_END, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
 
@@ -136,6 +138,9 @@ class WorkerOptions:
     """The lane this worker is for (:mod:`tuitop.lanes`)."""
     serves: tuple[str, ...] = (DEFAULT_LANE,)
     """The lanes it takes from, in order (its own first)."""
+    traceback_file: str | None = None
+    """Where it writes every thread's stack when it gets SIGUSR1 (``faulthandler``): the
+    pool asks for it before it kills a job past its time limit."""
     help_interval: float = 1.0
     """The longest blocking wait of a worker serving several lanes: it blocks on Tuleap's
     list, where every message arrives, and looks at its other lanes' lists between jobs and
@@ -193,6 +198,7 @@ class Worker:
         """When a heartbeat last got through (set by the heartbeat thread)."""
         self.lost = ""
         """Why this worker knows its list was recovered by someone else ('' while not)."""
+        self._traceback_dump: TextIO | None = None
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -201,6 +207,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         set_parent_death_signal(signal.SIGTERM)
+        self._arm_traceback_dump()
         settings = self.options.settings
         self.logger = setup_logging(
             log_file=self.options.log_file,
@@ -595,35 +602,53 @@ class Worker:
         self.status[STATE] = state
         self.status[SINCE] = time.time()
 
+    def _arm_traceback_dump(self) -> None:
+        """Writes every thread's stack to the pool's file on SIGUSR1: from faulthandler's C
+        signal handler, so it comes even while a handler is stuck in C code."""
+        if self.options.traceback_file is None:
+            return
+        try:
+            descriptor = os.open(
+                self.options.traceback_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+        except OSError as error:
+            self.logger.warning("Worker %s: no traceback file: %s", self.id, error)
+            return
+        self._traceback_dump = os.fdopen(descriptor, "w")
+        faulthandler.register(signal.SIGUSR1, file=self._traceback_dump, all_threads=True)
+
     # --- heartbeat ------------------------------------------------------------------------
 
     def beat(self, client: redis.Redis, process: ProcessTree | None = None) -> None:
         """Publishes this worker's state (hash with a TTL) and keeps it registered."""
         status = self.status
-        fields: dict[Any, str | int | float] = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "pool": self.options.pool,
-            "slot": self.options.slot,
-            "lane": self.options.lane,
-            "serves": ",".join(self.options.serves),
-            "task_pid": int(status[TASK_PID]),
-            "state": STATE_NAMES.get(status[STATE], "unknown"),
-            "since": status[SINCE],
-            "job_started": status[JOB_STARTED],
-            "topic": self._topic if status[STATE] == BUSY else "",
-            "done": int(status[DONE]),
-            "failed": int(status[FAILED]),
-            "processed": int(status[PROCESSED]),
-            "max_messages": self.options.max_messages,
-            "beat": time.time(),
-        }
+        cpu = rss = None
         if process is not None:
             with contextlib.suppress(psutil.Error):
-                fields["cpu"], fields["rss"] = process.measure()
+                cpu, rss = process.measure()
+        beat = WorkerBeat(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pool=self.options.pool,
+            slot=self.options.slot,
+            lane=self.options.lane,
+            serves=self.options.serves,
+            task_pid=int(status[TASK_PID]),
+            state=STATE_NAMES.get(status[STATE], "unknown"),
+            since=status[SINCE],
+            job_started=status[JOB_STARTED],
+            topic=self._topic if status[STATE] == BUSY else "",
+            done=int(status[DONE]),
+            failed=int(status[FAILED]),
+            processed=int(status[PROCESSED]),
+            max_messages=self.options.max_messages,
+            cpu=cpu,
+            rss=rss,
+            beat=time.time(),
+        )
         key = keys.heartbeat(self.id)
         pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
+        pipe.hset(key, mapping=beat.fields())  # type: ignore[arg-type]
         pipe.expire(key, int(self.options.heartbeat_ttl))
         pipe.sadd(keys.WORKERS, self.id)
         pipe.exists(keys.worker_lease(self.id))

@@ -1,0 +1,383 @@
+"""The pool's arbiter: one loop that records signals, waits, and has the parts act.
+
+gunicorn's arbiter in miniature. Signal handlers only record the signal (and wake the loop
+through a pipe); each turn of the loop then, in order: checks Redis (:mod:`.link`, and the
+pool's name, :mod:`.presence`), reaps workers that exited and has what they held recovered
+at once (:mod:`.workers`, :mod:`.recovery`), kills workers past the time limit, publishes
+the pool's heartbeat, moves due retries back to the queue, recovers the lists of workers
+anywhere whose heartbeat expired, starts or stops workers to match the wanted count
+(:mod:`.plan`) — then sleeps until the next event (a signal, a worker exiting, a retry
+falling due, a byte on the UI's control pipe, or the next tick), and handles the signals.
+
+Stopping is the same loop in its draining mode: no worker starts, no lane is served, the
+heartbeat says ``stopping`` to its end. Warm first (SIGTERM: each worker finishes its job
+and leaves), cold on a second signal or after the grace period (SIGKILL; what the killed
+workers held is recovered).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from setproctitle import setproctitle
+
+from tuitop.config import Settings
+from tuitop.lanes import DEFAULT_LANE, Staffing
+from tuitop.log import setup_logging
+from tuitop.pool.configuration import Configuration
+from tuitop.pool.link import RedisLink
+from tuitop.pool.options import PoolOptions
+from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
+from tuitop.pool.presence import Presence
+from tuitop.pool.recovery import Recovery
+from tuitop.pool.wakeups import Wakeups
+from tuitop.pool.workers import WorkerSet, new_context
+from tuitop.watch import ConfigWatcher
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
+"""gunicorn's convention: one more worker, one fewer, for this session."""
+
+
+class Supervisor:
+    """Runs the pool until asked to stop; ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: PoolOptions,
+        *,
+        reload: Callable[[], Settings] | None = None,
+        watch: Sequence[str] = (),
+    ) -> None:
+        """``reload`` reads the config files again (SIGHUP, and saves of the ``watch``ed
+        files); it raises ConfigError for a config that cannot be used."""
+        self.options = options
+        self._watch = tuple(watch) if reload is not None else ()
+        self._reload_requested = False
+        self._outdated: dict[int, str] = {}
+        """Slots whose worker is to be replaced (rolling, one at a time), and why."""
+        context = new_context()
+        level: Any = context.RawValue("i", int(settings.log_level))
+        self.logger = setup_logging(
+            log_file=options.log_file,
+            to_stderr=options.log_to_stderr,
+            level=level,
+            secrets=lambda: self.config.settings.secrets(),
+        )
+        self.config = Configuration(settings, reload, level, self.logger)
+        self.workers = WorkerSet(options, context, level, self.logger)
+        self.link = RedisLink(options.pool_name, options.retry, self.logger)
+        self.presence = Presence(self.link, options.pool_name, options.heartbeat_ttl, self.logger)
+        self.recovery = Recovery(
+            self.link,
+            heartbeat_ttl=options.heartbeat_ttl,
+            tuleap_hold_limit=options.tuleap_hold_limit,
+            logger=self.logger,
+        )
+        self.wakeups = Wakeups(options.control_fd)
+        self._stop_signals = 0
+        self._drain_until: float | None = None
+        """Set once the pool stops: the end of the grace period (monotonic)."""
+
+    @property
+    def draining(self) -> bool:
+        """The pool is stopping: its workers finish their jobs, none starts."""
+        return self._drain_until is not None
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        setproctitle(f"tuitop: pool {self.options.pool_name}")
+        self.wakeups.install((*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS))
+        self._say_starting()
+        watcher = None
+        if self._watch:
+            watcher = ConfigWatcher(self._watch, self.request_reload, self.logger)
+            watcher.start()
+        try:
+            while not self._done():
+                self._cycle()
+                self._sleep()
+                self._handle_wakeups()
+            self._finish()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            self.wakeups.uninstall()
+            self.presence.release()
+            self.workers.close()
+        return 0
+
+    def _done(self) -> bool:
+        """Draining, and no worker is left, the grace period is over, or a second stop
+        signal came (two, even back to back, mean "now")."""
+        if self._drain_until is None:
+            return False
+        return not self.workers or time.monotonic() >= self._drain_until or self._stop_signals >= 2
+
+    def _cycle(self) -> None:
+        try:
+            self._cycle_once()
+        except Exception:
+            # A bug must not take the pool (and its running jobs) down: log it, go on.
+            self.logger.exception("Unexpected error in the pool's loop")
+
+    def _cycle_once(self) -> None:
+        self._check_redis()
+        self._reap()
+        self.workers.enforce_time_limit()
+        self._reap()  # a worker just killed for its time limit frees its slot for the next
+        link = self.link
+        if link.ok and link.queue is not None:
+            try:
+                self._publish()
+                link.queue.move_due()
+                self.recovery.scan(self._our_ids())
+            except redis.RedisError as error:
+                link.failed(error)
+        if not self.draining:
+            self._scale()
+        link.tend_left(
+            self.config.settings.redis,
+            lambda where: any(record.redis == where for record in self.workers),
+            self.presence.release_lanes,
+        )
+
+    def _sleep(self) -> None:
+        """Until the next tick, the next start allowed, the end of the grace period or the
+        next retry due, whichever comes first — or a wake-up."""
+        now = time.monotonic()
+        timeout = self.options.tick
+        if self.workers.next_start_at > now:
+            timeout = min(timeout, self.workers.next_start_at - now)
+        if self._drain_until is not None:
+            timeout = min(timeout, self._drain_until - now)
+        if self.link.ok and self.link.queue is not None:
+            try:
+                due = self.link.queue.next_due()
+            except redis.RedisError as error:
+                self.link.failed(error)
+                due = None
+            if due is not None:
+                timeout = min(timeout, due - time.time())
+        self.wakeups.wait(self.workers.sentinels(), max(timeout, 0.0))
+
+    def _handle_wakeups(self) -> None:
+        wakeups = self.wakeups
+        while wakeups.signals:
+            signum = wakeups.signals.pop(0)
+            if signum in STOP_SIGNALS:
+                self._stop_signals += 1
+                self._begin_draining()
+            elif signum == signal.SIGHUP and not self.draining:
+                self.logger.info("SIGHUP: reloading the configuration")
+                self.reload()
+            elif signum in SCALE_SIGNALS and not self.draining:
+                self.scale_by(SCALE_SIGNALS[signum])
+        while wakeups.steps:
+            step = wakeups.steps.pop(0)
+            if not self.draining:
+                self.scale_by(step)
+        if wakeups.control_closed and not self.draining:
+            self.logger.warning("The UI that ran this pool is gone: stopping warm")
+            self._begin_draining()
+        if self._reload_requested and not self.draining:
+            self._reload_requested = False
+            self.reload()
+
+    def _our_ids(self) -> set[str]:
+        return {record.worker_id for record in self.workers}
+
+    def _say_starting(self) -> None:
+        settings = self.config.settings
+        if settings.redis.configured:
+            self.logger.info(
+                "Pool %s starting: %d worker(s) wanted, Redis at %s",
+                self.options.pool_name,
+                settings.backend_workers,
+                settings.redis.address,
+            )
+        else:
+            self.logger.warning(
+                "Redis is not configured ($redis_server is empty): no worker runs; "
+                "waiting for the configuration to change"
+            )
+        if self.options.task is not None:
+            self.logger.info("Tasks run as %s", self.options.task.describe())
+            self.workers.sweep_leftovers()
+
+    # --- what an operator asks -------------------------------------------------------------
+
+    def scale_by(self, step: int) -> None:
+        """One worker more or fewer for this session (:meth:`Configuration.scale_by`)."""
+        if self.config.scale_by(step):
+            self.wakeups.wake()
+
+    def request_reload(self) -> None:
+        """Asks the loop to reload soon; safe from any thread (the watcher's)."""
+        self._reload_requested = True
+        self.wakeups.wake()
+
+    def reload(self) -> None:
+        """Reads the config files again and applies what changed; a config that does not
+        load changes nothing but the error the views show."""
+        change = self.config.reload()
+        if change is None or change.changed:
+            self.presence.config_published = False  # a new version, or a new error
+        if change is not None:
+            self._take(change)
+
+    def apply(self, settings: Settings) -> None:
+        """Makes ``settings`` the ones in force; the loop does the rest."""
+        change = self.config.apply(settings)
+        if change.changed:
+            self.presence.config_published = False
+        self._take(change)
+
+    def _take(self, change: ConfigChange) -> None:
+        if change.leave_redis:
+            # Its name is given up there; its client kept while workers still serve it.
+            self.presence.release()
+            self.link.leave()
+            self.presence.config_published = False
+        if change.replace_workers:
+            self._outdated = dict.fromkeys(self.workers.records, "its settings are outdated")
+
+    # --- Redis, the name, the heartbeat ----------------------------------------------------
+
+    def _check_redis(self) -> None:
+        link = self.link
+        if not link.due(self.config.settings.redis):
+            return
+        try:
+            link.open(self.config.settings.redis)
+            claimed = self.presence.claim()
+        except redis.RedisError as error:
+            link.failed(error)
+            return
+        if not claimed:
+            self._name_lost()
+            return
+        link.up()
+        try:
+            assert link.queue is not None
+            for lane in link.queue.list_lanes():
+                self.logger.warning(
+                    "Lane %s had messages no pool listed (left by an older tuitop): listed "
+                    "now, moved back unless a pool serves it",
+                    lane,
+                )
+            self.recovery.scan(self._our_ids(), force=True)
+        except redis.RedisError as error:
+            link.failed(error)
+
+    def _name_lost(self) -> None:
+        # Workers started under the name (before a partition, say) must not serve on under
+        # it beside the pool that holds it now: their ids could meet that pool's.
+        self.link.hold_off(self.presence.ttl)
+        self.workers.stop_all("the pool lost its name")
+
+    def _publish(self) -> None:
+        """The heartbeat: while draining, ``stopping`` and no lane served (two pools
+        stopping together must not each count on the other to keep a lane)."""
+        active = self.workers.active()
+        served = {lane for record in active.values() for lane in record.serves}
+        published = self.presence.publish(
+            self.config,
+            running=len(active),
+            served=served - {DEFAULT_LANE},
+            stopping=self.draining,
+        )
+        if not published:
+            self._name_lost()
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _scale(self) -> None:
+        workers, settings = self.workers, self.config.settings
+        staffing = Staffing(settings.lanes, self.config.wanted)
+        plan = plan_scale(
+            staffing,
+            {slot: Seat(r.lane, r.serves, r.idle) for slot, r in workers.active().items()},
+            self._outdated,
+            replacing=any(record.stopping and not record.kill_reason for record in workers),
+            can_start=self.link.ok and time.monotonic() >= workers.next_start_at,
+        )
+        for slot, why in plan.stop:
+            workers.stop(workers.records[slot], why)
+        self._outdated = plan.outdated
+        for slot, lane in zip(
+            free_slots(set(workers.records), len(plan.start)), plan.start, strict=True
+        ):
+            serves = staffing.serves(lane)
+            workers.start(slot, settings, lane, serves)
+            self.presence.served_lanes.update(set(serves) - {DEFAULT_LANE})
+
+    def _reap(self) -> None:
+        for ended in self.workers.reap():
+            record = ended.record
+            reason = f"worker {record.worker_id} {ended.how}"
+            if record.kill_reason:
+                reason += f": {record.kill_reason}"
+            queue = self.link.queue_for(record.redis)
+            if queue is not None and queue is not self.link.queue:
+                self.recovery.recover_left_behind(queue, record.redis, record.worker_id, reason)
+            else:
+                self.recovery.recover(
+                    record.worker_id,
+                    reason,
+                    timed_out=record.timed_out,
+                    traceback=record.traceback,
+                )
+
+    # --- stopping --------------------------------------------------------------------------
+
+    def _begin_draining(self) -> None:
+        if self.draining:
+            return
+        self._drain_until = time.monotonic() + self.options.grace_period
+        if self.workers:
+            self.logger.info(
+                "Shutting down: %d worker(s) finish their current job (up to %.0f s; "
+                "signal again to stop at once)",
+                len(self.workers),
+                self.options.grace_period,
+            )
+        self.workers.stop_all("the pool is shutting down")
+        if self.link.ok:
+            try:
+                self._publish()  # at once: other pools must not count on its lanes
+            except redis.RedisError as error:
+                self.link.failed(error)
+
+    def _finish(self) -> None:
+        """The end of draining: the workers left are killed (what they held recovered),
+        the lanes no other pool serves go back to Tuleap's list."""
+        workers = self.workers
+        if workers:
+            why = "a second signal" if self._stop_signals >= 2 else "the grace period"
+            self.logger.warning(
+                "Killing %d worker(s) after %s; what they held is recovered", len(workers), why
+            )
+            for record in workers:
+                workers.kill(record, f"killed at shutdown after {why}")
+            for record in workers:
+                record.process.join(timeout=5)
+            self._reap()
+        served = self.presence.served_lanes
+        if self.link.ok and self.presence.owns_name and self.link.queue is not None:
+            self.presence.release_lanes(self.link.queue, self.config.settings.redis)
+        elif served:
+            why = "Redis does not answer" if self.presence.owns_name else "this pool lost its name"
+            self.logger.warning(
+                "%s: lane(s) %s stay where they are (the next pool to start moves back "
+                "what no pool serves)",
+                why,
+                ", ".join(sorted(served)),
+            )
+        self.logger.info("Pool %s stopped", self.options.pool_name)

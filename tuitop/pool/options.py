@@ -1,0 +1,75 @@
+"""How a pool runs: its command-line options (the config files are :mod:`tuitop.config`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from tuitop import tuleapworkers
+from tuitop.config import Settings
+from tuitop.mail import DEFAULT_SENDMAIL
+from tuitop.queue import RetryPolicy
+from tuitop.tasks import TaskCommand
+from tuitop.worker import WorkerOptions
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How the pool runs (command-line options, not the config files)."""
+
+    pool_name: str = field(default_factory=socket.gethostname)
+    log_file: str | None = None
+    log_to_stderr: bool = True
+    max_messages: int = 1000
+    max_batch: int = 32
+    job_timeout: float = 15 * 60.0
+    grace_period: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    handler_modules: tuple[str, ...] = ()
+    sendmail: str = DEFAULT_SENDMAIL
+    task: TaskCommand | None = None
+    """Tuleap's task process, for every message no built-in handler takes."""
+    tuleap_hold_limit: float = tuleapworkers.HOLD_LIMIT
+    """A Tuleap worker's list unchanged this long (and no pid file of it here) is
+    recovered: its worker is gone (tuitop.tuleapworkers.left_behind)."""
+    tick: float = 1.0
+    heartbeat_ttl: float = 10.0
+    control_fd: int | None = None
+    """A pipe from the UI that runs this pool: ``+``/``-`` one worker more/fewer for the
+    session, each byte counted (signals of one kind sent close together merge); its end of
+    file (the UI is gone, however it died) is a warm stop that never turns cold."""
+
+    def worker_options(
+        self,
+        *,
+        slot: int,
+        settings: Settings,
+        lane: str,
+        serves: tuple[str, ...],
+        supervisor_started: float,
+        traceback_file: str,
+    ) -> WorkerOptions:
+        """What the worker of ``slot`` starts with."""
+        return WorkerOptions(
+            slot_name=f"{self.pool_name}/{slot}",
+            pool=self.pool_name,
+            slot=slot,
+            settings=settings,
+            supervisor_pid=os.getpid(),
+            supervisor_started=supervisor_started,
+            log_file=self.log_file,
+            log_to_stderr=self.log_to_stderr,
+            max_messages=self.max_messages,
+            max_batch=self.max_batch,
+            heartbeat_ttl=self.heartbeat_ttl,
+            retry=self.retry,
+            handler_modules=self.handler_modules,
+            sendmail=self.sendmail,
+            task=self.task,
+            job_timeout=self.job_timeout,
+            grace_period=self.grace_period,
+            lane=lane,
+            serves=serves,
+            traceback_file=traceback_file,
+        )

@@ -1,0 +1,355 @@
+"""The pool's worker processes: started, stopped, killed, reaped, held to the time limit.
+
+The :class:`WorkerSet` owns the processes and nothing in Redis: it says who exited and how
+(:class:`Exit`), and the arbiter has recovery give back what they held. A worker that dies
+at start (Redis refused the password, a handler module is broken) is not restarted in a
+tight loop: the next start waits 1, 2, 4 … 60 s, and the log says why.
+
+A job past the time limit is first asked for its traceback — the worker dumps every
+thread's stack on SIGUSR1 (``faulthandler``) into a file of the pool's — then killed; the
+stack goes to the log and with the message, so that an admin sees where it hung.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, cast
+
+import psutil
+
+from tuitop.config import RedisSettings, Settings
+from tuitop.lanes import DEFAULT_LANE
+from tuitop.osutil import process_running
+from tuitop.pool.options import PoolOptions
+from tuitop.pool.plan import describe_exit
+from tuitop.tasks import KILL_GRACE, kill_group, sweep_leftovers
+from tuitop.worker import (
+    BUSY,
+    EXIT_HANDLERS,
+    EXIT_OK,
+    EXIT_REDIS_AUTH,
+    EXIT_REDIS_UNREACHABLE,
+    IDLE,
+    JOB_CLOCK,
+    STATE,
+    STATUS_SLOTS,
+    TASK_PID,
+    StatusArray,
+    worker_id_of,
+    worker_main,
+)
+
+BOOT_WINDOW = 5.0
+"""A worker that exits sooner than this after its start failed to start."""
+BOOT_BACKOFF_MAX = 60.0
+TIMEOUT_REASON = "its job ran past the time limit"
+TASK_LIMIT_MARGIN = KILL_GRACE + 5.0
+"""A worker stops its own task at the time limit; the pool steps in only this much later."""
+TRACEBACK_WAIT = 1.0
+"""How long a worker asked for its traceback has to write it (faulthandler writes from
+its C signal handler: at once, whatever Python is doing)."""
+TRACEBACK_LIMIT = 64 * 1024
+FORKSERVER_LOST = 255
+"""The exit code multiprocessing reports when it lost the forkserver, not the worker."""
+EXIT_REASONS = {
+    EXIT_REDIS_AUTH: "Redis refused the password",
+    EXIT_REDIS_UNREACHABLE: "Redis was unreachable",
+    EXIT_HANDLERS: "its handler modules could not be loaded",
+}
+
+
+@dataclass
+class WorkerRecord:
+    """What the pool keeps about one worker process."""
+
+    slot: int
+    worker_id: str
+    """``pool/slot#pid``: the id the process registers under (see worker.worker_id_of)."""
+    process: BaseProcess
+    status: StatusArray
+    traceback_file: Path
+    started: float = field(default_factory=time.monotonic)
+    stopping: bool = False
+    kill_reason: str = ""
+    traceback: str = ""
+    """Its threads' stacks when it was killed at the time limit ('' otherwise)."""
+    detached: bool = False
+    """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    """The Redis it serves (the pool may have moved to another since it started)."""
+    lane: str = DEFAULT_LANE
+    """The lane it is for; ``serves``: the lanes it takes from, its own first."""
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
+
+    @property
+    def idle(self) -> bool:
+        return bool(self.status[STATE] == IDLE)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kill_reason.startswith(TIMEOUT_REASON)
+
+
+@dataclass(frozen=True)
+class Exit:
+    """A worker that ended: how (for the log), and whether cleanly."""
+
+    record: WorkerRecord
+    how: str
+    clean: bool
+
+
+def new_context() -> BaseContext:
+    """Workers start from a forkserver that has imported the worker's code once: a start
+    costs a fork, not an interpreter, and holds none of the pool's state."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["tuitop.worker"])
+    return context
+
+
+class WorkerSet:
+    """The worker processes of one pool, by slot."""
+
+    def __init__(
+        self, options: PoolOptions, context: BaseContext, level: Any, logger: logging.Logger
+    ) -> None:
+        """``context`` (:func:`new_context`) starts the processes; ``level`` is the shared
+        log level every worker reads live, made by that context."""
+        self.options = options
+        self.level = level
+        self.logger = logger
+        self.records: dict[int, WorkerRecord] = {}
+        self._context = context
+        self._supervisor_started = psutil.Process().create_time()
+        self._boot_failures = 0
+        self.next_start_at = 0.0
+        """No worker starts before this (monotonic): the back-off after failed starts."""
+        self._tracebacks = Path(tempfile.mkdtemp(prefix="tuitop-pool-"))
+        self._started_count = 0
+
+    def __iter__(self) -> Iterator[WorkerRecord]:
+        return iter(list(self.records.values()))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def active(self) -> dict[int, WorkerRecord]:
+        """The workers not stopping, by slot."""
+        return {slot: r for slot, r in self.records.items() if not r.stopping}
+
+    def sentinels(self) -> list[Any]:
+        """What to wait on to wake up when a worker exits."""
+        return [r.process.sentinel for r in self.records.values() if not r.detached]
+
+    def close(self) -> None:
+        shutil.rmtree(self._tracebacks, ignore_errors=True)
+
+    # --- start and stop ------------------------------------------------------------------
+
+    def start(self, slot: int, settings: Settings, lane: str, serves: tuple[str, ...]) -> None:
+        status = self._context.RawArray("d", STATUS_SLOTS)
+        self._started_count += 1
+        traceback_file = self._tracebacks / f"{slot}-{self._started_count}"
+        worker_options = self.options.worker_options(
+            slot=slot,
+            settings=settings,
+            lane=lane,
+            serves=serves,
+            supervisor_started=self._supervisor_started,
+            traceback_file=str(traceback_file),
+        )
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(worker_options, status, self.level),
+            name=f"tuitop-worker {worker_options.slot_name}",
+        )
+        process.start()
+        worker_id = worker_id_of(worker_options.slot_name, process.pid)
+        self.records[slot] = WorkerRecord(
+            slot,
+            worker_id,
+            process,
+            cast(StatusArray, status),
+            traceback_file,
+            redis=settings.redis,
+            lane=lane,
+            serves=serves,
+        )
+        self.logger.debug("Started worker %s for lane %s", worker_id, lane)
+
+    def stop(self, record: WorkerRecord, why: str) -> None:
+        """Asks the worker to leave after its current job (SIGTERM)."""
+        if record.stopping:
+            return
+        record.stopping = True
+        self.logger.info("Stopping worker %s after its current job (%s)", record.worker_id, why)
+        self._signal(record, signal.SIGTERM)
+
+    def stop_all(self, why: str) -> None:
+        for record in self:
+            self.stop(record, why)
+
+    def kill(self, record: WorkerRecord, reason: str) -> None:
+        """Kills the worker at once (SIGKILL) and its task's process group."""
+        record.kill_reason = reason
+        record.stopping = True
+        if self._signal(record, signal.SIGKILL):
+            record.process.join(timeout=1.0)  # SIGKILL is quick; reap it in this cycle
+        self._kill_task_group(record)
+
+    def _signal(self, record: WorkerRecord, signum: int) -> bool:
+        if record.process.pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.process.pid, signum)
+        return True
+
+    # --- the time limit ------------------------------------------------------------------
+
+    def enforce_time_limit(self) -> None:
+        """Kills the workers whose job ran past the time limit, each first asked for its
+        traceback. A job run by Tuleap's task process is stopped by its worker at the
+        limit; the pool steps in only if that worker does not."""
+        now = time.monotonic()
+        for record in self:
+            started = record.status[JOB_CLOCK]
+            if record.kill_reason or record.status[STATE] != BUSY or not started:
+                continue
+            limit = self.options.job_timeout
+            if record.status[TASK_PID]:
+                limit += TASK_LIMIT_MARGIN
+            if now - started > limit:
+                self.logger.error(
+                    "Task timed out: worker %s ran one job for more than %.0f s; killing it",
+                    record.worker_id,
+                    limit,
+                )
+                record.traceback = self._ask_traceback(record)
+                if record.traceback:
+                    self.logger.error(
+                        "Worker %s at its time limit:\n%s", record.worker_id, record.traceback
+                    )
+                self.kill(record, f"{TIMEOUT_REASON} of {limit:.0f} s")
+
+    def _ask_traceback(self, record: WorkerRecord) -> str:
+        """Every thread's stack of the worker, as faulthandler writes them on SIGUSR1
+        ('' when none came in time)."""
+        if not self._signal(record, signal.SIGUSR1):
+            return ""
+        deadline = time.monotonic() + TRACEBACK_WAIT
+        size = -1
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            with contextlib.suppress(OSError):
+                now = record.traceback_file.stat().st_size
+                if now and now == size:
+                    break  # written, and no more coming
+                size = now
+        try:
+            with record.traceback_file.open("rb") as dumped:
+                text = dumped.read(TRACEBACK_LIMIT).decode(errors="replace")
+        except OSError:
+            return ""
+        return text.strip()
+
+    # --- exits ---------------------------------------------------------------------------
+
+    def reap(self) -> list[Exit]:
+        """Takes out the workers that ended, says how in the log, and returns them: what
+        they held is the caller's to recover."""
+        exits = []
+        for slot, record in list(self.records.items()):
+            if not record.detached and record.process.is_alive():
+                continue
+            pid = record.process.pid
+            if record.process.exitcode == FORKSERVER_LOST and pid and process_running(pid):
+                # The forkserver died (a signal sent to the whole process group, say): the
+                # exit code says the worker is gone, yet it runs. It holds its messages;
+                # wait for the process itself to end before recovering anything.
+                if not record.detached:
+                    record.detached = record.stopping = True
+                    self.logger.warning(
+                        "Lost the forkserver of worker %s; it stops on its own, watching its pid",
+                        record.worker_id,
+                    )
+                continue
+            record.process.join(timeout=0)
+            del self.records[slot]
+            with contextlib.suppress(OSError):
+                record.traceback_file.unlink()
+            self._end_tasks_of(record)
+            exits.append(self._account(record, time.monotonic() - record.started))
+        return exits
+
+    def _account(self, record: WorkerRecord, lived: float) -> Exit:
+        code = record.process.exitcode
+        how = describe_exit(code, record.detached)
+        clean = code == EXIT_OK and not record.kill_reason
+        if lived >= BOOT_WINDOW:
+            self._boot_failures = 0  # it did start: whatever happened now is no boot failure
+        if clean:
+            self.logger.debug("Worker %s %s", record.worker_id, how)
+        elif record.kill_reason:
+            self.logger.warning("Worker %s %s: %s", record.worker_id, how, record.kill_reason)
+        elif lived < BOOT_WINDOW or code in EXIT_REASONS:
+            # Several workers failing at once are one failure, not several steps of back-off.
+            if time.monotonic() >= self.next_start_at:
+                self._boot_failures += 1
+            delay = min(2.0 ** (self._boot_failures - 1), BOOT_BACKOFF_MAX)
+            self.next_start_at = time.monotonic() + delay
+            self.logger.error(
+                "Worker %s %s %.1f s after its start (%s); next start in %.0f s",
+                record.worker_id,
+                how,
+                lived,
+                EXIT_REASONS.get(code or 0, "see the lines above"),
+                delay,
+            )
+        else:
+            self.logger.error("Worker %s %s", record.worker_id, how)
+        return Exit(record, how, clean)
+
+    def _kill_task_group(self, record: WorkerRecord) -> None:
+        """Kills the process group of the task a worker killed or dead was running (its
+        leader dies with the worker; what it started may live on in the group)."""
+        pgid = int(record.status[TASK_PID])
+        record.status[TASK_PID] = 0
+        if pgid and kill_group(pgid):
+            self.logger.warning(
+                "Killed the task process group %d of worker %s", pgid, record.worker_id
+            )
+
+    def _end_tasks_of(self, record: WorkerRecord) -> None:
+        """Once a worker is gone, however it ended: its task's group, and every process
+        its tasks started that left the group (a daemon in a session of its own), found
+        by the worker's id in their environment — as systemd ends what a Tuleap worker's
+        unit leaves behind when it restarts."""
+        if self.options.task is None:
+            return
+        self._kill_task_group(record)
+        sweep_leftovers(lambda worker_id: worker_id != record.worker_id, self.logger)
+
+    def alive(self, worker_id: str) -> bool:
+        """Whether the worker ``pool/slot#pid`` may still run its task (for the sweep of
+        task processes left behind: when unsure, alive)."""
+        for record in self.records.values():
+            if record.worker_id == worker_id:
+                return record.process.is_alive() and not record.kill_reason
+        pid = worker_id.rpartition("#")[2]
+        return not pid.isdigit() or process_running(int(pid))
+
+    def sweep_leftovers(self) -> None:
+        """What the tasks of an earlier run of a pool killed whole left behind."""
+        sweep_leftovers(self.alive, self.logger)
