@@ -188,3 +188,27 @@ def test_hand_back_is_refused_while_a_pool_runs_and_done_once_none_does(
     assert result.returncode == 0, result.stderr
     assert "1 from lanes (latency_15m 1)" in result.stdout
     assert redis_client.llen(keys.QUEUE) == 1
+
+
+def test_dead_letters_written_by_anyone_are_listed_and_shown(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    redis_client.lpush(keys.DEAD_LETTERS, b'{"message":"x","at":1e300}', b'{"message_hex":"zz"}')
+    config = str(write_config(tmp_path, port=redis_server.port))
+    listed = run_tuitop("dead-letters", "--config", config)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert "2 dead letter(s) shown" in listed.stdout
+    shown = run_tuitop("dead-letters", "show", "0", "--config", config)
+    assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+
+
+def test_processing_lists_named_with_other_digits_are_not_tuleaps(
+    redis_client: redis.Redis,
+) -> None:
+    """Not Tuleap's: "²".isdigit() is true, and int() reads an Arabic-Indic one as 1."""
+    from tuitop import tuleapworkers
+
+    redis_client.lpush(keys.processing_list("\u00b2"), b"x")
+    redis_client.lpush(keys.processing_list("\u0661"), b"y")
+    redis_client.lpush(keys.processing_list("7"), b"z")
+    assert [found.number for found in tuleapworkers.tuleap_lists(redis_client)] == [7]

@@ -610,3 +610,20 @@ def test_what_tuleaps_stopped_workers_left_is_run_and_a_live_ones_list_is_not(
     assert redis_client.llen(live) == 1  # the live worker's own is left alone
     assert "left by Tuleap's worker 3" in pool.log()
     assert pool.stop() == 0
+
+
+def test_a_lone_surrogate_never_crashes_a_worker_nor_sticks(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, *FAST_RETRY)
+    surrogate = b'{"event_name":"\\ud800","payload":{},"_queued_total":0}'
+    push_all(redis_client, [surrogate, encode("tuitop.noop", {})])
+    wait_until(lambda: nothing_pending(redis_client), 30, what="nothing pending")
+    assert redis_client.llen(keys.DEAD_LETTERS) == 1
+    assert "crashed" not in pool.log()
+    assert (
+        "UTF-16 surrogate"
+        in parse_dead_letter(redis_client.lindex(keys.DEAD_LETTERS, 0) or b"").reason
+    )
+    assert pool.stop() == 0

@@ -20,7 +20,15 @@ from hypothesis import strategies as st
 
 from tuitop import keys
 from tuitop.message import decode, encode, with_payload
-from tuitop.queue import MAX_REQUEUES, Queue, Recovery, RetryPolicy, Taken, dead_letter_entry
+from tuitop.queue import (
+    MAX_REQUEUES,
+    Queue,
+    Recovery,
+    RetryPolicy,
+    Taken,
+    dead_letter_entry,
+    parse_dead_letter,
+)
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.stats import read_buckets, summarize
 
@@ -797,3 +805,43 @@ def test_retries_fall_due_by_redis_clock_whatever_the_hosts(
     assert queue.move_due() == 0
     time.sleep(delay + 0.2)
     assert queue.move_due() == 2
+
+
+SURROGATE_TOPIC = b'{"event_name":"\\ud800","payload":{},"_queued_total":0}'
+"""Valid JSON that Python reads as a str UTF-8 cannot encode (PHP's json_decode refuses it)."""
+
+
+def test_a_lone_surrogate_is_an_unusable_message_and_its_dead_letter_is_written(
+    redis_client: redis.Redis,
+) -> None:
+    assert decode(SURROGATE_TOPIC).problem is not None
+    queue = Queue(redis_client)
+    redis_client.lpush(keys.QUEUE, SURROGATE_TOPIC)
+    [raw] = queue.take("w/0#1", 1)
+    assert queue.fail("w/0#1", raw, "unknown topic", retryable=False) == "dead"
+    [letter] = queue.dead_letters()
+    assert letter.message == SURROGATE_TOPIC
+
+
+def test_recovery_past_the_tries_dead_letters_a_lone_surrogate_topic(
+    redis_client: redis.Redis,
+) -> None:
+    """A topic read as a str with a lone surrogate made the dead letter's encoding raise
+    mid-transaction: the message stayed in the dead worker's list for good."""
+    entry = dead_letter_entry(b"{}", "r", worker="w", tries=1, topic="\ud800")
+    assert json.loads(entry)["topic"] == "\ud800"
+    queue = Queue(redis_client)
+    redis_client.lpush(keys.QUEUE, SURROGATE_TOPIC.replace(b":0}", b":3}"))
+    queue.take("w/0#1", 1)
+    assert queue.recover("w/0#1", "worker gone").dead_lettered == 1
+
+
+def test_a_dead_letter_written_by_anyone_reads_without_raising() -> None:
+    for entry in (
+        b'{"message_hex":"zz"}', b'{"message":"x","at":1e300}', b'{"at":"x","tries":null}',
+        b'{"tries":1e400}', b'{"at":-5,"tries":true}', b'[]', b'"x"', b"\xff",
+        b'{"topic":"\\ud800","reason":"\\udfff"}',
+    ):  # fmt: skip
+        letter = parse_dead_letter(entry)
+        assert 0 <= letter.at <= 2**33 and 0 <= letter.tries <= 1000
+        letter.topic.encode("utf-8") and letter.reason.encode("utf-8")

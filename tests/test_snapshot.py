@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from tests.pool import Pool, wait_until, write_config
 from tuitop import keys
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
+from tuitop.procmeter import ProcessMeter
 from tuitop.queue import Queue
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
 from tuitop.stats import StatsBatch, bucket_start
+from tuitop.tui.widgets import clock_time
 
 
 def commands_for_a_snapshot(client: redis.Redis) -> int:
@@ -103,3 +106,19 @@ def test_rates_come_from_the_last_complete_ten_seconds(redis_client: redis.Redis
     assert snapshot.last_ten_seconds.rate("done") == 5.0
     assert snapshot.last_ten_seconds.rate("enqueued") == 6.0
     assert snapshot.last_minute.counts["done"] == 50
+
+
+def test_hostile_heartbeats_never_break_a_snapshot_nor_the_process_meter(
+    redis_client: redis.Redis,
+) -> None:
+    """Anyone who can write to the Redis can write a heartbeat: every view must go on."""
+    here = socket.gethostname()
+    redis_client.sadd(keys.WORKERS, "e/0#²", "e/1#99999999999999999999", "e/2#1")
+    redis_client.hset(keys.heartbeat("e/2#1"), mapping={"host": here, "pid": "-5"})
+    redis_client.sadd(keys.POOLS, "evil")
+    redis_client.hset(keys.pool("evil"), mapping={"loaded_at": "1e300", "beat": "-1"})
+    snapshot = ProcessMeter().measure(take_snapshot(redis_client))
+    assert sorted(worker.pid for worker in snapshot.workers) == [0, 0, 1]
+    [pool] = snapshot.pools
+    assert (pool.loaded_at, pool.beat) == (0.0, 0.0)
+    assert clock_time(1e300) == "?"

@@ -341,3 +341,15 @@ def test_the_lanes_panel_says_where_every_other_topic_goes() -> None:
     # Two pools: the first that names a lane says what it holds.
     two = topics("latency_10s: a; x(1): b", "latency_10s: c; x(1): d")
     assert two == {DEFAULT_LANE: "a, every other topic", "x": "b"}
+
+
+async def test_the_ui_goes_on_past_a_pool_hash_with_times_out_of_range(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    redis_client.sadd(keys.POOLS, "evil")
+    redis_client.hset(keys.pool("evil"), mapping={"loaded_at": "1e300", "host": "x"})
+    app = app_for(config)
+    async with app.run_test(size=SIZE):
+        await until(lambda: "evil@x" in text_of(app.query_one(ConfigPanel)))
+        assert app.is_running and app.return_code is None

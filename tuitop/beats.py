@@ -6,8 +6,9 @@ their one definition — the worker and the pool write ``fields()``, every view 
 ``parse()`` — so that a field renamed on one side cannot be read stale on the other.
 
 Redis holds text: a tuple is written comma-separated, a flag as 0/1, a value not known
-(``None``) is left out. Reading forgives what an older or newer tuitop wrote: a field
-missing or not a number reads as its default.
+(``None``) is left out. Reading forgives what an older or newer tuitop wrote — and what
+anyone who can write to the Redis wrote: a field missing, not a number, negative or out
+of range reads as its default, so that no view fails on it.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def _kinds(cls: type[_Beat]) -> dict[str, type]:
     return kinds
 
 
+INT_LIMIT = 2**53
+"""No field of a heartbeat is negative or larger (a float can say every integer up to it)."""
+FLOAT_LIMIT = 2.0**33
+"""Times (epoch seconds: the year 2242) and CPU %: a value past it cannot be shown."""
+
+
 def _read(text: str, kind: type) -> Any:
     if kind is tuple:
         return tuple(text.split(",")) if text else ()
@@ -91,8 +98,10 @@ def _read(text: str, kind: type) -> Any:
             number = float(text)
         except ValueError:
             return None
-        if not math.isfinite(number):
-            return None
+        if not (
+            math.isfinite(number) and 0 <= number <= (INT_LIMIT if kind is int else FLOAT_LIMIT)
+        ):
+            return None  # written by something else than a tuitop: the default instead
         return int(number) if kind is int else number
     return text
 

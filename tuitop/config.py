@@ -561,5 +561,5 @@ def _split_relayhost(relayhost: str) -> tuple[str, int]:
         host, _, port_text = relayhost.partition(":")
     else:
         host, port_text = relayhost, ""
-    port = int(port_text) if port_text.isdigit() else DEFAULT_SMTP_PORT
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else DEFAULT_SMTP_PORT
     return host, port

@@ -237,7 +237,7 @@ def _workers(text: str | None, name: str) -> tuple[int, bool]:
         return 1, False
     percent = text.endswith("%")
     digits = text[:-1].strip() if percent else text
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         raise ValueError(f"lane {name}: its workers are not a number (e.g. 2 or 25%)")
     value = int(digits)
     if percent and value > 100:

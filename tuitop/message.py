@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,8 @@ def decode(raw: bytes) -> Message:
         return Message(
             NO_TOPIC, "", 0.0, 0, raw, f"not a JSON object but {type(document).__name__}"
         )
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(document):
+        return Message(NO_TOPIC, "", 0.0, 0, raw, _LONE_SURROGATE)
     enqueue_ts = _number(document.get("_enqueue_ts"), float)
     queued_total = int(_number(document.get("_queued_total"), int))
     topic = document.get("event_name")
@@ -82,6 +85,21 @@ def decode(raw: bytes) -> Message:
     if not isinstance(topic, str) or not topic:
         return Message(NO_TOPIC, payload, enqueue_ts, queued_total, raw, "no event_name")
     return Message(topic, payload, enqueue_ts, queued_total, raw)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+"""The escape of a UTF-16 surrogate: only a message holding one can hold a lone one."""
+_LONE_SURROGATE = "not JSON PHP can read (a lone UTF-16 surrogate escape, as \\ud800)"
+
+
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether a string of ``document`` holds a surrogate no pair completes (valid JSON,
+    refused by PHP's json_decode; UTF-8 cannot encode it)."""
+    try:
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return True
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -43,7 +43,8 @@ class ProcessMeter:
             if tree is None:
                 tree = ProcessTree(psutil.Process(worker.pid))
             cpu, rss = tree.measure()
-        except psutil.Error:  # gone, or not ours to read: the heartbeat's figures stay
+        except (psutil.Error, ValueError, OverflowError):
+            # Gone, not ours to read, or no pid at all: the heartbeat's figures stay.
             return worker
         seen[worker.id] = tree
         return dataclasses.replace(worker, rss=rss, cpu=worker.cpu if first else cpu)

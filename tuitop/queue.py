@@ -379,30 +379,54 @@ def dead_letter_entry(
         record["message_hex"] = raw.hex()
     if traceback:
         record["traceback"] = traceback
-    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+    # ASCII: a string of the message (a topic with a lone surrogate, valid JSON) is written
+    # escaped, where UTF-8 could not encode it and would raise mid-transaction.
+    return json.dumps(record, ensure_ascii=True).encode("ascii")
 
 
 def parse_dead_letter(entry: bytes) -> DeadLetter:
+    """Reads a dead-letter entry; never raises: an entry written by anything else than a
+    tuitop (anyone may write to the Redis) reads as what it can say, the rest defaults."""
     try:
         record = json.loads(entry)
-        if not isinstance(record, dict):
-            raise ValueError("not an object")
     except (ValueError, RecursionError):
+        record = None
+    if not isinstance(record, dict):
         return DeadLetter(entry, "unreadable dead-letter entry", "", 0.0, 0, "", "", entry)
-    if "message_hex" in record:
-        message = bytes.fromhex(str(record["message_hex"]))
-    else:
-        message = str(record.get("message", "")).encode("utf-8")
+    message = entry
+    with contextlib.suppress(ValueError, TypeError):
+        if "message_hex" in record:
+            message = bytes.fromhex(str(record["message_hex"]))
+        else:
+            message = str(record.get("message", "")).encode("utf-8", "replace")
     return DeadLetter(
         message=message,
-        reason=str(record.get("reason", "")),
-        worker=str(record.get("worker", "")),
-        at=float(record.get("at", 0.0)),
-        tries=int(record.get("tries", 0)),
-        topic=str(record.get("topic", "")),
-        traceback=str(record.get("traceback", "")),
+        reason=_text_field(record, "reason"),
+        worker=_text_field(record, "worker"),
+        at=_number_field(record, "at", MAX_TIMESTAMP),
+        tries=int(_number_field(record, "tries", 1000.0)),
+        topic=_text_field(record, "topic"),
+        traceback=_text_field(record, "traceback"),
         entry=entry,
     )
+
+
+MAX_TIMESTAMP = 2.0**33
+"""The year 2242: a time past it in a dead letter is none (it could not be shown)."""
+
+
+def _text_field(record: dict[str, Any], name: str) -> str:
+    value = record.get(name, "")
+    # A lone surrogate (valid JSON: "\ud800") cannot be printed nor encoded: replaced.
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _number_field(record: dict[str, Any], name: str, limit: float) -> float:
+    value = record.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    number = float(value) if math.isfinite(value) else 0.0
+    return number if 0 <= number <= limit else 0.0
 
 
 class Queue:
@@ -541,7 +565,7 @@ class Queue:
         prefix = keys.processing_list("")
         for key in self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
             suffix = key.decode("utf-8", "replace").removeprefix(prefix)
-            if not suffix.isdigit():  # Tuleap's own are tuitop adopt-tuleap's
+            if not (suffix.isascii() and suffix.isdigit()):  # Tuleap's: adopt-tuleap's
                 workers.add(suffix)
         recovered = sum(
             self.recover(worker_id, reason, unless_beating=True).total

@@ -200,7 +200,7 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> Work
         id=worker_id,
         holding=holding,
         pool=slot_name.rsplit("/", 1)[0],
-        pid=int(pid) if pid.isdigit() else 0,
+        pid=int(pid) if pid.isascii() and pid.isdigit() and len(pid) <= 10 else 0,
     )
 
 

@@ -45,7 +45,7 @@ def tuleap_lists(client: redis.Redis) -> Iterator[TuleapList]:
     prefix = keys.processing_list("")
     for key in client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
         suffix = key.decode("utf-8", "replace").removeprefix(prefix)
-        if suffix.isdigit():
+        if suffix.isascii() and suffix.isdigit():  # ASCII: "²".isdigit() too
             length = int(client.llen(key))
             if length:
                 yield TuleapList(int(suffix), length)

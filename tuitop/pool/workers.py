@@ -348,7 +348,7 @@ class WorkerSet:
             if record.worker_id == worker_id:
                 return record.process.is_alive() and not record.kill_reason
         pid = worker_id.rpartition("#")[2]
-        return not pid.isdigit() or process_running(int(pid))
+        return not (pid.isascii() and pid.isdigit()) or process_running(int(pid))
 
     def sweep_leftovers(self) -> None:
         """What the tasks of an earlier run of a pool killed whole left behind."""

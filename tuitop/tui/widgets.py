@@ -37,7 +37,11 @@ def seconds(value: float | None) -> str:
 
 
 def clock_time(moment: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(moment))
+    """``HH:MM:SS`` of an epoch time; ``?`` for one that is no date (a hostile hash)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(moment))
+    except (OverflowError, ValueError, OSError):
+        return "?"
 
 
 def show_if_changed(
