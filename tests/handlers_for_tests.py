@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -58,7 +60,19 @@ def stdin(payload: Any, job: Job) -> None:
         client.close()
 
 
+def ends_when_asked(payload: Any, job: Job) -> None:
+    """Runs until the worker gets SIGUSR1 (the pool asking for its stacks at the time
+    limit), then ends at once, done (after counting the run)."""
+    _count_run(job, payload)
+    asked = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda signum, frame: asked.set())
+    deadline = time.monotonic() + 60
+    while not asked.is_set() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def register(registry: HandlerRegistry) -> None:
+    registry.register("test.ends_when_asked", ends_when_asked)
     registry.register("test.stdin", stdin)
     registry.register("test.slow", slow)
     registry.register("test.fail", fail)

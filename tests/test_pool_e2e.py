@@ -321,6 +321,33 @@ def test_a_job_killed_at_the_time_limit_leaves_its_traceback_in_the_log_and_lett
     assert pool.stop() == 0
 
 
+def test_a_job_that_ends_as_it_is_asked_for_its_stacks_is_not_killed(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    """Between asking for the stacks and the kill the job may end: the kill would hit the
+    worker's next job (charged a try, dead-lettered with stacks not its own)."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools,
+        tmp_path,
+        config,
+        "--handlers",
+        "tests.handlers_for_tests",
+        "--job-timeout",
+        "1",
+        *FAST_RETRY,
+    )
+    push_all(redis_client, [encode("test.ends_when_asked", {"id": "a"})])
+    pool.wait_for_log("as it was asked for its stacks: not killed", timeout=20)
+    wait_until(lambda: nothing_pending(redis_client), what="nothing pending")
+    assert redis_client.lrange(RUNS_KEY, 0, -1) == [b"a"]  # run once, done
+    assert "Task timed out" not in pool.log() and "killed by SIGKILL" not in pool.log()
+    assert pool.stop() == 0
+
+
 def test_workers_are_recycled_after_max_messages(
     tmp_path: Path,
     pools: list[Pool],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import RedisServerFactory
 from tuitop import keys
 from tuitop.config import RedisSettings, Settings
 from tuitop.log import SettableLevel
@@ -188,3 +189,28 @@ def test_what_finished_before_a_long_job_is_acked_while_it_runs(
     finally:
         watchdog.stop()
     assert not worker.lost
+
+
+def test_acks_the_watchdog_could_not_make_stay_the_workers_to_make(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    """Were they counted as acked, the worker would drop them; still in its list, they
+    would go back to the queue at its end and run again (the review's case)."""
+    server = redis_server_factory(appendonly=True)
+    worker = make_worker(server)
+    client = server.client()
+    client.set(keys.worker_lease(worker.id), 1)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
+    client.lpush(keys.QUEUE, *raws)
+    batch = worker.queue.take(worker.id, 4)
+    watchdog = _Heartbeat(worker)
+    watchdog.start()
+    try:
+        server.kill()  # the watchdog's ack cannot go through
+        worker.batch.arm([], time.monotonic() + GIVE_BACK_AFTER, keys.QUEUE, batch[:3])
+        time.sleep(GIVE_BACK_AFTER + 0.25)
+        assert worker.batch.disarm() == (False, 0)  # waited for the ack to fail
+    finally:
+        watchdog.stop()
+    server.start()
+    assert server.client().llen(keys.processing_list(worker.id)) == 4  # still its own

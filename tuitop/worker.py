@@ -87,10 +87,13 @@ BATCH_BUDGET = 0.020
 """Seconds of work a batch is sized for, from the recent job durations."""
 ACK_AT_ONCE_AFTER = 0.002
 """A job longer than this is acked at once: the round trip is then a small price."""
+HEARTBEAT_SOCKET_TIMEOUT = 2.0
+ACK_WAIT = 3 * HEARTBEAT_SOCKET_TIMEOUT
+"""The longest a job's end waits for the watchdog's ack under way (past its socket's
+timeout: the ack has failed by then)."""
 GIVE_BACK_AFTER = 0.050
 """A job running longer than this has the rest of its batch given back to the queue."""
 REDIS_BACKOFF_MAX = 10.0
-HEARTBEAT_SOCKET_TIMEOUT = 2.0
 
 
 def worker_id_of(slot_name: str, pid: int) -> str:
@@ -604,12 +607,13 @@ class Worker:
 
     def _arm_traceback_dump(self) -> None:
         """Writes every thread's stack to the pool's file on SIGUSR1: from faulthandler's C
-        signal handler, so it comes even while a handler is stuck in C code."""
+        signal handler, so it comes even while a handler is stuck in C code. Appended:
+        the pool empties the file before it asks."""
         if self.options.traceback_file is None:
             return
         try:
             descriptor = os.open(
-                self.options.traceback_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+                self.options.traceback_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
             )
         except OSError as error:
             self.logger.warning("Worker %s: no traceback file: %s", self.id, error)
@@ -668,7 +672,9 @@ class _BatchGuard:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._acking = 0
+        """Acks the watchdog claimed and has not yet said the fate of."""
         self._tail: list[bytes] = []
         self._acks: list[bytes] = []
         self._source = keys.QUEUE
@@ -693,10 +699,21 @@ class _BatchGuard:
 
     def disarm(self) -> tuple[bool, int]:
         """Ends the job: whether the watchdog gave the tail back meanwhile, and how many
-        of the acks (the first ones) it took."""
+        of the acks (the first ones) it acked — waiting for an ack under way to succeed
+        or fail (those it could not ack stay the worker's to ack)."""
         with self._lock:
             self._tail, self._acks = [], []
+            self._lock.wait_for(lambda: not self._acking, timeout=ACK_WAIT)
             return self._given_back, self._acked
+
+    def acks_settled(self, count: int, acked: bool) -> None:
+        """For the watchdog: the ``count`` acks it claimed were acked, or not (Redis did
+        not answer: they stay pending, for the worker's next ack)."""
+        with self._lock:
+            if not acked:
+                self._acked -= count
+            self._acking = 0
+            self._lock.notify_all()
 
     def claim_if_late(self, now: float) -> tuple[list[bytes], str, list[bytes]]:
         """For the watchdog: the tail, where it came from, and the acks, if the running
@@ -707,6 +724,7 @@ class _BatchGuard:
             tail, acks, self._tail, self._acks = self._tail, self._acks, [], []
             self._given_back = self._given_back or bool(tail)
             self._acked += len(acks)
+            self._acking = len(acks)
             return tail, self._source, acks
 
     def seconds_left(self, now: float) -> float | None:
@@ -794,16 +812,21 @@ class _Heartbeat(threading.Thread):
 
     def _ack(self, acks: list[bytes]) -> None:
         """Acks what the worker finished before the job that runs long."""
+        acked = False
+        removed: list[bytes] = []
         try:
             pipe = self._client.pipeline(transaction=False)
             self._queue.ack_into(pipe, self.worker.id, acks)
             [removed] = pipe.execute()
+            acked = True
         except redis.RedisError as error:
-            # They stay in the list: the worker's end or a recovery settles them.
             self.worker.logger.warning(
-                "Worker %s: could not ack %d message(s): %s", self.worker.id, len(acks), error
+                "Worker %s: could not ack %d message(s) yet: %s", self.worker.id, len(acks), error
             )
-            return
+        finally:
+            # Not acked, they are still in its list and finished: the worker acks them
+            # itself after the job (dropped, its end would give them back: run twice).
+            self.worker.batch.acks_settled(len(acks), acked=acked)
         if b"0" in removed:
             self.worker.lost = "its acks found messages no longer in its list"
 

@@ -111,6 +111,22 @@ class Exit:
     clean: bool
 
 
+DUMPS_PREFIX = "tuitop-pool-"
+"""The private directory (0700) of a pool's stack dumps: ``tuitop-pool-<pid>-…``."""
+
+
+def _remove_dumps_left_behind() -> None:
+    """The dump directories of pools that were killed (SIGKILL cleans nothing up)."""
+    with contextlib.suppress(OSError):
+        for entry in Path(tempfile.gettempdir()).glob(f"{DUMPS_PREFIX}*-*"):
+            pid = entry.name.removeprefix(DUMPS_PREFIX).partition("-")[0]
+            ours = pid.isascii() and pid.isdigit() and len(pid) <= 10
+            if not ours or process_running(int(pid)):
+                continue
+            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def new_context() -> BaseContext:
     """Workers start from a forkserver that has imported the worker's code once: a start
     costs a fork, not an interpreter, and holds none of the pool's state."""
@@ -136,7 +152,8 @@ class WorkerSet:
         self._boot_failures = 0
         self.next_start_at = 0.0
         """No worker starts before this (monotonic): the back-off after failed starts."""
-        self._tracebacks = Path(tempfile.mkdtemp(prefix="tuitop-pool-"))
+        _remove_dumps_left_behind()
+        self._tracebacks = Path(tempfile.mkdtemp(prefix=f"{DUMPS_PREFIX}{os.getpid()}-"))
         self._started_count = 0
 
     def __iter__(self) -> Iterator[WorkerRecord]:
@@ -220,9 +237,10 @@ class WorkerSet:
 
     def enforce_time_limit(self) -> None:
         """Kills the workers whose job ran past the time limit, each first asked for its
-        traceback. A job run by Tuleap's task process is stopped by its worker at the
-        limit; the pool steps in only if that worker does not."""
+        stacks (all asked at once, one wait for all). A job run by Tuleap's task process
+        is stopped by its worker at the limit; the pool steps in only if it does not."""
         now = time.monotonic()
+        overdue: list[tuple[WorkerRecord, float, float]] = []
         for record in self:
             started = record.status[JOB_CLOCK]
             if record.kill_reason or record.status[STATE] != BUSY or not started:
@@ -231,38 +249,58 @@ class WorkerSet:
             if record.status[TASK_PID]:
                 limit += TASK_LIMIT_MARGIN
             if now - started > limit:
-                self.logger.error(
-                    "Task timed out: worker %s ran one job for more than %.0f s; killing it",
-                    record.worker_id,
-                    limit,
-                )
-                record.traceback = self._ask_traceback(record)
-                if record.traceback:
-                    self.logger.error(
-                        "Worker %s at its time limit:\n%s", record.worker_id, record.traceback
-                    )
-                self.kill(record, f"{TIMEOUT_REASON} of {limit:.0f} s")
-
-    def _ask_traceback(self, record: WorkerRecord) -> str:
-        """Every thread's stack of the worker, as faulthandler writes them on SIGUSR1
-        ('' when none came in time)."""
-        if not self._signal(record, signal.SIGUSR1):
-            return ""
-        deadline = time.monotonic() + TRACEBACK_WAIT
-        size = -1
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+                overdue.append((record, started, limit))
+        if not overdue:
+            return
+        for record, _, _ in overdue:
             with contextlib.suppress(OSError):
-                now = record.traceback_file.stat().st_size
-                if now and now == size:
-                    break  # written, and no more coming
-                size = now
+                record.traceback_file.write_bytes(b"")
+            self._signal(record, signal.SIGUSR1)
+        self._await_tracebacks([record for record, _, _ in overdue])
+        for record, started, limit in overdue:
+            if record.status[JOB_CLOCK] != started or record.status[STATE] != BUSY:
+                # It ended while asked for its stacks: its next job must not pay for it.
+                self.logger.warning(
+                    "Worker %s ended its job past the time limit as it was asked for its "
+                    "stacks: not killed",
+                    record.worker_id,
+                )
+                continue
+            self.logger.error(
+                "Task timed out: worker %s ran one job for more than %.0f s; killing it",
+                record.worker_id,
+                limit,
+            )
+            record.traceback = self._read_traceback(record)
+            if record.traceback:
+                self.logger.error(
+                    "Worker %s at its time limit:\n%s", record.worker_id, record.traceback
+                )
+            self.kill(record, f"{TIMEOUT_REASON} of {limit:.0f} s")
+
+    def _await_tracebacks(self, records: list[WorkerRecord]) -> None:
+        """Until every file is written (not empty, and no longer growing), or
+        TRACEBACK_WAIT (a worker frozen or stuck in a signal-blocking call writes none)."""
+        deadline = time.monotonic() + TRACEBACK_WAIT
+        sizes: dict[int, int] = {}
+        waiting = list(records)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for record in list(waiting):
+                try:
+                    size = record.traceback_file.stat().st_size
+                except OSError:
+                    continue
+                if size and sizes.get(record.slot) == size:
+                    waiting.remove(record)
+                sizes[record.slot] = size
+
+    def _read_traceback(self, record: WorkerRecord) -> str:
         try:
             with record.traceback_file.open("rb") as dumped:
-                text = dumped.read(TRACEBACK_LIMIT).decode(errors="replace")
+                return dumped.read(TRACEBACK_LIMIT).decode(errors="replace").strip()
         except OSError:
             return ""
-        return text.strip()
 
     # --- exits ---------------------------------------------------------------------------
 
