@@ -13,12 +13,16 @@ tuitop's own marked push, as a front end using the Notifier would) and, meanwhil
 * a worker is frozen (SIGSTOP) past its heartbeat, then thawed.
 
 Then the producer stops, the pools drain everything, and the campaign counts, by each
-notification's artifact id: pushed, delivered (mails received), duplicates (each with the
-events that explain it: a kill or a freeze while it was in a worker's hands), dead-lettered
-(past Tuleap's 3 tries: a message killed with its worker that often), and lost — anything
-pushed that is neither delivered nor a dead letter, nor a mail handed over whole to the
-relay as it went down (the pool logs it, and counts it as sent rather than send it twice:
-that one is the relay's to keep, and said apart). Exits 1 when anything is lost.
+notification's artifact id: pushed, delivered (mails received), duplicates, dead-lettered,
+and lost — anything pushed that is neither delivered nor a dead letter, nor a mail handed
+over whole to the relay as it went down (the pool logs it, and counts it as sent rather
+than send it twice: that one is the relay's to keep, and said apart).
+
+A duplicate is explained only by a worker killed or frozen while it held that very
+message: each kill and freeze first stops the processes (SIGSTOP) and reads their
+processing lists, then kills. A dead letter is explained only when its reason is Tuleap's
+tries used up by kills and its message was held at a kill. Exits 1 when anything is lost,
+or a duplicate or a dead letter is not explained.
 
 Run: ``python -m bench.chaos`` (``--messages``, ``--rate``); writes bench/results/chaos.json.
 """
@@ -41,7 +45,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 import redis
@@ -55,8 +59,6 @@ from tuitop.smtpserver import SmtpServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "chaos.json"
-CAUSES = ("SIGKILL worker", "frozen (SIGSTOP)", "whole host killed")
-"""The events that may make a message run twice: its worker gone while it held it."""
 UNCONFIRMED = re.compile(r"artifact #(\d+) changeset #\d+: mail to .*; counted as sent")
 """The pool's log line for a mail handed over whole as the relay went down."""
 
@@ -72,7 +74,7 @@ class Report:
     pushed: int
     delivered: int
     duplicates: dict[int, list[str]]
-    """Artifact id → the events that explain its second delivery."""
+    """Artifact id → the kills or freezes of a worker that held it (none: unexplained)."""
     dead: int
     lost: list[int]
     unconfirmed: list[int] = field(default_factory=list)
@@ -80,10 +82,27 @@ class Report:
     counted as sent by the pool (logged), never sent twice — the relay's to keep."""
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
+    dead_reasons: dict[int, str] = field(default_factory=dict)
+    held: dict[int, list[str]] = field(default_factory=dict)
 
     @property
     def unexplained(self) -> list[int]:
+        """Duplicates of messages no worker held as it was killed or frozen."""
         return [artifact for artifact, why in self.duplicates.items() if not why]
+
+    @property
+    def unexplained_dead(self) -> list[int]:
+        """Dead letters other than a message whose workers were killed under it try after
+        try (a bug, a mail refused, …)."""
+        return [
+            artifact
+            for artifact, reason in self.dead_reasons.items()
+            if not ("given up after" in reason and "killed" in reason and artifact in self.held)
+        ]
+
+
+class Strike(Protocol):
+    def __call__(self, processes: list[psutil.Process], what: str, *, kill: bool) -> None: ...
 
 
 class PoolProcess:
@@ -137,18 +156,20 @@ class PoolProcess:
                 continue
         return found
 
-    def kill_whole(self) -> None:
-        """SIGKILL of the parent and every process it started, at once: a host dying."""
+    def kill_whole(self, strike: Strike | None = None) -> None:
+        """SIGKILL of the parent and every process it started, at once: a host dying
+        (through ``strike``, which notes what its workers held)."""
         if self.process is None:
             return
         family = []
         with contextlib.suppress(psutil.Error):
             family = psutil.Process(self.process.pid).children(recursive=True)
-        for process in [psutil.Process(self.process.pid), *family]:
-            try:
+        everyone = [psutil.Process(self.process.pid), *family]
+        if strike is not None:
+            strike(everyone, f"{self.name}: the whole host killed (-9)", kill=True)
+        for process in everyone:
+            with contextlib.suppress(psutil.Error):
                 process.kill()
-            except psutil.Error:
-                continue
         self.process.wait(10)
 
     def stop(self) -> None:
@@ -182,6 +203,8 @@ class Campaign:
         self.smtp = SmtpServer()
         self.pools: list[PoolProcess] = []
         self._producing = threading.Event()
+        self.held: dict[int, list[str]] = {}
+        """Artifact id → the kills and freezes of a worker that held it at that moment."""
 
     # --- what happens ---------------------------------------------------------------
 
@@ -190,6 +213,36 @@ class Campaign:
 
     def _client(self) -> redis.Redis:
         return self.redis.client()
+
+    def _strike(self, processes: list[psutil.Process], what: str, *, kill: bool) -> None:
+        """Freezes ``processes`` (SIGSTOP), reads what their workers hold — their
+        processing lists, frozen: nothing taken or acked meanwhile — then kills them
+        (SIGKILL) or leaves them frozen. Each message held is noted with ``what``: only
+        those may run twice."""
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                process.suspend()
+        time.sleep(0.05)  # what was on the wire before the stop lands first
+        pids = {str(process.pid) for process in processes}
+        client = self._client()
+        try:
+            for member in client.smembers(keys.WORKERS):
+                worker_id = member.decode()
+                if worker_id.rpartition("#")[2] not in pids:
+                    continue
+                for raw in client.lrange(keys.processing_list(worker_id), 0, -1):
+                    payload = decode(raw).payload
+                    if isinstance(payload, dict) and "artifact_id" in payload:
+                        self.held.setdefault(int(payload["artifact_id"]), []).append(what)
+        except redis.RedisError:
+            pass  # Redis away: what they held is unknown, and a duplicate unexplained
+        finally:
+            client.close()
+        if kill:
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        self.note(what)
 
     def _start_redis(self) -> None:
         self.redis.start()
@@ -237,11 +290,7 @@ class Campaign:
                 workers = [w for pool in self.pools for w in pool.workers()]
                 if workers:
                     victim = self.random.choice(workers)
-                    try:
-                        victim.kill()
-                        self.note(f"SIGKILL worker pid {victim.pid}")
-                    except psutil.Error:
-                        pass
+                    self._strike([victim], f"SIGKILL worker pid {victim.pid}", kill=True)
             if now >= next_save:
                 next_save = now + 5.0
                 pool = self.pools[saves % len(self.pools)]
@@ -264,8 +313,7 @@ class Campaign:
             if "host" not in done and progress >= at["host"]:
                 done.add("host")
                 pool = self.pools[0]
-                self.note(f"{pool.name}: the whole host killed (-9)")
-                pool.kill_whole()
+                pool.kill_whole(self._strike)
                 time.sleep(3)
                 pool.start()
                 self.note(f"{pool.name}: started again")
@@ -274,12 +322,8 @@ class Campaign:
                 if workers:
                     done.add("freeze")
                     frozen = self.random.choice(workers)
-                    try:
-                        frozen.suspend()
-                        self.note(f"worker pid {frozen.pid} frozen (SIGSTOP)")
-                        threading.Timer(12, self._thaw, args=(frozen,)).start()
-                    except psutil.Error:
-                        pass
+                    self._strike([frozen], f"worker pid {frozen.pid} frozen (SIGSTOP)", kill=False)
+                    threading.Timer(12, self._thaw, args=(frozen,)).start()
             time.sleep(0.1)
 
     def _smtp_back(self) -> None:
@@ -352,28 +396,21 @@ class Campaign:
         )
         client = self._client()
         dead_ids = set()
+        dead_reasons: dict[int, str] = {}
         for entry in client.lrange(keys.DEAD_LETTERS, 0, -1):
-            payload = decode(parse_dead_letter(entry).message).payload
+            letter = parse_dead_letter(entry)
+            payload = decode(letter.message).payload
             if isinstance(payload, dict) and "artifact_id" in payload:
                 dead_ids.add(int(payload["artifact_id"]))
+                dead_reasons[int(payload["artifact_id"])] = letter.reason
         client.close()
-        times: dict[int, list[float]] = {}
-        for message in self.smtp.messages:
-            artifact = int(str(message.message["X-Tuleap-Artifact-Id"]))
-            times.setdefault(artifact, []).append(message.received_at)
-        duplicates = {}
-        wall_began = time.time() - (time.monotonic() - self.began)
-        for artifact, count in received.items():
-            if count < 2:
-                continue
-            first, second = sorted(times[artifact])[:2]
-            window = (first - wall_began - 3, second - wall_began)
-            duplicates[artifact] = [
-                event.what
-                for event in self.events
-                if window[0] <= event.at <= window[1]
-                and any(cause in event.what for cause in CAUSES)
-            ]
+        # A duplicate is explained when the message was in the hands of a worker as it
+        # was killed or frozen (read from its processing list at that moment).
+        duplicates = {
+            artifact: self.held.get(artifact, [])
+            for artifact, count in received.items()
+            if count >= 2
+        }
         # The mails a pool handed over whole and counted as sent when the relay's answer
         # was lost (it logs each): the relay's to keep, not lost by tuitop.
         handed = set()
@@ -386,6 +423,8 @@ class Campaign:
             delivered=len(received),
             duplicates=duplicates,
             dead=len(dead_ids - set(received)),
+            dead_reasons=dead_reasons,
+            held=self.held,
             lost=[n for n in missing if n not in handed],
             unconfirmed=[n for n in missing if n in handed],
             events=self.events,
@@ -410,9 +449,14 @@ def main() -> int:
         ("delivered (mails received, once or more)", f"{report.delivered:,}"),
         (
             "duplicates",
-            f"{len(report.duplicates):,} ({explained:,} explained by a kill or a freeze)",
+            f"{len(report.duplicates):,} ({explained:,} held by a worker as it was killed "
+            "or frozen)",
         ),
-        ("dead-lettered (past Tuleap's 3 tries)", f"{report.dead:,}"),
+        (
+            "dead-lettered",
+            f"{report.dead:,} ({report.dead - len(report.unexplained_dead):,} killed with "
+            "their worker past Tuleap's 3 tries)",
+        ),
         (
             "handed over whole, the relay down before its answer",
             f"{len(report.unconfirmed):,} (counted as sent, not sent twice)",
@@ -426,6 +470,8 @@ def main() -> int:
         print(f"  {label:<{width}}  {value}")
     for artifact in report.unexplained[:10]:
         print(f"  unexplained duplicate: artifact {artifact}")
+    for artifact in report.unexplained_dead[:10]:
+        print(f"  dead letter not explained: artifact {artifact}: {report.dead_reasons[artifact]}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
         "messages": args.messages,
@@ -434,6 +480,7 @@ def main() -> int:
         "delivered": report.delivered,
         "duplicates": {str(k): v for k, v in report.duplicates.items()},
         "dead": report.dead,
+        "dead_reasons": {str(k): v for k, v in report.dead_reasons.items()},
         "unconfirmed": report.unconfirmed,
         "lost": report.lost,
         "events": [{"at": round(e.at, 2), "what": e.what} for e in report.events],
@@ -441,7 +488,7 @@ def main() -> int:
     }
     RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
-    return 1 if report.lost else 0
+    return 1 if report.lost or report.unexplained or report.unexplained_dead else 0
 
 
 if __name__ == "__main__":
