@@ -105,3 +105,13 @@ def test_warnings_go_to_stderr(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "'pigeon'" in result.stderr
     assert "undefined variable $undefined" in result.stderr
+
+
+def test_a_pool_name_that_would_meet_other_keys_is_refused(tmp_path: Path) -> None:
+    """``x:owner`` would write its heartbeat onto pool x's lease; ``a/b`` or ``a#1`` would
+    make worker ids that read as another pool's."""
+    config = write(tmp_path / "local.inc", "$sys_nb_backend_workers = 1;")
+    for name in ("x:owner", "a/b", "a#1", "", "-x"):
+        result = run_tuitop("--no-ui", "--config", config, f"--pool-name={name}")
+        assert result.returncode == 2, name
+        assert "a pool name is 1 to 63 letters" in result.stderr

@@ -12,6 +12,7 @@ from typing import cast
 import pytest
 import redis
 
+from tests.pool import wait_until
 from tests.proxy import ReplyLosingProxy
 from tuitop import keys
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
@@ -21,6 +22,7 @@ from tuitop.message import decode
 from tuitop.notification import TOPIC, Mail, Notification
 from tuitop.notify import QUEUED, SENT, NotificationError, Notifier
 from tuitop.queue import Queue
+from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.registry import build_registry
 from tuitop.smtpserver import SmtpServer
@@ -327,3 +329,33 @@ def test_a_push_that_never_reached_redis_is_sent_inline(
         assert FALLBACK in caplog.text
     finally:
         notifier.close()
+
+
+def test_a_push_that_timed_out_may_land_after_the_question_and_says_so(
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A push still on its way when the marker is asked about lands after the answer:
+    sent inline and queued too. It cannot be told then; the log says it may come twice."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
+    settings = Settings(
+        redis=RedisSettings("127.0.0.1", proxy.port),
+        backend_workers=1,
+        async_scope=settings.async_scope,
+        mail=settings.mail,
+    )
+    notifier = Notifier(settings, client=connect(settings.redis, socket_timeout=0.5))
+    try:
+        notifier.scope()  # read while the line is good
+        proxy.delay_request(b"LPUSH", 2.0)
+        with caplog.at_level(logging.WARNING, logger="tuitop.notify"):
+            assert notifier.notify(notification(mails=1)) == SENT
+        assert "the push timed out and may still land: it may come twice" in caplog.text
+        assert len(smtp_server.wait_for(1)) == 1
+        wait_until(lambda: len(queued(redis_client)) == 1, what="the late push landing")
+    finally:
+        notifier.close()
+        proxy.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -59,6 +60,19 @@ def _add_interval_option(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""A host name's characters: no ``/`` or ``#`` (worker ids are ``pool/slot#pid``), no
+``:`` (``tuitop:pool:<name>:owner`` is the name's lease)."""
+
+
+def _pool_name(text: str) -> str:
+    if not POOL_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a pool name is 1 to 63 letters, digits, '.', '_' or '-' (a host name)"
+        )
+    return text
+
+
 def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     pool = parser.add_argument_group("pool")
     pool.add_argument("--no-ui", action="store_true", help="run headless, as a daemon")
@@ -70,7 +84,11 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LOG_FILE,
         help="Tuleap's worker_log (default: %(default)s; '' for none)",
     )
-    pool.add_argument("--pool-name", help="unique name of this pool (default: the host name)")
+    pool.add_argument(
+        "--pool-name",
+        type=_pool_name,
+        help="unique name of this pool (default: the host name)",
+    )
     pool.add_argument(
         "--max-messages",
         type=int,

@@ -91,6 +91,7 @@ class Notifier:
                 return True
             except redis.RedisError as error:
                 reason = describe_error(error, self.settings.redis)
+                timed_out = isinstance(error, redis.TimeoutError)
             try:
                 if queue.was_pushed(token):
                     self.logger.warning(
@@ -100,6 +101,9 @@ class Notifier:
                         reason,
                     )
                     return True
+                if timed_out:
+                    # Still on its way, the push may land after this question: both then.
+                    reason += "; the push timed out and may still land: it may come twice"
             except redis.RedisError:
                 reason += "; whether it reached Redis cannot be told: it may come twice"
         self.logger.warning(
