@@ -5,9 +5,9 @@ The :class:`WorkerSet` owns the processes and nothing in Redis: it says who exit
 at start (Redis refused the password, a handler module is broken) is not restarted in a
 tight loop: the next start waits 1, 2, 4 … 60 s, and the log says why.
 
-A job past the time limit is first asked for its traceback — the worker dumps every
-thread's stack on SIGUSR1 (``faulthandler``) into a file of the pool's — then killed; the
-stack goes to the log and with the message, so that an admin sees where it hung.
+A job past the time limit is first asked for its stacks (:mod:`.stacks`), then killed if
+it still runs that job; the stacks go to the log and with the message, so that an admin
+sees where it hung.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from tuitop.lanes import DEFAULT_LANE
 from tuitop.osutil import process_running
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import describe_exit
+from tuitop.pool.stacks import StackDumps
 from tuitop.tasks import KILL_GRACE, kill_group, sweep_leftovers
 from tuitop.worker import (
     BUSY,
@@ -57,10 +56,6 @@ BOOT_BACKOFF_MAX = 60.0
 TIMEOUT_REASON = "its job ran past the time limit"
 TASK_LIMIT_MARGIN = KILL_GRACE + 5.0
 """A worker stops its own task at the time limit; the pool steps in only this much later."""
-TRACEBACK_WAIT = 1.0
-"""How long a worker asked for its traceback has to write it (faulthandler writes from
-its C signal handler: at once, whatever Python is doing)."""
-TRACEBACK_LIMIT = 64 * 1024
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
 EXIT_REASONS = {
@@ -111,22 +106,6 @@ class Exit:
     clean: bool
 
 
-DUMPS_PREFIX = "tuitop-pool-"
-"""The private directory (0700) of a pool's stack dumps: ``tuitop-pool-<pid>-…``."""
-
-
-def _remove_dumps_left_behind() -> None:
-    """The dump directories of pools that were killed (SIGKILL cleans nothing up)."""
-    with contextlib.suppress(OSError):
-        for entry in Path(tempfile.gettempdir()).glob(f"{DUMPS_PREFIX}*-*"):
-            pid = entry.name.removeprefix(DUMPS_PREFIX).partition("-")[0]
-            ours = pid.isascii() and pid.isdigit() and len(pid) <= 10
-            if not ours or process_running(int(pid)):
-                continue
-            if entry.is_dir() and not entry.is_symlink() and entry.stat().st_uid == os.getuid():
-                shutil.rmtree(entry, ignore_errors=True)
-
-
 def new_context() -> BaseContext:
     """Workers start from a forkserver that has imported the worker's code once: a start
     costs a fork, not an interpreter, and holds none of the pool's state."""
@@ -152,9 +131,7 @@ class WorkerSet:
         self._boot_failures = 0
         self.next_start_at = 0.0
         """No worker starts before this (monotonic): the back-off after failed starts."""
-        _remove_dumps_left_behind()
-        self._tracebacks = Path(tempfile.mkdtemp(prefix=f"{DUMPS_PREFIX}{os.getpid()}-"))
-        self._started_count = 0
+        self.stacks = StackDumps()
 
     def __iter__(self) -> Iterator[WorkerRecord]:
         return iter(list(self.records.values()))
@@ -171,14 +148,13 @@ class WorkerSet:
         return [r.process.sentinel for r in self.records.values() if not r.detached]
 
     def close(self) -> None:
-        shutil.rmtree(self._tracebacks, ignore_errors=True)
+        self.stacks.close()
 
     # --- start and stop ------------------------------------------------------------------
 
     def start(self, slot: int, settings: Settings, lane: str, serves: tuple[str, ...]) -> None:
         status = self._context.RawArray("d", STATUS_SLOTS)
-        self._started_count += 1
-        traceback_file = self._tracebacks / f"{slot}-{self._started_count}"
+        traceback_file = self.stacks.path_for(slot)
         worker_options = self.options.worker_options(
             slot=slot,
             settings=settings,
@@ -252,11 +228,9 @@ class WorkerSet:
                 overdue.append((record, started, limit))
         if not overdue:
             return
-        for record, _, _ in overdue:
-            with contextlib.suppress(OSError):
-                record.traceback_file.write_bytes(b"")
-            self._signal(record, signal.SIGUSR1)
-        self._await_tracebacks([record for record, _, _ in overdue])
+        stacks = self.stacks.ask(
+            [(r.process.pid, r.traceback_file) for r, _, _ in overdue if r.process.pid]
+        )
         for record, started, limit in overdue:
             if record.status[JOB_CLOCK] != started or record.status[STATE] != BUSY:
                 # It ended while asked for its stacks: its next job must not pay for it.
@@ -271,36 +245,12 @@ class WorkerSet:
                 record.worker_id,
                 limit,
             )
-            record.traceback = self._read_traceback(record)
+            record.traceback = stacks.get(record.traceback_file, "")
             if record.traceback:
                 self.logger.error(
                     "Worker %s at its time limit:\n%s", record.worker_id, record.traceback
                 )
             self.kill(record, f"{TIMEOUT_REASON} of {limit:.0f} s")
-
-    def _await_tracebacks(self, records: list[WorkerRecord]) -> None:
-        """Until every file is written (not empty, and no longer growing), or
-        TRACEBACK_WAIT (a worker frozen or stuck in a signal-blocking call writes none)."""
-        deadline = time.monotonic() + TRACEBACK_WAIT
-        sizes: dict[int, int] = {}
-        waiting = list(records)
-        while waiting and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for record in list(waiting):
-                try:
-                    size = record.traceback_file.stat().st_size
-                except OSError:
-                    continue
-                if size and sizes.get(record.slot) == size:
-                    waiting.remove(record)
-                sizes[record.slot] = size
-
-    def _read_traceback(self, record: WorkerRecord) -> str:
-        try:
-            with record.traceback_file.open("rb") as dumped:
-                return dumped.read(TRACEBACK_LIMIT).decode(errors="replace").strip()
-        except OSError:
-            return ""
 
     # --- exits ---------------------------------------------------------------------------
 
@@ -325,8 +275,7 @@ class WorkerSet:
                 continue
             record.process.join(timeout=0)
             del self.records[slot]
-            with contextlib.suppress(OSError):
-                record.traceback_file.unlink()
+            self.stacks.forget(record.traceback_file)
             self._end_tasks_of(record)
             exits.append(self._account(record, time.monotonic() - record.started))
         return exits
