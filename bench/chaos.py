@@ -18,10 +18,11 @@ and lost — anything pushed that is neither delivered nor a dead letter, nor a 
 over whole to the relay as it went down (the pool logs it, and counts it as sent rather
 than send it twice: that one is the relay's to keep, and said apart).
 
-A duplicate is explained only by a worker killed or frozen while it held that very
-message: each kill and freeze first stops the processes (SIGSTOP) and reads their
-processing lists, then kills. A dead letter is explained only when its reason is Tuleap's
-tries used up by kills and its message was held at a kill. Exits 1 when anything is lost,
+A duplicate is explained only by workers killed or frozen while they held that very
+message after it was mailed — one for each delivery beyond the first: each kill and freeze
+first stops the processes (SIGSTOP), reads their processing lists, then kills. A dead
+letter is explained only when its reason is Tuleap's tries used up by kills and a kill
+held it at each try. Exits 1 when anything is lost,
 or a duplicate or a dead letter is not explained.
 
 Run: ``python -m bench.chaos`` (``--messages``, ``--rate``); writes bench/results/chaos.json.
@@ -61,6 +62,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "chaos.json"
 UNCONFIRMED = re.compile(r"artifact #(\d+) changeset #\d+: mail to .*; counted as sent")
 """The pool's log line for a mail handed over whole as the relay went down."""
+GIVEN_UP = re.compile(r"given up after (\d+) tries")
 
 
 @dataclass
@@ -83,7 +85,8 @@ class Report:
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
     dead_reasons: dict[int, str] = field(default_factory=dict)
-    held: dict[int, list[str]] = field(default_factory=dict)
+    held: dict[int, int] = field(default_factory=dict)
+    """Artifact id → how many kills or freezes of a worker holding it there were."""
 
     @property
     def unexplained(self) -> list[int]:
@@ -93,12 +96,14 @@ class Report:
     @property
     def unexplained_dead(self) -> list[int]:
         """Dead letters other than a message whose workers were killed under it try after
-        try (a bug, a mail refused, …)."""
-        return [
-            artifact
-            for artifact, reason in self.dead_reasons.items()
-            if not ("given up after" in reason and "killed" in reason and artifact in self.held)
-        ]
+        try — a kill holding it for each of its tries (a bug, a mail refused, …)."""
+        found = []
+        for artifact, reason in self.dead_reasons.items():
+            tries = GIVEN_UP.search(reason)
+            killed = tries is not None and "killed" in reason
+            if not (killed and tries and self.held.get(artifact, 0) >= int(tries.group(1))):
+                found.append(artifact)
+        return found
 
 
 class Strike(Protocol):
@@ -203,8 +208,8 @@ class Campaign:
         self.smtp = SmtpServer()
         self.pools: list[PoolProcess] = []
         self._producing = threading.Event()
-        self.held: dict[int, list[str]] = {}
-        """Artifact id → the kills and freezes of a worker that held it at that moment."""
+        self.held: dict[int, list[tuple[float, str]]] = {}
+        """Artifact id → (wall time, what) of each kill or freeze of a worker holding it."""
 
     # --- what happens ---------------------------------------------------------------
 
@@ -213,6 +218,19 @@ class Campaign:
 
     def _client(self) -> redis.Redis:
         return self.redis.client()
+
+    @staticmethod
+    def _held_by(pids: list[int], client: redis.Redis) -> list[int]:
+        """The artifact ids in the processing lists of the workers ``pids``."""
+        held = []
+        for pid in pids:
+            pattern = f"{keys.processing_list('')}*#{pid}"
+            for key in client.scan_iter(match=pattern, count=1000):
+                for raw in client.lrange(key, 0, -1):
+                    payload = decode(raw).payload
+                    if isinstance(payload, dict) and "artifact_id" in payload:
+                        held.append(int(payload["artifact_id"]))
+        return held
 
     def _strike(self, processes: list[psutil.Process], what: str, *, kill: bool) -> None:
         """Freezes ``processes`` (SIGSTOP), reads what their workers hold — their
@@ -223,21 +241,25 @@ class Campaign:
             with contextlib.suppress(psutil.Error):
                 process.suspend()
         time.sleep(0.05)  # what was on the wire before the stop lands first
-        pids = {str(process.pid) for process in processes}
+        struck_at = time.time()
+        held: list[int] = []
         client = self._client()
+        deadline = time.monotonic() + 15
         try:
-            for member in client.smembers(keys.WORKERS):
-                worker_id = member.decode()
-                if worker_id.rpartition("#")[2] not in pids:
-                    continue
-                for raw in client.lrange(keys.processing_list(worker_id), 0, -1):
-                    payload = decode(raw).payload
-                    if isinstance(payload, dict) and "artifact_id" in payload:
-                        self.held.setdefault(int(payload["artifact_id"]), []).append(what)
-        except redis.RedisError:
-            pass  # Redis away: what they held is unknown, and a duplicate unexplained
+            # Read by pid (a worker just started may not be registered yet), and wait for
+            # a Redis that is away: stopped, they hold what they hold until it is back.
+            while True:
+                try:
+                    held = self._held_by([process.pid for process in processes], client)
+                    break
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        break  # unknown: a duplicate of it would be unexplained
+                    time.sleep(0.2)
         finally:
             client.close()
+        for artifact in held:
+            self.held.setdefault(artifact, []).append((struck_at, what))
         if kill:
             for process in processes:
                 with contextlib.suppress(psutil.Error):
@@ -404,13 +426,19 @@ class Campaign:
                 dead_ids.add(int(payload["artifact_id"]))
                 dead_reasons[int(payload["artifact_id"])] = letter.reason
         client.close()
-        # A duplicate is explained when the message was in the hands of a worker as it
-        # was killed or frozen (read from its processing list at that moment).
-        duplicates = {
-            artifact: self.held.get(artifact, [])
-            for artifact, count in received.items()
-            if count >= 2
-        }
+        # A duplicate is explained by the kills or freezes of a worker that held the
+        # message after it was mailed (mailed, not yet acked): at least one for each
+        # delivery beyond the first. Anything else is unexplained.
+        deliveries: dict[int, list[float]] = {}
+        for message in self.smtp.messages:
+            artifact = int(str(message.message["X-Tuleap-Artifact-Id"]))
+            deliveries.setdefault(artifact, []).append(message.received_at)
+        duplicates: dict[int, list[str]] = {}
+        for artifact, times in deliveries.items():
+            if len(times) < 2:
+                continue
+            after = [what for at, what in self.held.get(artifact, []) if at >= min(times)]
+            duplicates[artifact] = after if len(after) >= len(times) - 1 else []
         # The mails a pool handed over whole and counted as sent when the relay's answer
         # was lost (it logs each): the relay's to keep, not lost by tuitop.
         handed = set()
@@ -424,7 +452,7 @@ class Campaign:
             duplicates=duplicates,
             dead=len(dead_ids - set(received)),
             dead_reasons=dead_reasons,
-            held=self.held,
+            held={artifact: len(strikes) for artifact, strikes in self.held.items()},
             lost=[n for n in missing if n not in handed],
             unconfirmed=[n for n in missing if n in handed],
             events=self.events,

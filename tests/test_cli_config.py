@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.pool import run_tuitop
+import pytest
+
+from tests.pool import REPO, run_tuitop
 
 SECRET = "s3cret-value-that-must-never-be-printed-anywhere"
 
@@ -114,4 +118,22 @@ def test_a_pool_name_that_would_meet_other_keys_is_refused(tmp_path: Path) -> No
     for name in ("x:owner", "a/b", "a#1", "", "-x"):
         result = run_tuitop("--no-ui", "--config", config, f"--pool-name={name}")
         assert result.returncode == 2, name
-        assert "a pool name is 1 to 63 letters" in result.stderr
+        assert "a pool name is 1 to 253 letters" in result.stderr
+
+
+def test_a_host_name_that_cannot_name_a_pool_asks_for_one(tmp_path: Path) -> None:
+    """The default pool name is the host name: one with a ':' (say) is refused too."""
+    config = write(tmp_path / "local.inc", "$sys_nb_backend_workers = 1;")
+    # A real process with another host name: its own UTS namespace (unshare) when this
+    # machine allows it, else the check is not testable here.
+    probe = subprocess.run(["unshare", "-U", "-r", "-u", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no user namespaces here to run with another host name")
+    result = subprocess.run(
+        ["unshare", "-U", "-r", "-u", "sh", "-c",
+         f"{sys.executable} -c 'import socket; socket.sethostname(\"bad:name\")' && "
+         f"{sys.executable} -m tuitop --no-ui --config {config}"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "cannot name a pool" in result.stderr and "--pool-name" in result.stderr

@@ -654,3 +654,22 @@ def test_a_lone_surrogate_never_crashes_a_worker_nor_sticks(
         in parse_dead_letter(redis_client.lindex(keys.DEAD_LETTERS, 0) or b"").reason
     )
     assert pool.stop() == 0
+
+
+def test_a_set_member_that_is_not_utf8_stops_no_recovery(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Anyone may SADD to tuitop's sets: such a member made every recovery scan fail
+    before the orphans (a dead host's workers were never recovered)."""
+    redis_client.sadd(keys.POOLS, b"\xff")
+    redis_client.sadd(keys.WORKERS, b"\xfe")
+    dead = "elsewhere/0#999999"
+    redis_client.sadd(keys.WORKERS, dead)
+    redis_client.lpush(keys.processing_list(dead), encode("tuitop.noop", {"id": "x"}))
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, *FAST_RETRY)
+    wait_until(lambda: redis_client.llen(keys.processing_list(dead)) == 0, 15, "recovered")
+    wait_until(lambda: not redis_client.sismember(keys.POOLS, b"\xff"), 15, "junk removed")
+    assert not redis_client.sismember(keys.WORKERS, b"\xfe")
+    assert "Unexpected error" not in pool.log() and "UnicodeDecodeError" not in pool.log()
+    assert pool.stop() == 0

@@ -845,3 +845,15 @@ def test_a_dead_letter_written_by_anyone_reads_without_raising() -> None:
         letter = parse_dead_letter(entry)
         assert 0 <= letter.at <= 2**33 and 0 <= letter.tries <= 1000
         letter.topic.encode("utf-8") and letter.reason.encode("utf-8")
+
+
+def test_a_negative_try_count_is_read_as_none_and_tries_end(redis_client: redis.Redis) -> None:
+    raw = b'{"event_name":"tuitop.noop","payload":{},"_queued_total":-1000000000}'
+    assert decode(raw).queued_total == 0
+    queue = Queue(redis_client, RetryPolicy(base_delay=0.0))
+    redis_client.lpush(keys.QUEUE, raw)
+    for _ in range(MAX_REQUEUES + 1):
+        queue.move_due(now=time.time() + 3600)
+        queue.take("w/0#1", 1)
+        queue.recover("w/0#1", "worker gone")
+    assert redis_client.llen(keys.DEAD_LETTERS) == 1

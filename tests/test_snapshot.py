@@ -122,3 +122,13 @@ def test_hostile_heartbeats_never_break_a_snapshot_nor_the_process_meter(
     [pool] = snapshot.pools
     assert (pool.loaded_at, pool.beat) == (0.0, 0.0)
     assert clock_time(1e300) == "?"
+
+
+def test_set_members_that_are_not_utf8_are_left_out_of_a_snapshot(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.sadd(keys.POOLS, b"\xff")
+    redis_client.sadd(keys.WORKERS, b"\xfe/0#1")
+    redis_client.zadd(keys.LANES, {b"\xfd": 1})
+    snapshot = take_snapshot(redis_client)
+    assert snapshot.pools == () and snapshot.workers == ()

@@ -353,3 +353,36 @@ async def test_the_ui_goes_on_past_a_pool_hash_with_times_out_of_range(
     async with app.run_test(size=SIZE):
         await until(lambda: "evil@x" in text_of(app.query_one(ConfigPanel)))
         assert app.is_running and app.return_code is None
+
+
+async def test_markup_written_by_anyone_is_shown_as_text_everywhere(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Names, topics and reasons come from Redis; a str given to Rich or Textual is read as
+    markup, and "[/x]" ends the app with a MarkupError."""
+    from tuitop.queue import dead_letter_entry
+
+    config = write_config(tmp_path, port=redis_server.port, workers=0)
+    mark = "[/x]"
+    redis_client.sadd(keys.POOLS, mark)
+    redis_client.hset(keys.pool(mark), mapping={"host": mark, "lanes": mark, "served": mark})
+    redis_client.sadd(keys.WORKERS, f"{mark}/0#1")
+    redis_client.hset(
+        keys.heartbeat(f"{mark}/0#1"),
+        mapping={"host": mark, "state": "busy", "topic": mark, "lane": mark, "pool": mark},
+    )
+    redis_client.zadd(keys.LANES, {mark: 1})
+    raw = encode(mark, {"n": 1})
+    entry = dead_letter_entry(raw, f"unknown topic '{mark}'", worker="w/0#1", tries=0, topic=mark)
+    redis_client.lpush(keys.DEAD_LETTERS, entry)
+    app = app_for(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.snapshot is not None and app.snapshot.queue.dead_letters == 1)
+        await until(lambda: mark in text_of(app.query_one(ConfigPanel)))
+        await pilot.press("d")
+        await pilot.pause(1.0)
+        assert app.is_running and isinstance(app.screen, DeadLettersScreen)
+        await pilot.press("escape")
+        await pilot.press("plus")
+        await pilot.pause(0.5)
+        assert app.is_running

@@ -214,3 +214,23 @@ def test_acks_the_watchdog_could_not_make_stay_the_workers_to_make(
         watchdog.stop()
     server.start()
     assert server.client().llen(keys.processing_list(worker.id)) == 4  # still its own
+
+
+def test_acks_still_under_way_when_the_job_ends_stay_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's end waits for the watchdog's ack only so long; an ack still under way
+    then is the worker's to make, and its late fate must not touch the next job's count
+    (it went negative: the next job's acks were dropped, and ran twice)."""
+    from tuitop import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "ACK_WAIT", 0.05)
+    guard = worker_module._BatchGuard()
+    guard.arm([], 0.0, keys.QUEUE, [b"a", b"b", b"c"])
+    assert guard.claim_if_late(1.0)[2] == [b"a", b"b", b"c"]
+    assert guard.disarm() == (False, 0)  # not settled in time: none counted as made
+    guard.arm([], 0.0, keys.QUEUE, [b"d"])
+    guard.acks_settled(3, acked=False)  # the first job's, late: nobody's now
+    assert guard.claim_if_late(1.0)[2] == [b"d"]
+    guard.acks_settled(1, acked=True)
+    assert guard.disarm() == (False, 1)

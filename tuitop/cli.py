@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -60,7 +61,7 @@ def _add_interval_option(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
-POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 """A host name's characters: no ``/`` or ``#`` (worker ids are ``pool/slot#pid``), no
 ``:`` (``tuitop:pool:<name>:owner`` is the name's lease)."""
 
@@ -68,7 +69,7 @@ POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 def _pool_name(text: str) -> str:
     if not POOL_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a pool name is 1 to 63 letters, digits, '.', '_' or '-' (a host name)"
+            f"{text!r}: a pool name is 1 to 253 letters, digits, '.', '_' or '-' (a host name)"
         )
     return text
 
@@ -503,6 +504,13 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from tuitop.tui.app import run_with_pool
 
         return run_with_pool(argv, _ui_source(args, settings), args.interval)
+    if not args.pool_name and not POOL_NAME.fullmatch(socket.gethostname()):
+        print(
+            f"tuitop: the host name {socket.gethostname()!r} cannot name a pool (it would "
+            "meet other keys in Redis): give one with --pool-name",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
     options = PoolOptions(
         log_file=args.log_file or None,
         log_to_stderr=True,
@@ -515,7 +523,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         task=task,
         tuleap_hold_limit=args.tuleap_list_timeout,
         control_fd=sys.stdin.fileno() if args.control_stdin else None,
-        **({"pool_name": args.pool_name} if args.pool_name else {}),
+        pool_name=args.pool_name or socket.gethostname(),
     )
     at_start = settings.files
     supervisor = Supervisor(

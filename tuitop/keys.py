@@ -7,6 +7,9 @@ bookkeeping, under the ``tuitop:`` prefix except where it belongs beside the que
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 from tuitop.lanes import DEFAULT_LANE
 
 # --- Tuleap's (wire-compatible) ------------------------------------------------------
@@ -24,6 +27,29 @@ def processing_list(worker_id: str) -> str:
 
 
 PROCESSING_PATTERN = f"{QUEUE}-processing-*"
+
+
+def names_in(members: Iterable[bytes]) -> list[str]:
+    """The members of a set of names tuitop writes (pools, worker ids, lanes), sorted. One
+    that is not UTF-8 was written by something else (anyone may write to the Redis) and is
+    left out: see :func:`not_names_in` to take it out."""
+    names = []
+    for member in members:
+        with contextlib.suppress(UnicodeDecodeError):
+            names.append(member.decode())
+    return sorted(names)
+
+
+def not_names_in(members: Iterable[bytes]) -> list[bytes]:
+    """The members :func:`names_in` leaves out."""
+    found = []
+    for member in members:
+        try:
+            member.decode()
+        except UnicodeDecodeError:
+            found.append(member)
+    return found
+
 
 # --- tuitop's --------------------------------------------------------------------------
 

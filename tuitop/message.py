@@ -79,7 +79,8 @@ def decode(raw: bytes) -> Message:
     if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(document):
         return Message(NO_TOPIC, "", 0.0, 0, raw, _LONE_SURROGATE)
     enqueue_ts = _number(document.get("_enqueue_ts"), float)
-    queued_total = int(_number(document.get("_queued_total"), int))
+    # Never below 0: a count of -1e9 would retry a billion times instead of three.
+    queued_total = max(int(_number(document.get("_queued_total"), int)), 0)
     topic = document.get("event_name")
     payload = document.get("payload", "")
     if not isinstance(topic, str) or not topic:

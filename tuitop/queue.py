@@ -537,8 +537,8 @@ class Queue:
         """Pools and workers that show a sign of life: a pool's heartbeat or name claim, a
         worker's heartbeat (a worker whose pool was killed finishes its job, beating)."""
         client = self.redis
-        names = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS)))
-        workers = sorted(m.decode() for m in cast(set[bytes], client.smembers(keys.WORKERS)))
+        names = keys.names_in(cast(set[bytes], client.smembers(keys.POOLS)))
+        workers = keys.names_in(cast(set[bytes], client.smembers(keys.WORKERS)))
         pipe = client.pipeline(transaction=False)
         for name in names:
             pipe.exists(keys.pool(name), keys.pool(name) + ":owner")
@@ -561,7 +561,7 @@ class Queue:
         lettered past the last; never the list of a worker that still beats), the lanes'
         lists, and the retries waiting their time, at the head of the queue. The caller
         makes sure no pool runs (:meth:`live_pools`)."""
-        workers = {m.decode() for m in cast(set[bytes], self.redis.smembers(keys.WORKERS))}
+        workers = set(keys.names_in(cast(set[bytes], self.redis.smembers(keys.WORKERS))))
         prefix = keys.processing_list("")
         for key in self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
             suffix = key.decode("utf-8", "replace").removeprefix(prefix)
@@ -572,7 +572,7 @@ class Queue:
             for worker_id in sorted(workers)
         )
         self.list_lanes()
-        lanes = [m.decode() for m in cast(list[bytes], self.redis.zrange(keys.LANES, 0, -1))]
+        lanes = keys.names_in(cast(list[bytes], self.redis.zrange(keys.LANES, 0, -1)))
         moved = self.move_lanes_back(lanes) if lanes else {}
         retries = 0
         while True:
@@ -596,7 +596,10 @@ class Queue:
 
     def _lanes_back(self, args: list[Any]) -> dict[str, int]:
         report = cast(list[Any], self._recover_lanes(keys=[keys.QUEUE, keys.LANES], args=args))
-        return {report[i].decode(): int(report[i + 1]) for i in range(0, len(report), 2)}
+        return {
+            report[i].decode("utf-8", "replace"): int(report[i + 1])
+            for i in range(0, len(report), 2)
+        }
 
     def ack_into(self, pipe: Pipeline, worker_id: str, raws: Sequence[bytes]) -> None:
         """Queues the removal of finished messages (oldest first) on ``pipe`` (the caller

@@ -113,8 +113,8 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         pipe.execute()
     )
 
-    worker_ids = sorted(member.decode() for member in cast(set[bytes], workers))
-    pool_names = sorted(member.decode() for member in cast(set[bytes], pools))
+    worker_ids = keys.names_in(cast(set[bytes], workers))
+    pool_names = keys.names_in(cast(set[bytes], pools))
     pipe = client.pipeline(transaction=False)
     for worker_id in worker_ids:
         pipe.hgetall(keys.heartbeat(worker_id))
@@ -123,7 +123,7 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         pipe.sismember(keys.WORKERS, worker_id)
     for name in pool_names:
         pipe.hgetall(keys.pool(name))
-    other_lanes = sorted(name.decode() for name in cast(list[bytes], lane_names))
+    other_lanes = keys.names_in(cast(list[bytes], lane_names))
     for lane in other_lanes:
         pipe.llen(keys.lane_list(lane))
         pipe.lindex(keys.lane_list(lane), -1)
@@ -181,7 +181,9 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         history=tuple(
             summarize([bucket], keys.STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
         ),
-        config={k.decode(): v.decode("utf-8", "replace") for k, v in config.items()},
+        config={
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in config.items()
+        },
         lanes=lane_views,
     )
 

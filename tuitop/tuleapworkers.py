@@ -71,7 +71,7 @@ def left_behind(client: redis.Redis, hold_limit: float = HOLD_LIMIT) -> list[Tul
     limit, so it is never taken for gone."""
     now = float(client.time()[0])
     seen = {
-        key.decode(): value.decode()
+        key.decode("utf-8", "replace"): value.decode("utf-8", "replace")
         for key, value in cast(dict[bytes, bytes], client.hgetall(keys.TULEAP_LISTS)).items()
     }
     gone: list[TuleapList] = []

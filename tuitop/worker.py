@@ -58,7 +58,7 @@ from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
 from tuitop.queue import Queue, RetryPolicy, TakePlan
-from tuitop.redisconn import connect, describe_error, is_auth_error
+from tuitop.redisconn import CONNECT_TIMEOUT, connect, describe_error, is_auth_error
 from tuitop.registry import build_registry
 from tuitop.stats import END_TO_END, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
@@ -88,9 +88,9 @@ BATCH_BUDGET = 0.020
 ACK_AT_ONCE_AFTER = 0.002
 """A job longer than this is acked at once: the round trip is then a small price."""
 HEARTBEAT_SOCKET_TIMEOUT = 2.0
-ACK_WAIT = 3 * HEARTBEAT_SOCKET_TIMEOUT
-"""The longest a job's end waits for the watchdog's ack under way (past its socket's
-timeout: the ack has failed by then)."""
+ACK_WAIT = CONNECT_TIMEOUT + 3 * HEARTBEAT_SOCKET_TIMEOUT
+"""The longest a job's end waits for the watchdog's ack under way (a connect and its
+replies: the ack has failed by then; one still under way stays the worker's)."""
 GIVE_BACK_AFTER = 0.050
 """A job running longer than this has the rest of its batch given back to the queue."""
 REDIS_BACKOFF_MAX = 10.0
@@ -674,7 +674,10 @@ class _BatchGuard:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._acking = 0
-        """Acks the watchdog claimed and has not yet said the fate of."""
+        """Acks the watchdog claimed and has not yet said the fate of, in job ``_acking_job``
+        (a fate said after that job's end is nobody's: its end counted them as not made)."""
+        self._job = 0
+        self._acking_job = -1
         self._tail: list[bytes] = []
         self._acks: list[bytes] = []
         self._source = keys.QUEUE
@@ -694,24 +697,30 @@ class _BatchGuard:
             self._tail, self._acks = tail, acks or []
             self._deadline, self._given_back, self._acked = deadline, False, 0
             self._source = source
+            self._job += 1
         if (tail or acks) and not self.armed.is_set():  # set() costs a lock; most find it set
             self.armed.set()
 
     def disarm(self) -> tuple[bool, int]:
         """Ends the job: whether the watchdog gave the tail back meanwhile, and how many
         of the acks (the first ones) it acked — waiting for an ack under way to succeed
-        or fail (those it could not ack stay the worker's to ack)."""
+        or fail. Those it could not ack, or not in time, stay the worker's to ack (acked
+        twice, the second ack finds them gone: never run twice)."""
         with self._lock:
             self._tail, self._acks = [], []
             self._lock.wait_for(lambda: not self._acking, timeout=ACK_WAIT)
-            return self._given_back, self._acked
+            acked = max(self._acked - self._acking, 0)
+            self._acked, self._acking, self._acking_job = acked, 0, -1
+            return self._given_back, acked
 
     def acks_settled(self, count: int, acked: bool) -> None:
         """For the watchdog: the ``count`` acks it claimed were acked, or not (Redis did
         not answer: they stay pending, for the worker's next ack)."""
         with self._lock:
+            if self._acking_job != self._job or not self._acking:
+                return  # its job ended meanwhile, and counted them as not acked
             if not acked:
-                self._acked -= count
+                self._acked = max(self._acked - count, 0)
             self._acking = 0
             self._lock.notify_all()
 
@@ -724,7 +733,7 @@ class _BatchGuard:
             tail, acks, self._tail, self._acks = self._tail, self._acks, [], []
             self._given_back = self._given_back or bool(tail)
             self._acked += len(acks)
-            self._acking = len(acks)
+            self._acking, self._acking_job = len(acks), self._job
             return tail, self._source, acks
 
     def seconds_left(self, now: float) -> float | None:

@@ -143,10 +143,10 @@ class RedisLink:
                 queue.redis.close()
 
     def _report_left(self, settings: RedisSettings, queue: Queue) -> None:
-        lanes = cast(list[bytes], queue.redis.zrange(keys.LANES, 0, -1))
+        lanes = keys.names_in(cast(list[bytes], queue.redis.zrange(keys.LANES, 0, -1)))
         pipe = queue.redis.pipeline(transaction=False)
         pipe.zcard(keys.DELAYED)
-        for key in (keys.QUEUE, *(keys.lane_list(lane.decode()) for lane in lanes)):
+        for key in (keys.QUEUE, *(keys.lane_list(lane) for lane in lanes)):
             pipe.llen(key)
         delayed, *depths = pipe.execute()
         waiting = sum(depths)

@@ -185,7 +185,7 @@ class Presence:
             return
         client = queue.redis
         try:
-            names = [m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS))]
+            names = keys.names_in(cast(set[bytes], client.smembers(keys.POOLS)))
             others = [name for name in names if name != self.name]
             pipe = client.pipeline(transaction=False)
             for name in others:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis
@@ -122,6 +123,23 @@ class Recovery:
         self._last_scan = now
         client, queue = self.link.client, self.link.queue
         assert client is not None and queue is not None
+        # Each part on its own: one that fails (a bug, a key written by something else)
+        # must not keep the others from running. Redis errors go up (Redis is away).
+        parts: list[Callable[[], None]] = [
+            lambda: self._move_unserved_lanes_back(queue),
+            lambda: self._forget_gone_pools(client),
+            lambda: self._recover_tuleaps_lists(client),
+            lambda: self._recover_silent_workers(client, ours),
+        ]
+        for part in parts:
+            try:
+                part()
+            except redis.RedisError:
+                raise
+            except Exception:
+                self.logger.exception("Recovery scan: one part failed; the others went on")
+
+    def _move_unserved_lanes_back(self, queue: Queue) -> None:
         for lane, moved in queue.recover_unserved_lanes(self.heartbeat_ttl).items():
             self.logger.warning(
                 "No pool serves lane %s any more: %d message(s) moved back to %s",
@@ -129,10 +147,14 @@ class Recovery:
                 moved,
                 keys.QUEUE,
             )
-        self._forget_gone_pools(client)
-        self._recover_tuleaps_lists(client)
-        members = [m.decode() for m in cast(set[bytes], client.smembers(keys.WORKERS))]
-        candidates = [worker_id for worker_id in members if worker_id not in ours]
+
+    def _recover_silent_workers(self, client: redis.Redis, ours: set[str]) -> None:
+        raw_members = cast(set[bytes], client.smembers(keys.WORKERS))
+        if junk := keys.not_names_in(raw_members):
+            client.srem(keys.WORKERS, *junk)  # no worker of a tuitop's: no list to recover
+        candidates = [
+            worker_id for worker_id in keys.names_in(raw_members) if worker_id not in ours
+        ]
         if not candidates:
             return
         pipe = client.pipeline(transaction=False)
@@ -160,7 +182,10 @@ class Recovery:
     def _forget_gone_pools(self, client: redis.Redis) -> None:
         """Takes out of the set of pools those with neither a heartbeat nor a name claim:
         every view reads each name it holds, so a set that only grows costs more and more."""
-        names = [m.decode() for m in cast(set[bytes], client.smembers(keys.POOLS))]
+        members = cast(set[bytes], client.smembers(keys.POOLS))
+        if junk := keys.not_names_in(members):
+            client.srem(keys.POOLS, *junk)
+        names = keys.names_in(members)
         if not names:
             return
         pipe = client.pipeline(transaction=False)

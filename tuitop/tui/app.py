@@ -190,6 +190,7 @@ class TuitopApp(App[int]):
                 "This view runs no pool. " + (where or "Start one with 'tuitop'."),
                 title="+/- workers",
                 severity="warning",
+                markup=False,  # host names come from Redis: anyone may write them
             )
             return
         if self.stopping:

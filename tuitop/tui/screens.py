@@ -152,12 +152,12 @@ class DeadLettersScreen(Screen[None]):
         except (redis.RedisError, ValueError) as error:
             message = self.source.describe(error) if isinstance(error, redis.RedisError) else ""
             self.app.call_from_thread(
-                self.notify, message or str(error), title="Redis", severity="error"
+                self.notify, message or str(error), title="Redis", severity="error", markup=False
             )
             return
         self.app.call_from_thread(self._show, letters, total)
         if said or done:
-            self.app.call_from_thread(self.notify, said or done)
+            self.app.call_from_thread(self.notify, said or done, markup=False)
 
     def _show(self, letters: list[DeadLetter], total: int) -> None:
         self.letters, self.total = letters, total
@@ -166,7 +166,9 @@ class DeadLettersScreen(Screen[None]):
         table.clear()
         for index, letter in enumerate(letters):
             at = datetime.fromtimestamp(letter.at).strftime("%m-%d %H:%M:%S")
-            table.add_row(str(index), at, letter.topic or "—", str(letter.tries), letter.reason)
+            # Text, not str: a str cell is read as markup, and a topic may be "[/x]".
+            cells = (str(index), at, letter.topic or "—", str(letter.tries), letter.reason)
+            table.add_row(*(Text(cell) for cell in cells))
         shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
         title = f"Dead letters: {total:,} ({shown}) · newest first"
         self.query_one("#letters-title", Static).update(title)
