@@ -21,8 +21,8 @@ than send it twice: that one is the relay's to keep, and said apart).
 A duplicate is explained only by workers killed or frozen while they held that very
 message after it was mailed — one for each delivery beyond the first: each kill and freeze
 first stops the processes (SIGSTOP), reads their processing lists, then kills. A dead
-letter is explained only when its reason is Tuleap's tries used up by kills and a kill
-held it at each try. Exits 1 when anything is lost,
+letter is explained only when each of its tries was cut short by a kill of a worker
+holding it or by the relay being down (the pool logs each such try). Exits 1 when anything is lost,
 or a duplicate or a dead letter is not explained.
 
 Run: ``python -m bench.chaos`` (``--messages``, ``--rate``); writes bench/results/chaos.json.
@@ -63,6 +63,8 @@ RESULTS = REPO / "bench" / "results" / "chaos.json"
 UNCONFIRMED = re.compile(r"artifact #(\d+) changeset #\d+: mail to .*; counted as sent")
 """The pool's log line for a mail handed over whole as the relay went down."""
 GIVEN_UP = re.compile(r"given up after (\d+) tries")
+RELAY_FAILED = re.compile(r"artifact #(\d+) changeset #\d+: .*; \d+ mail\(s\) left for a retry")
+"""The pool's log line for a try cut short by the relay (down, or refusing for now)."""
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Report:
     dead_reasons: dict[int, str] = field(default_factory=dict)
     held: dict[int, int] = field(default_factory=dict)
     """Artifact id → how many kills or freezes of a worker holding it there were."""
+    relay_failed: dict[int, int] = field(default_factory=dict)
+    """Artifact id → how many of its tries the relay cut short (the SMTP server down)."""
 
     @property
     def unexplained(self) -> list[int]:
@@ -95,13 +99,13 @@ class Report:
 
     @property
     def unexplained_dead(self) -> list[int]:
-        """Dead letters other than a message whose workers were killed under it try after
-        try — a kill holding it for each of its tries (a bug, a mail refused, …)."""
+        """Dead letters other than a message whose every try was cut short by a kill of a
+        worker holding it or by the relay being down (a bug, a mail refused, …)."""
         found = []
         for artifact, reason in self.dead_reasons.items():
             tries = GIVEN_UP.search(reason)
-            killed = tries is not None and "killed" in reason
-            if not (killed and tries and self.held.get(artifact, 0) >= int(tries.group(1))):
+            cut = self.held.get(artifact, 0) + self.relay_failed.get(artifact, 0)
+            if tries is None or cut < int(tries.group(1)):
                 found.append(artifact)
         return found
 
@@ -442,9 +446,12 @@ class Campaign:
         # The mails a pool handed over whole and counted as sent when the relay's answer
         # was lost (it logs each): the relay's to keep, not lost by tuitop.
         handed = set()
+        relay_failed: Counter[int] = Counter()
         for pool in self.pools:
             if pool.log.exists():
-                handed |= {int(n) for n in UNCONFIRMED.findall(pool.log.read_text())}
+                log = pool.log.read_text()
+                handed |= {int(n) for n in UNCONFIRMED.findall(log)}
+                relay_failed.update(int(n) for n in RELAY_FAILED.findall(log))
         missing = [n for n in range(self.messages) if n not in received and n not in dead_ids]
         return Report(
             pushed=self.messages,
@@ -453,6 +460,7 @@ class Campaign:
             dead=len(dead_ids - set(received)),
             dead_reasons=dead_reasons,
             held={artifact: len(strikes) for artifact, strikes in self.held.items()},
+            relay_failed=dict(relay_failed),
             lost=[n for n in missing if n not in handed],
             unconfirmed=[n for n in missing if n in handed],
             events=self.events,
@@ -482,8 +490,8 @@ def main() -> int:
         ),
         (
             "dead-lettered",
-            f"{report.dead:,} ({report.dead - len(report.unexplained_dead):,} killed with "
-            "their worker past Tuleap's 3 tries)",
+            f"{report.dead:,} ({report.dead - len(report.unexplained_dead):,} with every try "
+            "cut by a kill or the relay down)",
         ),
         (
             "handed over whole, the relay down before its answer",

@@ -17,9 +17,12 @@ def test_the_short_chaos_run_loses_nothing() -> None:
     assert report.lost == [], f"lost: {report.lost[:20]} (events: {report.events})"
     assert report.delivered + report.dead + len(report.unconfirmed) == report.pushed
     # Run twice only what a worker held as it was killed or frozen; dead-lettered only
-    # what kills cost Tuleap's 3 tries.
+    # what kills and the relay's outage cost Tuleap's 3 tries.
     assert report.unexplained == [], {a: report.duplicates[a] for a in report.unexplained}
-    assert report.unexplained_dead == [], report.dead_reasons
+    assert report.unexplained_dead == [], {
+        a: (report.dead_reasons[a], report.held.get(a), report.relay_failed.get(a))
+        for a in report.unexplained_dead
+    }
     kinds = " ".join(event.what for event in report.events)
     for happened in ("SIGKILL worker", "config saved", "Redis killed", "SMTP server down",
                      "whole host killed", "frozen (SIGSTOP)"):  # fmt: skip
