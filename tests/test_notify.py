@@ -285,6 +285,19 @@ def test_the_producer_api_is_importable_from_the_package() -> None:
         tuitop.NoSuchThing  # noqa: B018
 
 
+def settings_through(
+    proxy: ReplyLosingProxy, redis_server: EmbeddedRedis, smtp_server: SmtpServer
+) -> Settings:
+    """Every project queued, through ``proxy`` to the test's Redis."""
+    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
+    return Settings(
+        redis=RedisSettings("127.0.0.1", proxy.port),
+        backend_workers=1,
+        async_scope=settings.async_scope,
+        mail=settings.mail,
+    )
+
+
 def test_a_push_whose_reply_is_lost_is_queued_once_and_not_sent_inline(
     redis_server: EmbeddedRedis,
     redis_client: redis.Redis,
@@ -294,13 +307,7 @@ def test_a_push_whose_reply_is_lost_is_queued_once_and_not_sent_inline(
     """Issue 10, case 8: a lost LPUSH reply made the Notifier send inline, while the
     message was queued too: every mail twice."""
     proxy = ReplyLosingProxy(redis_server.port)
-    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
-    settings = Settings(
-        redis=RedisSettings("127.0.0.1", proxy.port),
-        backend_workers=1,
-        async_scope=settings.async_scope,
-        mail=settings.mail,
-    )
+    settings = settings_through(proxy, redis_server, smtp_server)
     notifier = Notifier(settings)
     try:
         assert notifier.notify(notification()) == QUEUED  # the line works
@@ -340,13 +347,7 @@ def test_a_push_that_timed_out_may_land_after_the_question_and_says_so(
     """A push still on its way when the marker is asked about lands after the answer:
     sent inline and queued too. It cannot be told then; the log says it may come twice."""
     proxy = ReplyLosingProxy(redis_server.port)
-    settings = make_settings(redis_server, smtp_server, AsyncScope(all_projects=True))
-    settings = Settings(
-        redis=RedisSettings("127.0.0.1", proxy.port),
-        backend_workers=1,
-        async_scope=settings.async_scope,
-        mail=settings.mail,
-    )
+    settings = settings_through(proxy, redis_server, smtp_server)
     notifier = Notifier(settings, client=connect(settings.redis, socket_timeout=0.5))
     try:
         notifier.scope()  # read while the line is good

@@ -256,23 +256,24 @@ def test_failing_handler_is_retried_then_dead_lettered_with_its_traceback(
     assert pool.stop() == 0
 
 
+def one_second_limit_pool(pools: list[Pool], tmp_path: Path, redis_server: EmbeddedRedis) -> Pool:
+    """One worker with the test handlers and a time limit of one second."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    return start_pool(
+        pools,
+        tmp_path,
+        config,
+        *("--handlers", "tests.handlers_for_tests", "--job-timeout", "1", *FAST_RETRY),
+    )
+
+
 def test_job_past_the_time_limit_kills_its_worker_and_is_retried(
     tmp_path: Path,
     pools: list[Pool],
     redis_server: EmbeddedRedis,
     redis_client: redis.Redis,
 ) -> None:
-    config = write_config(tmp_path, port=redis_server.port, workers=1)
-    pool = start_pool(
-        pools,
-        tmp_path,
-        config,
-        "--handlers",
-        "tests.handlers_for_tests",
-        "--job-timeout",
-        "1",
-        *FAST_RETRY,
-    )
+    pool = one_second_limit_pool(pools, tmp_path, redis_server)
     push_all(redis_client, [encode("test.sleep", {"id": "s", "seconds": 60})])
     pool.wait_for_log("Task timed out", timeout=20)
     wait_until(lambda: redis_client.llen(RUNS_KEY) >= 2, what="a retry after the timeout")
@@ -298,17 +299,7 @@ def test_a_job_killed_at_the_time_limit_leaves_its_traceback_in_the_log_and_lett
 ) -> None:
     """Before the kill the pool asks the worker for its stacks (faulthandler, SIGUSR1):
     an admin sees where the job hung, in the log and with the dead letter."""
-    config = write_config(tmp_path, port=redis_server.port, workers=1)
-    pool = start_pool(
-        pools,
-        tmp_path,
-        config,
-        "--handlers",
-        "tests.handlers_for_tests",
-        "--job-timeout",
-        "1",
-        *FAST_RETRY,
-    )
+    pool = one_second_limit_pool(pools, tmp_path, redis_server)
     push_all(redis_client, [encode("test.sleep", {"id": "s", "seconds": 60})])
     pool.wait_for_log("at its time limit:", timeout=20)
     log = pool.log()
@@ -329,17 +320,7 @@ def test_a_job_that_ends_as_it_is_asked_for_its_stacks_is_not_killed(
 ) -> None:
     """Between asking for the stacks and the kill the job may end: the kill would hit the
     worker's next job (charged a try, dead-lettered with stacks not its own)."""
-    config = write_config(tmp_path, port=redis_server.port, workers=1)
-    pool = start_pool(
-        pools,
-        tmp_path,
-        config,
-        "--handlers",
-        "tests.handlers_for_tests",
-        "--job-timeout",
-        "1",
-        *FAST_RETRY,
-    )
+    pool = one_second_limit_pool(pools, tmp_path, redis_server)
     push_all(redis_client, [encode("test.ends_when_asked", {"id": "a"})])
     pool.wait_for_log("as it was asked for its stacks: not killed", timeout=20)
     wait_until(lambda: nothing_pending(redis_client), what="nothing pending")

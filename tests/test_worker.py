@@ -167,16 +167,23 @@ def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
     assert worker.stop_requested and "runs none of the 10 it held" in caplog.text
 
 
+def worker_holding_four(server: EmbeddedRedis) -> tuple[Worker, list[bytes], list[bytes]]:
+    """A worker with its lease that has taken four no-ops: (worker, pushed, taken)."""
+    worker = make_worker(server)
+    client = server.client()
+    client.set(keys.worker_lease(worker.id), 1)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
+    client.lpush(keys.QUEUE, *raws)
+    client.close()
+    return worker, raws, worker.queue.take(worker.id, 4)
+
+
 def test_what_finished_before_a_long_job_is_acked_while_it_runs(
     redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
     """Issue 10, case 4: fast jobs finished before a slow one stayed unacked until it
     ended (up to --job-timeout): a time-limit kill ran them again."""
-    worker = make_worker(redis_server)
-    redis_client.set(keys.worker_lease(worker.id), 1)
-    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
-    redis_client.lpush(keys.QUEUE, *raws)
-    batch = worker.queue.take(worker.id, 4)
+    worker, raws, batch = worker_holding_four(redis_server)
     watchdog = _Heartbeat(worker)
     watchdog.start()
     try:
@@ -197,12 +204,7 @@ def test_acks_the_watchdog_could_not_make_stay_the_workers_to_make(
     """Were they counted as acked, the worker would drop them; still in its list, they
     would go back to the queue at its end and run again (the review's case)."""
     server = redis_server_factory(appendonly=True)
-    worker = make_worker(server)
-    client = server.client()
-    client.set(keys.worker_lease(worker.id), 1)
-    raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
-    client.lpush(keys.QUEUE, *raws)
-    batch = worker.queue.take(worker.id, 4)
+    worker, _, batch = worker_holding_four(server)
     watchdog = _Heartbeat(worker)
     watchdog.start()
     try:
@@ -230,7 +232,7 @@ def test_acks_still_under_way_when_the_job_ends_stay_the_workers(
     assert guard.claim_if_late(1.0)[2] == [b"a", b"b", b"c"]
     assert guard.disarm() == (False, 0)  # not settled in time: none counted as made
     guard.arm([], 0.0, keys.QUEUE, [b"d"])
-    guard.acks_settled(3, acked=False)  # the first job's, late: nobody's now
+    guard.acks_settled(acked=False)  # the first job's, late: nobody's now
     assert guard.claim_if_late(1.0)[2] == [b"d"]
-    guard.acks_settled(1, acked=True)
+    guard.acks_settled(acked=True)
     assert guard.disarm() == (False, 1)

@@ -713,14 +713,14 @@ class _BatchGuard:
             self._acked, self._acking, self._acking_job = acked, 0, -1
             return self._given_back, acked
 
-    def acks_settled(self, count: int, acked: bool) -> None:
-        """For the watchdog: the ``count`` acks it claimed were acked, or not (Redis did
-        not answer: they stay pending, for the worker's next ack)."""
+    def acks_settled(self, acked: bool) -> None:
+        """For the watchdog: the acks it claimed were acked, or not (Redis did not
+        answer: they stay pending, for the worker's next ack)."""
         with self._lock:
             if self._acking_job != self._job or not self._acking:
                 return  # its job ended meanwhile, and counted them as not acked
             if not acked:
-                self._acked = max(self._acked - count, 0)
+                self._acked = max(self._acked - self._acking, 0)
             self._acking = 0
             self._lock.notify_all()
 
@@ -835,7 +835,7 @@ class _Heartbeat(threading.Thread):
         finally:
             # Not acked, they are still in its list and finished: the worker acks them
             # itself after the job (dropped, its end would give them back: run twice).
-            self.worker.batch.acks_settled(len(acks), acked=acked)
+            self.worker.batch.acks_settled(acked=acked)
         if b"0" in removed:
             self.worker.lost = "its acks found messages no longer in its list"
 
