@@ -15,6 +15,9 @@ import pytest
 import redis
 
 from tests.pool import Pool
+from tests.tuleapdb import create_user, fresh_database
+from tuitop.config import DatabaseSettings
+from tuitop.mariadbserver import EmbeddedMariaDB
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 
@@ -80,3 +83,40 @@ def pools() -> Iterator[list[Pool]]:
     yield started
     for pool in started:
         pool.kill_all()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[EmbeddedMariaDB]:
+    """A private MariaDB server for the whole run (a start takes seconds): each test gets
+    a database of its own on it (``database``). A test that kills its server makes its
+    own (``mariadb_factory``)."""
+    server = EmbeddedMariaDB().start()
+    try:
+        create_user(server)
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def database(mariadb_server: EmbeddedMariaDB) -> DatabaseSettings:
+    """A fresh database holding Tuleap's ``async_events``, as ``tuleapadm`` with a
+    password (TCP on 127.0.0.1)."""
+    return fresh_database(mariadb_server)
+
+
+@pytest.fixture
+def mariadb_factory() -> Iterator[Callable[[], EmbeddedMariaDB]]:
+    """``make()``: a MariaDB server of this test's own, to kill and start again."""
+    servers: list[EmbeddedMariaDB] = []
+
+    def make() -> EmbeddedMariaDB:
+        server = EmbeddedMariaDB()
+        servers.append(server)
+        server.start()
+        create_user(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()

@@ -414,3 +414,75 @@ def test_an_empty_file_is_refused_not_read_as_no_settings(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="the file is empty") as caught:
         load_config([str(empty)])
     assert (caught.value.path, caught.value.line) == (str(empty), 1)
+
+
+# --- the database queue (Tuleap >= 15.9): database.inc and which queue -------------------
+
+DATABASE = "$sys_dbhost = 'db.example.com'; $sys_dbuser = 'tuleapadm'; $sys_dbpasswd = 'pw';\n"
+
+
+def test_database_inc_is_read_with_tuleaps_defaults(tmp_path: Path) -> None:
+    chosen = settings(tmp_path, "$sys_dbpasswd = 's3cret';")
+    assert chosen.queue == "db" and chosen.store is chosen.database
+    database = chosen.database
+    assert (database.host, database.port, database.name, database.user) == (
+        "localhost",
+        3306,
+        "tuleap",
+        "tuleapadm",
+    )
+    assert database.password.reveal() == "s3cret" and "s3cret" not in repr(chosen)
+    assert "s3cret" in chosen.secrets()
+    assert chosen.backend_workers == 2
+    assert database.address == "mysql://tuleapadm@localhost:3306/tuleap"
+
+
+def test_the_environment_overrides_database_inc_as_in_tuleap(tmp_path: Path) -> None:
+    environ = {"TULEAP_SYS_DBHOST": "10.0.0.9", "TULEAP_SYS_DBPORT": "3307",
+               "TULEAP_SYS_DBPASSWD": "from-env", "TULEAP_SYS_ENABLESSL": "1"}  # fmt: skip
+    database = settings(tmp_path, DATABASE, environ).database
+    assert (database.host, database.port, database.password.reveal(), database.tls) == (
+        "10.0.0.9",
+        3307,
+        "from-env",
+        True,
+    )
+    # Only the environment: no database.inc at all.
+    assert settings(tmp_path, "", {"TULEAP_SYS_DBNAME": "forge"}).database.name == "forge"
+
+
+@pytest.mark.parametrize(
+    ("body", "version", "queue"),
+    [
+        (REDIS, None, "redis"),  # the seed's Tuleap
+        (DATABASE, None, "db"),  # today's Tuleap without Redis
+        (REDIS + DATABASE, "17.4", "db"),  # Tuleap 17 keeps a Valkey for other uses
+        (REDIS + DATABASE, "15.9.99.78", "db"),
+        (REDIS + DATABASE, "15.9.99.77", "redis"),
+        (REDIS + DATABASE, None, "redis"),  # said in a warning
+        (REDIS + DATABASE + "$tuitop_queue = 'db';", "14.0", "db"),
+        (DATABASE + REDIS + "$tuitop_queue = 'Redis';", "17.4", "redis"),
+        ("$tuitop_queue = 'db';", None, "db"),  # Tuleap's defaults: localhost, tuleap
+    ],
+)
+def test_which_queue(tmp_path: Path, body: str, version: str | None, queue: str) -> None:
+    version_file = tmp_path / "VERSION"
+    if version is not None:
+        version_file.write_text(version + "\n")
+    path = tmp_path / "local.inc"
+    path.write_text("<?php\n" + body)
+    loaded = load_config([str(path)], environ={}, tuleap_version_file=str(version_file))
+    assert loaded.settings.queue == queue
+    assert loaded.settings.store.configured
+    assert loaded.settings.queue_reason
+    warned = any("$tuitop_queue" in warning for warning in loaded.settings.warnings)
+    assert warned == (
+        version is None and "$tuitop_queue" not in body and "redis" in body and "sys_db" in body
+    )
+
+
+def test_a_wrong_queue_name_or_port_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\$tuitop_queue must be 'redis' or 'db'"):
+        settings(tmp_path, "$tuitop_queue = 'rabbitmq';")
+    with pytest.raises(ConfigError, match=r"\$sys_dbport must be a port number"):
+        settings(tmp_path, DATABASE + "$sys_dbport = 70000;")

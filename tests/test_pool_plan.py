@@ -92,19 +92,19 @@ def test_config_change_says_each_change_and_what_it_means_for_the_workers() -> N
     assert more.said == ["workers 2 → 4"] and more.changed and not more.replace_workers
 
     level = config_change(base, Settings(redis=here, backend_workers=2, log_level=LogLevel.DEBUG))
-    assert not level.replace_workers and not level.leave_redis
+    assert not level.replace_workers and not level.leave_store
 
     password = RedisSettings(host="r1", port=6379, password=Secret("p2"))
     creds = config_change(base, Settings(redis=password, backend_workers=2))
-    assert creds.leave_redis and creds.replace_workers
+    assert creds.leave_store and creds.replace_workers
     assert "new credentials" in creds.said[0] and "p2" not in creds.said[0]
 
     elsewhere = RedisSettings(host="r2", port=6380)
     moved = config_change(base, Settings(redis=elsewhere, backend_workers=2))
-    assert moved.leave_redis and "r1:6379 → r2:6380" in moved.said[0]
+    assert moved.leave_store and "r1:6379 → r2:6380" in moved.said[0]
 
     first = config_change(Settings(), base)
-    assert not first.leave_redis and first.said[0] == "Redis at r1:6379"
+    assert not first.leave_store and first.said[0] == "Redis at r1:6379"
 
     lanes = config_change(base, Settings(redis=here, backend_workers=2, lanes=TWO_LANES))
     assert lanes.replace_workers and lanes.said[0].startswith("lanes ")

@@ -19,12 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tuitop import keys
+from tuitop.backends.base import MAX_REQUEUES, Recovery, RetryPolicy
 from tuitop.message import decode, encode, with_payload
 from tuitop.queue import (
-    MAX_REQUEUES,
     Queue,
-    Recovery,
-    RetryPolicy,
     Taken,
     dead_letter_entry,
     parse_dead_letter,

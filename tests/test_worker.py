@@ -15,9 +15,8 @@ from tuitop import keys
 from tuitop.config import RedisSettings, Settings
 from tuitop.log import SettableLevel
 from tuitop.mail import NoTransport
-from tuitop.message import encode
+from tuitop.message import Message, decode, encode
 from tuitop.queue import Queue
-from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.registry import build_registry
 from tuitop.worker import (
@@ -42,9 +41,12 @@ def make_worker(server: EmbeddedRedis) -> Worker:
         block_timeout=0.2,
     )
     worker = Worker(options, [0.0] * STATUS_SLOTS, SettableLevel(logging.DEBUG))
-    worker.redis = connect(settings.redis)
-    worker.queue = Queue(worker.redis)
+    worker.connect()
     return worker
+
+
+def take(worker: Worker, count: int) -> list[Message]:
+    return worker.channel.take(worker.id, count).messages
 
 
 def test_worker_ids_are_unique_per_process(redis_server: EmbeddedRedis) -> None:
@@ -58,8 +60,8 @@ def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
     worker = make_worker(redis_server)
     raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
     redis_client.lpush(keys.QUEUE, *raws)
-    batch = worker.queue.take(worker.id, 4)
-    assert batch == raws
+    batch = take(worker, 4)
+    assert [message.raw for message in batch] == raws
     watchdog = _Heartbeat(worker)
     watchdog.start()
     try:
@@ -81,7 +83,7 @@ def test_a_fast_job_keeps_its_batch(redis_server: EmbeddedRedis) -> None:
     watchdog = _Heartbeat(worker)
     watchdog.start()
     try:
-        worker.batch.arm([b"tail"], time.monotonic() + 5.0, keys.QUEUE)
+        worker.batch.arm([decode(b"tail")], time.monotonic() + 5.0, keys.QUEUE)
         time.sleep(0.1)
         assert worker.batch.disarm() == (False, 0)
     finally:
@@ -97,7 +99,7 @@ def test_stranded_messages_are_given_back_before_waiting(
     redis_client.lpush(keys.processing_list(worker.id), stranded)
     with caplog.at_level(logging.WARNING, logger="tuitop.worker"):
         batch, source = worker._next_batch()
-    assert (batch, source) == ([stranded], keys.QUEUE)  # given back, then taken again
+    assert ([m.raw for m in batch], source) == ([stranded], keys.QUEUE)  # given back, taken
     assert "gives back 1 stranded message(s)" in caplog.text
     assert redis_client.lrange(keys.processing_list(worker.id), 0, -1) == [stranded]
 
@@ -106,7 +108,7 @@ def test_heartbeat_registers_the_worker_with_a_ttl(
     redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
     worker = make_worker(redis_server)
-    worker.beat(redis_client)
+    worker.beat(worker.channel)
     assert redis_client.sismember(keys.WORKERS, worker.id)
     beat = redis_client.hgetall(keys.heartbeat(worker.id))
     assert beat[b"pid"] == str(os.getpid()).encode()
@@ -155,7 +157,7 @@ def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
     redis_client.set(keys.worker_lease(worker.id), 1)  # as it does when it starts
     raws = [encode("tuitop.noop", {"n": n}) for n in range(10)]
     redis_client.lpush(keys.QUEUE, *raws)
-    batch = worker.queue.take(worker.id, 10)
+    batch = take(worker, 10)
     assert len(batch) == 10
     # It freezes here; meanwhile another pool finds it silent and recovers its list.
     Queue(redis_client).recover(worker.id, "stopped beating", unless_beating=True)
@@ -167,7 +169,7 @@ def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
     assert worker.stop_requested and "runs none of the 10 it held" in caplog.text
 
 
-def worker_holding_four(server: EmbeddedRedis) -> tuple[Worker, list[bytes], list[bytes]]:
+def worker_holding_four(server: EmbeddedRedis) -> tuple[Worker, list[bytes], list[Message]]:
     """A worker with its lease that has taken four no-ops: (worker, pushed, taken)."""
     worker = make_worker(server)
     client = server.client()
@@ -175,7 +177,7 @@ def worker_holding_four(server: EmbeddedRedis) -> tuple[Worker, list[bytes], lis
     raws = [encode("tuitop.noop", {"n": n}) for n in range(4)]
     client.lpush(keys.QUEUE, *raws)
     client.close()
-    return worker, raws, worker.queue.take(worker.id, 4)
+    return worker, raws, take(worker, 4)
 
 
 def test_what_finished_before_a_long_job_is_acked_while_it_runs(

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import redis
 
 from tuitop import __version__, keys
+from tuitop.backends.base import MAX_REQUEUES, RetryPolicy
 from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
-from tuitop.queue import MAX_REQUEUES, Queue, RetryPolicy
+from tuitop.queue import Queue
 from tuitop.redisconn import connect, describe_error
 from tuitop.tasks import (
     TULEAP_CLI,
@@ -287,13 +288,22 @@ def _print_settings(loaded: LoadedConfig) -> None:
     settings = loaded.settings
     redis_settings = settings.redis
     password = "password set" if redis_settings.sends_auth else "no password"
+    database = settings.database
     rows = [
         ("files", ", ".join(settings.files) or "(none found: built-in defaults)"),
+        ("queue", f"{settings.queue} ({settings.queue_reason})"),
         (
             "redis",
             f"{redis_settings.address} ({password})"
             if redis_settings.configured
             else redis_settings.address,
+        ),
+        (
+            "database",
+            f"{database.address} ({'password set' if database.password else 'no password'}"
+            f"{', TLS' if database.tls else ''})"
+            if database.configured
+            else database.address,
         ),
         ("backend workers", str(settings.backend_workers)),
         ("async emails", str(settings.async_scope)),

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILES",
     "AsyncScope",
     "ConfigError",
+    "DatabaseSettings",
     "LoadedConfig",
     "LogLevel",
     "MailSettings",
@@ -42,8 +43,21 @@ __all__ = [
     "load_config",
 ]
 
-DEFAULT_CONFIG_FILES = ("/etc/tuleap/conf/local.inc", "/etc/tuleap/conf/redis.inc")
+DEFAULT_CONFIG_FILES = (
+    "/etc/tuleap/conf/local.inc",
+    "/etc/tuleap/conf/database.inc",
+    "/etc/tuleap/conf/redis.inc",
+)
+"""Tuleap's own order (ForgeConfig::loadInSequence): local.inc, database.inc, redis.inc."""
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_DB_PORT = 3306
+TULEAP_VERSION_FILE = "/usr/share/tuleap/VERSION"
+DB_QUEUE_SINCE = (15, 9, 99, 78)
+"""The Tuleap release that dropped the Redis queue (2f14d9d990797): its queue is the
+database's ``async_events`` table (since 15.7.99.86, the Redis one until 15.9.99.78)."""
+REDIS_QUEUE = "redis"
+DB_QUEUE = "db"
+QUEUE_KINDS = (REDIS_QUEUE, DB_QUEUE)
 DEFAULT_WORKERS = 2
 DEFAULT_SMTP_PORT = 25
 # More workers than this on one host is a typo, not a plan; refuse it before forking.
@@ -150,6 +164,8 @@ class RedisSettings:
     password: Secret = field(default_factory=lambda: Secret(""))
     tls: bool = False
 
+    kind = REDIS_QUEUE
+
     @property
     def configured(self) -> bool:
         return self.host != ""
@@ -166,6 +182,39 @@ class RedisSettings:
             return "(not configured)"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'tls://' if self.tls else ''}{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Tuleap's database (``database.inc``), where Tuleap ≥ 15.9 keeps its queue.
+    ``host == ''`` means it is not configured."""
+
+    host: str = ""
+    port: int = DEFAULT_DB_PORT
+    name: str = "tuleap"
+    user: str = "tuleapadm"
+    password: Secret = field(default_factory=lambda: Secret(""))
+    tls: bool = False
+    """``$sys_enablessl`` is '1': TLS to the server."""
+    tls_ca: str = ""
+    """``$sys_db_ssl_ca``: the CA file the server's certificate is checked against."""
+    tls_verify: bool = False
+    """``$sys_db_ssl_verify_cert`` is '1': the certificate's host name is checked too."""
+
+    kind = DB_QUEUE
+
+    @property
+    def configured(self) -> bool:
+        return self.host != ""
+
+    @property
+    def address(self) -> str:
+        """``mysql://user@host:port/name`` for display: no password."""
+        if not self.configured:
+            return "(not configured)"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        tls = "+tls" if self.tls else ""
+        return f"mysql{tls}://{self.user}@{host}:{self.port}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -219,10 +268,25 @@ class Settings:
     """``$tuitop_lanes``: which topics have workers of their own (:mod:`tuitop.lanes`)."""
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    queue: str = REDIS_QUEUE
+    """Where the queue is: ``redis`` (Tuleap < 15.9, the seed's) or ``db`` (Tuleap's
+    ``async_events`` table); see ``_SettingsBuilder.queue``."""
+    queue_reason: str = ""
+    """Why this queue, said by ``tuitop config``."""
+
+    @property
+    def store(self) -> StoreSettings:
+        """The settings of the server the queue is on (the Redis or the database)."""
+        return self.database if self.queue == DB_QUEUE else self.redis
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for scrubbing text that came from elsewhere."""
-        values = (self.redis.password.reveal(), self.mail.password.reveal())
+        values = (
+            self.redis.password.reveal(),
+            self.database.password.reveal(),
+            self.mail.password.reveal(),
+        )
         return tuple(value for value in values if value)
 
     def mask(self, text: str) -> str:
@@ -239,6 +303,23 @@ class Settings:
                 "tls": self.redis.tls,
                 "password": str(self.redis.password),
                 "address": self.redis.address,
+            },
+            "queue": {
+                "kind": self.queue,
+                "address": self.store.address,
+                "why": self.queue_reason,
+            },
+            "database": {
+                "configured": self.database.configured,
+                "host": self.database.host,
+                "port": self.database.port,
+                "name": self.database.name,
+                "user": self.database.user,
+                "password": str(self.database.password),
+                "tls": self.database.tls,
+                "tls_ca": self.database.tls_ca,
+                "tls_verify": self.database.tls_verify,
+                "address": self.database.address,
             },
             "backend_workers": self.backend_workers,
             "async_scope": str(self.async_scope),
@@ -270,6 +351,10 @@ class Settings:
             "files": list(self.files),
             "warnings": list(self.warnings),
         }
+
+
+StoreSettings = RedisSettings | DatabaseSettings
+"""Where a queue lives: what connects to it, and ``address``/``configured``/``kind``."""
 
 
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
@@ -348,12 +433,15 @@ def load_config(
     *,
     skip_missing: bool = False,
     environ: Mapping[str, str] | None = None,
+    tuleap_version_file: str = TULEAP_VERSION_FILE,
 ) -> LoadedConfig:
     """Reads ``paths`` in order and builds the settings.
 
     With ``skip_missing`` a file that does not exist is passed over (as Tuleap does with
-    its default files); otherwise it is an error. Raises ConfigError, never anything else
-    for a problem in the files.
+    its default files); otherwise it is an error. ``tuleap_version_file`` says which
+    Tuleap runs here, when the files name both a Redis and a database (see
+    ``_SettingsBuilder.queue``). Raises ConfigError, never anything else for a problem in
+    the files.
     """
     environment = os.environ if environ is None else environ
     interpreter = PhpInterpreter(environment)
@@ -373,7 +461,9 @@ def load_config(
         origins.update(scope.origins)
         diagnostics.extend(scope.warnings)
         loaded.append(path)
-    settings = _SettingsBuilder(variables, origins, environment, tuple(loaded)).build()
+    builder = _SettingsBuilder(variables, origins, environment, tuple(loaded))
+    builder.tuleap_version = read_tuleap_version(tuleap_version_file)
+    settings = builder.build()
     return LoadedConfig(settings, variables, origins, tuple(diagnostics))
 
 
@@ -392,6 +482,7 @@ class _SettingsBuilder:
         self.environ = environ
         self.files = files
         self.warnings: list[str] = []
+        self.tuleap_version: tuple[int, ...] | None = None
 
     def error(self, name: str, reason: str) -> ConfigError:
         origin = self.origins.get(name)
@@ -431,10 +522,18 @@ class _SettingsBuilder:
 
     def build(self) -> Settings:
         redis = self.redis()
+        database = self.database()
+        queue, why = self.queue(redis, database)
+        if queue == DB_QUEUE and not database.configured:
+            database = self.database(forced=True)
         scope = self.async_scope()
+        store = database if queue == DB_QUEUE else redis
         return Settings(
             redis=redis,
-            backend_workers=self.backend_workers(redis, scope),
+            database=database,
+            queue=queue,
+            queue_reason=why,
+            backend_workers=self.backend_workers(store, scope),
             async_scope=scope,
             log_level=self.log_level(),
             mail=self.mail(),
@@ -457,6 +556,79 @@ class _SettingsBuilder:
             )
         return RedisSettings(host, port, Secret(self.text("redis_password")), tls)
 
+    def database(self, *, forced: bool = False) -> DatabaseSettings:
+        """``database.inc``'s variables, each overridden by ``TULEAP_`` + its upper-cased
+        name in the environment, as Tuleap's DBConfig reads them. Configured when any of
+        them is set (or ``forced``: ``$tuitop_queue = 'db'``), with Tuleap's defaults."""
+        names = ("sys_dbhost", "sys_dbport", "sys_dbname", "sys_dbuser", "sys_dbpasswd",
+                 "sys_enablessl", "sys_db_ssl_ca", "sys_db_ssl_verify_cert")  # fmt: skip
+        present = {name: self.db_value(name) for name in names}
+        if not forced and all(value is None for value in present.values()):
+            return DatabaseSettings()
+
+        def text(name: str, default: str) -> str:
+            value = present[name]
+            return default if value is None else to_php_string(value).decode("utf-8", "replace")
+
+        host = text("sys_dbhost", "localhost").strip() or "localhost"
+        port_value = present["sys_dbport"]
+        port = DEFAULT_DB_PORT if port_value is None else to_php_int(port_value)
+        if not 1 <= port <= 65535:
+            raise self.error(
+                "sys_dbport", f"$sys_dbport must be a port number (1-65535), not {port}"
+            )
+        return DatabaseSettings(
+            host=host,
+            port=port,
+            name=text("sys_dbname", "tuleap"),
+            user=text("sys_dbuser", "tuleapadm"),
+            password=Secret(text("sys_dbpasswd", "")),
+            # Tuleap's DBConfig compares with '1', as a string, for both.
+            tls=text("sys_enablessl", "0").strip() == "1",
+            tls_ca=text("sys_db_ssl_ca", ""),
+            tls_verify=text("sys_db_ssl_verify_cert", "0").strip() == "1",
+        )
+
+    def db_value(self, name: str) -> PhpValue:
+        """A database variable: the environment's ``TULEAP_<NAME>`` wins over the files
+        (Tuleap loads it after database.inc)."""
+        override = self.environ.get("TULEAP_" + name.upper())
+        if override is not None:
+            return override.encode("utf-8", "surrogateescape")
+        return self.value(name)
+
+    def queue(self, redis: RedisSettings, database: DatabaseSettings) -> tuple[str, str]:
+        """Which queue to serve, and why. ``$tuitop_queue`` (``'redis'`` or ``'db'``) says
+        it; unset, the one the files configure; when they configure both (Tuleap ≥ 15.9
+        keeps a Redis — Valkey — for other uses), Tuleap's version decides: from 15.9.99.78
+        on, its queue is the database's; with no version to read, Redis (the seed's
+        Tuleap), with a warning."""
+        explicit = self.text("tuitop_queue").strip().lower()
+        if explicit:
+            if explicit not in QUEUE_KINDS:
+                raise self.error(
+                    "tuitop_queue", "$tuitop_queue must be 'redis' or 'db' (Tuleap's database)"
+                )
+            return explicit, "$tuitop_queue says so"
+        if redis.configured and not database.configured:
+            return REDIS_QUEUE, "$redis_server is set and no database is configured"
+        if database.configured and not redis.configured:
+            return DB_QUEUE, "a database is configured and $redis_server is empty"
+        if not database.configured:
+            return REDIS_QUEUE, "neither a Redis nor a database is configured"
+        version = self.tuleap_version
+        if version is not None:
+            shown = ".".join(str(part) for part in version)
+            if version >= DB_QUEUE_SINCE:
+                return DB_QUEUE, f"Tuleap {shown} keeps its queue in its database"
+            return REDIS_QUEUE, f"Tuleap {shown} keeps its queue in Redis"
+        self.warn(
+            "redis_server",
+            "both $redis_server and a database are configured and no Tuleap version could be "
+            "read: serving the Redis queue; set $tuitop_queue = 'db' for Tuleap ≥ 15.9",
+        )
+        return REDIS_QUEUE, "both are configured; Redis, as no Tuleap version says otherwise"
+
     def async_scope(self) -> AsyncScope:
         # Tuleap: switch ($value) { case 'all': ...; case false: ...; default: explode }
         # with PHP's loose comparisons, so true means 'all' and '0', 0 and '' mean none.
@@ -478,8 +650,8 @@ class _SettingsBuilder:
                 )
         return AsyncScope(project_ids=frozenset(project_ids))
 
-    def backend_workers(self, redis: RedisSettings, scope: AsyncScope) -> int:
-        if not redis.configured:
+    def backend_workers(self, store: StoreSettings, scope: AsyncScope) -> int:
+        if not store.configured:
             return 0
         count = abs(self.integer("sys_nb_backend_workers", DEFAULT_WORKERS))
         if scope.enabled:
@@ -550,6 +722,19 @@ class _SettingsBuilder:
             password=Secret(self.text("email_relayhost_smtp_password")),
             auth_type=auth_type,
         )
+
+
+def read_tuleap_version(path: str) -> tuple[int, ...] | None:
+    """Tuleap's version from its VERSION file (``17.4``, ``15.9.99.78``), or None."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            text = file.read(64).strip()
+    except OSError:
+        return None
+    parts = text.split(".")
+    if not text or not all(part.isascii() and part.isdigit() for part in parts):
+        return None
+    return tuple(int(part) for part in parts)
 
 
 def _split_relayhost(relayhost: str) -> tuple[str, int]:

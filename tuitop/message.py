@@ -22,7 +22,8 @@ NO_TOPIC = "notopic"
 
 @dataclass(frozen=True)
 class Message:
-    """A message as taken from Redis. ``raw`` is the exact stored value (LREM needs it)."""
+    """A message as taken from the queue. ``raw`` is what its job reads (Tuleap's task
+    process, on its stdin): in Redis, the exact stored value (LREM needs it too)."""
 
     topic: str
     payload: Any
@@ -31,6 +32,9 @@ class Message:
     raw: bytes
     problem: str | None = None
     """Why this value cannot be run (not JSON, not an object, no topic); None when usable."""
+    row_id: bytes | None = None
+    """In Tuleap's database queue, the ``async_events`` row's id; None in Redis, where the
+    stored value itself is what finds it again."""
 
     def age(self, now: float | None = None) -> float | None:
         """Seconds since it was first enqueued; None when the producer gave no timestamp."""

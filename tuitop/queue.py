@@ -26,12 +26,15 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from tuitop import keys
+from tuitop.backends.base import (
+    DeadLetter,
+    HandBack,
+    Recovery,
+    RetryPolicy,
+)
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
 from tuitop.stats import StatsBatch
-
-MAX_REQUEUES = 3
-"""Tuleap's limit: a message may come back this many times, then it is given up."""
 
 ROUTING_DECODE_LIMIT = 65536
 """A message bigger than this is not decoded to find its topic for a lane (in Redis, that
@@ -296,32 +299,6 @@ class TakePlan:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How long a returning message waits, and how many returns it gets."""
-
-    base_delay: float = 5.0
-    max_requeues: int = MAX_REQUEUES
-
-    def delay(self, queued_total: int) -> float:
-        """Seconds to wait before try ``queued_total`` + 1 (Tuleap: 5, 10, 20, 40 s)."""
-        return float(self.base_delay * 2 ** min(max(queued_total - 1, 0), 3))
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message given up, with why. ``entry`` is the stored value (to replay or delete)."""
-
-    message: bytes
-    reason: str
-    worker: str
-    at: float
-    tries: int
-    topic: str
-    traceback: str
-    entry: bytes
-
-
-@dataclass(frozen=True)
 class Taken:
     """What a take moved into the processing list, oldest first, and from which list."""
 
@@ -329,30 +306,6 @@ class Taken:
     source: str
     held: int
     """When nothing was taken: how many messages the processing list holds already."""
-
-
-@dataclass(frozen=True)
-class HandBack:
-    """What :meth:`Queue.hand_back` moved."""
-
-    recovered: int
-    """Messages tuitop's workers held (now retried from Tuleap's list, or dead letters)."""
-    lanes: dict[str, int]
-    """Messages moved from each lane's list."""
-    retries: int
-    """Retries that were waiting their time, now at the head of Tuleap's list."""
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What recovering a processing list did."""
-
-    requeued: int
-    dead_lettered: int
-
-    @property
-    def total(self) -> int:
-        return self.requeued + self.dead_lettered
 
 
 def dead_letter_entry(

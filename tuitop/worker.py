@@ -34,13 +34,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol, TextIO, cast
+from typing import Any, Protocol, TextIO
 
 import psutil
-import redis
 from setproctitle import setproctitle
 
-from tuitop import keys
+from tuitop.backends import worker_channel
+from tuitop.backends.base import ErrorTypes, RetryPolicy, WorkerChannel
 from tuitop.beats import WorkerBeat
 from tuitop.config import Settings
 from tuitop.handlers import (
@@ -53,12 +53,11 @@ from tuitop.handlers import (
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
-from tuitop.message import NO_TOPIC, Message, decode, with_payload
+from tuitop.message import Message, php_json
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
-from tuitop.queue import Queue, RetryPolicy, TakePlan
-from tuitop.redisconn import CONNECT_TIMEOUT, connect, describe_error, is_auth_error
+from tuitop.redisconn import CONNECT_TIMEOUT
 from tuitop.registry import build_registry
 from tuitop.stats import END_TO_END, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
@@ -66,8 +65,9 @@ from tuitop.tasks import TaskCommand, TaskRunner, task_handler
 # Exit codes the supervisor reads to say why a worker could not start.
 EXIT_OK = 0
 EXIT_CRASH = 1
-EXIT_REDIS_AUTH = 3
-EXIT_REDIS_UNREACHABLE = 4
+EXIT_STORE_AUTH = 3
+"""The queue's server (Redis, the database) refused the credentials."""
+EXIT_STORE_UNREACHABLE = 4
 EXIT_HANDLERS = 5
 
 # Shared status slots (a multiprocessing Array of doubles). JOB_STARTED is wall time, for
@@ -93,7 +93,7 @@ ACK_WAIT = CONNECT_TIMEOUT + 3 * HEARTBEAT_SOCKET_TIMEOUT
 replies: the ack has failed by then; one still under way stays the worker's)."""
 GIVE_BACK_AFTER = 0.050
 """A job running longer than this has the rest of its batch given back to the queue."""
-REDIS_BACKOFF_MAX = 10.0
+STORE_BACKOFF_MAX = 10.0
 
 
 def worker_id_of(slot_name: str, pid: int) -> str:
@@ -157,7 +157,8 @@ class _Failure:
     message: Message
     reason: str
     retryable: bool
-    replacement: bytes | None
+    payload: Any
+    """What to retry instead of the message's payload (None: the message as it is)."""
     trace: str
     outcome: str
 
@@ -166,9 +167,12 @@ class _Interrupted(Exception):
     """Raised by the signal handler to leave a blocking wait for a message."""
 
 
-def worker_main(options: WorkerOptions, status: StatusArray, level: LevelSource) -> None:
-    """Entry point of the worker process."""
-    worker = Worker(options, status, level)
+def worker_main(
+    options: WorkerOptions, status: StatusArray, level: LevelSource, bell: Any = None
+) -> None:
+    """Entry point of the worker process; ``bell`` is the read end of the pool's doorbell
+    (the database queue: a byte on it means "look again")."""
+    worker = Worker(options, status, level, bell)
     try:
         code = worker.run()
     except Exception:
@@ -179,15 +183,18 @@ def worker_main(options: WorkerOptions, status: StatusArray, level: LevelSource)
 
 
 class Worker:
-    def __init__(self, options: WorkerOptions, status: StatusArray, level: LevelSource) -> None:
+    def __init__(
+        self, options: WorkerOptions, status: StatusArray, level: LevelSource, bell: Any = None
+    ) -> None:
         self.options = options
+        self.bell = bell
         self.id = worker_id_of(options.slot_name, os.getpid())
         self.status = status
         self.level = level
         self.stop_requested = False
         self.stop_reason = ""
         self._blocking = False
-        self._pending_acks: list[bytes] = []
+        self._pending_acks: list[Message] = []
         self._pending_failures: list[_Failure] = []
         self._stats = StatsBatch()
         # Pessimistic until measured: the first batch is a single message.
@@ -236,23 +243,15 @@ class Worker:
             self.logger.error("Worker %s cannot load its handlers: %s", self.id, error)
             return EXIT_HANDLERS
         self.mail: MailTransport = transport_for(settings.mail, self.options.sendmail)
-        self.redis = connect(
-            settings.redis,
-            client_name=f"tuitop:{self.id}",
-            socket_timeout=self.options.block_timeout + 10,
-        )
-        self.queue = Queue(
-            self.redis,
-            self.options.retry,
-            TakePlan.for_lanes(settings.lanes, self.options.serves),
-        )
+        self.connect()
         try:
-            self.redis.ping()
-            self.redis.set(keys.worker_lease(self.id), 1)
-            self.beat(self.redis)
-        except redis.RedisError as error:
-            self.logger.error(describe_error(error, settings.redis))
-            return EXIT_REDIS_AUTH if is_auth_error(error) else EXIT_REDIS_UNREACHABLE
+            self.channel.start(self.id)
+            self.beat(self.channel)
+        except self.errors as error:
+            self.logger.error(self.channel.describe(error))
+            if self.channel.is_auth_error(error):
+                return EXIT_STORE_AUTH
+            return EXIT_STORE_UNREACHABLE
         self.logger.info("Start service (worker %s)", self.id)
         heartbeat = _Heartbeat(self)
         heartbeat.start()
@@ -264,21 +263,35 @@ class Worker:
             self.mail.close()
         return EXIT_OK
 
+    def connect(self) -> None:
+        """Opens the worker's channel to the queue (nothing is sent yet)."""
+        self.channel = self.open_channel(f"tuitop:{self.id}", self.options.block_timeout + 10)
+        self.errors = self.channel.errors
+        self._not_the_jobs: ErrorTypes = (_Interrupted, KeyboardInterrupt, *self.errors)
+
+    def open_channel(self, name: str, socket_timeout: float) -> WorkerChannel:
+        """A new conversation with the queue's store (one per thread)."""
+        return worker_channel(
+            self.options.settings,
+            serves=self.options.serves,
+            retry=self.options.retry,
+            client_name=name,
+            socket_timeout=socket_timeout,
+            bell=self.bell,
+        )
+
     def _finish(self) -> None:
         self._set_state(STOPPING)
         try:
             # A signal may have cut a blocking read short: start from fresh connections.
-            self.redis.connection_pool.disconnect()
+            self.channel.reset()
             self._settle()
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.srem(keys.WORKERS, self.id)
-            pipe.delete(keys.heartbeat(self.id), keys.worker_lease(self.id))
-            pipe.execute()
-        except redis.RedisError as error:
+            self.channel.leave(self.id)
+        except self.errors as error:
             self.logger.warning(
                 "Worker %s could not clean up (%s); its supervisor will recover its messages",
                 self.id,
-                describe_error(error, self.options.settings.redis),
+                self.channel.describe(error),
             )
         reason = f" ({self.stop_reason})" if self.stop_reason else ""
         self.logger.info("Stop service (worker %s)%s", self.id, reason)
@@ -305,8 +318,8 @@ class Worker:
                 return
             try:
                 if backoff:
-                    self.redis.ping()
-                    self.logger.warning("Worker %s: Redis is back", self.id)
+                    self.channel.ping()
+                    self.logger.warning("Worker %s: %s is back", self.id, self._store_name)
                     backoff = 0.0
                     self._settle()
                 batch, source = self._next_batch()
@@ -314,29 +327,33 @@ class Worker:
                     self._run_batch(batch, source)
             except _Interrupted:
                 return
-            except redis.RedisError as error:
-                backoff = min(max(backoff * 2, 0.1), REDIS_BACKOFF_MAX)
+            except self.errors as error:
+                backoff = min(max(backoff * 2, 0.1), STORE_BACKOFF_MAX)
                 self.logger.warning(
                     "Worker %s: %s; retrying in %.1f s",
                     self.id,
-                    describe_error(error, self.options.settings.redis),
+                    self.channel.describe(error),
                     backoff,
                 )
                 self._sleep(backoff)
 
-    def _next_batch(self) -> tuple[list[bytes], str]:
-        """Messages taken (oldest first) and the list they came from."""
+    @property
+    def _store_name(self) -> str:
+        return "the database" if self.options.settings.queue == "db" else "Redis"
+
+    def _next_batch(self) -> tuple[list[Message], str]:
+        """Messages taken (oldest first) and where they came from."""
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
         size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
-        taken = self.queue.take_or_count(self.id, size)
+        taken = self.channel.take(self.id, size)
         if taken.messages:
             return taken.messages, taken.source
         held = taken.held
         self._flush()
         if held:
-            # This worker holds nothing in memory, yet its list does: a reply it never
-            # got (a timeout after Redis did the move). Back to the queue, untried.
+            # This worker holds nothing in memory, yet the store says it does: a reply it
+            # never got (a timeout after the store did the move). Back, untried.
             self.logger.warning("Worker %s gives back %d stranded message(s)", self.id, held)
             self._give_back_everything()
         if self.status[STATE] != IDLE:
@@ -349,34 +366,34 @@ class Worker:
         try:
             if self.stop_requested:
                 return [], taken.source
-            raw = self.queue.take_blocking(self.id, timeout)
+            waited = self.channel.wait(self.id, timeout)
         finally:
             self._blocking = False
-        return ([raw] if raw is not None else []), keys.QUEUE
+        return waited.messages, waited.source
 
-    def _run_batch(self, batch: list[bytes], source: str) -> None:
+    def _run_batch(self, batch: list[Message], source: str) -> None:
         sync_level(self.logger, self.level)  # the supervisor may have changed it
-        for index, raw in enumerate(batch):
+        for index, message in enumerate(batch):
             tail = batch[index + 1 :]
             if self._list_lost(len(batch) - index):
                 return  # what it holds was recovered: run elsewhere, not here
             if self.stop_requested:
                 self._flush()
-                self.queue.give_back(self.id, batch[index:], to=source)
+                self.channel.give_back(self.id, batch[index:], source)
                 return
             started = time.monotonic()
             self.batch.arm(tail, started + GIVE_BACK_AFTER, source, list(self._pending_acks))
             try:
-                self._process(raw)
-            except (_Interrupted, KeyboardInterrupt, redis.RedisError):
-                raise  # the loop's to handle (a warm stop, Redis away: nothing is lost)
+                self._process(message)
+            except self._not_the_jobs:
+                raise  # the loop's to handle (a warm stop, the store away: nothing is lost)
             except Exception as error:
                 # tuitop's own fault, not the handler's (that one is caught in _run_handler):
                 # the message is charged a try, so that one that keeps crashing is given up
                 # instead of taken again and again.
                 self.logger.exception("Worker %s failed on a message", self.id)
                 self._fail(
-                    Message(NO_TOPIC, "", 0.0, 0, raw),
+                    message,
                     f"tuitop failed on it: {type(error).__name__}: {error}",
                     trace=traceback.format_exc(),
                 )
@@ -391,8 +408,7 @@ class Worker:
                 return
         self._flush()
 
-    def _process(self, raw: bytes) -> None:
-        message = decode(raw)
+    def _process(self, message: Message) -> None:
         now = time.time()
         self._topic = message.topic
         self.status[JOB_STARTED] = now
@@ -400,7 +416,8 @@ class Worker:
         if self.status[STATE] != BUSY:  # through a batch it stays busy
             self._set_state(BUSY)
         if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info("Got message: %s", raw[:LOGGED_MESSAGE].decode("utf-8", "replace"))
+            shown = message.raw[:LOGGED_MESSAGE].decode("utf-8", "replace")
+            self.logger.info("Got message: %s", shown)
         try:
             self._run_handler(message, now)
         finally:
@@ -465,7 +482,7 @@ class Worker:
                 trace=traceback.format_exc(),
             )
         else:
-            self._pending_acks.append(message.raw)
+            self._pending_acks.append(message)
             self.status[DONE] += 1
             lane = self._lane_of(message.topic)
             self._stats.outcome("done")
@@ -512,16 +529,16 @@ class Worker:
     ) -> None:
         self.status[FAILED] += 1
         settings = self.options.settings
-        replacement = None
         if payload is not None:
             try:
-                replacement = with_payload(message.raw, payload)
+                php_json(payload)  # it must be writable, else the message is retried whole
             except (ValueError, TypeError) as error:
                 self.logger.error("Worker %s: the handler's retry payload: %s", self.id, error)
+                payload = None
         failure = _Failure(
-            message, settings.mask(reason), retryable, replacement, settings.mask(trace), outcome
+            message, settings.mask(reason), retryable, payload, settings.mask(trace), outcome
         )
-        # Kept until written: if Redis fails now, it is written when Redis is back, never
+        # Kept until written: if the store fails now, it is written when it is back, never
         # replaced by a plain give-back (that would rerun what the job had already done).
         self._pending_failures.append(failure)
         self._write_failures()
@@ -535,13 +552,13 @@ class Worker:
         }
         while self._pending_failures:
             failure = self._pending_failures[0]
-            result = self.queue.fail(
+            result = self.channel.fail(
                 self.id,
-                failure.message.raw,
+                failure.message,
                 failure.reason,
                 traceback=failure.trace,
                 retryable=failure.retryable,
-                replacement=failure.replacement,
+                payload=failure.payload,
                 outcome=failure.outcome,
             )
             self._pending_failures.pop(0)
@@ -554,22 +571,18 @@ class Worker:
         """Acks the finished messages and adds the stats, in one round trip."""
         if not self._pending_acks and not self._stats.fields:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        self.queue.ack_into(pipe, self.id, self._pending_acks)
-        self._stats.flush_into(pipe, time.time())
-        replies = pipe.execute()
-        if self._pending_acks and b"0" in replies[0]:
-            # Some were no longer in its list: recovered while this worker was silent.
+        if not self.channel.ack(self.id, self._pending_acks, self._stats):
+            # Some were no longer in its hands: recovered while this worker was silent.
             self.lost = "its acks found messages no longer in its list"
         self._pending_acks.clear()
 
     def _list_lost(self, held: int) -> bool:
         """Whether this worker's list was recovered by someone else (it was silent past
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
-        still has — they are elsewhere now — and stops. Asked of Redis only when its last
+        still has — they are elsewhere now — and stops. Asked of the store only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
         silent = time.monotonic() - self.last_beat > self.options.heartbeat_ttl / 2
-        if not self.lost and silent and not self.redis.exists(keys.worker_lease(self.id)):
+        if not self.lost and silent and not self.channel.leased(self.id):
             self.lost = "its lease is gone"
         if not self.lost:
             return False
@@ -592,9 +605,9 @@ class Worker:
         self._give_back_everything()
 
     def _give_back_everything(self) -> None:
-        leftover = cast(list[bytes], self.redis.lrange(keys.processing_list(self.id), 0, -1))
+        leftover = self.channel.held(self.id)
         if leftover:
-            self.queue.give_back(self.id, list(reversed(leftover)))
+            self.channel.give_back(self.id, leftover, self.channel.inbox)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -623,8 +636,8 @@ class Worker:
 
     # --- heartbeat ------------------------------------------------------------------------
 
-    def beat(self, client: redis.Redis, process: ProcessTree | None = None) -> None:
-        """Publishes this worker's state (hash with a TTL) and keeps it registered."""
+    def beat(self, channel: WorkerChannel, process: ProcessTree | None = None) -> None:
+        """Publishes this worker's state (with a TTL) and keeps it registered."""
         status = self.status
         cpu = rss = None
         if process is not None:
@@ -650,14 +663,7 @@ class Worker:
             rss=rss,
             beat=time.time(),
         )
-        key = keys.heartbeat(self.id)
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(key, mapping=beat.fields())  # type: ignore[arg-type]
-        pipe.expire(key, int(self.options.heartbeat_ttl))
-        pipe.sadd(keys.WORKERS, self.id)
-        pipe.exists(keys.worker_lease(self.id))
-        *_, leased = pipe.execute()
-        if not leased:
+        if not channel.beat(self.id, beat, self.options.heartbeat_ttl):
             self.lost = "its heartbeat found its lease gone"
         self.last_beat = time.monotonic()  # after `lost`: who sees this beat sees that
 
@@ -678,9 +684,9 @@ class _BatchGuard:
         (a fate said after that job's end is nobody's: its end counted them as not made)."""
         self._job = 0
         self._acking_job = -1
-        self._tail: list[bytes] = []
-        self._acks: list[bytes] = []
-        self._source = keys.QUEUE
+        self._tail: list[Message] = []
+        self._acks: list[Message] = []
+        self._source = ""
         self._deadline = 0.0
         self._given_back = False
         self._acked = 0
@@ -688,7 +694,7 @@ class _BatchGuard:
         """Set when a tail is armed, to wake the watchdog (which clears it)."""
 
     def arm(
-        self, tail: list[bytes], deadline: float, source: str, acks: list[bytes] | None = None
+        self, tail: list[Message], deadline: float, source: str, acks: list[Message] | None = None
     ) -> None:
         """A job starts; ``tail`` (taken from the list ``source``) is given back, and
         ``acks`` (finished, the oldest first) acked, if it is still running at
@@ -714,7 +720,7 @@ class _BatchGuard:
             return self._given_back, acked
 
     def acks_settled(self, acked: bool) -> None:
-        """For the watchdog: the acks it claimed were acked, or not (Redis did not
+        """For the watchdog: the acks it claimed were acked, or not (the store did not
         answer: they stay pending, for the worker's next ack)."""
         with self._lock:
             if self._acking_job != self._job or not self._acking:
@@ -724,7 +730,7 @@ class _BatchGuard:
             self._acking = 0
             self._lock.notify_all()
 
-    def claim_if_late(self, now: float) -> tuple[list[bytes], str, list[bytes]]:
+    def claim_if_late(self, now: float) -> tuple[list[Message], str, list[Message]]:
         """For the watchdog: the tail, where it came from, and the acks, if the running
         job is past its deadline."""
         with self._lock:
@@ -749,12 +755,7 @@ class _Heartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{worker.id}", daemon=True)
         self.worker = worker
         self._stopped = threading.Event()
-        self._client = connect(
-            worker.options.settings.redis,
-            client_name=f"tuitop:{worker.id}:hb",
-            socket_timeout=HEARTBEAT_SOCKET_TIMEOUT,
-        )
-        self._queue = Queue(self._client, worker.options.retry)
+        self._channel = worker.open_channel(f"tuitop:{worker.id}:hb", HEARTBEAT_SOCKET_TIMEOUT)
         self._process = ProcessTree(psutil.Process())
 
     def run(self) -> None:
@@ -778,16 +779,16 @@ class _Heartbeat(threading.Thread):
                         "Worker %s: its supervisor is gone; stopping after the current job",
                         self.worker.id,
                     )
-                    # The main thread may be blocked in BLMOVE: a signal wakes it up.
+                    # The main thread may be blocked waiting for work: a signal wakes it.
                     os.kill(os.getpid(), signal.SIGTERM)
                     if self.worker.tasks is not None:
                         # No pool is left to enforce its time limit or to stop it: the
                         # task gets the pool's grace period, then its tree is killed.
                         self.worker.tasks.cut_short(options.grace_period, "the pool is gone")
                 try:
-                    self.worker.beat(self._client, self._process)
+                    self.worker.beat(self._channel, self._process)
                     failing = False
-                except redis.RedisError as error:
+                except self._channel.errors as error:
                     if not failing:
                         self.worker.logger.debug(
                             "Worker %s: heartbeat failed: %s", self.worker.id, error
@@ -804,10 +805,10 @@ class _Heartbeat(threading.Thread):
             batch.armed.wait(max(next_beat - now, 0.0))
             batch.armed.clear()
 
-    def _give_back(self, tail: list[bytes], source: str) -> None:
+    def _give_back(self, tail: list[Message], source: str) -> None:
         try:
-            self._queue.give_back(self.worker.id, tail, to=source)
-        except redis.RedisError as error:
+            self._channel.give_back(self.worker.id, tail, source)
+        except self._channel.errors as error:
             # They stay in the processing list; the worker gives them back once settled.
             self.worker.logger.warning(
                 "Worker %s: could not give back %d message(s): %s", self.worker.id, len(tail), error
@@ -819,16 +820,14 @@ class _Heartbeat(threading.Thread):
             len(tail),
         )
 
-    def _ack(self, acks: list[bytes]) -> None:
+    def _ack(self, acks: list[Message]) -> None:
         """Acks what the worker finished before the job that runs long."""
         acked = False
-        removed: list[bytes] = []
+        all_there = True
         try:
-            pipe = self._client.pipeline(transaction=False)
-            self._queue.ack_into(pipe, self.worker.id, acks)
-            [removed] = pipe.execute()
+            all_there = self._channel.ack(self.worker.id, acks, StatsBatch())
             acked = True
-        except redis.RedisError as error:
+        except self._channel.errors as error:
             self.worker.logger.warning(
                 "Worker %s: could not ack %d message(s) yet: %s", self.worker.id, len(acks), error
             )
@@ -836,11 +835,11 @@ class _Heartbeat(threading.Thread):
             # Not acked, they are still in its list and finished: the worker acks them
             # itself after the job (dropped, its end would give them back: run twice).
             self.worker.batch.acks_settled(acked=acked)
-        if b"0" in removed:
+        if not all_there:
             self.worker.lost = "its acks found messages no longer in its list"
 
     def stop(self) -> None:
         self._stopped.set()
         self.worker.batch.armed.set()
         self.join(timeout=5)
-        self._client.close()
+        self._channel.close()

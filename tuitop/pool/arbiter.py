@@ -1,7 +1,7 @@
 """The pool's arbiter: one loop that records signals, waits, and has the parts act.
 
 gunicorn's arbiter in miniature. Signal handlers only record the signal (and wake the loop
-through a pipe); each turn of the loop then, in order: checks Redis (:mod:`.link`, and the
+through a pipe); each turn of the loop then, in order: checks the store (:mod:`.link`, and the
 pool's name, :mod:`.presence`), reaps workers that exited and has what they held recovered
 at once (:mod:`.workers`, :mod:`.recovery`), kills workers past the time limit, publishes
 the pool's heartbeat, moves due retries back to the queue, recovers the lists of workers
@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
 from setproctitle import setproctitle
 
-from tuitop.config import Settings
+from tuitop.backends.db.doorbell import Doorbell
+from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import setup_logging
 from tuitop.pool.configuration import Configuration
-from tuitop.pool.link import RedisLink
+from tuitop.pool.link import StoreLink
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
 from tuitop.pool.presence import Presence
@@ -71,7 +71,7 @@ class Supervisor:
         )
         self.config = Configuration(settings, reload, level, self.logger)
         self.workers = WorkerSet(options, context, level, self.logger)
-        self.link = RedisLink(options.pool_name, options.retry, self.logger)
+        self.link = StoreLink(options.pool_name, options.retry, self.logger)
         self.presence = Presence(self.link, options.pool_name, options.heartbeat_ttl, self.logger)
         self.recovery = Recovery(
             self.link,
@@ -80,6 +80,8 @@ class Supervisor:
             logger=self.logger,
         )
         self.wakeups = Wakeups(options.control_fd)
+        self.doorbell: Doorbell | None = None
+        """Started once the queue is the database's (its idle workers wait on it)."""
         self._stop_signals = 0
         self._drain_until: float | None = None
         """Set once the pool stops: the end of the grace period (monotonic)."""
@@ -108,6 +110,8 @@ class Supervisor:
         finally:
             if watcher is not None:
                 watcher.stop()
+            if self.doorbell is not None:
+                self.doorbell.stop()
             self.wakeups.uninstall()
             self.presence.release()
             self.workers.close()
@@ -128,23 +132,32 @@ class Supervisor:
             self.logger.exception("Unexpected error in the pool's loop")
 
     def _cycle_once(self) -> None:
-        self._check_redis()
+        if self.doorbell is None and self.config.settings.queue == DB_QUEUE:
+            self.doorbell = Doorbell(
+                self._database,
+                self.workers.any_idle,
+                self.workers.ring_idle,
+                self.logger,
+                self.options.doorbell_interval,
+            )
+            self.doorbell.start()
+        self._check_store()
         self._reap()
         self.workers.enforce_time_limit()
         self._reap()  # a worker just killed for its time limit frees its slot for the next
         link = self.link
-        if link.ok and link.queue is not None:
+        if link.ok and link.store is not None:
             try:
                 self._publish()
-                link.queue.move_due()
+                link.store.move_due()
                 self.recovery.scan(self._our_ids())
-            except redis.RedisError as error:
+            except link.errors as error:
                 link.failed(error)
         if not self.draining:
             self._scale()
         link.tend_left(
-            self.config.settings.redis,
-            lambda where: any(record.redis == where for record in self.workers),
+            self.config.settings.store,
+            lambda where: any(record.store == where for record in self.workers),
             self.presence.release_lanes,
         )
 
@@ -157,10 +170,10 @@ class Supervisor:
             timeout = min(timeout, self.workers.next_start_at - now)
         if self._drain_until is not None:
             timeout = min(timeout, self._drain_until - now)
-        if self.link.ok and self.link.queue is not None:
+        if self.link.ok and self.link.store is not None:
             try:
-                due = self.link.queue.next_due()
-            except redis.RedisError as error:
+                due = self.link.store.next_due()
+            except self.link.errors as error:
                 self.link.failed(error)
                 due = None
             if due is not None:
@@ -190,22 +203,28 @@ class Supervisor:
             self._reload_requested = False
             self.reload()
 
+    def _database(self) -> DatabaseSettings | None:
+        """The database the doorbell looks at: the one in force while the pool serves it."""
+        settings = self.config.settings
+        return settings.database if settings.queue == DB_QUEUE and self.link.ok else None
+
     def _our_ids(self) -> set[str]:
         return {record.worker_id for record in self.workers}
 
     def _say_starting(self) -> None:
         settings = self.config.settings
-        if settings.redis.configured:
+        if settings.store.configured:
             self.logger.info(
-                "Pool %s starting: %d worker(s) wanted, Redis at %s",
+                "Pool %s starting: %d worker(s) wanted, %s at %s",
                 self.options.pool_name,
                 settings.backend_workers,
-                settings.redis.address,
+                "the database queue" if settings.queue == "db" else "Redis",
+                settings.store.address,
             )
         else:
             self.logger.warning(
-                "Redis is not configured ($redis_server is empty): no worker runs; "
-                "waiting for the configuration to change"
+                "Redis is not configured ($redis_server is empty), nor is a database: no "
+                "worker runs; waiting for the configuration to change"
             )
         if self.options.task is not None:
             self.logger.info("Tasks run as %s", self.options.task.describe())
@@ -240,7 +259,7 @@ class Supervisor:
         self._take(change)
 
     def _take(self, change: ConfigChange) -> None:
-        if change.leave_redis:
+        if change.leave_store:
             # Its name is given up there; its client kept while workers still serve it.
             self.presence.release()
             self.link.leave()
@@ -248,16 +267,16 @@ class Supervisor:
         if change.replace_workers:
             self._outdated = dict.fromkeys(self.workers.records, "its settings are outdated")
 
-    # --- Redis, the name, the heartbeat ----------------------------------------------------
+    # --- the store, the name, the heartbeat ------------------------------------------------
 
-    def _check_redis(self) -> None:
+    def _check_store(self) -> None:
         link = self.link
-        if not link.due(self.config.settings.redis):
+        if not link.due(self.config.settings.store):
             return
         try:
-            link.open(self.config.settings.redis)
+            link.open(self.config.settings.store)
             claimed = self.presence.claim()
-        except redis.RedisError as error:
+        except link.errors as error:
             link.failed(error)
             return
         if not claimed:
@@ -265,15 +284,15 @@ class Supervisor:
             return
         link.up()
         try:
-            assert link.queue is not None
-            for lane in link.queue.list_lanes():
+            assert link.store is not None
+            for lane in link.store.list_forgotten_lanes():
                 self.logger.warning(
                     "Lane %s had messages no pool listed (left by an older tuitop): listed "
                     "now, moved back unless a pool serves it",
                     lane,
                 )
             self.recovery.scan(self._our_ids(), force=True)
-        except redis.RedisError as error:
+        except link.errors as error:
             link.failed(error)
 
     def _name_lost(self) -> None:
@@ -324,9 +343,9 @@ class Supervisor:
             reason = f"worker {record.worker_id} {ended.how}"
             if record.kill_reason:
                 reason += f": {record.kill_reason}"
-            queue = self.link.queue_for(record.redis)
-            if queue is not None and queue is not self.link.queue:
-                self.recovery.recover_left_behind(queue, record.redis, record.worker_id, reason)
+            store = self.link.store_for(record.store)
+            if store is not None and store is not self.link.store:
+                self.recovery.recover_left_behind(store, record.worker_id, reason)
             else:
                 self.recovery.recover(
                     record.worker_id,
@@ -352,7 +371,7 @@ class Supervisor:
         if self.link.ok:
             try:
                 self._publish()  # at once: other pools must not count on its lanes
-            except redis.RedisError as error:
+            except self.link.errors as error:
                 self.link.failed(error)
 
     def _finish(self) -> None:
@@ -370,10 +389,14 @@ class Supervisor:
                 record.process.join(timeout=5)
             self._reap()
         served = self.presence.served_lanes
-        if self.link.ok and self.presence.owns_name and self.link.queue is not None:
-            self.presence.release_lanes(self.link.queue, self.config.settings.redis)
+        if self.link.ok and self.presence.owns_name and self.link.store is not None:
+            self.presence.release_lanes(self.link.store)
         elif served:
-            why = "Redis does not answer" if self.presence.owns_name else "this pool lost its name"
+            why = (
+                "the store does not answer"
+                if self.presence.owns_name
+                else "this pool lost its name"
+            )
             self.logger.warning(
                 "%s: lane(s) %s stay where they are (the next pool to start moves back "
                 "what no pool serves)",

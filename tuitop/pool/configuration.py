@@ -43,8 +43,8 @@ class Configuration:
     @property
     def wanted(self) -> int:
         """How many workers the pool runs: the session's count, else the config's (none
-        while no Redis is configured)."""
-        if not self.settings.redis.configured:
+        while no queue is configured)."""
+        if not self.settings.store.configured:
             return 0
         if self.override is not None:
             return self.override
@@ -52,7 +52,7 @@ class Configuration:
 
     def scale_by(self, step: int) -> bool:
         """One worker more (+1) or fewer (-1) for this session; False when nothing changes."""
-        if not self.settings.redis.configured:
+        if not self.settings.store.configured:
             self.logger.warning("No Redis is configured: there is no worker to add or remove")
             return False
         before = self.wanted

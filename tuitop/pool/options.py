@@ -7,9 +7,9 @@ import socket
 from dataclasses import dataclass, field
 
 from tuitop import tuleapworkers
+from tuitop.backends.base import RetryPolicy
 from tuitop.config import Settings
 from tuitop.mail import DEFAULT_SENDMAIL
-from tuitop.queue import RetryPolicy
 from tuitop.tasks import TaskCommand
 from tuitop.worker import WorkerOptions
 
@@ -34,6 +34,9 @@ class PoolOptions:
     """A Tuleap worker's list unchanged this long (and no pid file of it here) is
     recovered: its worker is gone (tuitop.tuleapworkers.left_behind)."""
     tick: float = 1.0
+    doorbell_interval: float = 0.1
+    """How often the pool looks at Tuleap's database queue for its idle workers
+    (:mod:`tuitop.backends.db.doorbell`)."""
     heartbeat_ttl: float = 10.0
     control_fd: int | None = None
     """A pipe from the UI that runs this pool: ``+``/``-`` one worker more/fewer for the

@@ -11,7 +11,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tuitop.config import RedisSettings, Settings
+from tuitop.config import Settings, StoreSettings
 from tuitop.lanes import Staffing
 
 
@@ -100,8 +100,9 @@ class ConfigChange:
 
     said: list[str]
     """One line each, for the log (at warning level: an admin who saved wants to see it)."""
-    leave_redis: bool = False
-    """The pool leaves the Redis in force (another server, or new credentials)."""
+    leave_store: bool = False
+    """The pool leaves the store in force (another server, new credentials, or the other
+    kind of queue)."""
     replace_workers: bool = False
     """Every running worker is to be replaced, one by one, each after its job."""
     changed: bool = False
@@ -112,17 +113,20 @@ def config_change(old: Settings, new: Settings) -> ConfigChange:
     """What applying ``new`` over ``old`` does."""
     said: list[str] = []
     leave = False
-    if new.redis != old.redis and not old.redis.configured:
-        said.append(f"Redis at {new.redis.address}")
-    elif new.redis != old.redis and same_server(new.redis, old.redis):
+    before, after = old.store, new.store
+    name = "the database" if after.kind == "db" else "Redis"
+    if after != before and not before.configured:
+        said.append(f"{name} at {after.address}")
+    elif after != before and same_server(after, before):
         said.append(
-            f"Redis {new.redis.address}: new credentials; the workers reconnect one by one "
+            f"{name} {after.address}: new credentials; the workers reconnect one by one "
             "after their current job"
         )
         leave = True
-    elif new.redis != old.redis:
+    elif after != before:
+        what = name if after.kind == before.kind else "queue"
         said.append(
-            f"Redis {old.redis.address} → {new.redis.address}: the pool moves now, its "
+            f"{what} {before.address} → {after.address}: the pool moves now, its "
             "workers one by one after their current job"
         )
         leave = True
@@ -137,14 +141,20 @@ def config_change(old: Settings, new: Settings) -> ConfigChange:
     if old.mail != new.mail:
         said.append("mail settings changed: workers are replaced one by one")
     # What a running worker took at its start (the log level is shared live; the pool
-    # keeps the Redis address).
-    replace = (old.mail, old.lanes) != (new.mail, new.lanes) or new.redis != old.redis
-    return ConfigChange(said=said, leave_redis=leave, replace_workers=replace, changed=old != new)
+    # keeps the store's address).
+    replace = (old.mail, old.lanes) != (new.mail, new.lanes) or after != before
+    return ConfigChange(said=said, leave_store=leave, replace_workers=replace, changed=old != new)
 
 
-def same_server(a: RedisSettings, b: RedisSettings) -> bool:
-    """The same Redis server (the credentials aside)."""
-    return (a.host, a.port, a.tls) == (b.host, b.port, b.tls)
+def same_server(a: StoreSettings, b: StoreSettings) -> bool:
+    """The same server (the credentials aside): the same Redis, or the same database."""
+    return (a.kind, a.host, a.port, a.tls, getattr(a, "name", "")) == (
+        b.kind,
+        b.host,
+        b.port,
+        b.tls,
+        getattr(b, "name", ""),
+    )
 
 
 def describe_exit(code: int | None, detached: bool) -> str:

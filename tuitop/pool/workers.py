@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from typing import Any, cast
 
 import psutil
 
-from tuitop.config import RedisSettings, Settings
+from tuitop.backends.db.doorbell import ring
+from tuitop.config import DB_QUEUE, RedisSettings, Settings, StoreSettings
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.osutil import process_running
 from tuitop.pool.options import PoolOptions
@@ -38,8 +40,8 @@ from tuitop.worker import (
     BUSY,
     EXIT_HANDLERS,
     EXIT_OK,
-    EXIT_REDIS_AUTH,
-    EXIT_REDIS_UNREACHABLE,
+    EXIT_STORE_AUTH,
+    EXIT_STORE_UNREACHABLE,
     IDLE,
     JOB_CLOCK,
     STATE,
@@ -59,8 +61,8 @@ TASK_LIMIT_MARGIN = KILL_GRACE + 5.0
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
 EXIT_REASONS = {
-    EXIT_REDIS_AUTH: "Redis refused the password",
-    EXIT_REDIS_UNREACHABLE: "Redis was unreachable",
+    EXIT_STORE_AUTH: "{store} refused the password",
+    EXIT_STORE_UNREACHABLE: "{store} was unreachable",
     EXIT_HANDLERS: "its handler modules could not be loaded",
 }
 
@@ -82,11 +84,13 @@ class WorkerRecord:
     """Its threads' stacks when it was killed at the time limit ('' otherwise)."""
     detached: bool = False
     """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    """The Redis it serves (the pool may have moved to another since it started)."""
+    store: StoreSettings = field(default_factory=RedisSettings)
+    """The server it serves (the pool may have moved to another since it started)."""
     lane: str = DEFAULT_LANE
     """The lane it is for; ``serves``: the lanes it takes from, its own first."""
     serves: tuple[str, ...] = (DEFAULT_LANE,)
+    bell: Any = None
+    """The write end of its doorbell pipe (the database queue), or None."""
 
     @property
     def idle(self) -> bool:
@@ -129,6 +133,9 @@ class WorkerSet:
         self._context = context
         self._supervisor_started = psutil.Process().create_time()
         self._boot_failures = 0
+        self._bells = threading.Lock()
+        """Held while ringing, and while a doorbell pipe is closed: a descriptor rung is
+        never one closed meanwhile (and reused by another file)."""
         self.next_start_at = 0.0
         """No worker starts before this (monotonic): the back-off after failed starts."""
         self.stacks = StackDumps()
@@ -155,6 +162,10 @@ class WorkerSet:
     def start(self, slot: int, settings: Settings, lane: str, serves: tuple[str, ...]) -> None:
         status = self._context.RawArray("d", STATUS_SLOTS)
         traceback_file = self.stacks.path_for(slot)
+        bell_reader = bell_writer = None
+        if settings.queue == DB_QUEUE:
+            bell_reader, bell_writer = self._context.Pipe(duplex=False)
+            os.set_blocking(bell_writer.fileno(), False)
         worker_options = self.options.worker_options(
             slot=slot,
             settings=settings,
@@ -165,10 +176,12 @@ class WorkerSet:
         )
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(worker_options, status, self.level),
+            args=(worker_options, status, self.level, bell_reader),
             name=f"tuitop-worker {worker_options.slot_name}",
         )
         process.start()
+        if bell_reader is not None:
+            bell_reader.close()  # the worker has its own now
         worker_id = worker_id_of(worker_options.slot_name, process.pid)
         self.records[slot] = WorkerRecord(
             slot,
@@ -176,11 +189,31 @@ class WorkerSet:
             process,
             cast(StatusArray, status),
             traceback_file,
-            redis=settings.redis,
+            store=settings.store,
             lane=lane,
             serves=serves,
+            bell=bell_writer,
         )
         self.logger.debug("Started worker %s for lane %s", worker_id, lane)
+
+    # --- the doorbell (the database queue) -------------------------------------------------
+
+    def any_idle(self) -> bool:
+        """Whether a worker with a doorbell waits for work (safe from any thread)."""
+        return any(r.idle and r.bell is not None for r in list(self.records.values()))
+
+    def ring_idle(self) -> None:
+        """Rings the doorbell of every idle worker (safe from any thread)."""
+        with self._bells:
+            for record in list(self.records.values()):
+                if record.idle and record.bell is not None:
+                    ring(record.bell.fileno())
+
+    def _close_bell(self, record: WorkerRecord) -> None:
+        with self._bells:
+            if record.bell is not None:
+                record.bell.close()
+                record.bell = None
 
     def stop(self, record: WorkerRecord, why: str) -> None:
         """Asks the worker to leave after its current job (SIGTERM)."""
@@ -275,6 +308,7 @@ class WorkerSet:
                 continue
             record.process.join(timeout=0)
             del self.records[slot]
+            self._close_bell(record)
             self.stacks.forget(record.traceback_file)
             self._end_tasks_of(record)
             exits.append(self._account(record, time.monotonic() - record.started))
@@ -301,7 +335,9 @@ class WorkerSet:
                 record.worker_id,
                 how,
                 lived,
-                EXIT_REASONS.get(code or 0, "see the lines above"),
+                EXIT_REASONS.get(code or 0, "see the lines above").format(
+                    store="the database" if record.store.kind == "db" else "Redis"
+                ),
                 delay,
             )
         else:

@@ -17,7 +17,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Label, Static
 
 from tuitop import keys
-from tuitop.queue import DeadLetter, Queue
+from tuitop.backends.base import DeadLetter
+from tuitop.queue import Queue
 from tuitop.tui.source import SnapshotSource
 
 SHOWN_LETTERS = 500

@@ -1,0 +1,385 @@
+"""The database queue's moves (tuitop.backends.db), against a real MariaDB server holding
+Tuleap's ``async_events``, filled the way Tuleap's front end fills it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pymysql
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.tuleapdb import connect, count, enqueue
+from tuitop.backends.base import RetryPolicy
+from tuitop.backends.db.channel import DbChannel
+from tuitop.backends.db.lanes import lane_filter, like_pattern
+from tuitop.backends.db.queue import DbQueue, task_input, uuid7
+from tuitop.backends.db.schema import create_tables
+from tuitop.beats import WorkerBeat
+from tuitop.config import DatabaseSettings
+from tuitop.lanes import DEFAULT_LANE, LaneSet
+from tuitop.message import encode
+from tuitop.stats import StatsBatch
+
+WORKER = "host-a/0#100"
+OTHER = "host-b/0#200"
+EVERYTHING = [(DEFAULT_LANE, "TRUE", [])]
+
+
+@pytest.fixture
+def queue(database: DatabaseSettings) -> DbQueue:
+    queue = DbQueue(database, RetryPolicy(base_delay=0.2))
+    queue.session.run(create_tables)
+    return queue
+
+
+def take(queue: DbQueue, worker: str = WORKER, count: int = 10) -> list:
+    messages, _, _ = queue.take(worker, count, EVERYTHING)
+    return messages
+
+
+def test_a_task_gets_tuleaps_stdin_for_a_row(queue: DbQueue, database: DatabaseSettings) -> None:
+    """TaskWorkerProcess writes Psl\\Json\\encode(WorkerEventContent): the topic, then the
+    payload as the row holds it (slashes and non-ASCII unescaped, as Tuleap wrote them)."""
+    payload = '{"artifact_id":42,"path":"repo/x.git","who":"Jérôme"}'
+    enqueue(database, "tuleap.tracker.artifact", payload, now=1_700_000_000.25)
+    [message] = take(queue)
+    assert message.raw == (
+        b'{"event_name":"tuleap.tracker.artifact","payload":' + payload.encode() + b"}"
+    )
+    assert message.topic == "tuleap.tracker.artifact"
+    assert message.payload == {"artifact_id": 42, "path": "repo/x.git", "who": "Jérôme"}
+    assert message.enqueue_ts == pytest.approx(1_700_000_000.25)
+    assert message.queued_total == 0 and message.row_id is not None
+    assert task_input("t", "[]") == b'{"event_name":"t","payload":[]}'
+
+
+def test_take_moves_the_oldest_rows_into_the_workers_hands(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    now = time.time()
+    ids = [enqueue(database, "t", {"n": n}, now=now + n / 100) for n in range(5)]
+    taken = take(queue, count=3)
+    assert [message.row_id for message in taken] == ids[:3]
+    assert count(database, "async_events") == 2
+    assert count(database, "tuitop_processing", f"worker_id = '{WORKER}'") == 3
+    assert [m.row_id for m in queue.held(WORKER)] == ids[:3]
+
+
+def test_two_workers_taking_at_once_never_get_the_same_row(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    for n in range(200):
+        enqueue(database, "t", {"n": n})
+    got: dict[str, list[bytes]] = {WORKER: [], OTHER: []}
+
+    def drain(worker: str) -> None:
+        mine = DbQueue(database)
+        while batch := take(mine, worker, 7):
+            got[worker] += [message.row_id for message in batch]
+
+    threads = [threading.Thread(target=drain, args=(w,)) for w in got]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = got[WORKER] + got[OTHER]
+    assert len(everything) == len(set(everything)) == 200
+
+
+def test_ack_deletes_and_says_when_some_were_gone(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    for n in range(3):
+        enqueue(database, "t", {"n": n})
+    taken = take(queue)
+    stats = StatsBatch()
+    stats.outcome("done", 2)
+    assert queue.ack(WORKER, taken[:2], stats)
+    assert count(database, "tuitop_processing") == 1
+    assert count(database, "tuitop_stats", "name = 'done' AND count = 2") == 1
+    queue.recover(WORKER, "stopped beating")  # as another pool does, the worker silent
+    assert not queue.ack(WORKER, taken[2:], StatsBatch())
+
+
+def test_given_back_messages_are_taken_next_in_their_order(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    now = time.time()
+    ids = [enqueue(database, "t", {"n": n}, now=now + n / 100) for n in range(4)]
+    taken = take(queue)
+    queue.give_back(WORKER, taken[1:])
+    assert [m.row_id for m in take(queue, OTHER)] == ids[1:]
+    assert [m.queued_total for m in queue.held(OTHER)] == [0, 0, 0]  # never tried
+
+
+def test_a_failure_waits_for_its_retry_with_one_try_more(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "t", {"n": 1})
+    [message] = take(queue)
+    assert queue.fail(WORKER, message, "boom") == "retried"
+    assert count(database, "tuitop_delayed", "nb_added_in_queue = 1") == 1
+    assert queue.move_due() == 0  # not due yet (0.2 s)
+    assert queue.next_due() is not None
+    time.sleep(0.25)
+    assert queue.move_due() == 1
+    [again] = take(queue)
+    assert again.row_id == message.row_id and again.queued_total == 1
+
+
+def test_a_retry_can_carry_what_is_left_of_the_job(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "t", {"mails": [1, 2]})
+    [message] = take(queue)
+    queue.fail(WORKER, message, "one mail left", payload={"mails": [2], "note": "é/"})
+    time.sleep(0.25)
+    queue.move_due()
+    [again] = take(queue)
+    assert again.payload == {"mails": [2], "note": "é/"}
+
+
+def test_past_tuleaps_three_returns_a_message_is_a_dead_letter(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "tuleap.git.hooks.post-receive", {"repo": 3})
+    for _ in range(3):
+        [message] = take(queue)
+        assert queue.fail(WORKER, message, "task exited with status 1") == "retried"
+        time.sleep(0.25 * 2**message.queued_total)
+        queue.move_due()
+    [message] = take(queue)
+    assert message.queued_total == 3
+    assert queue.fail(WORKER, message, "task exited with status 1", traceback="tb") == "dead"
+    [letter] = queue.dead_letters()
+    assert "given up after 4 tries" in letter.reason and letter.tries == 3
+    assert letter.topic == "tuleap.git.hooks.post-receive" and letter.traceback == "tb"
+    assert json.loads(letter.message) == {
+        "event_name": "tuleap.git.hooks.post-receive",
+        "payload": {"repo": 3},
+    }
+    assert count(database, "async_events") + count(database, "tuitop_processing") == 0
+
+
+def test_a_failure_not_worth_a_retry_is_a_dead_letter_at_once(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "", {"n": 1})  # no topic: unusable
+    [message] = take(queue)
+    assert message.problem == "no event_name"
+    assert queue.fail(WORKER, message, "unusable message: no event_name", retryable=False) == "dead"
+    assert queue.dead_letter_count() == 1
+
+
+def test_a_failure_of_a_message_recovered_meanwhile_writes_nothing(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "t", {"n": 1})
+    [message] = take(queue)
+    assert queue.recover(WORKER, "gone").requeued == 1
+    assert queue.fail(WORKER, message, "late") == "gone"
+    assert count(database, "tuitop_delayed") == 1
+
+
+def test_recovery_spares_a_worker_that_still_beats(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "t", {"n": 1})
+    queue.register(WORKER, "host-a", {}, ttl=10)
+    take(queue)
+    assert queue.recover(WORKER, "silent?", unless_beating=True).total == 0
+    assert queue.leased(WORKER)
+    queue.register(WORKER, "host-a", {}, ttl=-1)  # its heartbeat expired
+    assert queue.recover(WORKER, "stopped beating", unless_beating=True).requeued == 1
+    assert not queue.leased(WORKER)  # a thawed worker knows
+    assert not queue.beat(WORKER, {}, 10)
+
+
+def test_dead_letters_replay_once_each_and_purge(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    for n in range(3):
+        enqueue(database, "t", {"n": n})
+    for message in take(queue):
+        queue.fail(WORKER, message, "bad payload", retryable=False)
+    letters = queue.dead_letters()
+    assert [json.loads(letter.message)["payload"]["n"] for letter in letters] == [2, 1, 0]
+    assert queue.replay(letters[0])
+    assert not queue.replay(letters[0])  # once
+    assert queue.replay_all() == 2
+    assert queue.dead_letter_count() == 0
+    again = take(queue)
+    assert sorted(m.payload["n"] for m in again) == [0, 1, 2]
+    assert all(m.queued_total == 0 for m in again)
+    queue.fail(WORKER, again[0], "x", retryable=False)
+    assert queue.purge_dead_letters() == 1
+
+
+def test_push_writes_a_row_as_tuleap_does_and_a_marker(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    queue.push_marked(encode("tuleap.tracker.artifact", {"a": "x/é"}), "f" * 32)
+    assert queue.was_pushed("f" * 32) and not queue.was_pushed("0" * 32)
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT queue_name, topic, payload, nb_added_in_queue FROM async_events")
+        assert cursor.fetchone() == ("app_user_events", "tuleap.tracker.artifact", '{"a":"x/é"}', 0)
+
+
+def test_hand_back_gives_tuleap_everything_only_tuitop_reads(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    for n in range(3):
+        enqueue(database, "t", {"n": n})
+    first, *_ = take(queue)
+    queue.fail(WORKER, first, "later")  # a retry waiting its time
+    handed = queue.hand_back("handed back")
+    assert (handed.recovered, handed.retries) == (2, 3)
+    assert count(database, "async_events") == 3
+    assert count(database, "tuitop_processing") + count(database, "tuitop_delayed") == 0
+
+
+def test_a_take_cut_short_leaves_every_row_where_it_was(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """A worker killed between its locking read and its commit: the server rolls back."""
+    enqueue(database, "t", {"n": 1})
+
+    def killed(cursor: pymysql.cursors.Cursor) -> None:
+        cursor.execute("SELECT id FROM async_events FOR UPDATE SKIP LOCKED")
+        cursor.execute("INSERT INTO tuitop_processing SELECT *, 'w', 0 FROM async_events")
+        cursor.execute("DELETE FROM async_events")
+        raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        queue.session.transaction(killed)
+    assert count(database, "async_events") == 1 and count(database, "tuitop_processing") == 0
+    assert len(take(queue)) == 1  # nothing stays locked
+
+
+def test_uuid7_ids_follow_time() -> None:
+    ids = [uuid7(1_700_000_000 + n / 10_000) for n in range(50)]
+    assert ids == sorted(ids)
+    assert all(i[6] >> 4 == 7 and i[8] >> 6 == 0b10 for i in ids)
+
+
+# --- lanes: the SQL filter says what LaneSet.lane_of says --------------------------------
+
+LANES = LaneSet.parse(
+    "latency_10s: tuleap.tracker.artifact; latency_15m(1): tuleap.tracker.creation.jira, "
+    "tuleap.mediawiki-standalone.*, a_b?c; latency_5m(1): tuleap.*"
+)
+TOPICS = [
+    "tuleap.tracker.artifact",
+    "tuleap.tracker.creation.jira",
+    "tuleap.mediawiki-standalone.farm.update",
+    "tuleap.git.hooks.post-receive",
+    "a_bxc",
+    "aXbxc",
+    "a_bxc%",
+    "a_b\\c",
+    "other",
+    "tuleap.",
+    "Tuleap.git",
+    "tuleap.tracker.artifacts",
+]
+
+
+def topic_lanes(database: DatabaseSettings, lanes: LaneSet) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    with connect(database) as connection, connection.cursor() as cursor:
+        for lane in lanes.names:
+            condition, args = lane_filter(lanes, lane)
+            cursor.execute(f"SELECT DISTINCT topic FROM async_events WHERE {condition}", args)
+            for (topic,) in cursor.fetchall():
+                found.setdefault(topic, set()).add(lane)
+    return found
+
+
+def test_the_sql_lane_of_a_topic_is_lane_of(database: DatabaseSettings) -> None:
+    for topic in TOPICS:
+        enqueue(database, topic, {})
+    found = topic_lanes(database, LANES)
+    assert found == {topic: {LANES.lane_of(topic)} for topic in TOPICS}
+    assert like_pattern("a_b?c*") == "a\\_b_c%"
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.text(alphabet="ab._-*?:", min_size=1, max_size=6), min_size=1, max_size=4),
+    st.lists(st.text(alphabet="ab._-%\\é", min_size=1, max_size=8), min_size=1, max_size=6),
+)
+def test_the_sql_lane_filter_matches_python_on_any_topic(
+    database: DatabaseSettings, patterns: list[str], topics: list[str]
+) -> None:
+    spec = "; ".join(f"l{i}(1): {p}" for i, p in enumerate(patterns) if p)
+    try:
+        lanes = LaneSet.parse(spec)
+    except ValueError:
+        return  # not a lane spec tuitop accepts
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("DELETE FROM async_events")
+    for topic in set(topics):
+        enqueue(database, topic, {})
+    found = topic_lanes(database, lanes)
+    assert found == {topic: {lanes.lane_of(topic)} for topic in set(topics)}
+
+
+def test_a_lane_worker_takes_its_lane_first_then_helps_the_default_lane(
+    database: DatabaseSettings,
+) -> None:
+    lanes = LaneSet.parse("latency_15m(1): tuleap.tracker.creation.jira")
+    now = time.time()
+    enqueue(database, "tuleap.tracker.artifact", {"n": 1}, now=now)
+    enqueue(database, "tuleap.tracker.creation.jira", {"n": 2}, now=now + 0.01)
+    channel = DbChannel(
+        database,
+        lanes=lanes,
+        serves=("latency_15m", DEFAULT_LANE),
+        retry=RetryPolicy(),
+        client_name="t",
+        socket_timeout=5,
+    )
+    channel.queue.session.run(create_tables)
+    default = DbChannel(
+        database,
+        lanes=lanes,
+        serves=(DEFAULT_LANE,),
+        retry=RetryPolicy(),
+        client_name="t",
+        socket_timeout=5,
+    )
+    first = channel.take(WORKER, 10)
+    assert (first.source, [m.topic for m in first.messages]) == (
+        "latency_15m",
+        ["tuleap.tracker.creation.jira"],
+    )
+    enqueue(database, "tuleap.tracker.creation.jira", {"n": 3})
+    # The default lane's workers never take a lane's work.
+    assert [m.topic for m in default.take(OTHER, 10).messages] == ["tuleap.tracker.artifact"]
+    assert default.take(OTHER, 10).messages == []
+
+
+def test_a_worker_beats_while_it_holds_its_lease(database: DatabaseSettings) -> None:
+    channel = DbChannel(
+        database,
+        lanes=LaneSet(),
+        serves=(DEFAULT_LANE,),
+        retry=RetryPolicy(),
+        client_name="t",
+        socket_timeout=5,
+    )
+    channel.queue.session.run(create_tables)
+    channel.start(WORKER)
+    assert channel.beat(WORKER, WorkerBeat(pid=100, state="idle"), 10)
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT pool, beat FROM tuitop_workers WHERE id = %s", (WORKER,))
+        pool, beat = cursor.fetchone()
+    assert pool == "host-a" and json.loads(beat)["state"] == "idle"
+    channel.leave(WORKER)
+    assert not channel.leased(WORKER) and not channel.beat(WORKER, WorkerBeat(), 10)

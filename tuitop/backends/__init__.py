@@ -1,0 +1,81 @@
+"""Where the queue lives: Redis (:mod:`.redis`) or Tuleap's database (:mod:`.db`), behind
+the protocols of :mod:`.base`. Each backend is imported only when used."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tuitop.config import DB_QUEUE, DatabaseSettings, Settings, StoreSettings
+
+if TYPE_CHECKING:
+    from tuitop.backends.base import ErrorTypes, PoolStore, RetryPolicy, WorkerChannel
+
+
+def worker_channel(
+    settings: Settings,
+    *,
+    serves: tuple[str, ...],
+    retry: RetryPolicy,
+    client_name: str,
+    socket_timeout: float,
+    bell: Any = None,
+) -> WorkerChannel:
+    """A worker's conversation with the queue ``settings`` name, taking from the lanes
+    ``serves`` (its own first). ``bell`` (the database's): the pool's doorbell to wait on."""
+    if settings.queue == DB_QUEUE:
+        from tuitop.backends.db import DbChannel
+
+        return DbChannel(
+            settings.database,
+            lanes=settings.lanes,
+            serves=serves,
+            retry=retry,
+            client_name=client_name,
+            socket_timeout=socket_timeout,
+            bell=bell,
+        )
+    from tuitop.backends.redis import RedisChannel
+
+    return RedisChannel(
+        settings.redis,
+        lanes=settings.lanes,
+        serves=serves,
+        retry=retry,
+        client_name=client_name,
+        socket_timeout=socket_timeout,
+    )
+
+
+def pool_store(
+    store: StoreSettings, *, pool_name: str, retry: RetryPolicy, socket_timeout: float
+) -> PoolStore:
+    """What a pool does on the server ``store`` names (nothing is sent yet)."""
+    if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db import DbPoolStore
+
+        return DbPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
+    from tuitop.backends.redis import RedisPoolStore
+
+    return RedisPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
+
+
+def store_errors(store: StoreSettings) -> ErrorTypes:
+    """The errors a store of this kind raises when it does not answer."""
+    if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db import ERRORS as DB_ERRORS
+
+        return DB_ERRORS
+    from tuitop.backends.redis import ERRORS as REDIS_ERRORS
+
+    return REDIS_ERRORS
+
+
+def describe_store_error(store: StoreSettings, error: BaseException) -> str:
+    """One line an operator can act on, for an error of ``store``; no password in it."""
+    if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db import describe_error as describe_db_error
+
+        return describe_db_error(error, store)
+    from tuitop.redisconn import describe_error
+
+    return describe_error(error, store)

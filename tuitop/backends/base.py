@@ -1,0 +1,260 @@
+"""The seam between tuitop and where its queue lives: Redis, or Tuleap's database.
+
+Everything above this seam — the worker's loop, the pool's arbiter, the UI, the CLI — is
+the same for both; everything below it keeps one promise: at every moment a message is in
+exactly one place (the queue, one worker's hands, the delayed retries, the dead letters),
+or it is done, and every move between them is atomic.
+
+Two protocols, one per side of a process:
+
+* :class:`WorkerChannel` — one worker's conversation with the store: take, ack, give
+  back, fail, beat. One per thread (a worker has one for its loop, one for its heartbeat).
+* :class:`PoolStore` — what a pool does on the store: its name and heartbeat, the config it
+  publishes, recovering what gone workers held, moving due retries, the housekeeping.
+
+The plain values both sides share (a batch taken, what a recovery did, a dead letter, the
+retry policy) are defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tuitop.beats import PoolBeat, WorkerBeat
+from tuitop.config import StoreSettings
+from tuitop.message import Message
+from tuitop.stats import StatsBatch
+
+MAX_REQUEUES = 3
+"""Tuleap's limit: a message may come back this many times, then it is given up."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a returning message waits, and how many returns it gets."""
+
+    base_delay: float = 5.0
+    max_requeues: int = MAX_REQUEUES
+
+    def delay(self, queued_total: int) -> float:
+        """Seconds to wait before try ``queued_total`` + 1 (Tuleap: 5, 10, 20, 40 s)."""
+        return float(self.base_delay * 2 ** min(max(queued_total - 1, 0), 3))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a worker took, oldest first, and where from (a lane's source, given back
+    there); when nothing was taken, how many messages the store says it holds already
+    (``held``: a reply it never got, stranded in its hands)."""
+
+    messages: list[Message]
+    source: str
+    held: int = 0
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What recovering a worker's messages did."""
+
+    requeued: int
+    dead_lettered: int
+
+    @property
+    def total(self) -> int:
+        return self.requeued + self.dead_lettered
+
+
+@dataclass(frozen=True)
+class HandBack:
+    """What handing the queue back to Tuleap's workers moved."""
+
+    recovered: int
+    """Messages tuitop's workers held (now retried from Tuleap's queue, or dead letters)."""
+    lanes: dict[str, int]
+    """Messages moved from each lane's list (Redis; in the database a lane is no place)."""
+    retries: int
+    """Retries that were waiting their time, now at the head of Tuleap's queue."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message given up, with why. ``entry`` is how the store finds it again (to replay
+    or delete it): the stored value in Redis, the row's number in the database."""
+
+    message: bytes
+    reason: str
+    worker: str
+    at: float
+    tries: int
+    topic: str
+    traceback: str
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class LeftBehind:
+    """Messages a worker that is not tuitop's left where only it would take them back
+    (Tuleap's own Redis workers, stopped for good)."""
+
+    worker_id: str
+    number: int
+    messages: int
+
+
+ErrorTypes = tuple[type[BaseException], ...]
+
+
+class WorkerChannel(Protocol):
+    """One worker's conversation with the store. Every method raises one of ``errors``
+    when the store does not answer; nothing is lost then (what was not written is written
+    again later, or recovered by the pool)."""
+
+    @property
+    def errors(self) -> ErrorTypes: ...
+
+    @property
+    def inbox(self) -> str:
+        """The source every message arrives in (Tuleap's queue): where what a worker holds
+        and never started goes back."""
+
+    def start(self, worker_id: str) -> None:
+        """Checks the store answers and takes the worker's lease (see :meth:`leased`)."""
+
+    def ping(self) -> None: ...
+
+    def take(self, worker_id: str, max_batch: int) -> Batch:
+        """Moves up to ``max_batch`` messages into the worker's hands without waiting."""
+
+    def wait(self, worker_id: str, timeout: float) -> Batch:
+        """Waits up to ``timeout`` s for work, never polling: a message taken (Redis blocks
+        on Tuleap's list), or none (nothing came, or the pool's doorbell rang: the caller
+        takes again)."""
+
+    def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
+        """Removes finished messages from the worker's hands and adds ``stats``, in one
+        round trip; False when some were no longer there (recovered meanwhile)."""
+
+    def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
+        """Returns messages taken and never started, in order, to the head of ``source``
+        with their try count unchanged; one no longer in its hands is left where it is."""
+
+    def fail(
+        self,
+        worker_id: str,
+        message: Message,
+        reason: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        payload: Any = None,
+        outcome: str = "failed",
+    ) -> str:
+        """Moves a failed message out of the worker's hands into the delayed retries or
+        the dead letters, atomically; ``payload`` (when not None) is what to retry instead.
+        Returns ``'retried'``, ``'dead'``, or ``'gone'`` (no longer in its hands)."""
+
+    def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
+        """Publishes the worker's heartbeat for ``ttl`` s; False when its lease is gone."""
+
+    def leased(self, worker_id: str) -> bool:
+        """Whether the worker still holds its lease: whoever recovers its messages takes
+        it, so that a worker thawed after a freeze knows they are elsewhere now."""
+
+    def held(self, worker_id: str) -> list[Message]:
+        """Every message in the worker's hands, oldest first."""
+
+    def leave(self, worker_id: str) -> None:
+        """Unregisters a worker whose hands are empty (its heartbeat and lease go)."""
+
+    def reset(self) -> None:
+        """Drops the connections (a signal may have cut a read short)."""
+
+    def close(self) -> None: ...
+
+    def describe(self, error: BaseException) -> str:
+        """One line an operator can act on; no password in it."""
+
+    def is_auth_error(self, error: BaseException) -> bool: ...
+
+
+class PoolStore(Protocol):
+    """What a pool does on the store its queue is on. Not thread-safe: the pool's loop only.
+    Every method raises one of ``errors`` when the store does not answer."""
+
+    @property
+    def settings(self) -> StoreSettings: ...
+
+    @property
+    def errors(self) -> ErrorTypes: ...
+
+    def ping(self) -> None: ...
+
+    def claim_name(self, name: str, token: str, ttl: int) -> bool:
+        """Takes (or renews for ``ttl`` s) the pool's name, unless another holds it."""
+
+    def name_owner(self, name: str) -> str:
+        """Who holds the name (for the log), '' when nobody."""
+
+    def release_name(self, name: str, token: str) -> None:
+        """Gives the name and the heartbeat up, if still ``token``'s."""
+
+    def publish(
+        self, name: str, beat: PoolBeat, ttl: int, served: set[str], stopping: bool
+    ) -> None:
+        """Writes the pool's heartbeat (for ``ttl`` s) and, unless ``stopping``, the lanes
+        it serves and a sample of the queue's depth."""
+
+    def publish_config(self, fields: Mapping[str, str | int | float]) -> None:
+        """The configuration in force, a new version of it, for producers elsewhere."""
+
+    def recover(
+        self,
+        worker_id: str,
+        reason: str,
+        *,
+        unless_beating: bool = False,
+        traceback: str = "",
+        timed_out: bool = False,
+    ) -> Recovery:
+        """Moves what ``worker_id`` held back (delayed, one try more) or to the dead
+        letters, and forgets the worker (its lease, its heartbeat), atomically; with
+        ``unless_beating`` only if its heartbeat expired (checked in the same transaction).
+        ``traceback`` is kept with what is dead-lettered; ``timed_out`` counts the job
+        that was cut at the time limit."""
+
+    def move_due(self) -> int:
+        """Moves the retries whose time has come (by the store's clock) to the head of the
+        queue; returns how many."""
+
+    def next_due(self) -> float | None:
+        """When the next retry falls due (Unix time), or None."""
+
+    def silent_workers(self, ours: set[str]) -> list[str]:
+        """Registered workers not in ``ours`` whose heartbeat expired."""
+
+    def forget_gone_pools(self) -> None:
+        """Forgets pools with neither a heartbeat nor a name claim (views read each one)."""
+
+    def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
+        """Moves back to Tuleap's queue the messages of lanes no pool served for
+        ``unserved_after`` s; how many, by lane."""
+
+    def list_forgotten_lanes(self) -> list[str]:
+        """Lanes holding messages that no record lists (an older tuitop's): listed now,
+        so that they are moved back unless a pool serves them."""
+
+    def release_lanes(self, name: str, lanes: set[str]) -> dict[str, int]:
+        """Of ``lanes``, those no other live pool serves go back to Tuleap's queue (the
+        pool stops, or leaves this store); how many messages, by lane."""
+
+    def left_behind(self, hold_limit: float) -> list[LeftBehind]:
+        """Messages Tuleap's own workers left, unchanged for ``hold_limit`` s."""
+
+    def holds(self) -> tuple[int, int]:
+        """Messages waiting and delayed: what a store the pool leaves still holds."""
+
+    def describe(self, error: BaseException) -> str: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,132 @@
+"""A worker's conversation with Tuleap's database (:class:`~tuitop.backends.base.WorkerChannel`).
+
+A database cannot block a client until a row arrives (Tuleap's front ends insert and
+tell nobody), so an idle worker waits on its pool's doorbell (:mod:`.doorbell`), a pipe
+from the pool, with no query at all: the pool looks at the queue for all its workers,
+and rings the idle ones when something came. Without a pool (a worker run alone) it looks
+again every :data:`ALONE_POLL` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tuitop.backends.base import Batch, RetryPolicy
+from tuitop.backends.db.connection import ERRORS, describe_error, is_auth_error
+from tuitop.backends.db.lanes import lane_filter
+from tuitop.backends.db.queue import DbQueue
+from tuitop.backends.db.schema import QUEUE_NAME
+from tuitop.beats import WorkerBeat
+from tuitop.config import DatabaseSettings
+from tuitop.lanes import LaneSet
+from tuitop.message import Message
+from tuitop.stats import StatsBatch
+
+ALONE_POLL = 0.5
+"""How often a worker with no doorbell looks at the queue while idle."""
+
+
+class DbChannel:
+    """One worker's session with the database, taking from the lanes it serves."""
+
+    errors = ERRORS
+    inbox = QUEUE_NAME
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        lanes: LaneSet,
+        serves: tuple[str, ...],
+        retry: RetryPolicy,
+        client_name: str,
+        socket_timeout: float,
+        bell: Any = None,
+    ) -> None:
+        """``bell``: the read end of the pool's doorbell (a multiprocessing Connection)."""
+        self.settings = settings
+        self.queue = DbQueue(settings, retry, program=client_name, read_timeout=socket_timeout)
+        self.sources = [(lane, *lane_filter(lanes, lane)) for lane in serves]
+        self._bell = bell
+        self._pool = client_name
+
+    def start(self, worker_id: str) -> None:
+        self.queue.ping()
+        pool = worker_id.split("/", 1)[0]
+        self.queue.register(worker_id, pool, {}, ttl=10.0)
+
+    def ping(self) -> None:
+        self.queue.ping()
+
+    def take(self, worker_id: str, max_batch: int) -> Batch:
+        messages, source, held = self.queue.take(worker_id, max_batch, self.sources)
+        return Batch(messages, source, held)
+
+    def wait(self, worker_id: str, timeout: float) -> Batch:
+        if self._bell is None:
+            time.sleep(min(timeout, ALONE_POLL))
+        else:
+            descriptor = self._bell.fileno()
+            ready, _, _ = select.select([descriptor], [], [], timeout)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(descriptor, 4096)  # every ring so far: one look answers all
+        return Batch([], self.inbox)
+
+    def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
+        if not messages and not stats.fields:
+            return True
+        return self.queue.ack(worker_id, messages, stats)
+
+    def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
+        self.queue.give_back(worker_id, messages)
+
+    def fail(
+        self,
+        worker_id: str,
+        message: Message,
+        reason: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        payload: Any = None,
+        outcome: str = "failed",
+    ) -> str:
+        return self.queue.fail(
+            worker_id,
+            message,
+            reason,
+            traceback=traceback,
+            retryable=retryable,
+            payload=payload,
+            outcome=outcome,
+        )
+
+    def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
+        return self.queue.beat(worker_id, beat.fields(), ttl)
+
+    def leased(self, worker_id: str) -> bool:
+        return self.queue.leased(worker_id)
+
+    def held(self, worker_id: str) -> list[Message]:
+        return self.queue.held(worker_id)
+
+    def leave(self, worker_id: str) -> None:
+        self.queue.leave(worker_id)
+
+    def reset(self) -> None:
+        self.queue.close()
+
+    def close(self) -> None:
+        self.queue.close()
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def is_auth_error(self, error: BaseException) -> bool:
+        return is_auth_error(error)

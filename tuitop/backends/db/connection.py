@@ -1,0 +1,200 @@
+"""Connections to Tuleap's database, built from Settings, and errors said plainly.
+
+PyMySQL (pure Python: nothing to build against libmysqlclient on a forge host). Every
+connection runs in UTC (``time_zone = '+00:00'``: the store's clock, ``UNIX_TIMESTAMP(NOW(6))``,
+is then exact in every season) and READ COMMITTED (a worker's take locks only the rows it
+takes; no long read view holds the purge back). ``localhost`` means the server's unix
+socket, as it does for Tuleap's PDO and every MySQL client library, when one of the
+usual sockets exists; else TCP.
+
+:class:`Session` owns one connection, made again after an error: a statement that failed
+on a broken connection is never sent again on its own (it may have run); the caller's
+back-off decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import pymysql
+from pymysql.constants import CLIENT
+from pymysql.cursors import Cursor
+
+from tuitop.backends.base import ErrorTypes
+from tuitop.config import DatabaseSettings, mask_secrets
+
+CONNECT_TIMEOUT = 5
+ERRORS: ErrorTypes = (pymysql.MySQLError,)
+LOCAL_SOCKETS = (
+    "/var/lib/mysql/mysql.sock",  # RHEL, Tuleap's platform
+    "/run/mysqld/mysqld.sock",  # Debian, Ubuntu
+    "/var/run/mysqld/mysqld.sock",
+    "/tmp/mysql.sock",
+)
+RETRIED_ERRORS = (1213, 1205)
+"""A deadlock, a lock wait timeout: the transaction was rolled back whole; run it again."""
+AUTH_ERRORS = (1044, 1045, 1698)
+"""Access denied: to the database, for the user and password, for the auth plugin."""
+
+T = TypeVar("T")
+
+
+def local_socket(host: str, candidates: Sequence[str] = LOCAL_SOCKETS) -> str | None:
+    """The unix socket a client uses for ``host`` (only ``localhost`` has one)."""
+    if host != "localhost":
+        return None
+    return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def connect(
+    settings: DatabaseSettings, *, program: str = "tuitop", read_timeout: float | None = 30.0
+) -> pymysql.connections.Connection[Cursor]:
+    """A new connection to ``settings``' database (autocommit on; transactions explicit).
+    Raises pymysql.MySQLError when it cannot be made."""
+    ssl: dict[str, Any] | None = None
+    if settings.tls:
+        ssl = {"check_hostname": settings.tls_verify}
+        if settings.tls_ca and os.path.isfile(settings.tls_ca):
+            ssl["ca"] = settings.tls_ca
+    return pymysql.connect(
+        host=settings.host,
+        port=settings.port,
+        unix_socket=local_socket(settings.host),
+        user=settings.user,
+        password=settings.password.reveal(),
+        database=settings.name,
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=read_timeout,
+        write_timeout=read_timeout,
+        # Several statements in one round trip; UPDATE counts the rows it found (a
+        # heartbeat that writes what was there already still finds its row).
+        client_flag=CLIENT.MULTI_STATEMENTS | CLIENT.FOUND_ROWS,
+        init_command=(
+            "SET time_zone = '+00:00'; SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
+        ),
+        program_name=program[:32],
+        ssl=ssl,
+        ssl_verify_cert=settings.tls_verify if settings.tls else None,
+        ssl_verify_identity=settings.tls_verify if settings.tls else None,
+    )
+
+
+def is_auth_error(error: BaseException) -> bool:
+    return isinstance(error, pymysql.MySQLError) and _code(error) in AUTH_ERRORS
+
+
+def describe_error(error: BaseException, settings: DatabaseSettings) -> str:
+    """One line an operator can act on; the password never appears in it."""
+    where = settings.address
+    code = _code(error)
+    if code in AUTH_ERRORS:
+        if settings.password:
+            return f"the database at {where} refused the user or the password ($sys_dbpasswd)"
+        return f"the database at {where} refused the user without a password ($sys_dbpasswd)"
+    if code in (2003, 2002, 2006, 2013, 2055):
+        detail = _text(error)
+        return f"the database at {where} is unreachable: {mask_secrets(detail, _secret(settings))}"
+    if code == 1049:
+        return f"the database at {where} has no database {settings.name!r} ($sys_dbname)"
+    if code == 1146:
+        return (
+            f"the database at {where} has no table {_text(error).split('.')[-1]}: Tuleap's "
+            "queue is its async_events table (Tuleap ≥ 15.9)"
+        )
+    text = f"the database at {where}: {type(error).__name__}: {_text(error)}"
+    return mask_secrets(text, _secret(settings))
+
+
+def _secret(settings: DatabaseSettings) -> list[str]:
+    return [settings.password.reveal()]
+
+
+def _code(error: BaseException) -> int | None:
+    if error.args and isinstance(error.args[0], int):
+        return error.args[0]
+    return None
+
+
+def _text(error: BaseException) -> str:
+    if len(error.args) >= 2:
+        return str(error.args[1])
+    return str(error)
+
+
+class Session:
+    """One connection to the database, made at first use and again after an error."""
+
+    def __init__(
+        self, settings: DatabaseSettings, *, program: str, read_timeout: float | None = 30.0
+    ) -> None:
+        self.settings = settings
+        self._program = program
+        self._read_timeout = read_timeout
+        self._connection: pymysql.connections.Connection[Cursor] | None = None
+
+    def connection(self) -> pymysql.connections.Connection[Cursor]:
+        if self._connection is None:
+            self._connection = connect(
+                self.settings, program=self._program, read_timeout=self._read_timeout
+            )
+        return self._connection
+
+    def run(self, body: Callable[[Cursor], T]) -> T:
+        """``body`` with a cursor, outside a transaction (each statement commits)."""
+        try:
+            with self.connection().cursor() as cursor:
+                return body(cursor)
+        except pymysql.MySQLError:
+            self.close()
+            raise
+
+    def transaction(self, body: Callable[[Cursor], T]) -> T:
+        """``body`` in one transaction, committed; run again whole after a deadlock. Any
+        error rolls it back (a connection lost: the server rolls it back)."""
+        for attempt in range(len(RETRIED_ERRORS) * 3):
+            connection = self.connection()
+            try:
+                connection.begin()
+                with connection.cursor() as cursor:
+                    result = body(cursor)
+                connection.commit()
+                return result
+            except pymysql.MySQLError as error:
+                if _code(error) in RETRIED_ERRORS and attempt < 5:
+                    with contextlib.suppress(pymysql.MySQLError):
+                        connection.rollback()
+                    continue
+                self.close()
+                raise
+            except BaseException:
+                self.close()  # mid-transaction: the server rolls it back with the connection
+                raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
+
+def placeholders(count: int) -> str:
+    """``%s, %s, …`` for an ``IN (…)`` of ``count`` values."""
+    return ", ".join(["%s"] * count)
+
+
+def execute_all(cursor: Cursor, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+    """Sends several statements in one round trip; returns each one's row count (rows
+    changed or found). A statement that returns rows must be the last: its rows are left
+    on the cursor."""
+    sql = ";\n".join(cursor.mogrify(text, tuple(args)) for text, args in statements)
+    cursor.execute(sql)
+    counts = [cursor.rowcount]
+    while len(counts) < len(statements) and cursor.nextset():
+        counts.append(cursor.rowcount)
+    return counts

@@ -1,0 +1,110 @@
+"""The pool's doorbell: one look at Tuleap's table for all its idle workers.
+
+Tuleap's front ends insert rows and tell nobody, and a database cannot block a client
+until a row arrives. Tuleap's own workers each poll, sleeping a random 0-2 s between two
+empty looks (each a transaction with a locking read): the idle cost grows with the workers,
+and a message waits a second on average. Here the pool looks, every ``interval`` (0.1 s),
+while at least one of its workers is idle — one index lookup, no lock, no transaction:
+
+    the newest id waiting · how many wait (counted up to 100) · tuitop's bell counter
+
+— and when the answer changed, it writes a byte on the pipe of each idle worker, which
+wakes from ``select`` and takes. The bell counter is bumped by whoever puts an old id
+back where workers take (a retry falling due, a give-back), which the newest id would
+not show; the count catches a row inserted behind the newest (a front end whose clock
+is behind). A busy worker is never rung: it takes again as its job ends. A worker also
+looks on its own every few seconds (its wait's timeout), so nothing waits on a lost ring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pymysql.cursors import Cursor
+
+from tuitop.backends.db.connection import ERRORS, Session, describe_error
+from tuitop.backends.db.schema import QUEUE_NAME
+from tuitop.config import DatabaseSettings
+
+DEFAULT_INTERVAL = 0.1
+RETRY_AFTER_ERROR = 2.0
+
+_LOOK = (
+    "SELECT (SELECT id FROM async_events WHERE queue_name = %s ORDER BY id DESC LIMIT 1), "
+    "(SELECT COUNT(*) FROM (SELECT 1 FROM async_events WHERE queue_name = %s LIMIT 100) "
+    "AS waiting), (SELECT bell FROM tuitop_bell WHERE one = 1)"
+)
+
+
+def ring(descriptor: int) -> None:
+    """Writes one byte on a worker's doorbell pipe; never blocks (a full pipe already
+    holds a ring) and never fails (a worker gone is reaped by the pool)."""
+    with contextlib.suppress(OSError):
+        os.write(descriptor, b"\x01")
+
+
+class Doorbell(threading.Thread):
+    """Looks at the queue of the database ``settings()`` names while ``any_idle()``, and
+    has ``ring_idle()`` ring the idle workers when it changed."""
+
+    def __init__(
+        self,
+        settings: Callable[[], DatabaseSettings | None],
+        any_idle: Callable[[], bool],
+        ring_idle: Callable[[], None],
+        logger: logging.Logger,
+        interval: float = DEFAULT_INTERVAL,
+    ) -> None:
+        super().__init__(name="doorbell", daemon=True)
+        self._settings = settings
+        self._any_idle = any_idle
+        self._ring_idle = ring_idle
+        self.logger = logger
+        self.interval = interval
+        self._stopped = threading.Event()
+        self._session: Session | None = None
+        self._last: Any = None
+        self.looks = 0
+        """How many looks it made (the benchmark's idle cost)."""
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            if self._any_idle():
+                self._look_and_ring()
+
+    def _look_and_ring(self) -> None:
+        settings = self._settings()
+        if settings is None:
+            return
+        if self._session is None or self._session.settings != settings:
+            self._close()
+            self._session = Session(settings, program="tuitop:doorbell", read_timeout=3.0)
+        try:
+            now = self._session.run(self._look)
+        except ERRORS as error:
+            self.logger.debug("Doorbell: %s", describe_error(error, settings))
+            self._stopped.wait(RETRY_AFTER_ERROR)
+            return
+        if now != self._last:
+            self._last = now
+            self._ring_idle()
+
+    def _look(self, cursor: Cursor) -> Any:
+        self.looks += 1
+        cursor.execute(_LOOK, (QUEUE_NAME, QUEUE_NAME))
+        return cursor.fetchone()
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+        self._close()

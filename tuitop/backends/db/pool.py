@@ -1,0 +1,229 @@
+"""What a pool does in Tuleap's database (:class:`~tuitop.backends.base.PoolStore`).
+
+The pool's name lease, its heartbeat and the config it publishes are rows of tuitop's own
+tables, read against the database's clock. Lanes are filters, not places
+(:mod:`.lanes`): there is nothing to move back when a pool stops, and Tuleap's workers, if
+they take over, find every waiting message in their table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from pymysql.cursors import Cursor
+
+from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
+from tuitop.backends.db.connection import ERRORS, describe_error
+from tuitop.backends.db.queue import DbQueue
+from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
+from tuitop.beats import PoolBeat
+from tuitop.config import DatabaseSettings
+from tuitop.stats import DEPTH, bucket_start
+
+DEPTH_CAP = 100_000
+"""The queue's depth is counted up to this many rows (a count costs a row read each): past
+it a view says "100,000+"."""
+STATS_KEEP_SECONDS = 15 * 60
+FORGET_POOLS_AFTER = 60.0
+"""A pool with neither heartbeat nor claim for this long is forgotten."""
+
+
+def capped_count_sql(cap: int = DEPTH_CAP) -> str:
+    """The rows waiting in Tuleap's queue, counted up to ``cap``."""
+    return (
+        "SELECT COUNT(*) FROM (SELECT 1 FROM async_events WHERE queue_name = %s "
+        f"LIMIT {int(cap)}) AS waiting"
+    )
+
+
+class DbPoolStore:
+    """A pool's session with the database (its own connection: the pool's loop only)."""
+
+    errors = ERRORS
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        pool_name: str,
+        retry: RetryPolicy,
+        socket_timeout: float,
+    ) -> None:
+        self.settings = settings
+        self.queue = DbQueue(
+            settings, retry, program=f"tuitop:{pool_name}:pool", read_timeout=socket_timeout
+        )
+        self.session = self.queue.session
+        self._tables_checked = False
+
+    def ping(self) -> None:
+        """Checks the server answers and has Tuleap's table; creates tuitop's tables at
+        the first answer."""
+
+        def check(cursor: Cursor) -> None:
+            cursor.execute("SELECT 1 FROM async_events LIMIT 0")
+            if not self._tables_checked:
+                create_tables(cursor)
+                self._tables_checked = True
+
+        self.session.run(check)
+
+    # --- the name, the heartbeat, the config -------------------------------------------
+
+    def claim_name(self, name: str, token: str, ttl: int) -> bool:
+        def claim(cursor: Cursor) -> bool:
+            # The assignments run left to right: the second sees the owner just decided.
+            cursor.execute(
+                "INSERT INTO tuitop_pools (name, owner, claimed_until, expires_at, beat) "
+                f"VALUES (%s, %s, {NOW} + %s, 0, '') ON DUPLICATE KEY UPDATE "
+                f"owner = IF(owner = VALUES(owner) OR claimed_until < {NOW}, VALUES(owner), "
+                "owner), claimed_until = IF(owner = VALUES(owner), VALUES(claimed_until), "
+                "claimed_until)",
+                (name, token, ttl),
+            )
+            cursor.execute("SELECT owner FROM tuitop_pools WHERE name = %s", (name,))
+            row = cursor.fetchone()
+            return row is not None and row[0] == token
+
+        return self.session.transaction(claim)
+
+    def name_owner(self, name: str) -> str:
+        def ask(cursor: Cursor) -> str:
+            cursor.execute(
+                f"SELECT owner FROM tuitop_pools WHERE name = %s AND claimed_until > {NOW}",
+                (name,),
+            )
+            row = cursor.fetchone()
+            return "" if row is None else str(row[0])
+
+        return self.session.run(ask)
+
+    def release_name(self, name: str, token: str) -> None:
+        self.session.run(
+            lambda cursor: cursor.execute(
+                "DELETE FROM tuitop_pools WHERE name = %s AND owner = %s", (name, token)
+            )
+        )
+
+    def publish(
+        self, name: str, beat: PoolBeat, ttl: int, served: set[str], stopping: bool
+    ) -> None:
+        def write(cursor: Cursor) -> None:
+            cursor.execute(
+                f"UPDATE tuitop_pools SET expires_at = {NOW} + %s, beat = %s WHERE name = %s",
+                (ttl, json.dumps(beat.fields()), name),
+            )
+            if stopping:
+                return
+            # The depth every view draws, sampled into the current stats bucket (a gauge:
+            # the last sample stands).
+            cursor.execute(capped_count_sql(), (QUEUE_NAME,))
+            (depth,) = cursor.fetchone() or (0,)
+            cursor.execute(
+                "INSERT INTO tuitop_stats (bucket, name, count) VALUES (%s, %s, %s) "
+                "ON DUPLICATE KEY UPDATE count = VALUES(count)",
+                (bucket_start(beat.beat), DEPTH, int(depth)),
+            )
+
+        self.session.run(write)
+
+    def publish_config(self, fields: Mapping[str, str | int | float]) -> None:
+        self.session.run(
+            lambda cursor: cursor.execute(
+                "INSERT INTO tuitop_config (one, version, fields) VALUES (1, 1, %s) "
+                "ON DUPLICATE KEY UPDATE version = version + 1, fields = VALUES(fields)",
+                (json.dumps(dict(fields)),),
+            )
+        )
+
+    # --- what workers held ---------------------------------------------------------------
+
+    def recover(
+        self,
+        worker_id: str,
+        reason: str,
+        *,
+        unless_beating: bool = False,
+        traceback: str = "",
+        timed_out: bool = False,
+    ) -> Recovery:
+        return self.queue.recover(
+            worker_id,
+            reason,
+            unless_beating=unless_beating,
+            traceback=traceback,
+            timed_out=timed_out,
+        )
+
+    def move_due(self) -> int:
+        return self.queue.move_due()
+
+    def next_due(self) -> float | None:
+        return self.queue.next_due()
+
+    def silent_workers(self, ours: set[str]) -> list[str]:
+        """Workers whose heartbeat expired, and whoever holds messages with no live row
+        (a worker that took after its row was recovered, then died)."""
+
+        def ask(cursor: Cursor) -> list[str]:
+            cursor.execute(f"SELECT id FROM tuitop_workers WHERE expires_at <= {NOW}")
+            silent = {str(worker_id) for (worker_id,) in cursor.fetchall()}
+            cursor.execute(
+                "SELECT DISTINCT p.worker_id FROM tuitop_processing p LEFT JOIN "
+                "tuitop_workers w ON w.id = p.worker_id WHERE w.id IS NULL"
+            )
+            silent |= {str(worker_id) for (worker_id,) in cursor.fetchall()}
+            return sorted(silent - ours)
+
+        return self.session.run(ask)
+
+    def forget_gone_pools(self) -> None:
+        """Forgets pools long gone, and prunes the stats and push markers views no longer
+        read."""
+
+        def prune(cursor: Cursor) -> None:
+            cursor.execute(
+                f"DELETE FROM tuitop_pools WHERE GREATEST(expires_at, claimed_until) < {NOW} - %s",
+                (FORGET_POOLS_AFTER,),
+            )
+            cursor.execute(
+                f"DELETE FROM tuitop_stats WHERE bucket < {NOW} - %s LIMIT 10000",
+                (STATS_KEEP_SECONDS,),
+            )
+
+        self.session.run(prune)
+
+    def left_behind(self, hold_limit: float) -> list[LeftBehind]:
+        """Nothing: Tuleap's database workers hold a row only inside their transaction,
+        which the server rolls back when they die."""
+        return []
+
+    # --- lanes: filters, not places -------------------------------------------------------
+
+    def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
+        return {}
+
+    def list_forgotten_lanes(self) -> list[str]:
+        return []
+
+    def release_lanes(self, name: str, lanes: set[str]) -> dict[str, int]:
+        return {}
+
+    # --- the rest ------------------------------------------------------------------------
+
+    def holds(self) -> tuple[int, int]:
+        def ask(cursor: Cursor) -> tuple[int, int]:
+            cursor.execute(capped_count_sql(), (QUEUE_NAME,))
+            (waiting,) = cursor.fetchone() or (0,)
+            cursor.execute("SELECT COUNT(*) FROM tuitop_delayed")
+            (delayed,) = cursor.fetchone() or (0,)
+            return int(waiting), int(delayed)
+
+        return self.session.run(ask)
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def close(self) -> None:
+        self.queue.close()

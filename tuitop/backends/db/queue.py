@@ -1,0 +1,647 @@
+"""The reliable queue in Tuleap's database: push, take, ack, retry, dead-letter, recover.
+
+The same promise as in Redis (:mod:`tuitop.queue`): a message is at every moment in exactly
+one place — a row of Tuleap's ``async_events`` (waiting), of ``tuitop_processing`` (in
+one worker's hands), of ``tuitop_delayed`` (waiting for its retry), of
+``tuitop_dead_letters`` — or it is done (deleted). Every move is one transaction: the row
+is copied and deleted together, so a crash of a worker, of a pool or of the server at any
+point leaves it in one of those places (InnoDB rolls back what was not committed).
+
+Taking is Tuleap's own ``SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`` (workers
+never wait for each other's rows), then the rows move to ``tuitop_processing`` and the
+transaction ends: a job runs with no transaction open and no lock held, however long it
+takes. Tuleap's worker keeps its transaction open while the task runs (up to 15 min); a
+worker killed then has its row rolled back with no try counted (a message that kills its
+worker is taken again forever), and one frozen keeps the lock until its connection dies.
+Claiming by moving counts every try, and what a gone worker held is recovered by its
+id, as in Redis.
+
+Tuleap's rules: ``nb_added_in_queue`` is the try count (Redis' ``_queued_total``); a
+message that comes back carries one more and waits 5, 10, 20 s; past 3 returns Tuleap
+deletes it — tuitop moves it to the dead letters with why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from pymysql.cursors import Cursor
+
+from tuitop.backends.base import DeadLetter, HandBack, Recovery, RetryPolicy
+from tuitop.backends.db.connection import Session, execute_all, placeholders
+from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
+from tuitop.config import DatabaseSettings
+from tuitop.message import Message, decode
+from tuitop.stats import StatsBatch, bucket_start
+
+PUSH_MARKER_SECONDS = 300
+Row = tuple[Any, ...]
+Statement = tuple[str, Sequence[Any]]
+
+_STATS_UPSERT = (
+    "INSERT INTO tuitop_stats (bucket, name, count) VALUES {values} "
+    "ON DUPLICATE KEY UPDATE count = count + VALUES(count)"
+)
+_BELL = ("UPDATE tuitop_bell SET bell = bell + 1 WHERE one = 1", ())
+
+
+def uuid7(now: float | None = None) -> bytes:
+    """A UUIDv7 (RFC 9562) as Tuleap's ids are: 48 bits of Unix milliseconds, then 12
+    bits of the millisecond's fraction (ids made in one process stay in order), then
+    random bits. Python 3.14 has ``uuid.uuid7``; this is the same layout."""
+    moment = time.time() if now is None else now
+    milliseconds = int(moment * 1000)
+    fraction = int((moment * 1000 - milliseconds) * 4096) & 0xFFF
+    random_bits = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (milliseconds << 80) | (0x7 << 76) | (fraction << 64) | (0b10 << 62) | random_bits
+    return value.to_bytes(16, "big")
+
+
+def payload_text(payload: Any) -> str:
+    """A payload as Tuleap's front end writes it (``Psl\\Json\\encode``: no spaces,
+    neither slashes nor non-ASCII escaped). Raises ValueError for what JSON cannot say."""
+    try:
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deep to be written as JSON") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: kept as JSON's escape
+        text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def task_input(topic: str, payload: str) -> bytes:
+    """What Tuleap's worker writes on its task process's stdin for a row:
+    ``{"event_name": topic, "payload": payload}`` (``Psl\\Json\\encode`` of a
+    WorkerEventContent), the payload's JSON as the row holds it."""
+    name = json.dumps(topic, ensure_ascii=False).encode("utf-8", "surrogateescape")
+    return (
+        b'{"event_name":'
+        + name
+        + b',"payload":'
+        + payload.encode("utf-8", "surrogateescape")
+        + b"}"
+    )
+
+
+def row_message(row: Row) -> Message:
+    """A row of the message columns (:data:`MESSAGE_COLUMNS`) as a worker runs it."""
+    row_id, _, topic, payload, seconds, microseconds, tries = row[:7]
+    if isinstance(payload, bytes):
+        payload = payload.decode("utf-8", "surrogateescape")
+    message = decode(task_input(str(topic), str(payload)))
+    return replace(
+        message,
+        enqueue_ts=float(seconds) + float(microseconds) / 1e6,
+        queued_total=int(tries),
+        row_id=bytes(row_id),
+    )
+
+
+def _in(ids: Sequence[bytes]) -> str:
+    return f"id IN ({placeholders(len(ids))})"
+
+
+def _ids(messages: Iterable[Message]) -> list[bytes]:
+    return [message.row_id for message in messages if message.row_id is not None]
+
+
+def stats_statement(stats: StatsBatch, now: float) -> Statement | None:
+    """The upsert adding ``stats`` to the bucket of ``now`` (and resetting it); None when
+    there is nothing to add. Names in order, so that two workers lock rows alike."""
+    if not stats.fields:
+        return None
+    bucket = bucket_start(now)
+    names = sorted(stats.fields)
+    args: list[Any] = []
+    for name in names:
+        args += [bucket, name, stats.fields[name]]
+    stats.fields.clear()
+    values = ", ".join(["(%s, %s, %s)"] * len(names))
+    return _STATS_UPSERT.format(values=values), args
+
+
+def _count(outcome: str, count: int) -> Statement | None:
+    batch = StatsBatch()
+    batch.outcome(outcome, count)
+    return stats_statement(batch, time.time())
+
+
+class DbQueue:
+    """The queue's moves on one session. Not thread-safe: one per thread."""
+
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        retry: RetryPolicy | None = None,
+        *,
+        program: str = "tuitop",
+        read_timeout: float | None = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.retry_policy = retry or RetryPolicy()
+        self.session = Session(settings, program=program, read_timeout=read_timeout)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def ping(self) -> None:
+        self.session.run(lambda cursor: cursor.execute("SELECT 1"))
+
+    def _atomic(self, statements: Sequence[Statement | None]) -> list[int]:
+        """The statements in one transaction and one round trip; their row counts."""
+        kept = [statement for statement in statements if statement is not None]
+        if not kept:
+            return []
+        wrapped: list[Statement] = [("START TRANSACTION", ()), *kept, ("COMMIT", ())]
+        return self.session.run(lambda cursor: execute_all(cursor, wrapped))[1:-1]
+
+    # --- producers ------------------------------------------------------------------------
+
+    def push(self, raw: bytes) -> None:
+        """Inserts one message as Tuleap's front end does (a row of ``async_events``);
+        ``raw`` is tuitop's wire format (its topic, payload, enqueue time and tries)."""
+        self._atomic([self._insert(raw), _count("enqueued", 1)])
+
+    def push_marked(self, raw: bytes, token: str) -> None:
+        """As ``push``, with the marker of ``token`` in the same transaction: whoever lost
+        the reply can tell whether it was pushed (:meth:`was_pushed`)."""
+        marker = (
+            f"INSERT INTO tuitop_push_markers (token, at) VALUES (%s, {NOW})",
+            (token,),
+        )
+        prune = (
+            f"DELETE FROM tuitop_push_markers WHERE at < {NOW} - %s LIMIT 100",
+            (PUSH_MARKER_SECONDS,),
+        )
+        self._atomic([self._insert(raw), marker, prune, _count("enqueued", 1)])
+
+    def was_pushed(self, token: str) -> bool:
+        def ask(cursor: Cursor) -> bool:
+            cursor.execute(
+                f"SELECT 1 FROM tuitop_push_markers WHERE token = %s AND at >= {NOW} - %s",
+                (token, PUSH_MARKER_SECONDS),
+            )
+            return cursor.fetchone() is not None
+
+        return self.session.run(ask)
+
+    def _insert(self, raw: bytes) -> Statement:
+        message = decode(raw)
+        if message.problem is not None:
+            raise ValueError(f"not a message tuitop can queue: {message.problem}")
+        stamp = message.enqueue_ts if message.enqueue_ts > 0 else time.time()
+        return (
+            f"INSERT INTO async_events ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                uuid7(stamp),
+                QUEUE_NAME,
+                message.topic,
+                payload_text(message.payload),
+                int(stamp),
+                int(stamp % 1 * 1e6),
+                min(message.queued_total, 255),
+            ),
+        )
+
+    # --- workers --------------------------------------------------------------------------
+
+    def take(
+        self, worker_id: str, max_batch: int, sources: Sequence[tuple[str, str, Sequence[str]]]
+    ) -> tuple[list[Message], str, int]:
+        """Moves up to ``max_batch`` of the oldest waiting rows of the first source that
+        has any (``(name, SQL condition, its arguments)``: a lane's filter) into the
+        worker's hands; returns them, the source's name, and — when nothing was taken —
+        how many rows the worker holds already."""
+
+        def move(cursor: Cursor) -> tuple[list[Row], str, int]:
+            for name, condition, args in sources:
+                cursor.execute(
+                    f"SELECT {MESSAGE_COLUMNS} FROM async_events "
+                    f"WHERE queue_name = %s AND {condition} "
+                    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (QUEUE_NAME, *args, max_batch),
+                )
+                rows = list(cursor.fetchall())
+                if rows:
+                    ids = [row[0] for row in rows]
+                    execute_all(
+                        cursor,
+                        [
+                            (
+                                f"INSERT INTO tuitop_processing ({MESSAGE_COLUMNS}, worker_id, "
+                                f"taken_at) SELECT {MESSAGE_COLUMNS}, %s, {NOW} "
+                                f"FROM async_events WHERE {_in(ids)}",
+                                (worker_id, *ids),
+                            ),
+                            (f"DELETE FROM async_events WHERE {_in(ids)}", ids),
+                        ],
+                    )
+                    return rows, name, 0
+            cursor.execute(
+                "SELECT COUNT(*) FROM tuitop_processing WHERE worker_id = %s", (worker_id,)
+            )
+            (held,) = cursor.fetchone() or (0,)
+            return [], sources[0][0] if sources else "", int(held)
+
+        rows, source, held = self.session.transaction(move)
+        return [row_message(row) for row in rows], source, held
+
+    def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
+        """Deletes finished messages from the worker's hands and adds ``stats``, in one
+        transaction and one round trip; False when some were no longer there."""
+        ids = _ids(messages)
+        delete: Statement | None = None
+        if ids:
+            delete = (
+                f"DELETE FROM tuitop_processing WHERE worker_id = %s AND {_in(ids)}",
+                (worker_id, *ids),
+            )
+        counts = self._atomic([delete, stats_statement(stats, time.time())])
+        return not ids or counts[0] == len(ids)
+
+    def give_back(self, worker_id: str, messages: Sequence[Message]) -> None:
+        """Puts messages taken and never started back where they were (their ids keep
+        their place: taken next), try count unchanged; one no longer in the worker's
+        hands stays where it is."""
+        ids = _ids(messages)
+        if not ids:
+            return
+        where = f"worker_id = %s AND {_in(ids)}"
+        self._atomic(
+            [
+                (
+                    f"INSERT INTO async_events ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS} "
+                    f"FROM tuitop_processing WHERE {where}",
+                    (worker_id, *ids),
+                ),
+                (f"DELETE FROM tuitop_processing WHERE {where}", (worker_id, *ids)),
+                _BELL,
+            ]
+        )
+
+    def fail(
+        self,
+        worker_id: str,
+        message: Message,
+        reason: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        payload: Any = None,
+        outcome: str = "failed",
+    ) -> str:
+        """Moves a failed message out of the worker's hands into the delayed retries or
+        the dead letters, atomically. Returns ``'retried'``, ``'dead'``, or ``'gone'``."""
+        replacement = None if payload is None else payload_text(payload)
+
+        def move(cursor: Cursor) -> str:
+            cursor.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing "
+                "WHERE id = %s AND worker_id = %s FOR UPDATE",
+                (message.row_id, worker_id),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return "gone"
+            held = row_message(row)
+            result, statements = self._reschedule(
+                "tuitop_processing",
+                held,
+                reason,
+                worker_id,
+                traceback=traceback,
+                retryable=retryable,
+                replacement=replacement,
+            )
+            statements += [
+                (
+                    "DELETE FROM tuitop_processing WHERE id = %s AND worker_id = %s",
+                    (message.row_id, worker_id),
+                ),
+            ]
+            counts = [_count(outcome, 1), _count(result, 1)]
+            execute_all(cursor, [*statements, *(s for s in counts if s is not None)])
+            return result
+
+        return self.session.transaction(move)
+
+    def register(self, worker_id: str, pool: str, fields: dict[str, Any], ttl: float) -> None:
+        """Registers a worker and gives it its lease (its row): whoever recovers what it
+        holds deletes the row."""
+        self.session.run(
+            lambda cursor: cursor.execute(
+                "INSERT INTO tuitop_workers (id, pool, expires_at, beat) "
+                f"VALUES (%s, %s, {NOW} + %s, %s) ON DUPLICATE KEY UPDATE "
+                "expires_at = VALUES(expires_at), beat = VALUES(beat)",
+                (worker_id, pool, ttl, json.dumps(fields)),
+            )
+        )
+
+    def beat(self, worker_id: str, fields: dict[str, Any], ttl: float) -> bool:
+        """Renews a worker's heartbeat; False when its row is gone (its lease with it)."""
+        found = self.session.run(
+            lambda cursor: cursor.execute(
+                f"UPDATE tuitop_workers SET expires_at = {NOW} + %s, beat = %s WHERE id = %s",
+                (ttl, json.dumps(fields), worker_id),
+            )
+        )
+        return bool(found)
+
+    def leased(self, worker_id: str) -> bool:
+        def ask(cursor: Cursor) -> bool:
+            cursor.execute("SELECT 1 FROM tuitop_workers WHERE id = %s", (worker_id,))
+            return cursor.fetchone() is not None
+
+        return self.session.run(ask)
+
+    def held(self, worker_id: str) -> list[Message]:
+        """What the worker holds, oldest first."""
+
+        def read(cursor: Cursor) -> list[Row]:
+            cursor.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing WHERE worker_id = %s ORDER BY id",
+                (worker_id,),
+            )
+            return list(cursor.fetchall())
+
+        return [row_message(row) for row in self.session.run(read)]
+
+    def leave(self, worker_id: str) -> None:
+        self.session.run(
+            lambda cursor: cursor.execute("DELETE FROM tuitop_workers WHERE id = %s", (worker_id,))
+        )
+
+    # --- pools ----------------------------------------------------------------------------
+
+    def recover(
+        self,
+        worker_id: str,
+        reason: str,
+        *,
+        unless_beating: bool = False,
+        traceback: str = "",
+        timed_out: bool = False,
+    ) -> Recovery:
+        """Moves everything ``worker_id`` holds back (delayed, one try more) or to the
+        dead letters, and deletes its row (lease and heartbeat), in one transaction; safe
+        from several pools at once. ``unless_beating``: nothing while its heartbeat lives,
+        checked under the row's lock."""
+
+        def move(cursor: Cursor) -> Recovery:
+            cursor.execute(
+                f"SELECT expires_at > {NOW} FROM tuitop_workers WHERE id = %s FOR UPDATE",
+                (worker_id,),
+            )
+            beating = cursor.fetchone()
+            if unless_beating and beating is not None and beating[0]:
+                return Recovery(0, 0)
+            cursor.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing WHERE worker_id = %s "
+                "ORDER BY id FOR UPDATE",
+                (worker_id,),
+            )
+            statements: list[Statement] = []
+            requeued = dead = 0
+            for row in cursor.fetchall():
+                result, moves = self._reschedule(
+                    "tuitop_processing", row_message(row), reason, worker_id, traceback=traceback
+                )
+                statements += moves
+                requeued += result == "retried"
+                dead += result == "dead"
+            statements += [
+                ("DELETE FROM tuitop_processing WHERE worker_id = %s", (worker_id,)),
+                ("DELETE FROM tuitop_workers WHERE id = %s", (worker_id,)),
+            ]
+            for outcome, count in (("retried", requeued), ("dead", dead), ("timedout", timed_out)):
+                if count and (counted := _count(outcome, int(count))) is not None:
+                    statements.append(counted)
+            execute_all(cursor, statements)
+            return Recovery(requeued, dead)
+
+        return self.session.transaction(move)
+
+    def move_due(self, limit: int = 1000, *, all_of_them: bool = False) -> int:
+        """Moves the retries whose time has come (by the database's clock; every one with
+        ``all_of_them``) back to Tuleap's table, where their ids put them first."""
+
+        def move(cursor: Cursor) -> int:
+            due = "TRUE" if all_of_them else f"due_at <= {NOW}"
+            cursor.execute(
+                f"SELECT id FROM tuitop_delayed WHERE {due} ORDER BY due_at LIMIT %s "
+                "FOR UPDATE SKIP LOCKED",
+                (limit,),
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            if ids:
+                execute_all(
+                    cursor,
+                    [
+                        (
+                            f"INSERT INTO async_events ({MESSAGE_COLUMNS}) SELECT "
+                            f"{MESSAGE_COLUMNS} FROM tuitop_delayed WHERE {_in(ids)}",
+                            ids,
+                        ),
+                        (f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids),
+                        _BELL,
+                    ],
+                )
+            return len(ids)
+
+        return self.session.transaction(move)
+
+    def next_due(self) -> float | None:
+        def ask(cursor: Cursor) -> float | None:
+            cursor.execute("SELECT MIN(due_at) FROM tuitop_delayed")
+            row = cursor.fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self.session.run(ask)
+
+    def live_pools(self) -> list[str]:
+        """Pools and workers that show a sign of life (a heartbeat, a name claim)."""
+
+        def ask(cursor: Cursor) -> list[str]:
+            cursor.execute(
+                f"SELECT name FROM tuitop_pools WHERE expires_at > {NOW} OR "
+                f"claimed_until > {NOW} ORDER BY name"
+            )
+            live = [f"pool {name}" for (name,) in cursor.fetchall()]
+            cursor.execute(f"SELECT id FROM tuitop_workers WHERE expires_at > {NOW} ORDER BY id")
+            return live + [f"worker {worker_id}" for (worker_id,) in cursor.fetchall()]
+
+        return self.session.run(ask)
+
+    def hand_back(self, reason: str) -> HandBack:
+        """Gives Tuleap's table everything only a tuitop reads, once none runs: what
+        tuitop's workers held (one more try, or dead-lettered past the last; never what
+        a worker that still beats holds), and every retry waiting its time, first."""
+
+        def holders(cursor: Cursor) -> list[str]:
+            cursor.execute("SELECT DISTINCT worker_id FROM tuitop_processing ORDER BY worker_id")
+            return [str(worker_id) for (worker_id,) in cursor.fetchall()]
+
+        recovered = sum(
+            self.recover(worker_id, reason, unless_beating=True).total
+            for worker_id in self.session.run(holders)
+        )
+        retries = 0
+        while count := self.move_due(all_of_them=True):
+            retries += count
+        return HandBack(recovered, {}, retries)
+
+    # --- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self, start: int = 0, count: int = 50) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+
+        def read(cursor: Cursor) -> list[Row]:
+            cursor.execute(
+                f"SELECT seq, {MESSAGE_COLUMNS}, reason, worker, at, traceback "
+                "FROM tuitop_dead_letters ORDER BY seq DESC LIMIT %s OFFSET %s",
+                (count, start),
+            )
+            return list(cursor.fetchall())
+
+        return [_dead_letter(row) for row in self.session.run(read)]
+
+    def dead_letter_count(self) -> int:
+        def ask(cursor: Cursor) -> int:
+            cursor.execute("SELECT COUNT(*) FROM tuitop_dead_letters")
+            (count,) = cursor.fetchone() or (0,)
+            return int(count)
+
+        return self.session.run(ask)
+
+    def replay(self, letter: DeadLetter, *, from_oldest: bool = False) -> bool:
+        """Puts a dead letter back at the end of Tuleap's queue (a new id: taken after
+        what waits) with a fresh try count, in one transaction; False when it was no
+        longer there (replayed or purged by someone else)."""
+
+        def move(cursor: Cursor) -> bool:
+            cursor.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_dead_letters WHERE seq = %s FOR UPDATE",
+                (letter.entry.decode("ascii", "replace"),),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return False
+            _, _, topic, payload, seconds, microseconds, _ = row
+            execute_all(
+                cursor,
+                [
+                    (
+                        f"INSERT INTO async_events ({MESSAGE_COLUMNS}) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, 0)",
+                        (uuid7(), QUEUE_NAME, topic, payload, seconds, microseconds),
+                    ),
+                    (
+                        "DELETE FROM tuitop_dead_letters WHERE seq = %s",
+                        (letter.entry.decode("ascii", "replace"),),
+                    ),
+                ],
+            )
+            return True
+
+        return self.session.transaction(move)
+
+    def replay_all(self, chunk: int = 1000) -> int:
+        """Replays every dead letter there is when it is called, oldest first; those that
+        die again meanwhile are not replayed twice. Returns how many were replayed."""
+
+        def last(cursor: Cursor) -> int:
+            cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM tuitop_dead_letters")
+            (seq,) = cursor.fetchone() or (0,)
+            return int(seq)
+
+        until, after, replayed = self.session.run(last), 0, 0
+        while True:
+
+            def next_chunk(cursor: Cursor, after: int = after) -> list[int]:
+                cursor.execute(
+                    "SELECT seq FROM tuitop_dead_letters WHERE seq > %s AND seq <= %s "
+                    "ORDER BY seq LIMIT %s",
+                    (after, until, chunk),
+                )
+                return [int(seq) for (seq,) in cursor.fetchall()]
+
+            seqs = self.session.run(next_chunk)
+            if not seqs:
+                return replayed
+            for seq in seqs:
+                letter = DeadLetter(b"", "", "", 0.0, 0, "", "", str(seq).encode())
+                replayed += self.replay(letter, from_oldest=True)
+            after = seqs[-1]
+
+    def purge_dead_letters(self) -> int:
+        """Deletes every dead letter; returns how many there were."""
+        return int(
+            self.session.run(lambda cursor: cursor.execute("DELETE FROM tuitop_dead_letters"))
+        )
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _reschedule(
+        self,
+        table: str,
+        message: Message,
+        reason: str,
+        worker_id: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        replacement: str | None = None,
+    ) -> tuple[str, list[Statement]]:
+        """Where a message coming back goes — a retry with one try more, or the dead
+        letters with why — as the statements copying its row of ``table`` there."""
+        tries = message.queued_total + 1
+        if not retryable:
+            why = reason
+        elif message.problem is not None:
+            why = f"{reason}; unusable message: {message.problem}"
+        elif tries > self.retry_policy.max_requeues:
+            why = f"{reason}; given up after {tries} tries"
+        else:
+            payload = "payload" if replacement is None else "%s"
+            args: list[Any] = [] if replacement is None else [replacement]
+            delay = self.retry_policy.delay(tries)
+            return "retried", [
+                (
+                    f"INSERT INTO tuitop_delayed ({MESSAGE_COLUMNS}, due_at) SELECT id, "
+                    f"queue_name, topic, {payload}, enqueue_timestamp, "
+                    "enqueue_timestamp_microsecond, LEAST(nb_added_in_queue + 1, 255), "
+                    f"{NOW} + %s FROM {table} WHERE id = %s",
+                    (*args, delay, message.row_id),
+                ),
+            ]
+        return "dead", [
+            (
+                f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
+                f"traceback) SELECT {MESSAGE_COLUMNS}, %s, %s, {NOW}, %s FROM {table} "
+                "WHERE id = %s",
+                (why, worker_id, traceback, message.row_id),
+            ),
+        ]
+
+
+def _dead_letter(row: Row) -> DeadLetter:
+    seq, *columns = row[:8]
+    reason, worker, at, traceback = row[8:12]
+    message = row_message(tuple(columns))
+    return DeadLetter(
+        message=message.raw,
+        reason=str(reason),
+        worker=str(worker),
+        at=float(at),
+        tries=message.queued_total,
+        topic=message.topic if message.problem is None else str(columns[2]),
+        traceback=str(traceback),
+        entry=str(seq).encode(),
+    )

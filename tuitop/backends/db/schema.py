@@ -1,0 +1,127 @@
+"""Tuleap's queue table, and tuitop's own tables beside it (created by tuitop, never
+altering Tuleap's).
+
+Tuleap's ``async_events`` is the queue: front ends insert into it, and a message waiting
+there is a row of it with ``queue_name = 'app_user_events'``. A message tuitop takes moves,
+whole and in one transaction, into one of its own tables (the same columns, and what the
+place needs), so that it is at every moment in exactly one place:
+
+=====================  ==============================================================
+``async_events``        waiting (Tuleap's; a lane is only a filter on its topics)
+``tuitop_processing``   in a worker's hands (``worker_id``): recovered when it is gone
+``tuitop_delayed``      waiting for its retry (``due_at``, by the database's clock)
+``tuitop_dead_letters`` given up, with why
+=====================  ==============================================================
+
+The rest is what the views read without Redis: workers' and pools' heartbeats, the config
+in force, the stats buckets, the push markers, and the doorbell counter (``tuitop_bell``:
+bumped by whoever puts a message back where workers take, so that the pools' doorbells
+see an old id come back, not only new rows).
+"""
+
+from __future__ import annotations
+
+from pymysql.cursors import Cursor
+
+QUEUE_NAME = "app_user_events"
+
+TULEAP_QUEUE_DDL = """
+CREATE TABLE IF NOT EXISTS async_events (
+    id BINARY(16) NOT NULL PRIMARY KEY,
+    queue_name VARCHAR(255) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    payload JSON NOT NULL,
+    enqueue_timestamp INT UNSIGNED NOT NULL,
+    enqueue_timestamp_microsecond MEDIUMINT UNSIGNED NOT NULL,
+    nb_added_in_queue TINYINT UNSIGNED NOT NULL,
+    INDEX idx_queue_name (queue_name)
+)"""
+"""Tuleap's DDL (``src/db/mysql/database_structure.sql``): Tuleap's installer creates it;
+tuitop creates it only for a database of its own (the demo, the tests)."""
+
+MESSAGE_COLUMNS = (
+    "id, queue_name, topic, payload, enqueue_timestamp, enqueue_timestamp_microsecond, "
+    "nb_added_in_queue"
+)
+_MESSAGE_DDL = """
+    id BINARY(16) NOT NULL PRIMARY KEY,
+    queue_name VARCHAR(255) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    payload LONGTEXT NOT NULL,
+    enqueue_timestamp INT UNSIGNED NOT NULL,
+    enqueue_timestamp_microsecond MEDIUMINT UNSIGNED NOT NULL,
+    nb_added_in_queue TINYINT UNSIGNED NOT NULL"""
+
+TABLES = (
+    f"""CREATE TABLE IF NOT EXISTS tuitop_processing ({_MESSAGE_DDL},
+    worker_id VARCHAR(255) NOT NULL,
+    taken_at DOUBLE NOT NULL,
+    INDEX tuitop_processing_worker (worker_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    f"""CREATE TABLE IF NOT EXISTS tuitop_delayed ({_MESSAGE_DDL},
+    due_at DOUBLE NOT NULL,
+    INDEX tuitop_delayed_due (due_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_dead_letters (
+    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    id BINARY(16) NOT NULL,
+    queue_name VARCHAR(255) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    payload LONGTEXT NOT NULL,
+    enqueue_timestamp INT UNSIGNED NOT NULL,
+    enqueue_timestamp_microsecond MEDIUMINT UNSIGNED NOT NULL,
+    nb_added_in_queue TINYINT UNSIGNED NOT NULL,
+    reason TEXT NOT NULL,
+    worker VARCHAR(255) NOT NULL,
+    at DOUBLE NOT NULL,
+    traceback MEDIUMTEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_workers (
+    id VARCHAR(255) NOT NULL PRIMARY KEY,
+    pool VARCHAR(255) NOT NULL,
+    expires_at DOUBLE NOT NULL,
+    beat TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_pools (
+    name VARCHAR(255) NOT NULL PRIMARY KEY,
+    owner VARCHAR(255) NOT NULL,
+    claimed_until DOUBLE NOT NULL,
+    expires_at DOUBLE NOT NULL,
+    beat TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_config (
+    one TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    version BIGINT UNSIGNED NOT NULL,
+    fields TEXT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_stats (
+    bucket INT UNSIGNED NOT NULL,
+    name VARCHAR(191) NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (bucket, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_push_markers (
+    token CHAR(32) NOT NULL PRIMARY KEY,
+    at DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=ascii""",
+    """CREATE TABLE IF NOT EXISTS tuitop_bell (
+    one TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    bell BIGINT UNSIGNED NOT NULL
+) ENGINE=InnoDB""",
+)
+
+NOW = "UNIX_TIMESTAMP(NOW(6))"
+"""The database's clock, in Unix seconds (sessions run in UTC): every due time, heartbeat
+and lease is read against it, as in Redis against Redis' TIME — hosts' clocks may differ."""
+
+
+def create_tables(cursor: Cursor) -> None:
+    """Creates tuitop's tables where they are missing (never Tuleap's)."""
+    for statement in TABLES:
+        cursor.execute(statement)
+    cursor.execute("INSERT IGNORE INTO tuitop_bell (one, bell) VALUES (1, 0)")
+
+
+def create_tuleap_queue(cursor: Cursor) -> None:
+    """Tuleap's ``async_events``, for a database that is tuitop's own (demo, tests)."""
+    cursor.execute(TULEAP_QUEUE_DDL)

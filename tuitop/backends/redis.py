@@ -1,0 +1,300 @@
+"""The Redis backend: Tuleap's ``app_user_events`` list and tuitop's keys beside it.
+
+The moves themselves are :mod:`tuitop.queue`'s (Lua scripts and MULTI/EXEC on the key
+names of :mod:`tuitop.keys`); this module fits them to the seam of
+:mod:`tuitop.backends.base`: a worker's channel and the pool's store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import redis
+
+from tuitop import keys, tuleapworkers
+from tuitop.backends.base import Batch, ErrorTypes, LeftBehind, Recovery, RetryPolicy
+from tuitop.beats import PoolBeat, WorkerBeat
+from tuitop.config import RedisSettings
+from tuitop.lanes import LaneSet
+from tuitop.message import Message, decode, with_payload
+from tuitop.queue import Queue, TakePlan
+from tuitop.redisconn import connect, describe_error, is_auth_error
+from tuitop.stats import POOL_TICK_SCRIPT, StatsBatch, pool_tick
+
+ERRORS: ErrorTypes = (redis.RedisError,)
+
+
+class RedisChannel:
+    """A worker's conversation with Redis: one client, the take plan of its lanes."""
+
+    errors = ERRORS
+    inbox = keys.QUEUE
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        *,
+        lanes: LaneSet,
+        serves: tuple[str, ...],
+        retry: RetryPolicy,
+        client_name: str,
+        socket_timeout: float,
+    ) -> None:
+        """``socket_timeout`` must exceed the longest :meth:`wait`."""
+        self.settings = settings
+        self.client = connect(settings, client_name=client_name, socket_timeout=socket_timeout)
+        self.queue = Queue(self.client, retry, TakePlan.for_lanes(lanes, serves))
+
+    def start(self, worker_id: str) -> None:
+        self.client.ping()
+        self.client.set(keys.worker_lease(worker_id), 1)
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def take(self, worker_id: str, max_batch: int) -> Batch:
+        taken = self.queue.take_or_count(worker_id, max_batch)
+        return Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
+
+    def wait(self, worker_id: str, timeout: float) -> Batch:
+        raw = self.queue.take_blocking(worker_id, timeout)
+        return Batch([] if raw is None else [decode(raw)], keys.QUEUE)
+
+    def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
+        if not messages and not stats.fields:
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
+        stats.flush_into(pipe, time.time())
+        replies = pipe.execute()
+        return not (messages and b"0" in replies[0])
+
+    def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
+        self.queue.give_back(worker_id, [message.raw for message in messages], to=source)
+
+    def fail(
+        self,
+        worker_id: str,
+        message: Message,
+        reason: str,
+        *,
+        traceback: str = "",
+        retryable: bool = True,
+        payload: Any = None,
+        outcome: str = "failed",
+    ) -> str:
+        replacement = None if payload is None else with_payload(message.raw, payload)
+        return self.queue.fail(
+            worker_id,
+            message.raw,
+            reason,
+            traceback=traceback,
+            retryable=retryable,
+            replacement=replacement,
+            outcome=outcome,
+        )
+
+    def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
+        key = keys.heartbeat(worker_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, mapping=beat.fields())  # type: ignore[arg-type]
+        pipe.expire(key, int(ttl))
+        pipe.sadd(keys.WORKERS, worker_id)
+        pipe.exists(keys.worker_lease(worker_id))
+        *_, leased = pipe.execute()
+        return bool(leased)
+
+    def leased(self, worker_id: str) -> bool:
+        return bool(self.client.exists(keys.worker_lease(worker_id)))
+
+    def held(self, worker_id: str) -> list[Message]:
+        raws = cast(list[bytes], self.client.lrange(keys.processing_list(worker_id), 0, -1))
+        return [decode(raw) for raw in reversed(raws)]  # the list's tail was taken first
+
+    def leave(self, worker_id: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.srem(keys.WORKERS, worker_id)
+        pipe.delete(keys.heartbeat(worker_id), keys.worker_lease(worker_id))
+        pipe.execute()
+
+    def reset(self) -> None:
+        self.client.connection_pool.disconnect()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def is_auth_error(self, error: BaseException) -> bool:
+        return is_auth_error(error)
+
+
+# Claims the pool's name, or extends the claim, while nobody else holds it (a claim that
+# expired while Redis was away is simply taken again).
+_CLAIM_NAME_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def _owner_key(name: str) -> str:
+    return keys.pool(name) + ":owner"
+
+
+class RedisPoolStore:
+    """What a pool does in one Redis (:class:`~tuitop.backends.base.PoolStore`)."""
+
+    errors = ERRORS
+
+    def __init__(
+        self, settings: RedisSettings, *, pool_name: str, retry: RetryPolicy, socket_timeout: float
+    ) -> None:
+        self.settings = settings
+        self.client = connect(
+            settings, client_name=f"tuitop:{pool_name}:supervisor", socket_timeout=socket_timeout
+        )
+        self.queue = Queue(self.client, retry)
+        self._claim = self.client.register_script(_CLAIM_NAME_SCRIPT)
+        self._tick = self.client.register_script(POOL_TICK_SCRIPT)
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    # --- the name, the heartbeat, the config -------------------------------------------
+
+    def claim_name(self, name: str, token: str, ttl: int) -> bool:
+        return bool(self._claim(keys=[_owner_key(name)], args=[token, ttl]))
+
+    def name_owner(self, name: str) -> str:
+        owner = cast(bytes | None, self.client.get(_owner_key(name)))
+        return (owner or b"").decode(errors="replace")
+
+    def release_name(self, name: str, token: str) -> None:
+        if self.client.get(_owner_key(name)) == token.encode():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(_owner_key(name), keys.pool(name))
+            pipe.srem(keys.POOLS, name)
+            pipe.execute()
+
+    def publish(
+        self, name: str, beat: PoolBeat, ttl: int, served: set[str], stopping: bool
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.pool(name), mapping=beat.fields())  # type: ignore[arg-type]
+        pipe.expire(keys.pool(name), ttl)
+        pipe.sadd(keys.POOLS, name)
+        if not stopping:
+            tick_keys, tick_args = pool_tick(served, beat.beat)
+            self._tick(keys=tick_keys, args=tick_args, client=pipe)
+        pipe.execute()
+
+    def publish_config(self, fields: Mapping[str, str | int | float]) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(keys.CONFIG, "version", 1)
+        pipe.hset(keys.CONFIG, mapping=dict(fields))  # type: ignore[arg-type]
+        pipe.execute()
+
+    # --- what workers held ---------------------------------------------------------------
+
+    def recover(
+        self,
+        worker_id: str,
+        reason: str,
+        *,
+        unless_beating: bool = False,
+        traceback: str = "",
+        timed_out: bool = False,
+    ) -> Recovery:
+        recovery = self.queue.recover(
+            worker_id, reason, unless_beating=unless_beating, traceback=traceback
+        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(keys.heartbeat(worker_id))
+        if timed_out:
+            batch = StatsBatch()
+            batch.outcome("timedout")
+            batch.flush_into(pipe, time.time())
+        pipe.execute()
+        return recovery
+
+    def move_due(self) -> int:
+        return self.queue.move_due()
+
+    def next_due(self) -> float | None:
+        return self.queue.next_due()
+
+    def silent_workers(self, ours: set[str]) -> list[str]:
+        raw_members = cast(set[bytes], self.client.smembers(keys.WORKERS))
+        if junk := keys.not_names_in(raw_members):
+            self.client.srem(keys.WORKERS, *junk)  # no worker of a tuitop's: no list to recover
+        candidates = [
+            worker_id for worker_id in keys.names_in(raw_members) if worker_id not in ours
+        ]
+        if not candidates:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in candidates:
+            pipe.exists(keys.heartbeat(worker_id))
+        return [w for w, alive in zip(candidates, pipe.execute(), strict=True) if not alive]
+
+    def forget_gone_pools(self) -> None:
+        members = cast(set[bytes], self.client.smembers(keys.POOLS))
+        if junk := keys.not_names_in(members):
+            self.client.srem(keys.POOLS, *junk)
+        names = keys.names_in(members)
+        if not names:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.pool(name), _owner_key(name))
+        gone = [name for name, alive in zip(names, pipe.execute(), strict=True) if not alive]
+        if gone:
+            self.client.srem(keys.POOLS, *gone)
+
+    def left_behind(self, hold_limit: float) -> list[LeftBehind]:
+        return [
+            LeftBehind(found.worker_id, found.number, found.messages)
+            for found in tuleapworkers.left_behind(self.client, hold_limit)
+        ]
+
+    # --- lanes ---------------------------------------------------------------------------
+
+    def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
+        return self.queue.recover_unserved_lanes(unserved_after)
+
+    def list_forgotten_lanes(self) -> list[str]:
+        return self.queue.list_lanes()
+
+    def release_lanes(self, name: str, lanes: set[str]) -> dict[str, int]:
+        names = keys.names_in(cast(set[bytes], self.client.smembers(keys.POOLS)))
+        pipe = self.client.pipeline(transaction=False)
+        for other in names:
+            if other != name:
+                pipe.hgetall(keys.pool(other))
+        still = {lane for fields in pipe.execute() for lane in PoolBeat.parse(fields).served}
+        orphans = sorted(lanes - still)
+        return self.queue.move_lanes_back(orphans) if orphans else {}
+
+    # --- the rest ------------------------------------------------------------------------
+
+    def holds(self) -> tuple[int, int]:
+        lanes = keys.names_in(cast(list[bytes], self.client.zrange(keys.LANES, 0, -1)))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(keys.DELAYED)
+        for key in (keys.QUEUE, *(keys.lane_list(lane) for lane in lanes)):
+            pipe.llen(key)
+        delayed, *depths = pipe.execute()
+        return sum(depths), int(delayed)
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def close(self) -> None:
+        self.client.close()
