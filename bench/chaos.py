@@ -50,6 +50,8 @@ from typing import Any, Protocol
 
 import psutil
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tuitop import keys
 from tuitop.message import decode, encode
@@ -200,6 +202,27 @@ def notification_message(artifact: int) -> bytes:
     return encode(TOPIC, note.to_payload())
 
 
+def push_once(queue: Queue, raw: bytes) -> None:
+    """Pushes ``raw`` exactly once, as tuitop's Notifier does (:meth:`Queue.push_marked`)
+    but never giving up: a push whose reply is lost is asked about (its marker) until
+    Redis answers — pushed again only when it did not land. ``queue``'s client must not
+    retry on its own (redis-py's default does: the marker cannot tell that push apart)."""
+    token = uuid.uuid4().hex
+    while True:
+        try:
+            queue.push_marked(raw, token)
+            return
+        except redis.RedisError:
+            pass
+        while True:
+            try:
+                if queue.was_pushed(token):
+                    return
+                break  # it did not land: push again (the same token)
+            except redis.RedisError:
+                time.sleep(0.2)  # Redis away: ask again once it is back
+
+
 class Campaign:
     def __init__(self, directory: Path, messages: int, rate: float, seed: int) -> None:
         self.directory = directory
@@ -220,8 +243,13 @@ class Campaign:
     def note(self, what: str) -> None:
         self.events.append(Event(time.monotonic() - self.began, what))
 
-    def _client(self) -> redis.Redis:
-        return self.redis.client()
+    def _client(self, *, retries: bool = True) -> redis.Redis:
+        """A client of the campaign's Redis. ``retries=False`` for one that writes: redis-py
+        (6 and later) runs a command again by itself after a connection error — after Redis
+        did it and went down before the reply (killed -9 here), that is a push twice."""
+        if retries:
+            return self.redis.client()
+        return self.redis.client(retry=Retry(NoBackoff(), 0))
 
     @staticmethod
     def _held_by(pids: list[int], client: redis.Redis) -> list[int]:
@@ -278,27 +306,16 @@ class Campaign:
 
     def produce(self) -> None:
         """Pushes every notification once, with the marked push: a push whose reply is
-        lost is asked about (on a fresh connection) before it is pushed again."""
-        client = self._client()
+        lost is asked about (its marker) before it is pushed again — asked until Redis
+        answers, however long it is away: a push whose reply was lost may have landed."""
+        client = self._client(retries=False)
         queue = Queue(client)
         began = time.monotonic()
         for artifact in range(self.messages):
             target = began + artifact / self.rate
             while (delay := target - time.monotonic()) > 0:
                 time.sleep(delay)
-            raw = notification_message(artifact)
-            while True:
-                token = uuid.uuid4().hex
-                try:
-                    queue.push_marked(raw, token)
-                    break
-                except redis.RedisError:
-                    pass
-                try:
-                    if queue.was_pushed(token):
-                        break
-                except redis.RedisError:
-                    time.sleep(0.2)  # Redis away: push again once it is back
+            push_once(queue, notification_message(artifact))
         self._producing.clear()
         client.close()
 
