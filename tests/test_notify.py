@@ -15,6 +15,7 @@ import redis
 from tests.pool import wait_until
 from tests.proxy import ReplyLosingProxy
 from tuitop import keys
+from tuitop.backends.redis import RedisAdmin
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
 from tuitop.handlers import Job
 from tuitop.mail import SmtpTransport
@@ -348,7 +349,8 @@ def test_a_push_that_timed_out_may_land_after_the_question_and_says_so(
     sent inline and queued too. It cannot be told then; the log says it may come twice."""
     proxy = ReplyLosingProxy(redis_server.port)
     settings = settings_through(proxy, redis_server, smtp_server)
-    notifier = Notifier(settings, client=connect(settings.redis, socket_timeout=0.5))
+    short = RedisAdmin(settings.redis, connect(settings.redis, socket_timeout=0.5))
+    notifier = Notifier(settings, queue=short)
     try:
         notifier.scope()  # read while the line is good
         proxy.delay_request(b"LPUSH", 2.0)

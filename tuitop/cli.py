@@ -13,16 +13,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import redis
-
 from tuitop import __version__, keys
-from tuitop.backends.base import MAX_REQUEUES, RetryPolicy
+from tuitop.backends import describe_store_error, open_queue, store_errors
+from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
 from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
-from tuitop.queue import Queue
-from tuitop.redisconn import connect, describe_error
 from tuitop.tasks import (
     TULEAP_CLI,
     TULEAP_SOURCE_ROOT,
@@ -329,19 +326,28 @@ def command_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _with_queue(args: argparse.Namespace, action: Callable[[Queue], int]) -> int:
-    """Runs ``action`` on the queue the config files name; a config or Redis problem is
-    said on stderr (password masked) and becomes the exit code."""
+NOT_CONFIGURED = "Redis is not configured ($redis_server is empty), nor is a database"
+
+
+def _with_queue(args: argparse.Namespace, action: Callable[[QueueAdmin], int]) -> int:
+    """Runs ``action`` on the queue the config files name (a Redis, or Tuleap's database);
+    a config or server problem is said on stderr (password masked) and becomes the exit
+    code."""
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
-    if not settings.redis.configured:
-        print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
+    store = settings.store
+    if not store.configured:
+        print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
-        return action(Queue(connect(settings.redis, client_name="tuitop:cli")))
-    except redis.RedisError as error:
-        print(f"tuitop: {describe_error(error, settings.redis)}", file=sys.stderr)
+        queue = open_queue(store, "tuitop:cli")
+        try:
+            return action(queue)
+        finally:
+            queue.close()
+    except store_errors(store) as error:
+        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -353,7 +359,7 @@ def command_enqueue(args: argparse.Namespace) -> int:
         print(f"tuitop: the payload is not JSON tuitop can send: {why}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 
-    def push(queue: Queue) -> int:
+    def push(queue: QueueAdmin) -> int:
         queue.push(encode(args.topic, payload))
         print(f"queued 1 message on {args.topic}")
         return EXIT_OK
@@ -390,7 +396,7 @@ def command_dead_letters(args: argparse.Namespace) -> int:
     return _with_queue(args, lambda queue: _dead_letters(queue, args))
 
 
-def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
+def _dead_letters(queue: QueueAdmin, args: argparse.Namespace) -> int:
     if args.action == "purge":
         print(f"purged {queue.purge_dead_letters()} dead letter(s)")
         return EXIT_OK
@@ -425,9 +431,16 @@ def _dead_letters(queue: Queue, args: argparse.Namespace) -> int:
 
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
+    from tuitop.backends.redis import RedisAdmin
     from tuitop.tuleapworkers import running_pid, tuleap_lists
 
-    def adopt(queue: Queue) -> int:
+    def adopt(queue: QueueAdmin) -> int:
+        if not isinstance(queue, RedisAdmin):
+            print(
+                "nothing to adopt: Tuleap's database workers hold a message only inside "
+                "their transaction, which the server rolls back when one stops"
+            )
+            return EXIT_OK
         lists = list(tuleap_lists(queue.redis))
         if not lists:
             print("no processing list of Tuleap's workers holds a message")
@@ -458,11 +471,14 @@ def command_adopt_tuleap(args: argparse.Namespace) -> int:
 
 
 def command_hand_back(args: argparse.Namespace) -> int:
-    def hand_back(queue: Queue) -> int:
+    from tuitop.backends.db.view import DbAdmin
+
+    def hand_back(queue: QueueAdmin) -> int:
+        where = "database" if isinstance(queue, DbAdmin) else "Redis"
         live = queue.live_pools()
         if live:
             print(
-                f"tuitop: {', '.join(live)} still run(s) on this Redis: stop them first "
+                f"tuitop: {', '.join(live)} still run(s) on this {where}: stop them first "
                 "(a pool's heartbeat lasts 10 s after it is gone)",
                 file=sys.stderr,
             )
@@ -474,10 +490,11 @@ def command_hand_back(args: argparse.Namespace) -> int:
             f"held, {sum(handed.lanes.values())} from lanes ({lanes}), {handed.retries} "
             "retries"
         )
-        dead = int(queue.redis.llen(keys.DEAD_LETTERS))
+        dead = queue.dead_letter_count()
         if dead:
+            where = "tuitop_dead_letters" if isinstance(queue, DbAdmin) else keys.DEAD_LETTERS
             print(
-                f"{dead} dead letter(s) stay in {keys.DEAD_LETTERS}, which only tuitop reads: "
+                f"{dead} dead letter(s) stay in {where}, which only tuitop reads: "
                 "'tuitop dead-letters' lists them, 'replay --all' puts them back in the queue"
             )
         return EXIT_OK
@@ -591,8 +608,8 @@ def command_top(args: argparse.Namespace) -> int:
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
-    if not settings.redis.configured:
-        print("tuitop: Redis is not configured ($redis_server is empty)", file=sys.stderr)
+    if not settings.store.configured:
+        print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     source = _ui_source(args, settings, "tuitop:top")
     log = FileTail(args.log_file) if args.log_file else None

@@ -1,7 +1,8 @@
 """The producer side, for front ends: send a notification the way the config says.
 
 As Tuleap's front end does: when ``$sys_async_emails`` covers the notification's project
-(the scope the pools published in Redis, so that a saved config applies here too),
+(the scope the pools published in the queue's store, so that a saved config applies here
+too),
 the notification is queued for the workers; otherwise its mails are sent inline, here and
 now. When queueing fails, it logs Tuleap's line ("Unable to queue notification for …,
 fallback to online notif") and sends inline: a notification is never dropped.
@@ -13,18 +14,15 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
-import redis
-
-from tuitop import keys
+from tuitop.backends import describe_store_error, open_queue, store_errors
+from tuitop.backends.base import QueueAdmin
 from tuitop.config import AsyncScope, Settings
 from tuitop.handlers import PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, transport_for
 from tuitop.message import encode
 from tuitop.notification import TOPIC, Notification, parse_notification, send_notification
-from tuitop.queue import Queue
-from tuitop.redisconn import connect, describe_error
 
 SCOPE_CACHE_SECONDS = 1.0
 QUEUED = "queued"
@@ -46,13 +44,15 @@ class Notifier:
         self,
         settings: Settings,
         *,
-        client: redis.Redis | None = None,
+        queue: QueueAdmin | None = None,
         transport: MailTransport | None = None,
         logger: logging.Logger | None = None,
         sendmail: str | None = None,
     ) -> None:
         self.settings = settings
-        self._client = client
+        self._queue = queue
+        """The queue pushed to (made from ``settings`` at first use, and again after an
+        error)."""
         self._transport = transport
         self._sendmail = sendmail
         self.logger = logger or logging.getLogger("tuitop.notify")
@@ -81,19 +81,23 @@ class Notifier:
         """Pushes it; False when it was not queued (to be sent inline). A push whose reply
         is lost is asked about (its marker, on a fresh connection): queued, it is not also
         sent inline — the mail would go out twice."""
-        if not self.settings.redis.configured:
-            reason = "$redis_server is empty"
+        store = self.settings.store
+        errors = store_errors(store)
+        if not store.configured:
+            reason = "$redis_server is empty, and no database is configured"
         else:
-            queue = Queue(self._connection())
             token = uuid.uuid4().hex
+            queue: QueueAdmin | None = None
             try:
+                queue = self._connection()
                 queue.push_marked(encode(TOPIC, notification.to_payload()), token)
                 return True
-            except redis.RedisError as error:
-                reason = describe_error(error, self.settings.redis)
-                timed_out = isinstance(error, redis.TimeoutError)
+            except errors as error:
+                reason = describe_store_error(store, error)
+                timed_out = queue is not None and queue.may_still_land(error)
+                self._drop()
             try:
-                if queue.was_pushed(token):
+                if self._connection().was_pushed(token):
                     self.logger.warning(
                         "[Notification] the reply to queueing notification for %d was lost, "
                         "but it is queued (%s)",
@@ -104,8 +108,9 @@ class Notifier:
                 if timed_out:
                     # Still on its way, the push may land after this question: both then.
                     reason += "; the push timed out and may still land: it may come twice"
-            except redis.RedisError:
-                reason += "; whether it reached Redis cannot be told: it may come twice"
+            except errors:
+                self._drop()
+                reason += "; whether it reached the queue cannot be told: it may come twice"
         self.logger.warning(
             "[Notification] Unable to queue notification for %d, fallback to online notif (%s)",
             notification.artifact_id,
@@ -114,29 +119,36 @@ class Notifier:
         return False
 
     def scope(self) -> AsyncScope:
-        """The async scope in force: the one the pools published in Redis (read at most
-        once a second), else the one of this process's settings."""
+        """The async scope in force: the one the pools published in the queue's store
+        (read at most once a second), else the one of this process's settings."""
         now = time.monotonic()
         if now < self._scope_checked + SCOPE_CACHE_SECONDS:
             return self._scope
         self._scope_checked = now
         self._scope = self.settings.async_scope
-        if not self.settings.redis.configured:
+        store = self.settings.store
+        if not store.configured:
             return self._scope
         try:
-            client = self._connection()
-            published = cast(bytes | None, client.hget(keys.CONFIG, "async_scope"))
-        except redis.RedisError:
+            published = self._connection().published_config().get("async_scope")
+        except store_errors(store):
+            self._drop()
             return self._scope
         if published is not None:
             with contextlib.suppress(ValueError):
-                self._scope = AsyncScope.parse(published.decode())
+                self._scope = AsyncScope.parse(published)
         return self._scope
 
-    def _connection(self) -> redis.Redis:
-        if self._client is None:
-            self._client = connect(self.settings.redis, client_name="tuitop:notifier")
-        return self._client
+    def _connection(self) -> QueueAdmin:
+        if self._queue is None:
+            self._queue = open_queue(self.settings.store, "tuitop:notifier")
+        return self._queue
+
+    def _drop(self) -> None:
+        """Forgets the connection: the next question goes on a fresh one."""
+        if self._queue is not None:
+            self._queue.close()
+            self._queue = None
 
     def _mail(self) -> MailTransport:
         if self._transport is None:
@@ -149,5 +161,4 @@ class Notifier:
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-        if self._client is not None:
-            self._client.close()
+        self._drop()

@@ -51,6 +51,8 @@ class QueueView:
     oldest_age: float | None
     """Seconds since the message taken next was enqueued (None: empty or no timestamp)."""
     next_retry_in: float | None
+    waiting_capped: bool = False
+    """``waiting`` is a lower bound: the database's queue is counted up to a cap."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,9 +138,9 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         beat, holding, registered = replies[3 * index : 3 * index + 3]
         if registered:
             # Registered but silent (its heartbeat expired): dead, its list recovered soon.
-            worker_views.append(_worker(worker_id, beat or _DEAD, int(holding)))
+            worker_views.append(worker_view(worker_id, beat or DEAD, int(holding)))
     pool_views = [
-        _pool(name, fields)
+        pool_view(name, fields)
         for name, fields in zip(pool_names, replies[3 * len(worker_ids) :], strict=True)
         if fields
     ]
@@ -146,7 +148,41 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     for index, lane in enumerate(other_lanes):
         depth, lane_oldest = lane_replies[2 * index : 2 * index + 2]
         lists.append((lane, int(depth), _age(lane_oldest, moment)))
-    live = [worker for worker in worker_views if worker.state != "dead"]
+    next_retry = None
+    if first_due:
+        next_retry = max(float(first_due[0][1]) - moment, 0.0)
+    return build_snapshot(
+        moment,
+        lists=lists,
+        delayed=int(delayed),
+        next_retry_in=next_retry,
+        dead_letters=int(dead),
+        workers=worker_views,
+        pools=pool_views,
+        buckets=buckets,
+        config={
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in config.items()
+        },
+    )
+
+
+def build_snapshot(
+    moment: float,
+    *,
+    lists: list[tuple[str, int, float | None]],
+    delayed: int,
+    next_retry_in: float | None,
+    dead_letters: int,
+    workers: list[WorkerView],
+    pools: list[PoolView],
+    buckets: list[Mapping[bytes, bytes]],
+    config: Mapping[str, str],
+    waiting_capped: bool = False,
+) -> Snapshot:
+    """A snapshot from what a store holds: each lane's (name, waiting, oldest age), the
+    default lane first; the stats buckets of the last five minutes, newest first (as
+    :func:`~tuitop.stats.bucket_keys` orders them)."""
+    live = [worker for worker in workers if worker.state != "dead"]
     lane_views = tuple(
         LaneView(
             name,
@@ -158,32 +194,28 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         for name, depth, lane_age in lists
     )
     ages = [view.oldest_age for view in lane_views if view.oldest_age is not None]
-    next_retry = None
-    if first_due:
-        next_retry = max(float(first_due[0][1]) - moment, 0.0)
-    processing = sum(worker.holding for worker in worker_views)
+    processing = sum(worker.holding for worker in workers)
     minute_buckets = buckets[: MINUTE // keys.STATS_BUCKET_SECONDS + 1]
     return Snapshot(
         taken_at=moment,
         queue=QueueView(
             sum(view.waiting for view in lane_views),
-            int(delayed),
-            int(dead),
+            delayed,
+            dead_letters,
             processing,
             max(ages) if ages else None,
-            next_retry,
+            next_retry_in,
+            waiting_capped,
         ),
-        workers=tuple(worker_views),
-        pools=tuple(pool_views),
+        workers=tuple(workers),
+        pools=tuple(pools),
         last_ten_seconds=summarize(buckets[1:2], keys.STATS_BUCKET_SECONDS),
         last_minute=summarize(minute_buckets, MINUTE),
         last_five_minutes=summarize(buckets, FIVE_MINUTES),
         history=tuple(
             summarize([bucket], keys.STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
         ),
-        config={
-            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in config.items()
-        },
+        config=dict(config),
         lanes=lane_views,
     )
 
@@ -192,10 +224,11 @@ def _age(oldest: bytes | None, moment: float) -> float | None:
     return None if oldest is None else decode(oldest).age(moment)
 
 
-_DEAD = {b"state": b"dead"}
+DEAD = {b"state": b"dead"}
+"""The heartbeat of a registered worker that has none: it is dead."""
 
 
-def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> WorkerView:
+def worker_view(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> WorkerView:
     slot_name, _, pid = worker_id.partition("#")
     return WorkerView.parse(
         fields,
@@ -206,5 +239,5 @@ def _worker(worker_id: str, fields: Mapping[bytes, bytes], holding: int) -> Work
     )
 
 
-def _pool(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
+def pool_view(name: str, fields: Mapping[bytes, bytes]) -> PoolView:
     return PoolView.parse(fields, name=name)

@@ -6,9 +6,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings, StoreSettings
+from tuitop.lanes import LaneSet
 
 if TYPE_CHECKING:
-    from tuitop.backends.base import ErrorTypes, PoolStore, RetryPolicy, WorkerChannel
+    from tuitop.backends.base import (
+        ErrorTypes,
+        PoolStore,
+        QueueAdmin,
+        RetryPolicy,
+        StoreView,
+        WorkerChannel,
+    )
 
 
 def worker_channel(
@@ -79,3 +87,28 @@ def describe_store_error(store: StoreSettings, error: BaseException) -> str:
     from tuitop.redisconn import describe_error
 
     return describe_error(error, store)
+
+
+def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:
+    """The queue ``store`` names, as the CLI and the producers use it (nothing sent yet,
+    but the database's tables made)."""
+    if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db.view import DbAdmin
+
+        return DbAdmin(store, client_name).prepare()
+    from tuitop.backends.redis import RedisAdmin
+    from tuitop.redisconn import connect
+
+    return RedisAdmin(store, connect(store, client_name=client_name))
+
+
+def open_view(store: StoreSettings, lanes: LaneSet, client_name: str) -> StoreView:
+    """What a view reads from ``store`` (``lanes``: the lane of each topic, for the
+    database, where a lane is no place of its own)."""
+    if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db.view import DbView
+
+        return DbView(store, lanes, client_name)
+    from tuitop.backends.redis import RedisView
+
+    return RedisView(store, client_name)

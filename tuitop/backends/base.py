@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import StoreSettings
 from tuitop.message import Message
+from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch
 
 MAX_REQUEUES = 3
@@ -254,6 +255,69 @@ class PoolStore(Protocol):
 
     def holds(self) -> tuple[int, int]:
         """Messages waiting and delayed: what a store the pool leaves still holds."""
+
+    def describe(self, error: BaseException) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class QueueAdmin(Protocol):
+    """What the CLI, the producers and the dead-letter screen do on a queue. Every method
+    raises one of ``errors`` when the store does not answer."""
+
+    @property
+    def errors(self) -> ErrorTypes: ...
+
+    def push(self, raw: bytes) -> None:
+        """Queues one message (tuitop's wire format), as Tuleap's front end does."""
+
+    def push_marked(self, raw: bytes, token: str) -> None:
+        """As ``push``, with a marker of ``token`` in the same transaction."""
+
+    def was_pushed(self, token: str) -> bool:
+        """Whether the push marked ``token`` happened (within the marker's minutes)."""
+
+    def may_still_land(self, error: BaseException) -> bool:
+        """Whether a push that failed with ``error`` may still be under way (a timeout,
+        a line lost mid-commit): asked now, its marker may not be there yet."""
+
+    def published_config(self) -> Mapping[str, str]:
+        """The configuration the pools published (async scope, log level …)."""
+
+    def dead_letters(self, start: int = 0, count: int = 50) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+
+    def dead_letter_count(self) -> int: ...
+
+    def replay(self, letter: DeadLetter, *, from_oldest: bool = False) -> bool:
+        """Puts a dead letter back at the end of the queue, fresh; False when gone."""
+
+    def replay_all(self, chunk: int = 1000) -> int:
+        """Replays every dead letter there is now, oldest first; how many."""
+
+    def purge_dead_letters(self) -> int: ...
+
+    def live_pools(self) -> list[str]:
+        """Pools and workers that show a sign of life ("pool NAME", "worker ID")."""
+
+    def hand_back(self, reason: str) -> HandBack:
+        """Gives Tuleap's queue everything only a tuitop reads (no pool running)."""
+
+    def describe(self, error: BaseException) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class StoreView(Protocol):
+    """What a view reads: snapshots, and the queue for the dead-letter screen."""
+
+    @property
+    def errors(self) -> ErrorTypes: ...
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Everything a view shows, at a cost that does not grow with the queue."""
+
+    def queue(self) -> QueueAdmin: ...
 
     def describe(self, error: BaseException) -> str: ...
 

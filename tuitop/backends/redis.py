@@ -21,6 +21,7 @@ from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
 from tuitop.queue import Queue, TakePlan
 from tuitop.redisconn import connect, describe_error, is_auth_error
+from tuitop.snapshot import Snapshot, take_snapshot
 from tuitop.stats import POOL_TICK_SCRIPT, StatsBatch, pool_tick
 
 ERRORS: ErrorTypes = (redis.RedisError,)
@@ -292,6 +293,57 @@ class RedisPoolStore:
             pipe.llen(key)
         delayed, *depths = pipe.execute()
         return sum(depths), int(delayed)
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisAdmin(Queue):
+    """The queue as the CLI, the producers and the dead-letter screen use it
+    (:class:`~tuitop.backends.base.QueueAdmin`)."""
+
+    errors = ERRORS
+
+    def __init__(self, settings: RedisSettings, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.settings = settings
+
+    def dead_letter_count(self) -> int:
+        return int(self.redis.llen(keys.DEAD_LETTERS))
+
+    def may_still_land(self, error: BaseException) -> bool:
+        return isinstance(error, redis.TimeoutError)
+
+    def published_config(self) -> Mapping[str, str]:
+        fields = cast(dict[bytes, bytes], self.redis.hgetall(keys.CONFIG))
+        return {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
+        }
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+class RedisView:
+    """What a view reads from one Redis (:class:`~tuitop.backends.base.StoreView`)."""
+
+    errors = ERRORS
+
+    def __init__(self, settings: RedisSettings, client_name: str) -> None:
+        self.settings = settings
+        self.client = connect(settings, client_name=client_name, socket_timeout=2)
+
+    def snapshot(self, now: float) -> Snapshot:
+        return take_snapshot(self.client, now)
+
+    def queue(self) -> RedisAdmin:
+        return RedisAdmin(self.settings, self.client)
 
     def describe(self, error: BaseException) -> str:
         return describe_error(error, self.settings)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import ClassVar
 
-import redis
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -16,9 +15,7 @@ from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Label, Static
 
-from tuitop import keys
-from tuitop.backends.base import DeadLetter
-from tuitop.queue import Queue
+from tuitop.backends.base import DeadLetter, QueueAdmin
 from tuitop.tui.source import SnapshotSource
 
 SHOWN_LETTERS = 500
@@ -140,20 +137,22 @@ class DeadLettersScreen(Screen[None]):
 
     # Not exclusive: a write queued behind another must run, not be cancelled by it.
     @work(thread=True, group="dead-letters")
-    def _run(self, action: Callable[[Queue], str | None], done: str) -> None:
+    def _run(self, action: Callable[[QueueAdmin], str | None], done: str) -> None:
         """Runs ``action`` off the UI thread, then reads the list again."""
 
-        def act(queue: Queue) -> tuple[str | None, list[DeadLetter], int]:
+        def act(queue: QueueAdmin) -> tuple[str | None, list[DeadLetter], int]:
             said = action(queue)
             letters = queue.dead_letters(0, SHOWN_LETTERS)
-            return said, letters, int(queue.redis.llen(keys.DEAD_LETTERS))
+            return said, letters, queue.dead_letter_count()
 
+        failures: tuple[type[BaseException], ...] = (*self.source.errors(), ValueError)
         try:
             said, letters, total = self.source.with_queue(act)
-        except (redis.RedisError, ValueError) as error:
-            message = self.source.describe(error) if isinstance(error, redis.RedisError) else ""
+        except failures as error:
+            message = "" if isinstance(error, ValueError) else self.source.describe(error)
+            title = "the database" if self.source.settings.queue == "db" else "Redis"
             self.app.call_from_thread(
-                self.notify, message or str(error), title="Redis", severity="error", markup=False
+                self.notify, message or str(error), title=title, severity="error", markup=False
             )
             return
         self.app.call_from_thread(self._show, letters, total)
@@ -196,7 +195,7 @@ class DeadLettersScreen(Screen[None]):
         if letter is None:
             return
 
-        def replay(queue: Queue) -> str:
+        def replay(queue: QueueAdmin) -> str:
             if queue.replay(letter):
                 return f"replayed: {letter.topic or 'the message'} is back on the queue"
             return "it was already gone (replayed or purged elsewhere)"
@@ -204,18 +203,18 @@ class DeadLettersScreen(Screen[None]):
         self._run(replay, "")
 
     def action_replay_all(self) -> None:
-        def replay_all(queue: Queue) -> str:
+        def replay_all(queue: QueueAdmin) -> str:
             return f"replayed {queue.replay_all()} dead letter(s)"
 
         self._ask(f"Replay all {self.total:,} dead letters?", replay_all)
 
     def action_purge(self) -> None:
-        def purge(queue: Queue) -> str:
+        def purge(queue: QueueAdmin) -> str:
             return f"purged {queue.purge_dead_letters()} dead letter(s)"
 
         self._ask(f"Delete all {self.total:,} dead letters for good?", purge)
 
-    def _ask(self, question: str, action: Callable[[Queue], str]) -> None:
+    def _ask(self, question: str, action: Callable[[QueueAdmin], str]) -> None:
         if not self.letters:
             self.notify("no dead letter shown (g reloads the list)")
             return

@@ -1,10 +1,11 @@
-"""Where the UI's pictures come from: the Redis the config files name, now.
+"""Where the UI's pictures come from: the queue the config files name (a Redis, or
+Tuleap's database), now.
 
 The source follows the config files (a cheap identity check of each file per refresh, a
 reload only when one changed), so a view keeps up when an admin moves the pool to another
-Redis; a file that does not load leaves the last good settings in force, as it does for the
-pool. Each :meth:`SnapshotSource.take` is one snapshot (two round trips) or the reason there
-is none: Redis not configured, or not answering (said with the password masked; the next
+server; a file that does not load leaves the last good settings in force, as it does for
+the pool. Each :meth:`SnapshotSource.take` is one snapshot or the reason there is none: no
+queue configured, or its server not answering (said with the password masked; the next
 take tries again).
 """
 
@@ -17,17 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis
-
-from tuitop.config import ConfigError, RedisSettings, Settings
+from tuitop.backends import describe_store_error, open_view
+from tuitop.backends.base import QueueAdmin, StoreView
+from tuitop.config import ConfigError, Settings, StoreSettings
 from tuitop.procmeter import ProcessMeter
-from tuitop.queue import Queue
-from tuitop.redisconn import connect, describe_error
-from tuitop.snapshot import Snapshot, take_snapshot
+from tuitop.snapshot import Snapshot
 from tuitop.watch import Fingerprint, fingerprint
 
 T = TypeVar("T")
-NOT_CONFIGURED = "Redis is not configured ($redis_server is empty)"
+NOT_CONFIGURED = "Redis is not configured ($redis_server is empty), nor is a database"
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,13 @@ class Reading:
 
     snapshot: Snapshot | None
     redis_address: str
+    """Where it was read (the store's address: a Redis, or the database)."""
     error: str = ""
 
 
 class SnapshotSource:
-    """Takes snapshots of the Redis the config names; safe from several threads (one
-    Redis conversation at a time)."""
+    """Takes snapshots of the queue the config names; safe from several threads (one
+    conversation with its server at a time)."""
 
     def __init__(
         self,
@@ -61,13 +61,14 @@ class SnapshotSource:
         self.clock = clock
         self.meter = meter
         self._client_name = client_name
-        self._client: redis.Redis | None = None
-        self._client_for: RedisSettings | None = None
+        self._view: StoreView | None = None
+        self._view_for: tuple[StoreSettings, object] | None = None
         self._lock = threading.Lock()
 
     @property
-    def redis_settings(self) -> RedisSettings:
-        return self.settings.redis
+    def redis_settings(self) -> StoreSettings:
+        """The settings of the store in force (a Redis, or the database)."""
+        return self.settings.store
 
     def _follow_files(self) -> None:
         now = fingerprint(self._files)
@@ -79,54 +80,64 @@ class SnapshotSource:
         with contextlib.suppress(ConfigError):
             self.settings = self._load()
 
-    def client(self) -> redis.Redis:
-        """A client of the Redis in force (raises redis.RedisError, ValueError when none)."""
+    def view(self) -> StoreView:
+        """What reads the store in force (raises its errors, or ValueError when none is
+        configured)."""
         self._follow_files()
-        wanted = self.settings.redis
+        wanted = self.settings.store
+        key = (wanted, self.settings.lanes)
         if not wanted.configured:
             self.close()
             raise ValueError(NOT_CONFIGURED)
-        if self._client is None or self._client_for != wanted:
+        if self._view is None or self._view_for != key:
             self.close()
-            self._client = connect(wanted, client_name=self._client_name, socket_timeout=2)
-            self._client_for = wanted
-        return self._client
+            self._view = open_view(wanted, self.settings.lanes, self._client_name)
+            self._view_for = key
+        return self._view
 
     def take(self) -> Reading:
         with self._lock:
             return self._take()
 
     def _take(self) -> Reading:
-        address = self.settings.redis.address
+        address = self.settings.store.address
         try:
-            client = self.client()
-            address = self.settings.redis.address
-            snapshot = take_snapshot(client, self.clock())
+            view = self.view()
+            address = self.settings.store.address
+            snapshot = view.snapshot(self.clock())
         except ValueError as error:
             return Reading(None, "", str(error))
-        except redis.RedisError as error:
+        except self.errors() as error:
             self.close()
             return Reading(None, address, self.describe(error))
         if self.meter is not None:
             snapshot = self.meter.measure(snapshot)
         return Reading(snapshot, address)
 
-    def with_queue(self, action: Callable[[Queue], T]) -> T:
-        """Runs ``action`` on the queue of the Redis in force (the dead-letter screen's
-        reads and writes); raises redis.RedisError, or ValueError when none is configured."""
+    def with_queue(self, action: Callable[[QueueAdmin], T]) -> T:
+        """Runs ``action`` on the queue of the store in force (the dead-letter screen's
+        reads and writes); raises the store's errors, or ValueError when none is
+        configured."""
         with self._lock:
+            view = self.view()
             try:
-                return action(Queue(self.client()))
-            except redis.RedisError:
+                return action(view.queue())
+            except self.errors():
                 self.close()
                 raise
 
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """What the store in force raises when it does not answer."""
+        from tuitop.backends import store_errors
+
+        return store_errors(self.settings.store)
+
     def describe(self, error: BaseException) -> str:
-        """A Redis error as the UI says it (the password masked)."""
-        return describe_error(error, self.settings.redis)
+        """A store's error as the UI says it (the password masked)."""
+        return describe_store_error(self.settings.store, error)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-        self._client_for = None
+        if self._view is not None:
+            self._view.close()
+        self._view = None
+        self._view_for = None

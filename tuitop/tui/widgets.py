@@ -61,6 +61,12 @@ def set_data_if_changed(sparkline: Sparkline, data: list[float]) -> None:
         sparkline.data = data
 
 
+def store_label(address: str) -> str:
+    """What the queue's server is, from its address: Tuleap's database (``mysql://…``,
+    :attr:`~tuitop.config.DatabaseSettings.address`), else a Redis."""
+    return "db" if address.startswith("mysql") else "redis"
+
+
 class HeaderBar(Static):
     """One line: where the data comes from, whether it is live, what the pool is doing."""
 
@@ -79,7 +85,7 @@ class HeaderBar(Static):
             if taken_at is not None:
                 parts.append(f"showing {clock_time(taken_at)}, retrying")
         else:
-            parts.append(f"redis {redis_address} ✔")
+            parts.append(f"{store_label(redis_address)} {redis_address} ✔")
             if taken_at is not None:
                 parts.append(clock_time(taken_at))
         if paused:
@@ -114,7 +120,8 @@ class QueuePanel(Vertical):
         if queue.dead_letters:
             dead.stylize("bold red")
         figures = Text.assemble(
-            f"waiting {queue.waiting:,}   processing {queue.processing:,}\n",
+            f"waiting {queue.waiting:,}{'+' if queue.waiting_capped else ''}   "
+            f"processing {queue.processing:,}\n",
             oldest,
             f"   delayed {queue.delayed:,}\n",
             dead,
@@ -279,7 +286,7 @@ class ConfigPanel(Static):
         return Text(
             f"{pool.name}@{pool.host}  {files}  loaded {clock_time(pool.loaded_at)}  "
             f"{workers}  lanes {reserved or 'none'}  async {pool.async_scope}  "
-            f"log {pool.log_level}  redis {pool.redis}"
+            f"log {pool.log_level}  {store_label(pool.redis)} {pool.redis}"
         )
 
 

@@ -1,0 +1,80 @@
+"""What a view reads from Tuleap's database (:class:`~tuitop.backends.base.StoreView`),
+and the queue as the CLI and the producers use it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pymysql.cursors import Cursor
+
+from tuitop.backends.db.connection import ERRORS, describe_error
+from tuitop.backends.db.queue import DbQueue
+from tuitop.backends.db.schema import create_tables
+from tuitop.backends.db.snapshot import beat_fields, take_db_snapshot
+from tuitop.config import DatabaseSettings
+from tuitop.lanes import LaneSet
+from tuitop.snapshot import Snapshot
+
+
+class DbAdmin(DbQueue):
+    """The queue as the CLI, the producers and the dead-letter screen use it: tuitop's
+    tables are made at the first use (a CLI may come before any pool)."""
+
+    errors = ERRORS
+
+    def __init__(self, settings: DatabaseSettings, program: str) -> None:
+        super().__init__(settings, program=program, read_timeout=10.0)
+        self._tables_made = False
+
+    def _ready(self, cursor: Cursor) -> None:
+        if not self._tables_made:
+            create_tables(cursor)
+            self._tables_made = True
+
+    def prepare(self) -> DbAdmin:
+        """Makes tuitop's tables where they are missing; returns itself."""
+        self.session.run(self._ready)
+        return self
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def may_still_land(self, error: BaseException) -> bool:
+        # Sent, and the line lost or timed out: the commit may be running still.
+        return bool(error.args) and error.args[0] in (2006, 2013, 2055)
+
+    def published_config(self) -> Mapping[str, str]:
+        def read(cursor: Cursor) -> Mapping[str, str]:
+            cursor.execute("SELECT fields FROM tuitop_config WHERE one = 1")
+            row = cursor.fetchone()
+            fields = beat_fields(row[0] if row else None)
+            return {k.decode(): v.decode() for k, v in fields.items()}
+
+        return self.session.run(read)
+
+
+class DbView:
+    """Snapshots of the database, ``lanes`` naming the lane of each topic."""
+
+    errors = ERRORS
+
+    def __init__(self, settings: DatabaseSettings, lanes: LaneSet, program: str) -> None:
+        self.settings = settings
+        self.lanes = lanes
+        self.admin = DbAdmin(settings, program)
+
+    def snapshot(self, now: float) -> Snapshot:
+        def read(cursor: Cursor) -> Snapshot:
+            self.admin._ready(cursor)
+            return take_db_snapshot(cursor, self.lanes, now)
+
+        return self.admin.session.run(read)
+
+    def queue(self) -> DbAdmin:
+        return self.admin
+
+    def describe(self, error: BaseException) -> str:
+        return describe_error(error, self.settings)
+
+    def close(self) -> None:
+        self.admin.close()
