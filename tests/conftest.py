@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.pool import Pool
-from tests.tuleapdb import create_user, fresh_database
+from tests.tuleapdb import fresh_database
 from tuitop.config import DatabaseSettings
 from tuitop.mariadbserver import EmbeddedMariaDB
 from tuitop.redisserver import EmbeddedRedis
@@ -92,7 +92,6 @@ def mariadb_server() -> Iterator[EmbeddedMariaDB]:
     own (``mariadb_factory``)."""
     server = EmbeddedMariaDB().start()
     try:
-        create_user(server)
         yield server
     finally:
         server.close()
@@ -113,9 +112,7 @@ def mariadb_factory() -> Iterator[Callable[[], EmbeddedMariaDB]]:
     def make() -> EmbeddedMariaDB:
         server = EmbeddedMariaDB()
         servers.append(server)
-        server.start()
-        create_user(server)
-        return server
+        return server.start()
 
     yield make
     for server in servers:

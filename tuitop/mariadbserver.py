@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pymysql
 
+from tuitop.backends.db.schema import create_tuleap_queue
+from tuitop.config import DatabaseSettings, Secret
 from tuitop.osutil import set_parent_death_signal
 from tuitop.redisserver import HOST, free_port
 
@@ -67,6 +69,7 @@ class EmbeddedMariaDB:
         if server is None or install is None:
             raise MariaDBServerError("no mariadbd / mariadb-install-db (Debian: mariadb-server)")
         user = getpass.getuser()
+        self.directory.mkdir(parents=True, exist_ok=True)
         if not self.data.exists():
             done = subprocess.run(
                 [install, "--no-defaults", f"--user={user}", f"--datadir={self.data}",
@@ -125,3 +128,20 @@ class EmbeddedMariaDB:
         with contextlib.suppress(OSError):
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
         return "(no log)"
+
+
+def create_tuleap_database(
+    server: EmbeddedMariaDB, name: str, user: str, password: str
+) -> DatabaseSettings:
+    """A database ``name`` holding Tuleap's ``async_events`` (its DDL), all of it granted
+    to ``user`` (made if missing) with ``password``, reached over TCP: as a Tuleap
+    server's database looks to its workers."""
+    with server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (user, password))
+        cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        cursor.execute(f"GRANT ALL ON {name}.* TO %s@'%%'", (user,))
+        cursor.execute(f"USE {name}")
+        create_tuleap_queue(cursor)
+    return DatabaseSettings(
+        host=HOST, port=server.port, name=name, user=user, password=Secret(password)
+    )

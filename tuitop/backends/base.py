@@ -26,7 +26,7 @@ from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import StoreSettings
 from tuitop.message import Message
 from tuitop.snapshot import Snapshot
-from tuitop.stats import StatsBatch
+from tuitop.stats import StatsBatch, WindowStats
 
 MAX_REQUEUES = 3
 """Tuleap's limit: a message may come back this many times, then it is given up."""
@@ -316,6 +316,9 @@ class StoreView(Protocol):
 
     def snapshot(self, now: float) -> Snapshot:
         """Everything a view shows, at a cost that does not grow with the queue."""
+
+    def stats(self, now: float, seconds: int) -> WindowStats:
+        """The counters and latencies of the last ``seconds`` (the stats keep 15 min)."""
 
     def queue(self) -> QueueAdmin: ...
 

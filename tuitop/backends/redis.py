@@ -22,7 +22,14 @@ from tuitop.message import Message, decode, with_payload
 from tuitop.queue import Queue, TakePlan
 from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.snapshot import Snapshot, take_snapshot
-from tuitop.stats import POOL_TICK_SCRIPT, StatsBatch, pool_tick
+from tuitop.stats import (
+    POOL_TICK_SCRIPT,
+    StatsBatch,
+    WindowStats,
+    pool_tick,
+    read_buckets,
+    summarize,
+)
 
 ERRORS: ErrorTypes = (redis.RedisError,)
 
@@ -341,6 +348,9 @@ class RedisView:
 
     def snapshot(self, now: float) -> Snapshot:
         return take_snapshot(self.client, now)
+
+    def stats(self, now: float, seconds: int) -> WindowStats:
+        return summarize(read_buckets(self.client, now, seconds), seconds)
 
     def queue(self) -> RedisAdmin:
         return RedisAdmin(self.settings, self.client)

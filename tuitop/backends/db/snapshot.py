@@ -30,7 +30,7 @@ from tuitop.snapshot import (
     pool_view,
     worker_view,
 )
-from tuitop.stats import bucket_start
+from tuitop.stats import WindowStats, bucket_start, summarize
 
 
 def beat_fields(text: str | bytes | None) -> dict[bytes, bytes]:
@@ -122,10 +122,21 @@ def _age(counted: tuple[int, float] | None, moment: float) -> float | None:
     return moment - counted[1]
 
 
-def _buckets(rows: list[tuple[Any, ...]], moment: float) -> list[Mapping[bytes, bytes]]:
+def read_stats(cursor: Cursor, moment: float, seconds: int) -> WindowStats:
+    """The counters and latencies of the last ``seconds``."""
+    cursor.execute(
+        "SELECT bucket, name, count FROM tuitop_stats WHERE bucket >= %s",
+        (bucket_start(moment) - seconds,),
+    )
+    return summarize(_buckets(list(cursor.fetchall()), moment, seconds), seconds)
+
+
+def _buckets(
+    rows: list[tuple[Any, ...]], moment: float, seconds: int = FIVE_MINUTES
+) -> list[Mapping[bytes, bytes]]:
     """The stats rows as Redis' bucket hashes, newest first."""
     newest = bucket_start(moment)
-    count = FIVE_MINUTES // keys.STATS_BUCKET_SECONDS + 1
+    count = seconds // keys.STATS_BUCKET_SECONDS + 1
     buckets: list[dict[bytes, bytes]] = [{} for _ in range(count)]
     for bucket, name, value in rows:
         index = (newest - int(bucket)) // keys.STATS_BUCKET_SECONDS

@@ -10,10 +10,11 @@ from pymysql.cursors import Cursor
 from tuitop.backends.db.connection import ERRORS, describe_error
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import create_tables
-from tuitop.backends.db.snapshot import beat_fields, take_db_snapshot
+from tuitop.backends.db.snapshot import beat_fields, read_stats, take_db_snapshot
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
 from tuitop.snapshot import Snapshot
+from tuitop.stats import WindowStats
 
 
 class DbAdmin(DbQueue):
@@ -69,6 +70,9 @@ class DbView:
             return take_db_snapshot(cursor, self.lanes, now)
 
         return self.admin.session.run(read)
+
+    def stats(self, now: float, seconds: int) -> WindowStats:
+        return self.admin.session.run(lambda cursor: read_stats(cursor, now, seconds))
 
     def queue(self) -> DbAdmin:
         return self.admin
