@@ -1,6 +1,6 @@
 <?php
-// tuitop reads Tuleap's own config files: /etc/tuleap/conf/local.inc, then
-// /etc/tuleap/conf/redis.inc (a later file wins). This example sets every variable
+// tuitop reads Tuleap's own config files: /etc/tuleap/conf/local.inc, database.inc,
+// then redis.inc (a later file wins). This example sets every variable
 // tuitop reads, as Tuleap's administration guide shows them. Check what tuitop makes
 // of a file with:  tuitop config --config config.example.php
 //
@@ -15,6 +15,25 @@ $redis_port     = 6379;
 // environment variable NAME, so the secret stays out of the file. Redis' own guide
 // asks for a password of at least 30 characters (requirepass in /etc/redis.conf).
 $redis_password = '${REDIS_PASSWORD}';
+
+// --- Tuleap's database (database.inc): the queue of Tuleap >= 15.9 ------------------
+// Tuleap 15.9 and later keep the queue in the database's async_events table. Each of
+// these may also come from the environment: TULEAP_SYS_DBPASSWD and so on, as Tuleap
+// reads them. 'localhost' means the server's unix socket, as for PHP.
+$sys_dbhost   = 'localhost';
+$sys_dbport   = 3306;
+$sys_dbname   = 'tuleap';
+$sys_dbuser   = 'tuleapadm';
+$sys_dbpasswd = '${TULEAP_DB_PASSWORD}';
+// '1': TLS to the database, checked against this CA; '1': check its host name too.
+$sys_enablessl = '0';
+$sys_db_ssl_ca = '/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem';
+$sys_db_ssl_verify_cert = '0';
+
+// Which queue tuitop serves: 'redis' (Tuleap < 15.9, as here) or 'db' (Tuleap's
+// async_events). Unset, the files decide: the one configured; when both are, Tuleap's
+// version (/usr/share/tuleap/VERSION): the database from 15.9.99.78 on.
+$tuitop_queue = 'redis';
 
 // --- Backend workers (local.inc) -----------------------------------------------------
 // Number of workers processing background jobs; 2 is a good starting value.

@@ -376,9 +376,15 @@ def test_errors_never_show_a_string_value(tmp_path: Path) -> None:
 
 
 def test_example_config_reads_as_documented() -> None:
-    loaded = load_config([str(REPO / "config.example.php")], environ={"REDIS_PASSWORD": "p" * 32})
+    loaded = load_config(
+        [str(REPO / "config.example.php")],
+        environ={"REDIS_PASSWORD": "p" * 32, "TULEAP_DB_PASSWORD": "d" * 32},
+    )
     settings = loaded.settings
     assert settings.redis.address == "127.0.0.1:6379"
+    assert settings.queue == "redis" and settings.queue_reason == "$tuitop_queue says so"
+    assert settings.database.address == "mysql://tuleapadm@localhost:3306/tuleap"
+    assert settings.database.password.reveal() == "d" * 32
     assert settings.redis.sends_auth
     assert settings.backend_workers == 2
     assert str(settings.async_scope) == "all"

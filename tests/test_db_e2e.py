@@ -299,3 +299,38 @@ def test_the_environment_gives_the_password_as_tuleap_reads_it(
     assert os.environ.get("TULEAP_SYS_DBPASSWD") is None
     assert json.dumps(database.password.reveal()) not in pool.log()
     pool.stop()
+
+
+async def test_the_ui_shows_the_pool_on_the_database_and_its_dead_letters(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
+) -> None:
+    from textual.widgets import DataTable
+
+    from tests.test_tui import SIZE, text_of, until
+    from tuitop.tui.app import TuitopApp
+    from tuitop.tui.screens import DeadLettersScreen
+    from tuitop.tui.widgets import HeaderBar, QueuePanel, WorkersPanel
+
+    config = database_inc(tmp_path, database, workers=2)
+    start_pool(pools, tmp_path, tuleap, config, *FAST_RETRY, *QUICK_STOP)
+    enqueue(database, "tuleap.tracker.artifact",
+            {"id": "dead", "standin": {"exit": 9}})  # fmt: skip
+    wait_until(lambda: count(database, "tuitop_dead_letters") == 1, 30, "a dead letter")
+    source = SnapshotSource(lambda: load_config([str(config)]).settings, [str(config)])
+    app = TuitopApp(source, interval=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.snapshot is not None and len(app.snapshot.workers) == 2)
+        header = text_of(app.query_one(HeaderBar))
+        assert f"db {database.address} ✔" in header
+        assert database.password.reveal() not in header
+        await until(lambda: "dead letters 1" in text_of(app.query_one("#queue-figures")))
+        assert app.query_one(WorkersPanel).row_count == 2
+        await pilot.press("d")
+        await until(lambda: isinstance(app.screen, DeadLettersScreen) and app.screen.letters)
+        table = app.screen.query_one("#letters", DataTable)
+        assert table.row_count == 1
+        await pilot.press("r")  # replayed: back on Tuleap's table, run (and dead) again
+        await until(lambda: len(tuleap.runs_of("dead")) == 8, 30)
+        await pilot.press("escape")
+        assert isinstance(app.query_one(QueuePanel), QueuePanel)
+    source.close()

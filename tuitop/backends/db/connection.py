@@ -36,6 +36,7 @@ LOCAL_SOCKETS = (
 )
 RETRIED_ERRORS = (1213, 1205)
 """A deadlock, a lock wait timeout: the transaction was rolled back whole; run it again."""
+RETRIES = 5
 AUTH_ERRORS = (1044, 1045, 1698)
 """Access denied: to the database, for the user and password, for the auth plugin."""
 
@@ -144,19 +145,28 @@ class Session:
             )
         return self._connection
 
-    def run(self, body: Callable[[Cursor], T]) -> T:
-        """``body`` with a cursor, outside a transaction (each statement commits)."""
-        try:
-            with self.connection().cursor() as cursor:
-                return body(cursor)
-        except pymysql.MySQLError:
-            self.close()
-            raise
+    def run(self, body: Callable[[Cursor], T], *, again_after_deadlock: bool = False) -> T:
+        """``body`` with a cursor (each statement commits, unless ``body`` starts a
+        transaction itself). With ``again_after_deadlock``, ``body`` — a whole transaction
+        — runs again when InnoDB rolled it back for a deadlock or a lock wait timeout
+        (SKIP LOCKED takes of several workers at once can meet on the queue's index)."""
+        for attempt in range(RETRIES + 1):
+            try:
+                with self.connection().cursor() as cursor:
+                    return body(cursor)
+            except pymysql.MySQLError as error:
+                if again_after_deadlock and _code(error) in RETRIED_ERRORS and attempt < RETRIES:
+                    with contextlib.suppress(pymysql.MySQLError):
+                        self.connection().rollback()
+                    continue
+                self.close()
+                raise
+        raise AssertionError("unreachable")
 
     def transaction(self, body: Callable[[Cursor], T]) -> T:
         """``body`` in one transaction, committed; run again whole after a deadlock. Any
         error rolls it back (a connection lost: the server rolls it back)."""
-        for attempt in range(len(RETRIED_ERRORS) * 3):
+        for attempt in range(RETRIES + 1):
             connection = self.connection()
             try:
                 connection.begin()
@@ -165,7 +175,7 @@ class Session:
                 connection.commit()
                 return result
             except pymysql.MySQLError as error:
-                if _code(error) in RETRIED_ERRORS and attempt < 5:
+                if _code(error) in RETRIED_ERRORS and attempt < RETRIES:
                     with contextlib.suppress(pymysql.MySQLError):
                         connection.rollback()
                     continue

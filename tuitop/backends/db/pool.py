@@ -56,6 +56,8 @@ class DbPoolStore:
         )
         self.session = self.queue.session
         self._tables_checked = False
+        self._sampled = 0
+        """The stats bucket the queue's depth was last sampled into."""
 
     def ping(self) -> None:
         """Checks the server answers and has Tuleap's table; creates tuitop's tables at
@@ -114,16 +116,18 @@ class DbPoolStore:
                 f"UPDATE tuitop_pools SET expires_at = {NOW} + %s, beat = %s WHERE name = %s",
                 (ttl, json.dumps(beat.fields()), name),
             )
-            if stopping:
+            bucket = bucket_start(beat.beat)
+            if stopping or bucket == self._sampled:
                 return
-            # The depth every view draws, sampled into the current stats bucket (a gauge:
-            # the last sample stands).
+            # The depth every view draws: one sample a stats bucket (10 s) is all a view
+            # reads, and a count reads rows.
+            self._sampled = bucket
             cursor.execute(capped_count_sql(), (QUEUE_NAME,))
             (depth,) = cursor.fetchone() or (0,)
             cursor.execute(
                 "INSERT INTO tuitop_stats (bucket, name, count) VALUES (%s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE count = VALUES(count)",
-                (bucket_start(beat.beat), DEPTH, int(depth)),
+                (bucket, DEPTH, int(depth)),
             )
 
         self.session.run(write)

@@ -160,7 +160,10 @@ class DbQueue:
         if not kept:
             return []
         wrapped: list[Statement] = [("START TRANSACTION", ()), *kept, ("COMMIT", ())]
-        return self.session.run(lambda cursor: execute_all(cursor, wrapped))[1:-1]
+        counts = self.session.run(
+            lambda cursor: execute_all(cursor, wrapped), again_after_deadlock=True
+        )
+        return counts[1:-1]
 
     # --- producers ------------------------------------------------------------------------
 
@@ -221,13 +224,23 @@ class DbQueue:
         how many rows the worker holds already."""
 
         def move(cursor: Cursor) -> tuple[list[Row], str, int]:
+            # Two round trips when something is taken: the transaction's start goes with
+            # the first look, its end with the move.
+            begin: list[Statement] = [("START TRANSACTION", ())]
             for name, condition, args in sources:
-                cursor.execute(
-                    f"SELECT {MESSAGE_COLUMNS} FROM async_events "
-                    f"WHERE queue_name = %s AND {condition} "
-                    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (QUEUE_NAME, *args, max_batch),
+                execute_all(
+                    cursor,
+                    [
+                        *begin,
+                        (
+                            f"SELECT {MESSAGE_COLUMNS} FROM async_events "
+                            f"WHERE queue_name = %s AND {condition} "
+                            "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+                            (QUEUE_NAME, *args, max_batch),
+                        ),
+                    ],
                 )
+                begin = []
                 rows = list(cursor.fetchall())
                 if rows:
                     ids = [row[0] for row in rows]
@@ -241,16 +254,23 @@ class DbQueue:
                                 (worker_id, *ids),
                             ),
                             (f"DELETE FROM async_events WHERE {_in(ids)}", ids),
+                            ("COMMIT", ()),
                         ],
                     )
                     return rows, name, 0
-            cursor.execute(
-                "SELECT COUNT(*) FROM tuitop_processing WHERE worker_id = %s", (worker_id,)
+            execute_all(
+                cursor,
+                [
+                    *begin,
+                    ("COMMIT", ()),
+                    ("SELECT COUNT(*) FROM tuitop_processing WHERE worker_id = %s", (worker_id,)),
+                ],
             )
             (held,) = cursor.fetchone() or (0,)
             return [], sources[0][0] if sources else "", int(held)
 
-        rows, source, held = self.session.transaction(move)
+        # Any error closes the connection: the server rolls the transaction back.
+        rows, source, held = self.session.run(move, again_after_deadlock=True)
         return [row_message(row) for row in rows], source, held
 
     def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
