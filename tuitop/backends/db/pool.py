@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
-from tuitop.backends.db.connection import ERRORS, describe_error
+from tuitop.backends.db.connection import ERRORS, describe_error, execute_all
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
 from tuitop.beats import PoolBeat
@@ -74,21 +74,29 @@ class DbPoolStore:
     # --- the name, the heartbeat, the config -------------------------------------------
 
     def claim_name(self, name: str, token: str, ttl: int) -> bool:
+        """One round trip: the upsert decides the owner in one statement (atomic), the
+        read after it says who it is."""
+
         def claim(cursor: Cursor) -> bool:
             # The assignments run left to right: the second sees the owner just decided.
-            cursor.execute(
-                "INSERT INTO tuitop_pools (name, owner, claimed_until, expires_at, beat) "
-                f"VALUES (%s, %s, {NOW} + %s, 0, '') ON DUPLICATE KEY UPDATE "
-                f"owner = IF(owner = VALUES(owner) OR claimed_until < {NOW}, VALUES(owner), "
-                "owner), claimed_until = IF(owner = VALUES(owner), VALUES(claimed_until), "
-                "claimed_until)",
-                (name, token, ttl),
+            execute_all(
+                cursor,
+                [
+                    (
+                        "INSERT INTO tuitop_pools (name, owner, claimed_until, expires_at, "
+                        f"beat) VALUES (%s, %s, {NOW} + %s, 0, '') ON DUPLICATE KEY UPDATE "
+                        f"owner = IF(owner = VALUES(owner) OR claimed_until < {NOW}, "
+                        "VALUES(owner), owner), claimed_until = IF(owner = VALUES(owner), "
+                        "VALUES(claimed_until), claimed_until)",
+                        (name, token, ttl),
+                    ),
+                    ("SELECT owner FROM tuitop_pools WHERE name = %s", (name,)),
+                ],
             )
-            cursor.execute("SELECT owner FROM tuitop_pools WHERE name = %s", (name,))
             row = cursor.fetchone()
             return row is not None and row[0] == token
 
-        return self.session.transaction(claim)
+        return self.session.run(claim)
 
     def name_owner(self, name: str) -> str:
         def ask(cursor: Cursor) -> str:

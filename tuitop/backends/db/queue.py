@@ -452,6 +452,9 @@ class DbQueue:
         """Moves the retries whose time has come (by the database's clock; every one with
         ``all_of_them``) back to Tuleap's table, where their ids put them first."""
 
+        if not all_of_them and not self._any_due():
+            return 0  # one statement, no transaction: the pool asks every second
+
         def move(cursor: Cursor) -> int:
             due = "TRUE" if all_of_them else f"due_at <= {NOW}"
             cursor.execute(
@@ -476,6 +479,13 @@ class DbQueue:
             return len(ids)
 
         return self.session.transaction(move)
+
+    def _any_due(self) -> bool:
+        def ask(cursor: Cursor) -> bool:
+            cursor.execute(f"SELECT 1 FROM tuitop_delayed WHERE due_at <= {NOW} LIMIT 1")
+            return cursor.fetchone() is not None
+
+        return self.session.run(ask)
 
     def next_due(self) -> float | None:
         def ask(cursor: Cursor) -> float | None:
