@@ -386,7 +386,7 @@ def main() -> None:
             (f"  {name}", f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms")
         )
     rows.append(
-        (f"idle, 2 workers ({args.idle:.0f} s)", "client CPU · server CPU · stmts/s · commits/s")
+        (f"idle, 2 workers ({args.idle:.0f} s)", "client CPU · server CPU · stmts/s · fsyncs/s")
     )
     for name in POOLS:
         cost = results["idle"][name]
@@ -394,7 +394,7 @@ def main() -> None:
             (
                 f"  {name}",
                 f"{cost['cpu_percent']:.2f} % · {cost['server_cpu_percent']:.2f} % · "
-                f"{cost['statements_per_second']:.1f} · {cost['commits_per_second']:.1f}",
+                f"{cost['statements_per_second']:.1f} · {cost['fsyncs_per_second']:.1f}",
             )
         )
     redis_idle = results["idle"]["tuitop redis"]

@@ -129,11 +129,14 @@ def flowing(screen: str) -> bool:
     return done is not None and float(done.group(1)) > 0
 
 
-def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
+@pytest.mark.parametrize("queue", ["redis", "db"])
+def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path, queue: str) -> None:
+    """The demo on either queue: a private Redis, or Tuleap's database on a private
+    MariaDB."""
     exit_file = tmp_path / "exit"
     script = (
         f"PYTHONPATH={shlex.quote(str(REPO))} "
-        f"{shlex.quote(sys.executable)} -m tuitop demo --rate 40; "
+        f"{shlex.quote(sys.executable)} -m tuitop demo --rate 40 --queue {queue}; "
         f"echo $? > {shlex.quote(str(tmp_path / 'exit.tmp'))} && "
         f"mv {shlex.quote(str(tmp_path / 'exit.tmp'))} {shlex.quote(str(exit_file))}; "
         "sleep 30"
@@ -147,7 +150,8 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path) -> None:
     # Every panel, the header and the footer.
     terminal.wait_for(
         *("Queue", "Notification latency", "Config", "Workers 2 running / 2 wanted", "Log"),
-        *("redis 127.0.0.1:", "✔", "dead letters", "quit"),
+        "redis 127.0.0.1:" if queue == "redis" else "db mysql://tuleapadm@127.0.0.1:",
+        *("✔", "dead letters", "quit"),
     )
     # Both workers, and notifications flowing (the rate is the last complete 10 s bucket).
     terminal.wait_for("demo/0", "demo/1")
