@@ -334,3 +334,34 @@ async def test_the_ui_shows_the_pool_on_the_database_and_its_dead_letters(
         await pilot.press("escape")
         assert isinstance(app.query_one(QueuePanel), QueuePanel)
     source.close()
+
+
+def test_a_host_killed_whole_is_recovered_by_the_pool_of_another(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
+) -> None:
+    """Two pools on one database; one host dies (its pool and workers SIGKILLed at once)
+    with a task running: the other pool sees its heartbeats expire and recovers what it
+    held, with one more try, and runs it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    config = database_inc(tmp_path, database, workers=1, extra="$tuitop_lanes = '';")
+    doomed = start_pool(pools, tmp_path / "a", tuleap, config, "--pool-name", "host-a")
+    enqueue(database, "tuleap.tracker.artifact", {"id": "held", "standin": {"sleep": 600}})
+    run = wait_until(lambda: tuleap.runs_of("held"), 20, "host-a running it")[0]
+    worker = psutil.Process(int(str(run["ppid"])))
+    assert str(run["env"]["TUITOP_WORKER"]).startswith("host-a/0#")  # type: ignore[index]
+    survivor = start_pool(
+        pools, tmp_path / "b", tuleap, config, "--pool-name", "host-b", *QUICK_STOP
+    )
+    for process in (psutil.Process(doomed.pid), worker, psutil.Process(int(str(run["pid"])))):
+        process.kill()  # the host is gone: nothing of it says goodbye
+    doomed.wait(10)
+    survivor.wait_for_log(r"Recovered 1 message\(s\) of worker host-a/0#", timeout=40)
+    second = wait_until(lambda: tuleap.runs_of("held")[1:], 30, "run again on host-b")[0]
+    assert "host-b/" in str(second["env"]["TUITOP_WORKER"])  # type: ignore[index]
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT worker_id, nb_added_in_queue FROM tuitop_processing")
+        [(holder, tries)] = cursor.fetchall()
+    assert holder.startswith("host-b/") and tries == 1
+    assert survivor.stop() == 0  # past its grace the task is cut: what it held recovered
+    assert count(database, "tuitop_delayed") == 1

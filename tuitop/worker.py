@@ -1,23 +1,24 @@
 """One worker process: takes messages, runs their handlers, acks, beats.
 
-The loop (Tuleap's worker, made faster and safer):
+The loop (Tuleap's worker, made faster and safer), on either queue through its channel
+(:mod:`tuitop.backends`: Redis, or Tuleap's database):
 
-* take a batch when the queue is deep — a fair share, sized so that a batch is ~20 ms of
-  work (``queue.Queue.take``) — else block on BLMOVE for one message, never polling;
+* take a batch when the queue is deep, sized so that a batch is ~20 ms of work, else wait
+  for one message without polling — Redis: a BLMOVE; the database: the pool's doorbell;
 * run each message's handler; ack the finished ones together with the stats in one
-  pipelined round trip. When a job runs long, a watchdog gives the rest of its batch back
-  to the queue while it runs, so no message waits behind it while another worker is idle;
+  round trip. When a job runs long, a watchdog gives the rest of its batch back to the
+  queue while it runs, so no message waits behind it while another worker is idle;
 * exit after ``max_messages`` (Tuleap: 1000) so a fresh process replaces it.
 
-A worker's id is ``pool/slot#pid``: unique to the process, so its processing list is its
-own even when an old process of the same slot outlives its supervisor.
+A worker's id is ``pool/slot#pid``: unique to the process, so what it holds is its own
+even when an old process of the same slot outlives its supervisor.
 
 SIGTERM asks for a warm stop: the job running finishes, messages taken but not started go
 back to the head of the queue, then the worker leaves; when idle it leaves at once.
 SIGINT is ignored: a Ctrl-C at the terminal is the supervisor's to handle. A heartbeat
-thread publishes the worker's state in Redis every second until the process ends, and
-starts a warm stop when the supervisor is gone. The state is also kept in shared memory
-for the local supervisor, which enforces the job time limit from it.
+thread publishes the worker's state in the store every second until the process ends,
+and starts a warm stop when the supervisor is gone. The state is also kept in shared
+memory for the local supervisor, which enforces the job time limit from it.
 """
 
 from __future__ import annotations
