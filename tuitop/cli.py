@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     top = commands.add_parser(
         "top",
-        help="watch the pools sharing a Redis, live (runs no worker)",
+        help="watch the pools sharing a queue, live (runs no worker)",
         description="Show the queue, the workers of every pool and the latency, live, "
-        "from the Redis the config files name.",
+        "from the queue the config files name (a Redis, or Tuleap's database).",
     )
     _add_config_option(top)
     _add_interval_option(top)

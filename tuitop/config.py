@@ -412,11 +412,19 @@ class LoadedConfig:
     diagnostics: tuple[Diagnostic, ...]
 
     def variables_json(self) -> dict[str, Any]:
-        """Every variable with its PHP value as JSON data; secrets shown as ``***``."""
-        return {
-            name: MASK if is_secret_variable(name) and value else php_value_json(value)
-            for name, value in self.variables.items()
-        }
+        """Every variable with its PHP value as JSON data; secrets shown as ``***``: those
+        of a secret's name, and any holding a password in force whatever its name
+        (``$db_pw = '…'; $sys_dbpasswd = $db_pw;``)."""
+        secrets = self.settings.secrets()
+        shown: dict[str, Any] = {}
+        for name, value in self.variables.items():
+            data = php_value_json(value)
+            if (is_secret_variable(name) and value) or (
+                isinstance(data, str) and mask_secrets(data, secrets) != data
+            ):
+                data = MASK
+            shown[name] = data
+        return shown
 
 
 def php_value_json(value: PhpValue) -> Any:

@@ -34,6 +34,9 @@ class StoreLink:
         self.store: PoolStore | None = None
         self.ok = False
         """It answered last time; False until the pool holds its name there too."""
+        self.up_since = 0.0
+        """When it last came up (monotonic): a heartbeat older than that may have expired
+        only because the server was away (its workers beat again within seconds)."""
         self._down_since = 0.0
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -77,6 +80,7 @@ class StoreLink:
                 "%s is back after %.0f s", self._name, time.monotonic() - self._down_since
             )
         self.ok = True
+        self.up_since = time.monotonic()
         self._down_since = self._backoff = 0.0
 
     @property

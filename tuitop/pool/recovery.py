@@ -6,7 +6,8 @@ dead-lettered past the tries — when:
 * it exits, whatever way (at once, by the pool that ran it);
 * its heartbeat expired, on any host (looked for every 5 s by every pool: a host that died
   whole is recovered by the others, with a check in the same transaction that it did not
-  beat again meanwhile);
+  beat again meanwhile; not in the first heartbeat's life after the pool reached the
+  store, when every heartbeat may have expired only because the store was away);
 * it is one of Tuleap's own workers' lists, unchanged for ``tuleap_hold_limit`` while no
   Tuleap worker of that number runs here (:mod:`tuitop.tuleapworkers`).
 
@@ -142,6 +143,11 @@ class Recovery:
             )
 
     def _recover_silent_workers(self, store: PoolStore, ours: set[str]) -> None:
+        if time.monotonic() - self.link.up_since < self.heartbeat_ttl:
+            # Just back (a start, or the server away): every heartbeat may have expired
+            # while nobody could beat. Live workers beat again within seconds; only those
+            # still silent after a whole heartbeat's life are gone.
+            return
         for worker_id in store.silent_workers(ours):
             self.recover(worker_id, f"worker {worker_id} stopped beating", silent=True)
 

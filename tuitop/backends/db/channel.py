@@ -74,8 +74,13 @@ class DbChannel:
             descriptor = self._bell.fileno()
             ready, _, _ = select.select([descriptor], [], [], timeout)
             if ready:
+                rung = b"-"
                 with contextlib.suppress(BlockingIOError):
-                    os.read(descriptor, 4096)  # every ring so far: one look answers all
+                    rung = os.read(descriptor, 4096)  # every ring so far: one look answers all
+                if not rung:
+                    # End of file: the pool is gone (its worker stops within a second);
+                    # until then it looks on its own, not in a loop on a dead pipe.
+                    self._bell = None
         return Batch([], self.inbox)
 
     def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:

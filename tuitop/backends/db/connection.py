@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -34,11 +35,16 @@ LOCAL_SOCKETS = (
     "/var/run/mysqld/mysqld.sock",
     "/tmp/mysql.sock",
 )
-RETRIED_ERRORS = (1213, 1205)
-"""A deadlock, a lock wait timeout: the transaction was rolled back whole; run it again."""
+RETRIED_ERRORS = (1213,)
+"""A deadlock: InnoDB rolled the transaction back whole; run it again. (A lock wait
+timeout, 1205, is said to the caller: a row held that long is held by a client that is
+stuck, and waiting again would hold the caller up as long.)"""
 RETRIES = 5
-AUTH_ERRORS = (1044, 1045, 1698)
-"""Access denied: to the database, for the user and password, for the auth plugin."""
+AUTH_ERRORS = (1045, 1698)
+"""Access denied: for the user and password, for the auth plugin."""
+NO_DATABASE = (1044, 1049)
+"""Access denied to the database (MariaDB's answer for one that does not exist too, to a
+user with no grant on it), or no such database."""
 
 T = TypeVar("T")
 
@@ -51,16 +57,23 @@ def local_socket(host: str, candidates: Sequence[str] = LOCAL_SOCKETS) -> str | 
 
 
 def connect(
-    settings: DatabaseSettings, *, program: str = "tuitop", read_timeout: float | None = 30.0
+    settings: DatabaseSettings,
+    *,
+    program: str = "tuitop",
+    read_timeout: float | None = 30.0,
+    lock_wait: int | None = None,
 ) -> pymysql.connections.Connection[Cursor]:
-    """A new connection to ``settings``' database (autocommit on; transactions explicit).
-    Raises pymysql.MySQLError when it cannot be made."""
+    """A new connection to ``settings``' database (autocommit on; transactions explicit;
+    a row lock waited for ``lock_wait`` s at most, then error 1205). Raises
+    pymysql.MySQLError when it cannot be made."""
     ssl: dict[str, Any] | None = None
     if settings.tls:
-        ssl = {"check_hostname": settings.tls_verify}
-        if settings.tls_ca and os.path.isfile(settings.tls_ca):
-            ssl["ca"] = settings.tls_ca
-    return pymysql.connect(
+        # As Tuleap's PDO does: TLS; the server's certificate checked against the CA file
+        # and its host name only with $sys_db_ssl_verify_cert (PyMySQL takes the dict
+        # whole: the separate ssl_* arguments would replace it).
+        ca = settings.tls_ca if settings.tls_ca and os.path.isfile(settings.tls_ca) else None
+        ssl = {"ca": ca, "check_hostname": settings.tls_verify, "verify_mode": settings.tls_verify}
+    connection = pymysql.connect(
         host=settings.host,
         port=settings.port,
         unix_socket=local_socket(settings.host),
@@ -80,9 +93,29 @@ def connect(
         ),
         program_name=program[:32],
         ssl=ssl,
-        ssl_verify_cert=settings.tls_verify if settings.tls else None,
-        ssl_verify_identity=settings.tls_verify if settings.tls else None,
     )
+    _end_idle_transactions(connection)
+    if lock_wait is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}")
+    return connection
+
+
+IDLE_TRANSACTION_SECONDS = 10
+"""A transaction of tuitop's that waits this long for its client is the client's end: the
+server rolls it back, and its locks go (a worker frozen mid-take — a VM paused, a SIGSTOP
+— would otherwise hide the rows it locked from every other worker until it thaws)."""
+
+
+def _end_idle_transactions(connection: pymysql.connections.Connection[Cursor]) -> None:
+    """MariaDB's ``idle_transaction_timeout`` (10.3 and later); MySQL has none (error
+    1193, unknown variable: nothing to do)."""
+    with connection.cursor() as cursor:
+        try:
+            cursor.execute(f"SET SESSION idle_transaction_timeout = {IDLE_TRANSACTION_SECONDS}")
+        except pymysql.MySQLError as error:
+            if _code(error) != 1193:
+                raise
 
 
 def is_auth_error(error: BaseException) -> bool:
@@ -100,12 +133,17 @@ def describe_error(error: BaseException, settings: DatabaseSettings) -> str:
     if code in (2003, 2002, 2006, 2013, 2055):
         detail = _text(error)
         return f"the database at {where} is unreachable: {mask_secrets(detail, _secret(settings))}"
-    if code == 1049:
-        return f"the database at {where} has no database {settings.name!r} ($sys_dbname)"
-    if code == 1146:
+    if code in NO_DATABASE:
         return (
-            f"the database at {where} has no table {_text(error).split('.')[-1]}: Tuleap's "
-            "queue is its async_events table (Tuleap ≥ 15.9)"
+            f"the database at {where} has no database {settings.name!r} that "
+            f"{settings.user!r} may use ($sys_dbname, $sys_dbuser)"
+        )
+    if code == 1146:
+        quoted = re.search(r"'([^']*)'", _text(error))
+        table = quoted.group(1).split(".")[-1] if quoted else "of tuitop's"
+        return (
+            f"the database at {where} has no table {table} (Tuleap's queue is its "
+            "async_events table, Tuleap ≥ 15.9)"
         )
     text = f"the database at {where}: {type(error).__name__}: {_text(error)}"
     return mask_secrets(text, _secret(settings))
@@ -131,24 +169,33 @@ class Session:
     """One connection to the database, made at first use and again after an error."""
 
     def __init__(
-        self, settings: DatabaseSettings, *, program: str, read_timeout: float | None = 30.0
+        self,
+        settings: DatabaseSettings,
+        *,
+        program: str,
+        read_timeout: float | None = 30.0,
+        lock_wait: int | None = None,
     ) -> None:
         self.settings = settings
         self._program = program
         self._read_timeout = read_timeout
+        self._lock_wait = lock_wait
         self._connection: pymysql.connections.Connection[Cursor] | None = None
 
     def connection(self) -> pymysql.connections.Connection[Cursor]:
         if self._connection is None:
             self._connection = connect(
-                self.settings, program=self._program, read_timeout=self._read_timeout
+                self.settings,
+                program=self._program,
+                read_timeout=self._read_timeout,
+                lock_wait=self._lock_wait,
             )
         return self._connection
 
     def run(self, body: Callable[[Cursor], T], *, again_after_deadlock: bool = False) -> T:
         """``body`` with a cursor (each statement commits, unless ``body`` starts a
         transaction itself). With ``again_after_deadlock``, ``body`` — a whole transaction
-        — runs again when InnoDB rolled it back for a deadlock or a lock wait timeout
+        — runs again when InnoDB rolled it back for a deadlock
         (SKIP LOCKED takes of several workers at once can meet on the queue's index)."""
         for attempt in range(RETRIES + 1):
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import pymysql
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
@@ -26,6 +27,7 @@ DEPTH_CAP = 100_000
 it a view says "100,000+"."""
 STATS_KEEP_SECONDS = 15 * 60
 FORGET_POOLS_AFTER = 60.0
+LOCK_WAIT_TIMEOUT = 1205
 """A pool with neither heartbeat nor claim for this long is forgotten."""
 
 
@@ -51,8 +53,14 @@ class DbPoolStore:
         socket_timeout: float,
     ) -> None:
         self.settings = settings
+        # A lock waited for less than the socket's timeout: a worker frozen mid-move
+        # holding a row is a busy row (tried again at the next scan), not a server away.
         self.queue = DbQueue(
-            settings, retry, program=f"tuitop:{pool_name}:pool", read_timeout=socket_timeout
+            settings,
+            retry,
+            program=f"tuitop:{pool_name}:pool",
+            read_timeout=socket_timeout,
+            lock_wait=max(int(socket_timeout) - 1, 1),
         )
         self.session = self.queue.session
         self._tables_checked = False
@@ -160,13 +168,21 @@ class DbPoolStore:
         traceback: str = "",
         timed_out: bool = False,
     ) -> Recovery:
-        return self.queue.recover(
-            worker_id,
-            reason,
-            unless_beating=unless_beating,
-            traceback=traceback,
-            timed_out=timed_out,
-        )
+        try:
+            return self.queue.recover(
+                worker_id,
+                reason,
+                unless_beating=unless_beating,
+                traceback=traceback,
+                timed_out=timed_out,
+            )
+        except pymysql.err.OperationalError as error:
+            if error.args[:1] != (LOCK_WAIT_TIMEOUT,):
+                raise
+            # A worker holds its rows in a transaction still (frozen mid-move: the server
+            # ends it within its idle timeout): the next scan tries again; the server is
+            # not away.
+            return Recovery(0, 0)
 
     def move_due(self) -> int:
         return self.queue.move_due()

@@ -23,6 +23,7 @@ deletes it — tuitop moves it to the dead letters with why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import pymysql
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import DeadLetter, HandBack, Recovery, RetryPolicy
@@ -112,6 +114,71 @@ def _ids(messages: Iterable[Message]) -> list[bytes]:
     return [message.row_id for message in messages if message.row_id is not None]
 
 
+DUPLICATE_KEY = 1062
+_REST = (
+    "queue_name, topic, payload, enqueue_timestamp, enqueue_timestamp_microsecond, "
+    "nb_added_in_queue"
+)
+"""The message columns after ``id``, as a copy selects them unchanged."""
+
+
+def copy_rows(
+    cursor: Cursor,
+    target: str,
+    source: str,
+    ids: Sequence[bytes],
+    *,
+    select: str = _REST,
+    args: Sequence[Any] = (),
+    extra: str = "",
+) -> dict[bytes, bytes]:
+    """Copies the rows ``ids`` of ``source`` into ``target`` (``select``: the expressions
+    of the columns after ``id``, then of ``extra`` ones, with ``args``). A row whose id
+    ``target`` holds already — a row of Tuleap's table written by hand, a restored dump —
+    is copied under a new id rather than failing the move of every other: returns
+    {old id: new id} for those. The caller holds the rows' locks."""
+    columns = f"{MESSAGE_COLUMNS}, {extra}" if extra else MESSAGE_COLUMNS
+
+    def insert(chosen: Sequence[bytes]) -> None:
+        cursor.execute(
+            f"INSERT INTO {target} ({columns}) SELECT id, {select} FROM {source} "
+            f"WHERE {_in(chosen)}",
+            (*args, *chosen),
+        )
+
+    try:
+        insert(ids)
+        return {}
+    except pymysql.err.IntegrityError as error:
+        if error.args[0] != DUPLICATE_KEY:
+            raise
+    # InnoDB rolled the statement back, not the transaction: again, the others first.
+    cursor.execute(f"SELECT id FROM {target} WHERE {_in(ids)}", ids)
+    there = {bytes(found) for (found,) in cursor.fetchall()}
+    if others := [row_id for row_id in ids if bytes(row_id) not in there]:
+        insert(others)
+    renamed = {}
+    for row_id in ids:
+        if bytes(row_id) in there:
+            renamed[bytes(row_id)] = fresh = uuid7()
+            cursor.execute(
+                f"INSERT INTO {target} ({columns}) SELECT %s, {select} FROM {source} WHERE id = %s",
+                (fresh, *args, row_id),
+            )
+    return renamed
+
+
+def _locked(cursor: Cursor, table: str, worker_id: str, ids: Sequence[bytes]) -> list[bytes]:
+    """Of ``ids``, those still in ``worker_id``'s hands, locked: a copy that reads them
+    after this reads the rows no recovery can move meanwhile (a plain read in READ
+    COMMITTED would copy a row another transaction is moving away)."""
+    cursor.execute(
+        f"SELECT id FROM {table} WHERE worker_id = %s AND {_in(ids)} ORDER BY id FOR UPDATE",
+        (worker_id, *ids),
+    )
+    return [found for (found,) in cursor.fetchall()]
+
+
 def stats_statement(stats: StatsBatch, now: float) -> Statement | None:
     """The upsert adding ``stats`` to the bucket of ``now`` (and resetting it); None when
     there is nothing to add. Names in order, so that two workers lock rows alike."""
@@ -143,10 +210,13 @@ class DbQueue:
         *,
         program: str = "tuitop",
         read_timeout: float | None = 30.0,
+        lock_wait: int | None = None,
     ) -> None:
         self.settings = settings
         self.retry_policy = retry or RetryPolicy()
-        self.session = Session(settings, program=program, read_timeout=read_timeout)
+        self.session = Session(
+            settings, program=program, read_timeout=read_timeout, lock_wait=lock_wait
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -243,21 +313,7 @@ class DbQueue:
                 begin = []
                 rows = list(cursor.fetchall())
                 if rows:
-                    ids = [row[0] for row in rows]
-                    execute_all(
-                        cursor,
-                        [
-                            (
-                                f"INSERT INTO tuitop_processing ({MESSAGE_COLUMNS}, worker_id, "
-                                f"taken_at) SELECT {MESSAGE_COLUMNS}, %s, {NOW} "
-                                f"FROM async_events WHERE {_in(ids)}",
-                                (worker_id, *ids),
-                            ),
-                            (f"DELETE FROM async_events WHERE {_in(ids)}", ids),
-                            ("COMMIT", ()),
-                        ],
-                    )
-                    return rows, name, 0
+                    return self._move_taken(cursor, worker_id, rows), name, 0
             execute_all(
                 cursor,
                 [
@@ -272,6 +328,44 @@ class DbQueue:
         # Any error closes the connection: the server rolls the transaction back.
         rows, source, held = self.session.run(move, again_after_deadlock=True)
         return [row_message(row) for row in rows], source, held
+
+    def _move_taken(self, cursor: Cursor, worker_id: str, rows: list[Row]) -> list[Row]:
+        """Moves the rows a take locked into the worker's hands and commits, in one round
+        trip; the rows as they are held (a colliding id renamed: :func:`copy_rows`)."""
+        ids = [row[0] for row in rows]
+        select = f"{_REST}, %s, {NOW}"
+        delete: list[Statement] = [
+            (f"DELETE FROM async_events WHERE {_in(ids)}", ids),
+            ("COMMIT", ()),
+        ]
+        try:
+            execute_all(
+                cursor,
+                [
+                    (
+                        f"INSERT INTO tuitop_processing ({MESSAGE_COLUMNS}, worker_id, "
+                        f"taken_at) SELECT id, {select} FROM async_events WHERE {_in(ids)}",
+                        (worker_id, *ids),
+                    ),
+                    *delete,
+                ],
+            )
+            return rows
+        except pymysql.err.IntegrityError as error:
+            if error.args[0] != DUPLICATE_KEY:
+                raise
+        # Nothing after the failed statement ran; the transaction and its locks stand.
+        renamed = copy_rows(
+            cursor,
+            "tuitop_processing",
+            "async_events",
+            ids,
+            select=select,
+            args=(worker_id,),
+            extra="worker_id, taken_at",
+        )
+        execute_all(cursor, delete)
+        return [(renamed.get(bytes(row[0]), row[0]), *row[1:]) for row in rows]
 
     def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
         """Deletes finished messages from the worker's hands and adds ``stats``, in one
@@ -293,18 +387,15 @@ class DbQueue:
         ids = _ids(messages)
         if not ids:
             return
-        where = f"worker_id = %s AND {_in(ids)}"
-        self._atomic(
-            [
-                (
-                    f"INSERT INTO async_events ({MESSAGE_COLUMNS}) SELECT {MESSAGE_COLUMNS} "
-                    f"FROM tuitop_processing WHERE {where}",
-                    (worker_id, *ids),
-                ),
-                (f"DELETE FROM tuitop_processing WHERE {where}", (worker_id, *ids)),
-                _BELL,
-            ]
-        )
+
+        def move(cursor: Cursor) -> None:
+            held = _locked(cursor, "tuitop_processing", worker_id, ids)
+            if not held:
+                return
+            copy_rows(cursor, "async_events", "tuitop_processing", held)
+            execute_all(cursor, [(f"DELETE FROM tuitop_processing WHERE {_in(held)}", held), _BELL])
+
+        self.session.transaction(move)
 
     def fail(
         self,
@@ -330,27 +421,36 @@ class DbQueue:
             row = cursor.fetchone()
             if row is None:
                 return "gone"
-            held = row_message(row)
-            result, statements = self._reschedule(
-                "tuitop_processing",
-                held,
+            result = self._reschedule(
+                cursor,
+                row_message(row),
                 reason,
                 worker_id,
                 traceback=traceback,
                 retryable=retryable,
                 replacement=replacement,
             )
-            statements += [
-                (
-                    "DELETE FROM tuitop_processing WHERE id = %s AND worker_id = %s",
-                    (message.row_id, worker_id),
-                ),
-            ]
-            counts = [_count(outcome, 1), _count(result, 1)]
-            execute_all(cursor, [*statements, *(s for s in counts if s is not None)])
+            cursor.execute(
+                "DELETE FROM tuitop_processing WHERE id = %s AND worker_id = %s",
+                (message.row_id, worker_id),
+            )
             return result
 
-        return self.session.transaction(move)
+        result = self.session.transaction(move)
+        if result != "gone":
+            self._count_after([(outcome, 1), (result, 1)])
+        return result
+
+    def _count_after(self, outcomes: Sequence[tuple[str, int]]) -> None:
+        """Adds to the stats after a move committed, outside its transaction (the hot
+        rows of the current bucket are locked a moment, never while a transaction waits
+        on its client); a count the server misses is a figure, not a message."""
+        batch = StatsBatch()
+        for outcome, count in outcomes:
+            if count:
+                batch.outcome(outcome, count)
+        with contextlib.suppress(pymysql.MySQLError):
+            self._atomic([stats_statement(batch, time.time())])
 
     def register(self, worker_id: str, pool: str, fields: dict[str, Any], ttl: float) -> None:
         """Registers a worker and gives it its lease (its row): whoever recovers what it
@@ -427,26 +527,34 @@ class DbQueue:
                 "ORDER BY id FOR UPDATE",
                 (worker_id,),
             )
-            statements: list[Statement] = []
+            rows = list(cursor.fetchall())
             requeued = dead = 0
-            for row in cursor.fetchall():
-                result, moves = self._reschedule(
-                    "tuitop_processing", row_message(row), reason, worker_id, traceback=traceback
+            for row in rows:
+                result = self._reschedule(
+                    cursor, row_message(row), reason, worker_id, traceback=traceback
                 )
-                statements += moves
                 requeued += result == "retried"
                 dead += result == "dead"
-            statements += [
-                ("DELETE FROM tuitop_processing WHERE worker_id = %s", (worker_id,)),
+            # Only the rows read and moved here: a take by that worker (thawed meanwhile)
+            # may have committed another one, which no gap lock keeps out in READ
+            # COMMITTED; it stays its own, to give back, or for the next recovery.
+            held = [row[0] for row in rows]
+            statements: list[Statement] = [
                 ("DELETE FROM tuitop_workers WHERE id = %s", (worker_id,)),
             ]
-            for outcome, count in (("retried", requeued), ("dead", dead), ("timedout", timed_out)):
-                if count and (counted := _count(outcome, int(count))) is not None:
-                    statements.append(counted)
+            if held:
+                statements.append(
+                    (f"DELETE FROM tuitop_processing WHERE {_in(held)}", held),
+                )
             execute_all(cursor, statements)
             return Recovery(requeued, dead)
 
-        return self.session.transaction(move)
+        recovery = self.session.transaction(move)
+        self._count_after(
+            [("retried", recovery.requeued), ("dead", recovery.dead_lettered),
+             ("timedout", int(timed_out))]
+        )  # fmt: skip
+        return recovery
 
     def move_due(self, limit: int = 1000, *, all_of_them: bool = False) -> int:
         """Moves the retries whose time has come (by the database's clock; every one with
@@ -464,18 +572,8 @@ class DbQueue:
             )
             ids = [row[0] for row in cursor.fetchall()]
             if ids:
-                execute_all(
-                    cursor,
-                    [
-                        (
-                            f"INSERT INTO async_events ({MESSAGE_COLUMNS}) SELECT "
-                            f"{MESSAGE_COLUMNS} FROM tuitop_delayed WHERE {_in(ids)}",
-                            ids,
-                        ),
-                        (f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids),
-                        _BELL,
-                    ],
-                )
+                copy_rows(cursor, "async_events", "tuitop_delayed", ids)
+                execute_all(cursor, [(f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids), _BELL])
             return len(ids)
 
         return self.session.transaction(move)
@@ -620,7 +718,7 @@ class DbQueue:
 
     def _reschedule(
         self,
-        table: str,
+        cursor: Cursor,
         message: Message,
         reason: str,
         worker_id: str,
@@ -628,9 +726,10 @@ class DbQueue:
         traceback: str = "",
         retryable: bool = True,
         replacement: str | None = None,
-    ) -> tuple[str, list[Statement]]:
-        """Where a message coming back goes — a retry with one try more, or the dead
-        letters with why — as the statements copying its row of ``table`` there."""
+    ) -> str:
+        """Copies a message coming back from the worker's hands (its row locked) to where
+        it goes — a retry with one try more, or the dead letters with why; returns
+        ``'retried'`` or ``'dead'``. The caller deletes the row it came from."""
         tries = message.queued_total + 1
         if not retryable:
             why = reason
@@ -641,24 +740,27 @@ class DbQueue:
         else:
             payload = "payload" if replacement is None else "%s"
             args: list[Any] = [] if replacement is None else [replacement]
-            delay = self.retry_policy.delay(tries)
-            return "retried", [
-                (
-                    f"INSERT INTO tuitop_delayed ({MESSAGE_COLUMNS}, due_at) SELECT id, "
+            copy_rows(
+                cursor,
+                "tuitop_delayed",
+                "tuitop_processing",
+                [message.row_id or b""],
+                select=(
                     f"queue_name, topic, {payload}, enqueue_timestamp, "
                     "enqueue_timestamp_microsecond, LEAST(nb_added_in_queue + 1, 255), "
-                    f"{NOW} + %s FROM {table} WHERE id = %s",
-                    (*args, delay, message.row_id),
+                    f"{NOW} + %s"
                 ),
-            ]
-        return "dead", [
-            (
-                f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
-                f"traceback) SELECT {MESSAGE_COLUMNS}, %s, %s, {NOW}, %s FROM {table} "
-                "WHERE id = %s",
-                (why, worker_id, traceback, message.row_id),
-            ),
-        ]
+                args=(*args, self.retry_policy.delay(tries)),
+                extra="due_at",
+            )
+            return "retried"
+        cursor.execute(
+            f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
+            f"traceback) SELECT {MESSAGE_COLUMNS}, %s, %s, {NOW}, %s FROM tuitop_processing "
+            "WHERE id = %s",
+            (why, worker_id, traceback, message.row_id),
+        )
+        return "dead"
 
 
 def _dead_letter(row: Row) -> DeadLetter:
