@@ -9,13 +9,11 @@ import time
 
 import pymysql
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from tests.tuleapdb import connect, count, enqueue
 from tuitop.backends.base import RetryPolicy
 from tuitop.backends.db.channel import DbChannel
-from tuitop.backends.db.lanes import lane_filter, like_pattern
+from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue, task_input, uuid7
 from tuitop.backends.db.schema import create_tables
 from tuitop.beats import WorkerBeat
@@ -26,7 +24,6 @@ from tuitop.stats import StatsBatch
 
 WORKER = "host-a/0#100"
 OTHER = "host-b/0#200"
-EVERYTHING = [(DEFAULT_LANE, "TRUE", [])]
 
 
 @pytest.fixture
@@ -37,7 +34,7 @@ def queue(database: DatabaseSettings) -> DbQueue:
 
 
 def take(queue: DbQueue, worker: str = WORKER, count: int = 10) -> list:
-    messages, _, _ = queue.take(worker, count, EVERYTHING)
+    messages, _, _ = queue.take(worker, count)
     return messages
 
 
@@ -271,103 +268,108 @@ def test_uuid7_ids_follow_time() -> None:
     assert all(i[6] >> 4 == 7 and i[8] >> 6 == 0b10 for i in ids)
 
 
-# --- lanes: the SQL filter says what LaneSet.lane_of says --------------------------------
+# --- lanes: a lane is a queue_name of Tuleap's table ------------------------------------
 
-LANES = LaneSet.parse(
-    "latency_10s: tuleap.tracker.artifact; latency_15m(1): tuleap.tracker.creation.jira, "
-    "tuleap.mediawiki-standalone.*, a_b?c; latency_5m(1): tuleap.*"
-)
-TOPICS = [
-    "tuleap.tracker.artifact",
-    "tuleap.tracker.creation.jira",
-    "tuleap.mediawiki-standalone.farm.update",
-    "tuleap.git.hooks.post-receive",
-    "a_bxc",
-    "aXbxc",
-    "a_bxc%",
-    "a_b\\c",
-    "other",
-    "tuleap.",
-    "Tuleap.git",
-    "tuleap.tracker.artifacts",
-]
+JIRA = "tuleap.tracker.creation.jira"
+LANES = LaneSet.parse(f"latency_15m(1): {JIRA}")
 
 
-def topic_lanes(database: DatabaseSettings, lanes: LaneSet) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
+def queue_names(database: DatabaseSettings) -> list[tuple[str, str]]:
     with connect(database) as connection, connection.cursor() as cursor:
-        for lane in lanes.names:
-            condition, args = lane_filter(lanes, lane)
-            cursor.execute(f"SELECT DISTINCT topic FROM async_events WHERE {condition}", args)
-            for (topic,) in cursor.fetchall():
-                found.setdefault(topic, set()).add(lane)
-    return found
+        cursor.execute("SELECT topic, queue_name FROM async_events ORDER BY id")
+        return list(cursor.fetchall())
 
 
-def test_the_sql_lane_of_a_topic_is_lane_of(database: DatabaseSettings) -> None:
-    for topic in TOPICS:
-        enqueue(database, topic, {})
-    found = topic_lanes(database, LANES)
-    assert found == {topic: {LANES.lane_of(topic)} for topic in TOPICS}
-    assert like_pattern("a_b?c*") == "a\\_b_c%"
-
-
-@settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    st.lists(st.text(alphabet="ab._-*?:", min_size=1, max_size=6), min_size=1, max_size=4),
-    st.lists(st.text(alphabet="ab._-%\\é", min_size=1, max_size=8), min_size=1, max_size=6),
-)
-def test_the_sql_lane_filter_matches_python_on_any_topic(
-    database: DatabaseSettings, patterns: list[str], topics: list[str]
+def test_a_default_worker_moves_a_lanes_message_to_its_lane(
+    queue: DbQueue, database: DatabaseSettings
 ) -> None:
-    spec = "; ".join(f"l{i}(1): {p}" for i, p in enumerate(patterns) if p)
-    try:
-        lanes = LaneSet.parse(spec)
-    except ValueError:
-        return  # not a lane spec tuitop accepts
-    with connect(database) as connection, connection.cursor() as cursor:
-        cursor.execute("DELETE FROM async_events")
-    for topic in set(topics):
-        enqueue(database, topic, {})
-    found = topic_lanes(database, lanes)
-    assert found == {topic: {lanes.lane_of(topic)} for topic in set(topics)}
+    now = time.time()
+    enqueue(database, JIRA, {"n": 1}, now=now)
+    enqueue(database, "tuleap.tracker.artifact", {"n": 2}, now=now + 0.01)
+    taken, lane, _ = queue.take(WORKER, 10, TakePlan(LANES, (DEFAULT_LANE,)))
+    assert (lane, [m.topic for m in taken]) == (DEFAULT_LANE, ["tuleap.tracker.artifact"])
+    assert queue_names(database) == [(JIRA, "app_user_events-lane-latency_15m")]
+    assert count(database, "tuitop_lanes", "lane = 'latency_15m'") == 1
+    assert count(database, "tuitop_bell", "bell > 0") == 1  # its idle workers are rung
+    # The default lane's workers never take a lane's work; the lane's worker does.
+    assert queue.take(OTHER, 10, TakePlan(LANES, (DEFAULT_LANE,)))[0] == []
+    taken, lane, _ = queue.take(OTHER, 10, TakePlan(LANES, ("latency_15m", DEFAULT_LANE)))
+    assert (lane, [m.topic for m in taken]) == ("latency_15m", [JIRA])
 
 
 def test_a_lane_worker_takes_its_lane_first_then_helps_the_default_lane(
-    database: DatabaseSettings,
+    queue: DbQueue, database: DatabaseSettings
 ) -> None:
-    lanes = LaneSet.parse("latency_15m(1): tuleap.tracker.creation.jira")
     now = time.time()
     enqueue(database, "tuleap.tracker.artifact", {"n": 1}, now=now)
-    enqueue(database, "tuleap.tracker.creation.jira", {"n": 2}, now=now + 0.01)
-    channel = DbChannel(
-        database,
-        lanes=lanes,
-        serves=("latency_15m", DEFAULT_LANE),
-        retry=RetryPolicy(),
-        client_name="t",
-        socket_timeout=5,
+    enqueue(database, JIRA, {"n": 2}, now=now + 0.01)
+    plan = TakePlan(LANES, ("latency_15m", DEFAULT_LANE))
+    # Taken from Tuleap's queue, where every message arrives: its own lane's, kept.
+    first, lane, _ = queue.take(WORKER, 10, plan)
+    assert (lane, sorted(m.topic for m in first)) == (
+        DEFAULT_LANE,
+        sorted([JIRA, "tuleap.tracker.artifact"]),
     )
-    channel.queue.session.run(create_tables)
-    default = DbChannel(
-        database,
-        lanes=lanes,
-        serves=(DEFAULT_LANE,),
-        retry=RetryPolicy(),
-        client_name="t",
-        socket_timeout=5,
-    )
-    first = channel.take(WORKER, 10)
-    assert (first.source, [m.topic for m in first.messages]) == (
-        "latency_15m",
-        ["tuleap.tracker.creation.jira"],
-    )
-    enqueue(database, "tuleap.tracker.creation.jira", {"n": 3})
-    # The default lane's workers never take a lane's work.
-    assert [m.topic for m in default.take(OTHER, 10).messages] == ["tuleap.tracker.artifact"]
-    assert default.take(OTHER, 10).messages == []
+    queue.give_back(WORKER, first)
+    default = TakePlan(LANES, (DEFAULT_LANE,))
+    queue.take(OTHER, 10, default)  # routes the import to its lane, takes the other
+    queue.ack(OTHER, queue.held(OTHER), StatsBatch())
+    enqueue(database, "tuleap.tracker.artifact", {"n": 3})
+    again, lane, _ = queue.take(WORKER, 10, plan)
+    assert (lane, [m.topic for m in again]) == ("latency_15m", [JIRA])  # its own first
+
+
+def test_behind_a_lanes_backlog_the_default_lane_is_served(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """A backlog of another lane at the head of Tuleap's queue is moved out of the way
+    by the default lane's takes (a few rounds each), never read again by them."""
+    now = time.time()
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO async_events VALUES (%s, 'app_user_events', %s, '{}', %s, 0, 0)",
+            [(uuid7(now - 100 + n / 1000), JIRA, int(now)) for n in range(600)],
+        )
+    enqueue(database, "tuleap.tracker.artifact", {"n": "behind"})
+    plan = TakePlan(LANES, (DEFAULT_LANE,))
+    takes = 0
+    while not (taken := queue.take(WORKER, 32, plan)[0]):
+        takes += 1
+        assert takes < 10
+    assert [m.payload for m in taken] == [{"n": "behind"}]
+    assert count(database, "async_events", "queue_name = 'app_user_events-lane-latency_15m'") == 600
+
+
+def test_a_lane_no_pool_serves_goes_back_to_tuleaps_queue(database: DatabaseSettings) -> None:
+    from tuitop.backends.db.pool import DbPoolStore
+    from tuitop.beats import PoolBeat
+
+    store = DbPoolStore(database, pool_name="a", retry=RetryPolicy(), socket_timeout=3)
+    store.ping()  # its tables
+    enqueue(database, JIRA, {"n": 1})
+    store.queue.take(WORKER, 1, TakePlan(LANES, (DEFAULT_LANE,)))
+    assert store.claim_name("b", "b-token", 10)
+    store.publish("b", PoolBeat(served=("latency_15m",)), 10, {"latency_15m"}, False)
+    assert store.unserved_lanes_back(10) == {}  # served, by b
+    assert store.release_lanes("a", {"latency_15m"}) == {}  # b still serves it
+    assert store.release_lanes("b", {"latency_15m"}) == {"latency_15m": 1}
+    assert queue_names(database) == [(JIRA, "app_user_events")]
+    store.queue.take(WORKER, 1, TakePlan(LANES, (DEFAULT_LANE,)))  # routed again
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("UPDATE tuitop_lanes SET served_at = 0")  # no pool said so lately
+    assert store.unserved_lanes_back(10) == {"latency_15m": 1}
+    assert store.unserved_lanes_back(10) == {}
+    assert count(database, "tuitop_lanes") == 0  # empty and unserved: forgotten
+    store.close()
+
+
+def test_hand_back_gives_tuleap_its_lanes_messages_too(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, JIRA, {"n": 1})
+    queue.take(WORKER, 1, TakePlan(LANES, (DEFAULT_LANE,)))
+    assert queue.hand_back("handed back").lanes == {"latency_15m": 1}
+    assert queue_names(database) == [(JIRA, "app_user_events")]
 
 
 def test_a_worker_beats_while_it_holds_its_lease(database: DatabaseSettings) -> None:

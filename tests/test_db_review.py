@@ -15,10 +15,8 @@ from tuitop.backends.base import RetryPolicy
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import create_tables
 from tuitop.config import DatabaseSettings
-from tuitop.lanes import DEFAULT_LANE
 
 FROZEN = "host-a/0#100"
-EVERYTHING = [(DEFAULT_LANE, "TRUE", [])]
 PLACES = ("async_events", "tuitop_processing", "tuitop_delayed", "tuitop_dead_letters")
 
 
@@ -52,7 +50,7 @@ def test_recovery_racing_a_take_of_the_recovered_worker_loses_nothing(
     slow server): the interleaving is the one a thaw can meet in a round trip."""
     queue.register(FROZEN, "host-a", {}, ttl=-1.0)  # its heartbeat expired
     first = enqueue(database, "t", {"n": 1})
-    [held] = queue.take(FROZEN, 1, EVERYTHING)[0]
+    [held] = queue.take(FROZEN, 1)[0]
     assert held.row_id == first
 
     blocker = connect(database)
@@ -75,7 +73,7 @@ def test_recovery_racing_a_take_of_the_recovered_worker_loses_nothing(
     time.sleep(0.5)  # the recovery has read what FROZEN holds, and waits on its INSERT
 
     second = enqueue(database, "t", {"n": 2})
-    taken, _, _ = queue.take(FROZEN, 1, EVERYTHING)  # the thawed worker takes again
+    taken, _, _ = queue.take(FROZEN, 1)  # the thawed worker takes again
     assert [m.row_id for m in taken] == [second]
 
     with blocker.cursor() as cursor:
@@ -118,7 +116,7 @@ def test_a_give_back_racing_a_recovery_leaves_the_message_in_one_place(
     move_due hits a duplicate key (see the collision tests)."""
     queue.register(FROZEN, "host-a", {}, ttl=-1.0)
     row_id = enqueue(database, "t", {"n": 1})
-    [held] = queue.take(FROZEN, 1, EVERYTHING)[0]
+    [held] = queue.take(FROZEN, 1)[0]
     blocker = _hold_recovery(database, row_id)
     recoverer = DbQueue(database, RetryPolicy(base_delay=0.2))
     recovery = threading.Thread(
@@ -159,7 +157,7 @@ def test_one_retry_whose_id_collides_does_not_hold_every_other_retry_back(
     IntegrityError for the database being away (link.failed: no recovery, no doorbell)."""
     now = time.time()
     ids = [enqueue(database, "t", {"n": n}, now=now + n / 100) for n in range(3)]
-    taken, _, _ = queue.take(FROZEN, 3, EVERYTHING)
+    taken, _, _ = queue.take(FROZEN, 3)
     for message in taken:
         assert queue.fail(FROZEN, message, "boom") == "retried"
     with connect(database) as connection, connection.cursor() as cursor:
@@ -182,11 +180,11 @@ def test_one_waiting_row_whose_id_collides_does_not_stop_every_take(
     take's INSERT INTO tuitop_processing fails with a duplicate key; every worker backs
     off and tries again forever on that same oldest row: the whole queue stops."""
     held = enqueue(database, "t", {"n": 0}, now=time.time() - 60)
-    queue.take(FROZEN, 1, EVERYTHING)
+    queue.take(FROZEN, 1)
     _hostile_copy(database, held)  # the oldest waiting row now
     behind = enqueue(database, "t", {"n": 1})
     try:
-        taken, _, _ = queue.take("host-b/0#200", 1, EVERYTHING)
+        taken, _, _ = queue.take("host-b/0#200", 1)
     except pymysql.MySQLError as error:
         pytest.fail(f"take raised {error!r}: no worker can take anything any more")
     assert taken, "the rows behind the colliding one must still be served"

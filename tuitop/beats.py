@@ -13,6 +13,7 @@ of range reads as its default, so that no view fails on it.
 
 from __future__ import annotations
 
+import json
 import math
 import typing
 from collections.abc import Mapping
@@ -155,3 +156,19 @@ class PoolBeat(_Beat):
     config_error: str = ""
     stopping: bool = False
     """It is stopping warm: it serves no lane any more, its workers finish their jobs."""
+
+
+def json_fields(text: str | bytes | None) -> dict[bytes, bytes]:
+    """A heartbeat kept as JSON (the database's rows) as the hash :meth:`_Beat.parse` reads;
+    anything else than an object of plain values reads as none (anyone may write here)."""
+    try:
+        document = json.loads(text or "{}")
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {
+        str(name).encode(): str(value).encode("utf-8", "replace")
+        for name, value in document.items()
+        if isinstance(value, str | int | float) and not isinstance(value, bool)
+    }

@@ -74,7 +74,7 @@ class HandBack:
     recovered: int
     """Messages tuitop's workers held (now retried from Tuleap's queue, or dead letters)."""
     lanes: dict[str, int]
-    """Messages moved from each lane's list (Redis; in the database a lane is no place)."""
+    """Messages moved from each lane's list (Redis) or ``queue_name`` (the database)."""
     retries: int
     """Retries that were waiting their time, now at the head of Tuleap's queue."""
 

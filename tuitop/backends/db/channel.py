@@ -18,7 +18,7 @@ from typing import Any
 
 from tuitop.backends.base import Batch, RetryPolicy
 from tuitop.backends.db.connection import ERRORS, describe_error, is_auth_error
-from tuitop.backends.db.lanes import lane_filter
+from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import QUEUE_NAME
 from tuitop.beats import WorkerBeat
@@ -51,7 +51,7 @@ class DbChannel:
         """``bell``: the read end of the pool's doorbell (a multiprocessing Connection)."""
         self.settings = settings
         self.queue = DbQueue(settings, retry, program=client_name, read_timeout=socket_timeout)
-        self.sources = [(lane, *lane_filter(lanes, lane)) for lane in serves]
+        self.plan = TakePlan(lanes, serves)
         self._bell = bell
         self._pool = client_name
 
@@ -64,7 +64,7 @@ class DbChannel:
         self.queue.ping()
 
     def take(self, worker_id: str, max_batch: int) -> Batch:
-        messages, source, held = self.queue.take(worker_id, max_batch, self.sources)
+        messages, source, held = self.queue.take(worker_id, max_batch, self.plan)
         return Batch(messages, source, held)
 
     def wait(self, worker_id: str, timeout: float) -> Batch:

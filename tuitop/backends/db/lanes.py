@@ -1,44 +1,73 @@
-"""Lanes in the database: a lane is a filter on the topics of Tuleap's table, not a place.
+"""Lanes in the database: a lane is a ``queue_name`` of Tuleap's table, as in Redis a list.
 
-In Redis a list can only be taken from its end, so a lane needs a list of its own and
-messages are moved to it. A table can be read where one wants: a worker takes the oldest
-row *whose topic is of its lane* (``ORDER BY id`` on the queue's index, the filter applied
-as rows are read), so a message never moves for its lane, stays in Tuleap's table where
-Tuleap's SYSTEM_CHECK counts it, and a lane no pool serves needs no moving back: it waits
-where any worker whose lanes include it, or a Tuleap worker, takes it.
+Tuleap's front ends insert every message with ``queue_name = 'app_user_events'``. A worker
+that takes from there a message of a lane it does not serve moves it, in the same
+transaction, to that lane's ``queue_name`` (``app_user_events-lane-<lane>``, the name of
+the lane's list in Redis): the row stays in Tuleap's table, in a range of the table's own
+index (``idx_queue_name``) that only that lane's workers read. So every take reads an index
+range from its start, whatever waits in other lanes.
 
-The filter says what :meth:`~tuitop.lanes.LaneSet.lane_of` says — the first lane that names
-the topic, else the default lane — with the globs as ``LIKE`` patterns on the topic's bytes.
+Why not read Tuleap's rows where they are, filtered by topic: the table has no index on
+the topic, and tuitop adds none to Tuleap's tables, so a default-lane worker had to read
+past every row of another lane at the head of the queue to find its own: 0.2 to 0.3 s a
+take behind 50,000 rows of a reindex lane (the second reader's measure), which is the
+backlog lanes exist for.
+
+What a lane's name is in Tuleap's table is also what makes it Tuleap's again: a lane no
+pool serves any more goes back to ``app_user_events`` (:mod:`.pool`), as in Redis.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tuitop import keys
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 
-_LIKE_ESCAPES = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_"})
+LANE_PREFIX = keys.LANE_PREFIX
+"""The ``queue_name`` of a lane's rows is this and the lane's name."""
 
 
-def like_pattern(glob: str) -> str:
-    """A lane's topic glob (``*`` any, ``?`` one byte) as a LIKE pattern."""
-    return glob.translate(_LIKE_ESCAPES).replace("*", "%").replace("?", "_")
+def lane_queue(lane: str) -> str:
+    """The ``queue_name`` a lane's rows carry: Tuleap's own for the default lane."""
+    return keys.lane_list(lane)
 
 
-def lane_expression(lanes: LaneSet) -> tuple[str, list[str]]:
-    """SQL naming the lane of the row's ``topic``, and its arguments."""
-    if not lanes.lanes:
-        return "%s", [DEFAULT_LANE]
-    cases: list[str] = []
-    args: list[str] = []
-    for lane in lanes.lanes:
-        tests = " OR ".join("CAST(topic AS BINARY) LIKE %s" for _ in lane.topics)
-        cases.append(f"WHEN {tests} THEN %s")
-        args += [like_pattern(topic) for topic in lane.topics] + [lane.name]
-    return f"(CASE {' '.join(cases)} ELSE %s END)", [*args, DEFAULT_LANE]
+def lane_of_queue(queue_name: str) -> str | None:
+    """The lane whose rows carry ``queue_name`` (None: not a lane's)."""
+    if queue_name == keys.QUEUE:
+        return DEFAULT_LANE
+    if queue_name.startswith(LANE_PREFIX) and len(queue_name) > len(LANE_PREFIX):
+        return queue_name[len(LANE_PREFIX) :]
+    return None
 
 
-def lane_filter(lanes: LaneSet, lane: str) -> tuple[str, list[str]]:
-    """An SQL condition true for the rows of ``lane`` (``TRUE`` when there are no lanes)."""
-    if not lanes.lanes:
-        return ("TRUE", []) if lane == DEFAULT_LANE else ("FALSE", [])
-    expression, args = lane_expression(lanes)
-    return f"{expression} = %s", [*args, lane]
+@dataclass(frozen=True)
+class TakePlan:
+    """Where a worker takes from, in order, and which messages it moves to another lane
+    (the database's :class:`tuitop.queue.TakePlan`)."""
+
+    lanes: LaneSet = field(default_factory=LaneSet)
+    serves: tuple[str, ...] = (DEFAULT_LANE,)
+
+    @property
+    def sources(self) -> list[tuple[str, str]]:
+        """(lane, queue_name) of each lane it serves, its own first."""
+        return [(lane, lane_queue(lane)) for lane in self.serves]
+
+    @property
+    def routes(self) -> bool:
+        """Whether any message it may take from Tuleap's queue belongs elsewhere."""
+        return any(lane.name not in self.serves for lane in self.lanes.reserved)
+
+    def route(self, topic: str) -> str | None:
+        """The lane to move a message of ``topic`` to, or None to keep it."""
+        lane = self.lanes.lane_of(topic)
+        return None if lane in self.serves else lane
+
+
+def lane_names(queue_names: Iterable[str]) -> list[str]:
+    """The lanes (other than the default one) that ``queue_names`` name, sorted."""
+    found = {lane_of_queue(name) for name in queue_names}
+    return sorted(lane for lane in found if lane not in (None, DEFAULT_LANE))

@@ -1,9 +1,9 @@
 """What a pool does in Tuleap's database (:class:`~tuitop.backends.base.PoolStore`).
 
 The pool's name lease, its heartbeat and the config it publishes are rows of tuitop's own
-tables, read against the database's clock. Lanes are filters, not places
-(:mod:`.lanes`): there is nothing to move back when a pool stops, and Tuleap's workers, if
-they take over, find every waiting message in their table.
+tables, read against the database's clock. Lanes are ``queue_name`` values of Tuleap's
+table (:mod:`.lanes`): the pools say which they serve every tick (``tuitop_lanes``), and a
+lane no pool serves any more goes back to Tuleap's ``app_user_events``, as in Redis.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from pymysql.cursors import Cursor
 
 from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
 from tuitop.backends.db.connection import ERRORS, describe_error, execute_all
+from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
-from tuitop.beats import PoolBeat
+from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
+from tuitop.lanes import DEFAULT_LANE
 from tuitop.stats import DEPTH, bucket_start
 
 DEPTH_CAP = 100_000
@@ -32,11 +34,23 @@ LOCK_WAIT_TIMEOUT = 1205
 
 
 def capped_count_sql(cap: int = DEPTH_CAP) -> str:
-    """The rows waiting in Tuleap's queue, counted up to ``cap``."""
+    """The rows of one ``queue_name`` (argument), counted up to ``cap`` (an index range)."""
     return (
         "SELECT COUNT(*) FROM (SELECT 1 FROM async_events WHERE queue_name = %s "
         f"LIMIT {int(cap)}) AS waiting"
     )
+
+
+def waiting(cursor: Cursor) -> int:
+    """The rows waiting in Tuleap's queue and every lane's, each counted up to the cap."""
+    cursor.execute("SELECT lane FROM tuitop_lanes")
+    names = [QUEUE_NAME, *(lane_queue(str(lane)) for (lane,) in cursor.fetchall())]
+    total = 0
+    for queue_name in names:
+        cursor.execute(capped_count_sql(), (queue_name,))
+        (count,) = cursor.fetchone() or (0,)
+        total += int(count)
+    return total
 
 
 class DbPoolStore:
@@ -132,14 +146,21 @@ class DbPoolStore:
                 f"UPDATE tuitop_pools SET expires_at = {NOW} + %s, beat = %s WHERE name = %s",
                 (ttl, json.dumps(beat.fields()), name),
             )
+            lanes = sorted(served - {DEFAULT_LANE})
+            if lanes and not stopping:
+                values = ", ".join([f"(%s, {NOW})"] * len(lanes))
+                cursor.execute(
+                    f"INSERT INTO tuitop_lanes (lane, served_at) VALUES {values} "
+                    "ON DUPLICATE KEY UPDATE served_at = VALUES(served_at)",
+                    lanes,
+                )
             bucket = bucket_start(beat.beat)
             if stopping or bucket == self._sampled:
                 return
             # The depth every view draws: one sample a stats bucket (10 s) is all a view
             # reads, and a count reads rows.
             self._sampled = bucket
-            cursor.execute(capped_count_sql(), (QUEUE_NAME,))
-            (depth,) = cursor.fetchone() or (0,)
+            depth = waiting(cursor)
             cursor.execute(
                 "INSERT INTO tuitop_stats (bucket, name, count) VALUES (%s, %s, %s) "
                 "ON DUPLICATE KEY UPDATE count = VALUES(count)",
@@ -227,26 +248,90 @@ class DbPoolStore:
         which the server rolls back when they die."""
         return []
 
-    # --- lanes: filters, not places -------------------------------------------------------
+    # --- lanes ---------------------------------------------------------------------------
 
     def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
-        return {}
+        """A thousand rows a lane a call: the pool's loop is not held up by a big one."""
+
+        def stale(cursor: Cursor) -> list[str]:
+            cursor.execute(
+                f"SELECT lane FROM tuitop_lanes WHERE served_at < {NOW} - %s",
+                (unserved_after,),
+            )
+            return [str(lane) for (lane,) in cursor.fetchall()]
+
+        moved: dict[str, int] = {}
+        for lane in self.session.run(stale):
+            count = self._move_back(lane, limit=1000)
+            if count:
+                moved[lane] = count
+            elif count == 0:
+                self._forget_lane(lane, unserved_after)
+        return moved
+
+    def _forget_lane(self, lane: str, unserved_after: float) -> None:
+        """An empty lane no pool serves leaves the list (unless a pool said meanwhile)."""
+
+        def forget(cursor: Cursor) -> None:
+            cursor.execute(
+                f"DELETE FROM tuitop_lanes WHERE lane = %s AND served_at < {NOW} - %s",
+                (lane, unserved_after),
+            )
+
+        self.session.run(forget)
 
     def list_forgotten_lanes(self) -> list[str]:
-        return []
+        def listed(cursor: Cursor) -> set[str]:
+            cursor.execute("SELECT lane FROM tuitop_lanes")
+            return {str(lane) for (lane,) in cursor.fetchall()}
+
+        known = self.session.run(listed)
+        forgotten = [lane for lane in self.queue.lanes_holding() if lane not in known]
+
+        def list_them(cursor: Cursor) -> None:
+            for lane in forgotten:
+                cursor.execute(
+                    "INSERT IGNORE INTO tuitop_lanes (lane, served_at) VALUES (%s, 0)", (lane,)
+                )
+
+        if forgotten:
+            self.session.run(list_them)
+        return forgotten
 
     def release_lanes(self, name: str, lanes: set[str]) -> dict[str, int]:
-        return {}
+        def others(cursor: Cursor) -> set[str]:
+            cursor.execute(
+                f"SELECT beat FROM tuitop_pools WHERE name <> %s AND expires_at > {NOW}",
+                (name,),
+            )
+            return {
+                lane
+                for (beat,) in cursor.fetchall()
+                for lane in PoolBeat.parse(json_fields(beat)).served
+            }
+
+        still = self.session.run(others)
+        moved = {lane: self._move_back(lane) for lane in sorted(lanes - still - {DEFAULT_LANE})}
+        return {lane: count for lane, count in moved.items() if count}
+
+    def _move_back(self, lane: str, limit: int = 0) -> int:
+        """A lane's rows back to Tuleap's queue; -1 when a row is held too long to wait
+        for (a worker frozen in its take: the next scan tries again)."""
+        try:
+            return self.queue.move_lane_back(lane, limit)
+        except pymysql.err.OperationalError as error:
+            if error.args[:1] != (LOCK_WAIT_TIMEOUT,):
+                raise
+            return -1
 
     # --- the rest ------------------------------------------------------------------------
 
     def holds(self) -> tuple[int, int]:
         def ask(cursor: Cursor) -> tuple[int, int]:
-            cursor.execute(capped_count_sql(), (QUEUE_NAME,))
-            (waiting,) = cursor.fetchone() or (0,)
+            queued = waiting(cursor)
             cursor.execute("SELECT COUNT(*) FROM tuitop_delayed")
             (delayed,) = cursor.fetchone() or (0,)
-            return int(waiting), int(delayed)
+            return queued, int(delayed)
 
         return self.session.run(ask)
 

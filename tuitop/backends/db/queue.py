@@ -36,12 +36,15 @@ from pymysql.cursors import Cursor
 
 from tuitop.backends.base import DeadLetter, HandBack, Recovery, RetryPolicy
 from tuitop.backends.db.connection import Session, execute_all, placeholders
+from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
 from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, decode
 from tuitop.stats import StatsBatch, bucket_start
 
 PUSH_MARKER_SECONDS = 300
+ROUTING_ROUNDS = 8
+"""Looks at Tuleap's queue a take makes when all it finds belongs to other lanes."""
 Row = tuple[Any, ...]
 Statement = tuple[str, Sequence[Any]]
 
@@ -120,6 +123,8 @@ _REST = (
     "nb_added_in_queue"
 )
 """The message columns after ``id``, as a copy selects them unchanged."""
+_REST_REQUEUED = _REST.replace("queue_name", "%s", 1)
+"""The same, to Tuleap's queue (``QUEUE_NAME`` the argument), whatever lane it was on."""
 
 
 def copy_rows(
@@ -286,34 +291,41 @@ class DbQueue:
     # --- workers --------------------------------------------------------------------------
 
     def take(
-        self, worker_id: str, max_batch: int, sources: Sequence[tuple[str, str, Sequence[str]]]
+        self, worker_id: str, max_batch: int, plan: TakePlan | None = None
     ) -> tuple[list[Message], str, int]:
-        """Moves up to ``max_batch`` of the oldest waiting rows of the first source that
-        has any (``(name, SQL condition, its arguments)``: a lane's filter) into the
-        worker's hands; returns them, the source's name, and — when nothing was taken —
-        how many rows the worker holds already."""
+        """Moves up to ``max_batch`` of the oldest waiting rows of the first lane ``plan``
+        serves that has any into the worker's hands; returns them, the lane, and — when
+        nothing was taken — how many rows the worker holds already. Rows of Tuleap's queue
+        whose lane it does not serve are moved to that lane's ``queue_name`` meanwhile, in
+        the same transaction (:mod:`.lanes`)."""
+        plan = plan or TakePlan()
 
         def move(cursor: Cursor) -> tuple[list[Row], str, int]:
             # Two round trips when something is taken: the transaction's start goes with
             # the first look, its end with the move.
             begin: list[Statement] = [("START TRANSACTION", ())]
-            for name, condition, args in sources:
-                execute_all(
-                    cursor,
-                    [
-                        *begin,
-                        (
-                            f"SELECT {MESSAGE_COLUMNS} FROM async_events "
-                            f"WHERE queue_name = %s AND {condition} "
-                            "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                            (QUEUE_NAME, *args, max_batch),
-                        ),
-                    ],
-                )
-                begin = []
-                rows = list(cursor.fetchall())
-                if rows:
-                    return self._move_taken(cursor, worker_id, rows), name, 0
+            for lane, queue_name in plan.sources:
+                routing = plan.routes and queue_name == QUEUE_NAME
+                for _ in range(ROUTING_ROUNDS if routing else 1):
+                    execute_all(
+                        cursor,
+                        [
+                            *begin,
+                            (
+                                f"SELECT {MESSAGE_COLUMNS} FROM async_events "
+                                "WHERE queue_name = %s ORDER BY id LIMIT %s "
+                                "FOR UPDATE SKIP LOCKED",
+                                (queue_name, max_batch),
+                            ),
+                        ],
+                    )
+                    begin = []
+                    rows = list(cursor.fetchall())
+                    kept = self._route(cursor, plan, rows) if routing else rows
+                    if kept:
+                        return self._move_taken(cursor, worker_id, kept), lane, 0
+                    if len(rows) < max_batch:
+                        break  # nothing more there (what was, went to its lane)
             execute_all(
                 cursor,
                 [
@@ -323,11 +335,37 @@ class DbQueue:
                 ],
             )
             (held,) = cursor.fetchone() or (0,)
-            return [], sources[0][0] if sources else "", int(held)
+            return [], plan.serves[0], int(held)
 
         # Any error closes the connection: the server rolls the transaction back.
         rows, source, held = self.session.run(move, again_after_deadlock=True)
         return [row_message(row) for row in rows], source, held
+
+    def _route(self, cursor: Cursor, plan: TakePlan, rows: list[Row]) -> list[Row]:
+        """Moves the rows (locked) of lanes ``plan`` does not serve to their lanes, in one
+        round trip; returns the others. A lane moved to is listed in ``tuitop_lanes``
+        (found, and moved back, if no pool ever serves it), and the bell rung (its idle
+        workers take)."""
+        kept: list[Row] = []
+        moves: dict[str, list[bytes]] = {}
+        for row in rows:
+            target = plan.route(str(row[2]))
+            if target is None:
+                kept.append(row)
+            else:
+                moves.setdefault(target, []).append(row[0])
+        if moves:
+            statements: list[Statement] = []
+            for lane, ids in moves.items():
+                statements += [
+                    (
+                        f"UPDATE async_events SET queue_name = %s WHERE {_in(ids)}",
+                        (lane_queue(lane), *ids),
+                    ),
+                    ("INSERT IGNORE INTO tuitop_lanes (lane, served_at) VALUES (%s, 0)", (lane,)),
+                ]
+            execute_all(cursor, [*statements, _BELL])
+        return kept
 
     def _move_taken(self, cursor: Cursor, worker_id: str, rows: list[Row]) -> list[Row]:
         """Moves the rows a take locked into the worker's hands and commits, in one round
@@ -572,7 +610,14 @@ class DbQueue:
             )
             ids = [row[0] for row in cursor.fetchall()]
             if ids:
-                copy_rows(cursor, "async_events", "tuitop_delayed", ids)
+                copy_rows(
+                    cursor,
+                    "async_events",
+                    "tuitop_delayed",
+                    ids,
+                    select=_REST_REQUEUED,
+                    args=(QUEUE_NAME,),
+                )
                 execute_all(cursor, [(f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids), _BELL])
             return len(ids)
 
@@ -623,7 +668,40 @@ class DbQueue:
         retries = 0
         while count := self.move_due(all_of_them=True):
             retries += count
-        return HandBack(recovered, {}, retries)
+        lanes = {lane: self.move_lane_back(lane) for lane in self.lanes_holding()}
+        return HandBack(recovered, {lane: n for lane, n in lanes.items() if n}, retries)
+
+    def lanes_holding(self) -> list[str]:
+        """The lanes whose ``queue_name`` rows of Tuleap's table carry (an index read)."""
+
+        def read(cursor: Cursor) -> list[str]:
+            cursor.execute(
+                "SELECT DISTINCT queue_name FROM async_events WHERE queue_name LIKE %s",
+                (LANE_PREFIX.replace("_", "\\_") + "%",),
+            )
+            return lane_names(str(name) for (name,) in cursor.fetchall())
+
+        return self.session.run(read)
+
+    def move_lane_back(self, lane: str, limit: int = 0) -> int:
+        """Moves a lane's rows back to Tuleap's queue (``limit`` at most, 0: all, a
+        thousand a transaction); returns how many."""
+        moved = 0
+        while True:
+            chunk = 1000 if not limit else min(1000, limit - moved)
+            count = self._atomic(
+                [
+                    (
+                        "UPDATE async_events SET queue_name = %s WHERE queue_name = %s "
+                        "ORDER BY id LIMIT %s",
+                        (QUEUE_NAME, lane_queue(lane), chunk),
+                    ),
+                    _BELL,
+                ]
+            )[0]
+            moved += count
+            if count < chunk or (limit and moved >= limit):
+                return moved
 
     # --- dead letters ---------------------------------------------------------------------
 

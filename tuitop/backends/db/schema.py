@@ -7,14 +7,15 @@ whole and in one transaction, into one of its own tables (the same columns, and 
 place needs), so that it is at every moment in exactly one place:
 
 =====================  ==============================================================
-``async_events``        waiting (Tuleap's; a lane is only a filter on its topics)
+``async_events``        waiting: in Tuleap's queue, or a lane's (its ``queue_name``)
 ``tuitop_processing``   in a worker's hands (``worker_id``): recovered when it is gone
 ``tuitop_delayed``      waiting for its retry (``due_at``, by the database's clock)
 ``tuitop_dead_letters`` given up, with why
 =====================  ==============================================================
 
 The rest is what the views read without Redis: workers' and pools' heartbeats, the config
-in force, the stats buckets, the push markers, and the doorbell counter (``tuitop_bell``:
+in force, the stats buckets, the lanes pools serve (``tuitop_lanes``, with when one last
+said so), the push markers, and the doorbell counter (``tuitop_bell``:
 bumped by whoever puts a message back where workers take, so that the pools' doorbells
 see an old id come back, not only new rows).
 """
@@ -104,6 +105,10 @@ TABLES = (
     token CHAR(32) NOT NULL PRIMARY KEY,
     at DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=ascii""",
+    """CREATE TABLE IF NOT EXISTS tuitop_lanes (
+    lane VARCHAR(64) NOT NULL PRIMARY KEY,
+    served_at DOUBLE NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     """CREATE TABLE IF NOT EXISTS tuitop_bell (
     one TINYINT UNSIGNED NOT NULL PRIMARY KEY,
     bell BIGINT UNSIGNED NOT NULL

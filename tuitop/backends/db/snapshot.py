@@ -1,24 +1,24 @@
-"""What every view reads, from Tuleap's database: one snapshot in one round trip.
+"""What every view reads, from Tuleap's database: one snapshot in two round trips.
 
-The same picture as Redis gives (:mod:`tuitop.snapshot`), read with eight statements sent
-together, at a cost bounded whatever the queue's length: the waiting rows are counted up to
-:data:`~tuitop.backends.db.pool.DEPTH_CAP` (their lanes and oldest among those: the ids are
-time-ordered, so the oldest of each lane is among the first rows unless the lane has none
-there), everything else is tuitop's own small tables.
+The same picture as Redis gives (:mod:`tuitop.snapshot`), at a cost bounded whatever the
+queue's length: eight statements on tuitop's own small tables (the lanes listed among
+them), then two for each lane — its rows counted up to
+:data:`~tuitop.backends.db.pool.DEPTH_CAP` and its oldest, each an index range of
+Tuleap's table (a lane is a ``queue_name``: :mod:`.lanes`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from pymysql.cursors import Cursor
 
 from tuitop import keys
-from tuitop.backends.db.lanes import lane_expression
-from tuitop.backends.db.pool import DEPTH_CAP
-from tuitop.backends.db.schema import NOW, QUEUE_NAME
+from tuitop.backends.db.lanes import lane_queue
+from tuitop.backends.db.pool import DEPTH_CAP, capped_count_sql
+from tuitop.backends.db.schema import NOW
+from tuitop.beats import json_fields
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.snapshot import (
     DEAD,
@@ -33,74 +33,64 @@ from tuitop.snapshot import (
 from tuitop.stats import WindowStats, bucket_start, summarize
 
 
-def beat_fields(text: str | bytes | None) -> dict[bytes, bytes]:
-    """A heartbeat row's JSON as the hash :meth:`~tuitop.beats.WorkerBeat.parse` reads;
-    anything else than an object of plain values reads as none (anyone may write here)."""
-    try:
-        document = json.loads(text or "{}")
-    except (ValueError, RecursionError):
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    return {
-        str(name).encode(): str(value).encode("utf-8", "replace")
-        for name, value in document.items()
-        if isinstance(value, str | int | float) and not isinstance(value, bool)
-    }
-
-
 def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
-    """Reads everything a view shows, ``lanes`` naming the lane of each topic."""
-    expression, lane_args = lane_expression(lanes)
+    """Reads everything a view shows (``lanes``: those of the view's config, shown even
+    when empty) in two round trips."""
     oldest_bucket = bucket_start(moment) - FIVE_MINUTES
-    statements: list[tuple[str, list[Any]]] = [
-        (
-            f"SELECT {expression} AS lane, COUNT(*), MIN(enqueue_timestamp + "
-            "enqueue_timestamp_microsecond / 1000000) FROM (SELECT topic, enqueue_timestamp, "
-            "enqueue_timestamp_microsecond FROM async_events WHERE queue_name = %s "
-            f"ORDER BY id LIMIT {DEPTH_CAP + 1}) AS waiting GROUP BY lane",
-            [*lane_args, QUEUE_NAME],
-        ),
-        (f"SELECT COUNT(*), MIN(due_at) - {NOW} FROM tuitop_delayed", []),
-        ("SELECT COUNT(*) FROM tuitop_dead_letters", []),
-        (f"SELECT id, expires_at > {NOW}, beat FROM tuitop_workers", []),
-        ("SELECT worker_id, COUNT(*) FROM tuitop_processing GROUP BY worker_id", []),
-        (f"SELECT name, beat FROM tuitop_pools WHERE expires_at > {NOW}", []),
-        ("SELECT version, fields FROM tuitop_config WHERE one = 1", []),
-        ("SELECT bucket, name, count FROM tuitop_stats WHERE bucket >= %s", [oldest_bucket]),
-    ]
-    results: list[list[tuple[Any, ...]]] = []
-    sql = ";\n".join(cursor.mogrify(text, tuple(args)) for text, args in statements)
-    cursor.execute(sql)
-    while True:
-        results.append(list(cursor.fetchall()))
-        if not cursor.nextset():
-            break
-    waiting, delayed, dead, workers, holding, pools, config, stats = results
-
-    counted = {str(lane): (int(n), float(oldest)) for lane, n, oldest in waiting}
-    total = sum(n for n, _ in counted.values())
-    capped = total > DEPTH_CAP
-    names = [DEFAULT_LANE, *(lane.name for lane in lanes.reserved)]
-    names += sorted(set(counted) - set(names))
-    lists = [
-        (name, counted.get(name, (0, 0.0))[0], _age(counted.get(name), moment)) for name in names
-    ]
+    listed, delayed, dead, workers, holding, pools, config, stats = _results(
+        cursor,
+        [
+            ("SELECT lane FROM tuitop_lanes", []),
+            (f"SELECT COUNT(*), MIN(due_at) - {NOW} FROM tuitop_delayed", []),
+            ("SELECT COUNT(*) FROM tuitop_dead_letters", []),
+            (f"SELECT id, expires_at > {NOW}, beat FROM tuitop_workers", []),
+            ("SELECT worker_id, COUNT(*) FROM tuitop_processing GROUP BY worker_id", []),
+            (f"SELECT name, beat FROM tuitop_pools WHERE expires_at > {NOW}", []),
+            ("SELECT version, fields FROM tuitop_config WHERE one = 1", []),
+            ("SELECT bucket, name, count FROM tuitop_stats WHERE bucket >= %s", [oldest_bucket]),
+        ],
+    )
+    others = {str(lane) for (lane,) in listed} | {lane.name for lane in lanes.reserved}
+    names = [DEFAULT_LANE, *sorted(others - {DEFAULT_LANE})]
+    # Each lane's rows are an index range: counted up to the cap, the oldest is its first.
+    per_lane = _results(
+        cursor,
+        [
+            statement
+            for name in names
+            for statement in (
+                (capped_count_sql(DEPTH_CAP + 1), [lane_queue(name)]),
+                (
+                    "SELECT enqueue_timestamp + enqueue_timestamp_microsecond / 1000000 FROM "
+                    "async_events WHERE queue_name = %s ORDER BY id LIMIT 1",
+                    [lane_queue(name)],
+                ),
+            )
+        ],
+    )
+    lists = []
+    capped = False
+    for index, name in enumerate(names):
+        (count,) = per_lane[2 * index][0]
+        first = per_lane[2 * index + 1]
+        capped = capped or int(count) > DEPTH_CAP
+        age = moment - float(first[0][0]) if first and float(first[0][0]) > 0 else None
+        lists.append((name, min(int(count), DEPTH_CAP), age))
     delayed_count, first_due_in = delayed[0]
     held = {str(worker_id): int(n) for worker_id, n in holding}
     worker_views: list[WorkerView] = []
     for worker_id, alive, beat in workers:
-        fields = beat_fields(beat) if alive else DEAD
+        fields = json_fields(beat) if alive else DEAD
         worker_views.append(worker_view(str(worker_id), fields, held.pop(str(worker_id), 0)))
     for worker_id, n in held.items():  # holding with no row: dead, recovered soon
         worker_views.append(worker_view(worker_id, DEAD, n))
     pool_views: list[PoolView] = [
-        pool_view(str(name), fields) for name, beat in pools if (fields := beat_fields(beat))
+        pool_view(str(name), fields) for name, beat in pools if (fields := json_fields(beat))
     ]
     published: Mapping[str, str] = {}
     if config:
         version, fields = config[0]
-        published = {k.decode(): v.decode() for k, v in beat_fields(fields).items()}
+        published = {k.decode(): v.decode() for k, v in json_fields(fields).items()}
         published = {**published, "version": str(version)}
     return build_snapshot(
         moment,
@@ -116,10 +106,14 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
     )
 
 
-def _age(counted: tuple[int, float] | None, moment: float) -> float | None:
-    if counted is None or counted[0] == 0 or counted[1] <= 0:
-        return None
-    return moment - counted[1]
+def _results(cursor: Cursor, statements: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+    """Each statement's rows, all sent in one round trip."""
+    results: list[list[Any]] = []
+    cursor.execute(";\n".join(cursor.mogrify(text, tuple(args)) for text, args in statements))
+    while True:
+        results.append(list(cursor.fetchall()))
+        if not cursor.nextset():
+            return results
 
 
 def read_stats(cursor: Cursor, moment: float, seconds: int) -> WindowStats:

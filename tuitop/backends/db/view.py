@@ -10,7 +10,8 @@ from pymysql.cursors import Cursor
 from tuitop.backends.db.connection import ERRORS, describe_error
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import create_tables
-from tuitop.backends.db.snapshot import beat_fields, read_stats, take_db_snapshot
+from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
+from tuitop.beats import json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
 from tuitop.snapshot import Snapshot
@@ -48,7 +49,7 @@ class DbAdmin(DbQueue):
         def read(cursor: Cursor) -> Mapping[str, str]:
             cursor.execute("SELECT fields FROM tuitop_config WHERE one = 1")
             row = cursor.fetchone()
-            fields = beat_fields(row[0] if row else None)
+            fields = json_fields(row[0] if row else None)
             return {k.decode(): v.decode() for k, v in fields.items()}
 
         return self.session.run(read)
