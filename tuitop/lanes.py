@@ -52,6 +52,12 @@ _LANE = re.compile(
 _LUA_MAGIC = re.compile(r"([\^$()%.\[\]+\-])")
 
 
+def is_lane_name(name: str) -> bool:
+    """Whether ``name`` can be a lane other than the default one (as ``$tuitop_lanes``
+    names them): what a record written by something else must be to be moved."""
+    return name != DEFAULT_LANE and _NAME.fullmatch(name) is not None
+
+
 @dataclass(frozen=True)
 class Lane:
     """A lane other than the default one: its topics and the workers it reserves."""

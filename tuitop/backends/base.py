@@ -256,6 +256,11 @@ class PoolStore(Protocol):
     def holds(self) -> tuple[int, int]:
         """Messages waiting and delayed: what a store the pool leaves still holds."""
 
+    def away(self, error: BaseException) -> bool:
+        """Whether ``error`` says the server does not answer (tried again after a back-off)
+        rather than that it refused one statement (a lock held too long, a row it will not
+        take: the pool's loop goes on)."""
+
     def describe(self, error: BaseException) -> str: ...
 
     def close(self) -> None: ...

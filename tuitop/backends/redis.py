@@ -292,6 +292,9 @@ class RedisPoolStore:
 
     # --- the rest ------------------------------------------------------------------------
 
+    def away(self, error: BaseException) -> bool:
+        return True
+
     def holds(self) -> tuple[int, int]:
         lanes = keys.names_in(cast(list[bytes], self.client.zrange(keys.LANES, 0, -1)))
         pipe = self.client.pipeline(transaction=False)

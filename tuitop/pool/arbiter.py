@@ -152,7 +152,7 @@ class Supervisor:
                 link.store.move_due()
                 self.recovery.scan(self._our_ids())
             except link.errors as error:
-                link.failed(error)
+                link.trouble(error)
         if not self.draining:
             self._scale()
         link.tend_left(
@@ -174,7 +174,7 @@ class Supervisor:
             try:
                 due = self.link.store.next_due()
             except self.link.errors as error:
-                self.link.failed(error)
+                self.link.trouble(error)
                 due = None
             if due is not None:
                 timeout = min(timeout, due - time.time())
@@ -277,7 +277,7 @@ class Supervisor:
             link.open(self.config.settings.store)
             claimed = self.presence.claim()
         except link.errors as error:
-            link.failed(error)
+            link.trouble(error)
             return
         if not claimed:
             self._name_lost()
@@ -293,7 +293,7 @@ class Supervisor:
                 )
             self.recovery.scan(self._our_ids(), force=True)
         except link.errors as error:
-            link.failed(error)
+            link.trouble(error)
 
     def _name_lost(self) -> None:
         # Workers started under the name (before a partition, say) must not serve on under
@@ -372,7 +372,7 @@ class Supervisor:
             try:
                 self._publish()  # at once: other pools must not count on its lanes
             except self.link.errors as error:
-                self.link.failed(error)
+                self.link.trouble(error)
 
     def _finish(self) -> None:
         """The end of draining: the workers left are killed (what they held recovered),

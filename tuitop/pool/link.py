@@ -19,6 +19,7 @@ from tuitop.config import RedisSettings, StoreSettings
 from tuitop.pool.plan import backoff, same_server
 
 STORE_BACKOFF_MAX = 30.0
+REFUSAL_LOG_EVERY = 60.0
 SUPERVISOR_SOCKET_TIMEOUT = 3.0
 """Short: a stalled server must not stall the pool's loop (time limits, signals)."""
 
@@ -35,8 +36,12 @@ class StoreLink:
         self.ok = False
         """It answered last time; False until the pool holds its name there too."""
         self.up_since = 0.0
-        """When it last came up (monotonic): a heartbeat older than that may have expired
-        only because the server was away (its workers beat again within seconds)."""
+        """When it last came up (monotonic)."""
+        self.down_for = 0.0
+        """How long it was away before (0: it never was): heartbeats that expired then may
+        have expired only because the server was away (their workers beat again within
+        seconds of its return)."""
+        self._refused: dict[str, float] = {}
         self._down_since = 0.0
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -81,6 +86,7 @@ class StoreLink:
             )
         self.ok = True
         self.up_since = time.monotonic()
+        self.down_for = self.up_since - self._down_since if self._down_since else 0.0
         self._down_since = self._backoff = 0.0
 
     @property
@@ -99,6 +105,19 @@ class StoreLink:
         )
         if self.store is not None:
             self.store.close()  # a fresh connection at the next try
+
+    def trouble(self, error: BaseException) -> None:
+        """An error of the store in force: :meth:`failed` when its server does not answer;
+        one statement it refused is logged (once a minute for the same words) and the
+        loop goes on, its link up."""
+        if self.store is None or self.store.away(error):
+            self.failed(error)
+            return
+        said = self.store.describe(error)
+        now = time.monotonic()
+        if self._refused.get(said, -REFUSAL_LOG_EVERY) + REFUSAL_LOG_EVERY <= now:
+            self._refused[said] = now
+            self.logger.error("%s (refused; the pool goes on, and tries again)", said)
 
     def hold_off(self, seconds: float) -> None:
         """Not to be used, nor tried again, for ``seconds`` (another pool holds the name)."""

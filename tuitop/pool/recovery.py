@@ -26,6 +26,8 @@ from tuitop.backends.base import PoolStore
 from tuitop.pool.link import StoreLink
 
 ORPHAN_SCAN_EVERY = 5.0
+SILENCE_MARGIN = 2.0
+"""Beyond how long the server was away: the time a live worker takes to beat again."""
 
 
 class Recovery:
@@ -70,7 +72,7 @@ class Recovery:
                 timed_out=timed_out,
             )
         except store.errors as error:
-            link.failed(error)
+            link.trouble(error)
             return
         except Exception:
             # Recovery must never take the pool down; the messages stay where they are.
@@ -143,10 +145,11 @@ class Recovery:
             )
 
     def _recover_silent_workers(self, store: PoolStore, ours: set[str]) -> None:
-        if time.monotonic() - self.link.up_since < self.heartbeat_ttl:
-            # Just back (a start, or the server away): every heartbeat may have expired
-            # while nobody could beat. Live workers beat again within seconds; only those
-            # still silent after a whole heartbeat's life are gone.
+        grace = min(self.heartbeat_ttl, self.link.down_for + SILENCE_MARGIN)
+        if time.monotonic() - self.link.up_since < grace:
+            # Just back after the server was away: every heartbeat may have expired while
+            # nobody could beat. Live workers beat again within seconds; only those still
+            # silent after as long as it was away (a heartbeat's life at most) are gone.
             return
         for worker_id in store.silent_workers(ours):
             self.recover(worker_id, f"worker {worker_id} stopped beating", silent=True)

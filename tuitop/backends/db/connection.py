@@ -118,6 +118,16 @@ def _end_idle_transactions(connection: pymysql.connections.Connection[Cursor]) -
                 raise
 
 
+REFUSED = (1062, 1205, 1213, 1292, 1366, 1406, 3140, 4025)
+"""Errors of one statement the server refused (a duplicate key, a lock waited for too
+long, a deadlock, a value or JSON it will not take, a CHECK): the server answers."""
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether the server refused one statement, rather than does not answer."""
+    return isinstance(error, pymysql.MySQLError) and _code(error) in REFUSED
+
+
 def is_auth_error(error: BaseException) -> bool:
     return isinstance(error, pymysql.MySQLError) and _code(error) in AUTH_ERRORS
 

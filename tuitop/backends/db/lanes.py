@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tuitop import keys
-from tuitop.lanes import DEFAULT_LANE, LaneSet
+from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
 
 LANE_PREFIX = keys.LANE_PREFIX
 """The ``queue_name`` of a lane's rows is this and the lane's name."""
@@ -68,6 +68,7 @@ class TakePlan:
 
 
 def lane_names(queue_names: Iterable[str]) -> list[str]:
-    """The lanes (other than the default one) that ``queue_names`` name, sorted."""
+    """The lanes (other than the default one) that ``queue_names`` name, sorted; a name
+    that is not a lane's (anyone may write the table) is none."""
     found = {lane_of_queue(name) for name in queue_names}
-    return sorted(lane for lane in found if lane not in (None, DEFAULT_LANE))
+    return sorted(lane for lane in found if lane is not None and is_lane_name(lane))

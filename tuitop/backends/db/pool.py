@@ -15,13 +15,19 @@ import pymysql
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
-from tuitop.backends.db.connection import ERRORS, describe_error, execute_all
+from tuitop.backends.db.connection import (
+    ERRORS,
+    describe_error,
+    execute_all,
+    is_refusal,
+    placeholders,
+)
 from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
-from tuitop.lanes import DEFAULT_LANE
+from tuitop.lanes import DEFAULT_LANE, is_lane_name
 from tuitop.stats import DEPTH, bucket_start
 
 DEPTH_CAP = 100_000
@@ -44,7 +50,8 @@ def capped_count_sql(cap: int = DEPTH_CAP) -> str:
 def waiting(cursor: Cursor) -> int:
     """The rows waiting in Tuleap's queue and every lane's, each counted up to the cap."""
     cursor.execute("SELECT lane FROM tuitop_lanes")
-    names = [QUEUE_NAME, *(lane_queue(str(lane)) for (lane,) in cursor.fetchall())]
+    lanes = [str(lane) for (lane,) in cursor.fetchall()]
+    names = [QUEUE_NAME, *(lane_queue(lane) for lane in lanes if is_lane_name(lane))]
     total = 0
     for queue_name in names:
         cursor.execute(capped_count_sql(), (queue_name,))
@@ -251,14 +258,23 @@ class DbPoolStore:
     # --- lanes ---------------------------------------------------------------------------
 
     def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
-        """A thousand rows a lane a call: the pool's loop is not held up by a big one."""
+        """A thousand rows a lane a call: the pool's loop is not held up by a big one.
+        Lanes holding rows no record lists (a take that routed and died before listing,
+        one that routed as its empty lane was forgotten) are listed first: an index read."""
+        self.list_forgotten_lanes()
 
         def stale(cursor: Cursor) -> list[str]:
             cursor.execute(
                 f"SELECT lane FROM tuitop_lanes WHERE served_at < {NOW} - %s",
                 (unserved_after,),
             )
-            return [str(lane) for (lane,) in cursor.fetchall()]
+            names = [str(lane) for (lane,) in cursor.fetchall()]
+            junk = [name for name in names if not is_lane_name(name)]
+            if junk:  # written by something else: no lane's rows to move
+                cursor.execute(
+                    f"DELETE FROM tuitop_lanes WHERE lane IN ({placeholders(len(junk))})", junk
+                )
+            return [name for name in names if is_lane_name(name)]
 
         moved: dict[str, int] = {}
         for lane in self.session.run(stale):
@@ -334,6 +350,9 @@ class DbPoolStore:
             return queued, int(delayed)
 
         return self.session.run(ask)
+
+    def away(self, error: BaseException) -> bool:
+        return not is_refusal(error)
 
     def describe(self, error: BaseException) -> str:
         return describe_error(error, self.settings)

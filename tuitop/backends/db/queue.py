@@ -28,7 +28,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pymysql
@@ -118,6 +118,12 @@ def _ids(messages: Iterable[Message]) -> list[bytes]:
 
 
 DUPLICATE_KEY = 1062
+CHECK_FAILED = 4025
+REFUSED_REASON = (
+    "Tuleap's table refuses its payload (its JSON check: MariaDB cannot read it back); "
+    "it cannot be queued again"
+)
+"""A CHECK constraint refused the row (MariaDB's JSON columns: ``json_valid``)."""
 _REST = (
     "queue_name, topic, payload, enqueue_timestamp, enqueue_timestamp_microsecond, "
     "nb_added_in_queue"
@@ -125,6 +131,19 @@ _REST = (
 """The message columns after ``id``, as a copy selects them unchanged."""
 _REST_REQUEUED = _REST.replace("queue_name", "%s", 1)
 """The same, to Tuleap's queue (``QUEUE_NAME`` the argument), whatever lane it was on."""
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What :func:`copy_rows` did besides copying: ids it gave a new one (old → new), and
+    rows the target refused (their payload, by its JSON check)."""
+
+    renamed: dict[bytes, bytes] = field(default_factory=dict)
+    refused: list[bytes] = field(default_factory=list)
+
+    def moved(self, ids: Sequence[bytes]) -> list[bytes]:
+        """Of ``ids``, those that were copied (to delete where they came from)."""
+        return [row_id for row_id in ids if bytes(row_id) not in self.refused]
 
 
 def copy_rows(
@@ -136,41 +155,41 @@ def copy_rows(
     select: str = _REST,
     args: Sequence[Any] = (),
     extra: str = "",
-) -> dict[bytes, bytes]:
+) -> Copied:
     """Copies the rows ``ids`` of ``source`` into ``target`` (``select``: the expressions
-    of the columns after ``id``, then of ``extra`` ones, with ``args``). A row whose id
-    ``target`` holds already — a row of Tuleap's table written by hand, a restored dump —
-    is copied under a new id rather than failing the move of every other: returns
-    {old id: new id} for those. The caller holds the rows' locks."""
+    of the columns after ``id``, then of ``extra`` ones, with ``args``), in one statement
+    when it can. One row never fails the move of the others: a row whose id ``target``
+    holds already (a row of Tuleap's table written by hand, a restored dump) is copied
+    under a new id; one ``target`` refuses (Tuleap's table checks its payload is JSON
+    MariaDB can read) is left where it is, said in what is returned. The caller holds the
+    rows' locks."""
     columns = f"{MESSAGE_COLUMNS}, {extra}" if extra else MESSAGE_COLUMNS
-
-    def insert(chosen: Sequence[bytes]) -> None:
-        cursor.execute(
-            f"INSERT INTO {target} ({columns}) SELECT id, {select} FROM {source} "
-            f"WHERE {_in(chosen)}",
-            (*args, *chosen),
-        )
+    statement = f"INSERT INTO {target} ({columns}) SELECT %s, {select} FROM {source} "
 
     try:
-        insert(ids)
-        return {}
-    except pymysql.err.IntegrityError as error:
-        if error.args[0] != DUPLICATE_KEY:
+        cursor.execute(statement.replace("%s", "id", 1) + f"WHERE {_in(ids)}", (*args, *ids))
+        return Copied()
+    except pymysql.MySQLError as error:
+        if _code(error) not in (DUPLICATE_KEY, CHECK_FAILED):
             raise
-    # InnoDB rolled the statement back, not the transaction: again, the others first.
-    cursor.execute(f"SELECT id FROM {target} WHERE {_in(ids)}", ids)
-    there = {bytes(found) for (found,) in cursor.fetchall()}
-    if others := [row_id for row_id in ids if bytes(row_id) not in there]:
-        insert(others)
-    renamed = {}
+    # InnoDB rolled the statement back, not the transaction: one row at a time.
+    copied = Copied()
     for row_id in ids:
-        if bytes(row_id) in there:
-            renamed[bytes(row_id)] = fresh = uuid7()
-            cursor.execute(
-                f"INSERT INTO {target} ({columns}) SELECT %s, {select} FROM {source} WHERE id = %s",
-                (fresh, *args, row_id),
-            )
-    return renamed
+        try:
+            cursor.execute(statement + "WHERE id = %s", (row_id, *args, row_id))
+        except pymysql.MySQLError as error:
+            if _code(error) == CHECK_FAILED:
+                copied.refused.append(bytes(row_id))
+            elif _code(error) == DUPLICATE_KEY:
+                copied.renamed[bytes(row_id)] = fresh = uuid7()
+                cursor.execute(statement + "WHERE id = %s", (fresh, *args, row_id))
+            else:
+                raise
+    return copied
+
+
+def _code(error: BaseException) -> int | None:
+    return error.args[0] if error.args and isinstance(error.args[0], int) else None
 
 
 def _locked(cursor: Cursor, table: str, worker_id: str, ids: Sequence[bytes]) -> list[bytes]:
@@ -222,6 +241,8 @@ class DbQueue:
         self.session = Session(
             settings, program=program, read_timeout=read_timeout, lock_wait=lock_wait
         )
+        self._routed: set[str] = set()
+        """Lanes the take under way moved rows to (listed once it committed)."""
 
     def close(self) -> None:
         self.session.close()
@@ -338,14 +359,17 @@ class DbQueue:
             return [], plan.serves[0], int(held)
 
         # Any error closes the connection: the server rolls the transaction back.
+        self._routed = set()
         rows, source, held = self.session.run(move, again_after_deadlock=True)
+        self._list_routed()
         return [row_message(row) for row in rows], source, held
 
     def _route(self, cursor: Cursor, plan: TakePlan, rows: list[Row]) -> list[Row]:
         """Moves the rows (locked) of lanes ``plan`` does not serve to their lanes, in one
-        round trip; returns the others. A lane moved to is listed in ``tuitop_lanes``
-        (found, and moved back, if no pool ever serves it), and the bell rung (its idle
-        workers take)."""
+        round trip; returns the others. The lanes moved to are listed (found, and moved
+        back, if no pool ever serves them) and the bell rung (their idle workers take)
+        once the move is committed (:meth:`_routed`): no row every worker's take needs is
+        locked inside this transaction."""
         kept: list[Row] = []
         moves: dict[str, list[bytes]] = {}
         for row in rows:
@@ -355,17 +379,39 @@ class DbQueue:
             else:
                 moves.setdefault(target, []).append(row[0])
         if moves:
-            statements: list[Statement] = []
-            for lane, ids in moves.items():
-                statements += [
+            execute_all(
+                cursor,
+                [
                     (
                         f"UPDATE async_events SET queue_name = %s WHERE {_in(ids)}",
                         (lane_queue(lane), *ids),
-                    ),
-                    ("INSERT IGNORE INTO tuitop_lanes (lane, served_at) VALUES (%s, 0)", (lane,)),
-                ]
-            execute_all(cursor, [*statements, _BELL])
+                    )
+                    for lane, ids in moves.items()
+                ],
+            )
+            self._routed.update(moves)
         return kept
+
+    def _list_routed(self) -> None:
+        """After a take committed: the lanes it moved rows to, listed; the bell rung. A
+        lane left unlisted (the worker died in between) is found by the pools' scan."""
+        lanes, self._routed = sorted(self._routed), set()
+        if not lanes:
+            return
+        values = ", ".join(["(%s, 0)"] * len(lanes))
+        with contextlib.suppress(pymysql.MySQLError):
+            self.session.run(
+                lambda cursor: execute_all(
+                    cursor,
+                    [
+                        (
+                            f"INSERT IGNORE INTO tuitop_lanes (lane, served_at) VALUES {values}",
+                            lanes,
+                        ),
+                        _BELL,
+                    ],
+                )
+            )
 
     def _move_taken(self, cursor: Cursor, worker_id: str, rows: list[Row]) -> list[Row]:
         """Moves the rows a take locked into the worker's hands and commits, in one round
@@ -401,7 +447,7 @@ class DbQueue:
             select=select,
             args=(worker_id,),
             extra="worker_id, taken_at",
-        )
+        ).renamed
         execute_all(cursor, delete)
         return [(renamed.get(bytes(row[0]), row[0]), *row[1:]) for row in rows]
 
@@ -430,10 +476,13 @@ class DbQueue:
             held = _locked(cursor, "tuitop_processing", worker_id, ids)
             if not held:
                 return
-            copy_rows(cursor, "async_events", "tuitop_processing", held)
-            execute_all(cursor, [(f"DELETE FROM tuitop_processing WHERE {_in(held)}", held), _BELL])
+            # One Tuleap's table refuses stays in the worker's hands: recovered with it.
+            moved = copy_rows(cursor, "async_events", "tuitop_processing", held).moved(held)
+            if moved:
+                cursor.execute(f"DELETE FROM tuitop_processing WHERE {_in(moved)}", moved)
 
         self.session.transaction(move)
+        self.ring()
 
     def fail(
         self,
@@ -609,19 +658,38 @@ class DbQueue:
                 (limit,),
             )
             ids = [row[0] for row in cursor.fetchall()]
-            if ids:
-                copy_rows(
-                    cursor,
-                    "async_events",
-                    "tuitop_delayed",
-                    ids,
-                    select=_REST_REQUEUED,
-                    args=(QUEUE_NAME,),
+            if not ids:
+                return 0
+            copied = copy_rows(
+                cursor,
+                "async_events",
+                "tuitop_delayed",
+                ids,
+                select=_REST_REQUEUED,
+                args=(QUEUE_NAME,),
+            )
+            for row_id in copied.refused:  # never to be taken: given up, with why
+                cursor.execute(
+                    f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
+                    f"traceback) SELECT {MESSAGE_COLUMNS}, %s, '', {NOW}, '' FROM "
+                    "tuitop_delayed WHERE id = %s",
+                    (REFUSED_REASON, row_id),
                 )
-                execute_all(cursor, [(f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids), _BELL])
+            cursor.execute(f"DELETE FROM tuitop_delayed WHERE {_in(ids)}", ids)
             return len(ids)
 
-        return self.session.transaction(move)
+        moved = self.session.transaction(move)
+        if moved:
+            self.ring()
+        return moved
+
+    def ring(self) -> None:
+        """Bumps the bell counter the pools' doorbells read (an old id is back where
+        workers take). Never inside a move's transaction: the one row would be locked
+        while it waits for its client; a bump lost is a few seconds of a worker's own
+        timeout, not a message."""
+        with contextlib.suppress(pymysql.MySQLError):
+            self.session.run(lambda cursor: cursor.execute(_BELL[0]))
 
     def _any_due(self) -> bool:
         def ask(cursor: Cursor) -> bool:
@@ -696,11 +764,12 @@ class DbQueue:
                         "ORDER BY id LIMIT %s",
                         (QUEUE_NAME, lane_queue(lane), chunk),
                     ),
-                    _BELL,
                 ]
             )[0]
             moved += count
             if count < chunk or (limit and moved >= limit):
+                if moved:
+                    self.ring()
                 return moved
 
     # --- dead letters ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.pool import DEPTH_CAP, capped_count_sql
 from tuitop.backends.db.schema import NOW
 from tuitop.beats import json_fields
-from tuitop.lanes import DEFAULT_LANE, LaneSet
+from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
 from tuitop.snapshot import (
     DEAD,
     FIVE_MINUTES,
@@ -51,7 +51,7 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
         ],
     )
     others = {str(lane) for (lane,) in listed} | {lane.name for lane in lanes.reserved}
-    names = [DEFAULT_LANE, *sorted(others - {DEFAULT_LANE})]
+    names = [DEFAULT_LANE, *sorted(name for name in others if is_lane_name(name))]
     # Each lane's rows are an index range: counted up to the cap, the oldest is its first.
     per_lane = _results(
         cursor,
