@@ -286,3 +286,23 @@ def test_one_retry_tuleaps_table_refuses_takes_the_pool_off_its_database_for_goo
     assert count(database, "tuitop_delayed", "payload LIKE '%good retry%'") == 0, (
         "a good due retry stuck behind the refused one"
     )
+
+
+def test_a_big_unserved_lane_is_not_back_within_15_s(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """README: "a lane no pool serves any more goes back to app_user_events within ~15 s".
+    unserved_lanes_back moves 1000 rows a lane a call, one call a 5 s scan: the 50,000-row
+    backlog lanes exist for takes 250 s per pool (a pool's own release moves all at once)."""
+    now = time.time()
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO async_events VALUES (UNHEX(REPLACE(UUID(), '-', '')), "
+            f"'app_user_events-lane-{LANE}', %s, '{{}}', %s, 0, 0)",
+            [(JIRA, int(now))] * 5000,
+        )
+        cursor.execute(f"INSERT INTO tuitop_lanes VALUES ('{LANE}', 0)")
+    store = DbPoolStore(database, pool_name="p", retry=RetryPolicy(), socket_timeout=3)
+    for _ in range(3):  # the scans of 15 s
+        store.unserved_lanes_back(10)
+    assert lane_rows(database) == 0, f"{lane_rows(database)} of 5000 still in the lane after 15 s"

@@ -36,6 +36,8 @@ it a view says "100,000+"."""
 STATS_KEEP_SECONDS = 15 * 60
 FORGET_POOLS_AFTER = 60.0
 LOCK_WAIT_TIMEOUT = 1205
+LANE_BACK_PER_SCAN = 20_000
+"""Rows of one unserved lane moved back by one scan (every 5 s)."""
 """A pool with neither heartbeat nor claim for this long is forgotten."""
 
 
@@ -258,7 +260,8 @@ class DbPoolStore:
     # --- lanes ---------------------------------------------------------------------------
 
     def unserved_lanes_back(self, unserved_after: float) -> dict[str, int]:
-        """A thousand rows a lane a call: the pool's loop is not held up by a big one.
+        """Up to :data:`LANE_BACK_PER_SCAN` rows a lane a call (a thousand a short
+        transaction): the pool's loop is held up a second at most by a big one.
         Lanes holding rows no record lists (a take that routed and died before listing,
         one that routed as its empty lane was forgotten) are listed first: an index read."""
         self.list_forgotten_lanes()
@@ -278,7 +281,7 @@ class DbPoolStore:
 
         moved: dict[str, int] = {}
         for lane in self.session.run(stale):
-            count = self._move_back(lane, limit=1000)
+            count = self._move_back(lane, limit=LANE_BACK_PER_SCAN)
             if count:
                 moved[lane] = count
             elif count == 0:

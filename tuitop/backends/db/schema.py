@@ -103,7 +103,8 @@ TABLES = (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     """CREATE TABLE IF NOT EXISTS tuitop_push_markers (
     token CHAR(32) NOT NULL PRIMARY KEY,
-    at DOUBLE NOT NULL
+    at DOUBLE NOT NULL,
+    INDEX tuitop_push_markers_at (at)
 ) ENGINE=InnoDB DEFAULT CHARSET=ascii""",
     """CREATE TABLE IF NOT EXISTS tuitop_lanes (
     lane VARCHAR(64) NOT NULL PRIMARY KEY,

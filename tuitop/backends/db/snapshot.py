@@ -42,7 +42,11 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
         [
             ("SELECT lane FROM tuitop_lanes", []),
             (f"SELECT COUNT(*), MIN(due_at) - {NOW} FROM tuitop_delayed", []),
-            ("SELECT COUNT(*) FROM tuitop_dead_letters", []),
+            (
+                "SELECT COUNT(*) FROM (SELECT 1 FROM tuitop_dead_letters "
+                f"LIMIT {DEPTH_CAP + 1}) AS dead",
+                [],
+            ),
             (f"SELECT id, expires_at > {NOW}, beat FROM tuitop_workers", []),
             ("SELECT worker_id, COUNT(*) FROM tuitop_processing GROUP BY worker_id", []),
             (f"SELECT name, beat FROM tuitop_pools WHERE expires_at > {NOW}", []),
