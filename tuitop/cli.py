@@ -11,11 +11,12 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from tuitop import __version__, keys
 from tuitop.backends import describe_store_error, open_queue, store_errors
 from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
+from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
 from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
@@ -30,11 +31,23 @@ from tuitop.tasks import (
 from tuitop.tuleapworkers import HOLD_LIMIT
 
 if TYPE_CHECKING:
+    from tuitop.check import Report
     from tuitop.tui.source import SnapshotSource
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG_ERROR = 2
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser, whose usage errors exit with its default
+    ``usage_exit_code``: 2, as argparse does, but 3 (UNKNOWN) for a monitoring plugin, to
+    which 2 means CRITICAL."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        code = self.get_default("usage_exit_code") or EXIT_CONFIG_ERROR
+        self.exit(code, f"{self.prog}: error: {message}\n")
 
 
 def _add_config_option(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
@@ -163,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tuitop {__version__}")
     _add_config_option(parser, top_level=True)
     _add_pool_options(parser)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
     config = commands.add_parser(
         "config",
@@ -256,6 +269,49 @@ def build_parser() -> argparse.ArgumentParser:
         "Refused while a pool runs on this Redis.",
     )
     _add_config_option(hand)
+
+    check = commands.add_parser(
+        "check",
+        help="Tuleap's SYSTEM_CHECK as a monitoring plugin (exit 0 OK, 1 WARNING, 2 "
+        "CRITICAL, 3 UNKNOWN)",
+        description="Look at the queue, the pools and the Redis server once; print one "
+        "status line with perfdata after '|', then one line per finding. Exit 0 OK, "
+        "1 WARNING, 2 CRITICAL, 3 UNKNOWN (Nagios, Icinga, a systemd timer).",
+    )
+    check.set_defaults(usage_exit_code=3)
+    _add_config_option(check)
+    check.add_argument(
+        "-w",
+        "--warning",
+        metavar="S",
+        type=float,
+        default=OLDEST_WARNING,
+        help="WARNING when a lane's oldest waiting message is older (default: %(default)g, "
+        "Tuleap's; a lane named after its latency target, latency_15m, warns past it)",
+    )
+    check.add_argument(
+        "-c",
+        "--critical",
+        metavar="S",
+        type=float,
+        default=OLDEST_CRITICAL,
+        help="CRITICAL when a lane's oldest waiting message is older (default: %(default)g)",
+    )
+    check.add_argument(
+        "-t",
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="UNKNOWN when the check takes longer (default: %(default)g)",
+    )
+    check.add_argument(
+        "--no-redis-settings",
+        action="store_true",
+        help="do not look at the Redis server's version, appendonly and password (where "
+        "INFO and CONFIG are refused to tuitop's user)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object instead")
 
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
@@ -443,6 +499,40 @@ def _dead_letters(queue: QueueAdmin, args: argparse.Namespace) -> int:
         print(f"{index:>4}  {stamp}  {letter.topic or '-':<28} {letter.reason}")
     print(f"{len(letters)} dead letter(s) shown")
     return EXIT_OK
+
+
+def command_check(args: argparse.Namespace) -> int:
+    from tuitop.check import CheckTimeout, Limits, Report, Status, run_check, time_limit
+
+    def unknown(text: str) -> int:
+        report = Report()
+        report.add(Status.UNKNOWN, "check", text)
+        _print_report(report, args.json)
+        return int(Status.UNKNOWN)
+
+    if not 0 < args.warning < args.critical:
+        return unknown("--warning must be above 0 and below --critical")
+    if not 0 < args.timeout <= 3600:
+        return unknown("--timeout must be above 0 and at most 3600 seconds")
+    try:
+        loaded = read_config(args.config)
+    except ConfigError as error:
+        return unknown(f"config error: {error}")
+    limits = Limits(args.warning, args.critical, redis_settings=not args.no_redis_settings)
+    try:
+        with time_limit(args.timeout):
+            report = run_check(loaded.settings, limits)
+    except CheckTimeout:
+        return unknown(f"no answer within {args.timeout:g} s")
+    _print_report(report, args.json)
+    return int(report.status)
+
+
+def _print_report(report: Report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, allow_nan=False))
+    else:
+        print(report.render())
 
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
@@ -653,12 +743,20 @@ def command_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.print_usage(sys.stderr)
+        parser.exit(
+            getattr(args, "usage_exit_code", EXIT_CONFIG_ERROR),
+            f"tuitop: error: unrecognized arguments: {' '.join(unknown)}\n",
+        )
     commands = {
         "config": command_config,
         "enqueue": command_enqueue,
         "notify": command_notify,
         "dead-letters": command_dead_letters,
+        "check": command_check,
         "adopt-tuleap": command_adopt_tuleap,
         "hand-back": command_hand_back,
         "demo": command_demo,

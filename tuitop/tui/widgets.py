@@ -14,12 +14,11 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, RichLog, Sparkline, Static
 
+from tuitop.check import OLDEST_WARNING
 from tuitop.lanes import DEFAULT_LANE, LaneSet, latency_target
 from tuitop.snapshot import LaneView, PoolView, Snapshot, WorkerView
 from tuitop.stats import Percentiles
 
-OLDEST_WARNING = 120.0
-"""Tuleap's SYSTEM_CHECK warns past this age of the oldest waiting message."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LEVEL_STYLES = {"error": "red", "warning": "yellow", "debug": "dim"}
 _LEVEL_IN_LINE = re.compile(r"\[(debug|info|warning|error|critical)\]")

@@ -1,0 +1,485 @@
+"""``tuitop check``: Tuleap's SYSTEM_CHECK for a monitoring system (Nagios, Icinga, a timer).
+
+The monitoring-plugin convention: the exit code is the status (0 OK, 1 WARNING, 2 CRITICAL,
+3 UNKNOWN); the first line is ``TUITOP <STATUS> - <what is worst> | <perfdata>``, the lines
+after it one finding each. Several findings give the worst status, ranked CRITICAL, WARNING,
+UNKNOWN, OK: a part that cannot be read (UNKNOWN) never hides a known problem, and shows
+when nothing else is wrong.
+
+What it looks at, from one snapshot of the queue (the one every view reads) and, on Redis,
+the server's own settings:
+
+- the oldest waiting message of each lane, the true oldest (Tuleap's check reads the
+  newest): past ``--warning`` (120 s, Tuleap's limit; or the lane's own latency target,
+  ``latency_15m``) WARNING with Tuleap's sentence, past ``--critical`` CRITICAL;
+- messages waiting and no live pool, no live worker, or no worker taking from their lane:
+  CRITICAL; no pool at all, or a pool short of the workers it wants: WARNING;
+- a live pool keeping its last good config because a save was refused: WARNING;
+- dead letters made in the last 15 minutes (the stats' memory): WARNING;
+- Redis older than 6.2 (tuitop needs LMOVE): CRITICAL; the seed's two demands, a password
+  of at least 30 characters (the one tuitop sends; and a Redis that answers without one)
+  and ``appendonly yes``: WARNING; those settings unreadable (INFO and CONFIG GET refused):
+  UNKNOWN for that part, saying why.
+
+No password is ever printed: errors go through the store's ``describe``, which masks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from tuitop.backends import describe_store_error, open_view, store_errors
+from tuitop.config import DB_QUEUE, RedisSettings, Settings
+from tuitop.keys import QUEUE, STATS_KEEP_SECONDS
+from tuitop.lanes import DEFAULT_LANE, latency_target
+from tuitop.redisconn import connect
+from tuitop.snapshot import Snapshot
+
+OLDEST_WARNING = 120.0
+"""Tuleap's SYSTEM_CHECK warns past this age of the oldest waiting message."""
+OLDEST_CRITICAL = 900.0
+"""Tuleap's task time limit: a message that waited this long waited a whole job's life."""
+PASSWORD_MIN_LENGTH = 30
+"""The seed: "a password of at least 30 characters"."""
+REDIS_MIN_VERSION = (6, 2)
+"""LMOVE and BLMOVE, which every take uses, came with Redis 6.2."""
+TULEAP_SENTENCE = (
+    "There are {count} async events waiting to be processed, you should check if Tuleap "
+    "Workers are running."
+)
+"""Tuleap's SYSTEM_CHECK says this (src/common/Queue/), kept word for word for the admins
+who grep for it."""
+
+
+class Status(enum.IntEnum):
+    """A plugin's exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def rank(self) -> int:
+        """How bad: CRITICAL > WARNING > UNKNOWN > OK."""
+        return {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL: 3}[self]
+
+
+@dataclass(frozen=True)
+class Finding:
+    status: Status
+    part: str
+    """What was looked at: queue, workers, config, dead-letters, redis, store."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Perf:
+    """One perfdata value: ``label=value[unit];warn;crit;min``."""
+
+    label: str
+    value: float
+    unit: str = ""
+    warning: float | None = None
+    critical: float | None = None
+
+    def render(self) -> str:
+        def number(value: float | None) -> str:
+            if value is None:
+                return ""
+            return f"{value:.3f}".rstrip("0").rstrip(".") if value % 1 else str(int(value))
+
+        label = f"'{self.label}'" if any(c in self.label for c in " ='") else self.label
+        tail = f"{number(self.warning)};{number(self.critical)};0"
+        return f"{label}={number(self.value)}{self.unit};{tail}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ages of the oldest waiting message, in seconds."""
+
+    warning: float = OLDEST_WARNING
+    critical: float = OLDEST_CRITICAL
+    redis_settings: bool = True
+    """Look at the Redis server's version, persistence and password."""
+
+    def lane_warning(self, lane: str) -> float:
+        """Tuleap's queue (the default lane) warns past ``warning``, as Tuleap's check; a
+        lane named after its target past that target."""
+        target = None if lane == DEFAULT_LANE else latency_target(lane)
+        return min(target, self.critical) if target is not None else self.warning
+
+
+@dataclass
+class Report:
+    findings: list[Finding] = field(default_factory=list)
+    perfdata: list[Perf] = field(default_factory=list)
+
+    @property
+    def status(self) -> Status:
+        return max((f.status for f in self.findings), key=lambda s: s.rank, default=Status.OK)
+
+    def add(self, status: Status, part: str, text: str) -> None:
+        self.findings.append(Finding(status, part, text))
+
+    def summary(self) -> str:
+        """The findings of the worst status, in one line."""
+        worst = self.status
+        return "; ".join(f.text for f in self.findings if f.status == worst) or "nothing to say"
+
+    def render(self) -> str:
+        """The plugin's output: the status line (with the perfdata), then each finding,
+        the worst first."""
+        line = f"TUITOP {self.status.name} - {self.summary()}"
+        if self.perfdata:
+            line += " | " + " ".join(perf.render() for perf in self.perfdata)
+        ordered = sorted(self.findings, key=lambda f: -f.status.rank)
+        return "\n".join([line, *(f"{f.status.name}: {f.text}" for f in ordered)])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status.name,
+            "code": int(self.status),
+            "summary": self.summary(),
+            "findings": [
+                {"status": f.status.name, "part": f.part, "text": f.text} for f in self.findings
+            ],
+            "perfdata": {
+                perf.label: {
+                    "value": perf.value,
+                    "unit": perf.unit,
+                    "warning": perf.warning,
+                    "critical": perf.critical,
+                }
+                for perf in self.perfdata
+            },
+        }
+
+
+def run_check(settings: Settings, limits: Limits) -> Report:
+    """Looks at the queue ``settings`` name; never raises for a server that does not
+    answer (that is a CRITICAL finding)."""
+    report = Report()
+    store = settings.store
+    if not store.configured:
+        report.add(
+            Status.UNKNOWN,
+            "store",
+            "Redis is not configured ($redis_server is empty), nor is a database: nothing to check",
+        )
+        return report
+    where = "the database" if settings.queue == DB_QUEUE else "Redis"
+    try:
+        view = open_view(store, settings.lanes, "tuitop:check")
+    except store_errors(store) as error:
+        report.add(Status.CRITICAL, "store", describe_store_error(store, error))
+        return report
+    try:
+        snapshot = view.snapshot(time.time())
+        recent_dead = view.stats(snapshot.taken_at, STATS_KEEP_SECONDS).counts.get("dead", 0)
+    except view.errors as error:
+        report.add(Status.CRITICAL, "store", f"{where}: {view.describe(error)}")
+        return report
+    finally:
+        view.close()
+    assess_snapshot(report, snapshot, recent_dead, limits)
+    if settings.queue != DB_QUEUE and limits.redis_settings:
+        assess_redis(report, settings.redis)
+    return report
+
+
+def assess_snapshot(report: Report, snapshot: Snapshot, recent_dead: int, limits: Limits) -> None:
+    """The queue, the pools and workers, their config and the dead letters."""
+    _assess_lanes(report, snapshot, limits)
+    _assess_pools(report, snapshot)
+    queue = snapshot.queue
+    minutes = STATS_KEEP_SECONDS // 60
+    if recent_dead:
+        report.add(
+            Status.WARNING,
+            "dead-letters",
+            f"{recent_dead} message(s) dead-lettered in the last {minutes} min "
+            f"({queue.dead_letters} kept): 'tuitop dead-letters list' says why",
+        )
+    elif queue.dead_letters:
+        report.add(
+            Status.OK,
+            "dead-letters",
+            f"{queue.dead_letters} dead letter(s) kept, none in the last {minutes} min",
+        )
+    live = [w for w in snapshot.workers if w.state != "dead"]
+    report.perfdata.extend(
+        [
+            Perf("waiting", queue.waiting),
+            Perf("oldest", round(queue.oldest_age or 0.0, 3), "s", limits.warning, limits.critical),
+            Perf("processing", queue.processing),
+            Perf("delayed", queue.delayed),
+            Perf("dead_letters", queue.dead_letters),
+            Perf("dead_letters_recent", recent_dead),
+            Perf("pools", sum(1 for pool in snapshot.pools if not pool.stopping)),
+            Perf("workers", len(live)),
+            Perf("workers_wanted", sum(p.wanted for p in snapshot.pools if not p.stopping)),
+            Perf("done_last_minute", snapshot.last_minute.counts.get("done", 0)),
+        ]
+    )
+    for lane in snapshot.lanes:
+        if lane.name != DEFAULT_LANE:
+            report.perfdata.append(
+                Perf(
+                    f"oldest_{lane.name}",
+                    round(lane.oldest_age or 0.0, 3),
+                    "s",
+                    limits.lane_warning(lane.name),
+                    limits.critical,
+                )
+            )
+
+
+def _assess_lanes(report: Report, snapshot: Snapshot, limits: Limits) -> None:
+    queue = snapshot.queue
+    count = f"{queue.waiting:,}{'+' if queue.waiting_capped else ''}"
+    late = False
+    for lane in snapshot.lanes:
+        age = lane.oldest_age
+        if age is None:
+            continue
+        warning = limits.lane_warning(lane.name)
+        if age <= warning:
+            continue
+        late = True
+        status = Status.CRITICAL if age > limits.critical else Status.WARNING
+        if lane.name == DEFAULT_LANE:
+            text = TULEAP_SENTENCE.format(count=count)
+            text += f" The oldest in {QUEUE} waits since {_duration(age)}."
+        else:
+            text = (
+                f"Lane {lane.name}: {lane.waiting:,} message(s) waiting, the oldest since "
+                f"{_duration(age)} (more than {_duration(warning)})."
+            )
+        report.add(status, "queue", text)
+    if not late:
+        oldest = f", the oldest since {_duration(queue.oldest_age)}" if queue.oldest_age else ""
+        report.add(Status.OK, "queue", f"{count} message(s) waiting{oldest}")
+
+
+def _assess_pools(report: Report, snapshot: Snapshot) -> None:
+    pools = [pool for pool in snapshot.pools if not pool.stopping]
+    live = [worker for worker in snapshot.workers if worker.state != "dead"]
+    waiting = snapshot.queue.waiting
+    if not pools:
+        stopping = len(snapshot.pools)
+        because = f" ({stopping} stopping)" if stopping else ""
+        if waiting:
+            report.add(
+                Status.CRITICAL,
+                "workers",
+                f"{waiting:,} message(s) wait and no tuitop pool runs{because}",
+            )
+        else:
+            report.add(Status.WARNING, "workers", f"no tuitop pool runs{because}")
+    elif not live and waiting:
+        report.add(
+            Status.CRITICAL,
+            "workers",
+            f"{waiting:,} message(s) wait and no worker runs ("
+            + ", ".join(f"{p.name} wants {p.wanted}" for p in pools)
+            + ")",
+        )
+    else:
+        for lane in snapshot.lanes:
+            if lane.waiting and live and not lane.workers + lane.helpers:
+                report.add(
+                    Status.CRITICAL,
+                    "workers",
+                    f"lane {lane.name}: {lane.waiting:,} message(s) wait and no worker "
+                    "takes from it",
+                )
+        short = [p for p in pools if p.running < p.wanted]
+        for pool in short:
+            report.add(
+                Status.WARNING,
+                "workers",
+                f"pool {pool.name} runs {pool.running} of the {pool.wanted} worker(s) it "
+                "wants (its log says why)",
+            )
+        if not short:
+            report.add(
+                Status.OK,
+                "workers",
+                f"{len(pools)} pool(s), {len(live)} worker(s) live: "
+                + ", ".join(f"{p.name} {p.running}/{p.wanted}" for p in pools),
+            )
+    for pool in pools:
+        if pool.config_error:
+            report.add(
+                Status.WARNING,
+                "config",
+                f"pool {pool.name} keeps its last good config, a save was refused: "
+                f"{pool.config_error}",
+            )
+
+
+def assess_redis(report: Report, settings: RedisSettings, timeout: float = 5.0) -> None:
+    """The seed's demands of the Redis server, and the version tuitop needs."""
+    password = settings.password.reveal().strip()
+    if not password:
+        report.add(
+            Status.WARNING,
+            "redis",
+            "tuitop sends Redis no password ($redis_password is empty): the seed asks "
+            f"for one of at least {PASSWORD_MIN_LENGTH} characters",
+        )
+    elif len(password) < PASSWORD_MIN_LENGTH:
+        report.add(
+            Status.WARNING,
+            "redis",
+            f"the Redis password is shorter than the {PASSWORD_MIN_LENGTH} characters the "
+            "seed asks for",
+        )
+    else:
+        _assess_open_door(report, settings, timeout)
+    client = connect(settings, client_name="tuitop:check", socket_timeout=timeout)
+    try:
+        _assess_server(report, settings, client)
+    finally:
+        client.close()
+
+
+def _assess_open_door(report: Report, settings: RedisSettings, timeout: float) -> None:
+    """Does the server answer a client that sends no password? (Readable where CONFIG
+    is renamed away, as hardening guides advise.)"""
+    anonymous = redis.Redis(
+        host=settings.host,
+        port=settings.port,
+        ssl=settings.tls,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    try:
+        anonymous.ping()
+    except redis.AuthenticationError:
+        report.add(Status.OK, "redis", "Redis refuses clients without the password")
+        return
+    except redis.ResponseError as error:
+        if "NOAUTH" in str(error).upper():
+            report.add(Status.OK, "redis", "Redis refuses clients without the password")
+        else:
+            report.add(Status.UNKNOWN, "redis", f"could not tell whether Redis asks for a "
+                       f"password: {error}")  # fmt: skip
+        return
+    except redis.RedisError as error:
+        report.add(Status.UNKNOWN, "redis", f"could not tell whether Redis asks for a "
+                   f"password: {type(error).__name__}")  # fmt: skip
+        return
+    finally:
+        anonymous.close()
+    report.add(
+        Status.WARNING,
+        "redis",
+        "Redis answers clients that send no password (requirepass is not set): anyone who "
+        "reaches its port can read and change the queue",
+    )
+
+
+def _assess_server(report: Report, settings: RedisSettings, client: redis.Redis) -> None:
+    errors = store_errors(settings)
+    try:
+        info = _server_info(client)
+    except errors as error:
+        if isinstance(error, redis.ResponseError):
+            report.add(
+                Status.UNKNOWN,
+                "redis",
+                "cannot read Redis's version and persistence (INFO and CONFIG GET refused: "
+                f"{describe_store_error(settings, error)}); --no-redis-settings skips this",
+            )
+        else:
+            report.add(Status.CRITICAL, "store", describe_store_error(settings, error))
+        return
+    version_text, appendonly = info
+    version = _version(version_text)
+    if version is not None and version < REDIS_MIN_VERSION:
+        report.add(
+            Status.CRITICAL,
+            "redis",
+            f"Redis {version_text} is older than 6.2: tuitop's takes (LMOVE, BLMOVE) fail",
+        )
+    if appendonly is None:
+        report.add(
+            Status.UNKNOWN,
+            "redis",
+            "cannot read whether Redis keeps an append-only file (INFO and CONFIG GET refused)",
+        )
+    elif not appendonly:
+        report.add(
+            Status.WARNING,
+            "redis",
+            "Redis runs without appendonly: a restart loses every message since its last "
+            "snapshot (the seed asks for appendonly yes)",
+        )
+    else:
+        report.add(Status.OK, "redis", f"Redis {version_text or '?'} keeps an append-only file")
+
+
+def _server_info(client: redis.Redis) -> tuple[str, bool | None]:
+    """Redis's version and whether appendonly is on: from INFO (allowed where CONFIG is
+    renamed away), else CONFIG GET; a ResponseError when both are refused."""
+    try:
+        info: dict[str, Any] = client.info("server")
+        info.update(client.info("persistence"))
+    except redis.ResponseError:
+        reply: dict[str, str] = client.config_get("appendonly")  # type: ignore[assignment]
+        value = reply.get("appendonly")
+        return "", None if value is None else value == "yes"
+    aof = info.get("aof_enabled")
+    return str(info.get("redis_version", "")), None if aof is None else bool(int(aof))
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    parts = text.split(".")
+    if len(parts) < 2 or not all(part.isdigit() for part in parts[:2]):
+        return None
+    return tuple(int(part) for part in parts[:2])
+
+
+def _duration(value: float | None) -> str:
+    """``45 s``, ``3 min 12 s``, ``2 h 5 min``: how long, to an operator reading a page."""
+    if value is None or not math.isfinite(value):
+        return "?"
+    whole = int(value)
+    if whole < 120:
+        return f"{value:.0f} s"
+    if whole < 7200:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+class CheckTimeout(BaseException):
+    """The check's time is up. A BaseException: the clients' ``except Exception`` (and
+    their turning a TimeoutError into their own) must not swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raises CheckTimeout in the main thread after ``seconds`` (a plugin answers within
+    its ``-t`` whatever a server does, as ``check_*`` plugins do with alarm())."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise CheckTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
