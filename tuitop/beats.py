@@ -156,6 +156,10 @@ class PoolBeat(_Beat):
     config_error: str = ""
     stopping: bool = False
     """It is stopping warm: it serves no lane any more, its workers finish their jobs."""
+    paused: bool = False
+    """No worker of it takes messages (``tuitop ctl pause``)."""
+    paused_lanes: tuple[str, ...] = ()
+    """Lanes its workers do not take from (``tuitop ctl pause POOL LANE``)."""
 
 
 def json_fields(text: str | bytes | None) -> dict[bytes, bytes]:

@@ -291,7 +291,7 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
             Status.CRITICAL,
             "workers",
             f"{waiting:,} message(s) wait and no worker runs ("
-            + ", ".join(f"{p.name} wants {p.wanted}" for p in pools)
+            + ", ".join(f"{p.name} wants {p.wanted}{', paused' * p.paused}" for p in pools)
             + ")",
         )
     else:
@@ -303,7 +303,17 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
                     f"lane {lane.name}: {lane.waiting:,} message(s) wait and no worker "
                     "takes from it",
                 )
-        short = [p for p in pools if p.running < p.wanted]
+        for pool in pools:
+            if pool.paused or pool.paused_lanes:
+                what = (
+                    "is paused" if pool.paused else f"pauses lane(s) {', '.join(pool.paused_lanes)}"
+                )
+                report.add(
+                    Status.WARNING,
+                    "workers",
+                    f"pool {pool.name} {what} ('tuitop ctl resume --pool {pool.name}')",
+                )
+        short = [p for p in pools if p.running < p.wanted and not p.paused]
         for pool in short:
             report.add(
                 Status.WARNING,

@@ -9,12 +9,13 @@ import re
 import shlex
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
-from tuitop import __version__, keys
-from tuitop.backends import describe_store_error, open_queue, store_errors
+from tuitop import __version__, control, keys
+from tuitop.backends import describe_store_error, open_queue, open_view, store_errors
 from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
 from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
 from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
@@ -313,6 +314,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="print one JSON object instead")
 
+    ctl = commands.add_parser(
+        "ctl",
+        help="scale, pause, resume, reload or stop a pool, on this host or another",
+        description="Send a command to pools through the queue's store (Redis, or the "
+        "database) and print each pool's reply. Actions: scale +N|-N (workers for the "
+        "session, as + and - in the UI), workers N, pause [LANE], resume [LANE] (no worker "
+        "takes messages, or none of LANE; running jobs finish), reload (the config files), "
+        "stop (warm). Exit 0 when every pool did it, 1 otherwise.",
+    )
+    _add_config_option(ctl)
+    ctl.add_argument("action", choices=control.ACTIONS)
+    ctl.add_argument(
+        "argument", nargs="?", help="scale: +N or -N; workers: N; pause, resume: a lane"
+    )
+    target = ctl.add_mutually_exclusive_group()
+    target.add_argument(
+        "--pool",
+        action="append",
+        type=_pool_name,
+        help="the pool to command (repeatable; default: the only live pool)",
+    )
+    target.add_argument("--all", action="store_true", help="every live pool")
+    ctl.add_argument(
+        "--timeout",
+        metavar="S",
+        type=float,
+        default=5.0,
+        help="how long to wait for each pool's reply (default: %(default)g; a pool reads "
+        "its commands every second)",
+    )
+
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
     dead.add_argument(
@@ -533,6 +565,85 @@ def _print_report(report: Report, as_json: bool) -> None:
         print(json.dumps(report.to_json(), indent=2, allow_nan=False))
     else:
         print(report.render())
+
+
+def command_ctl(args: argparse.Namespace) -> int:
+    try:
+        command = _ctl_command(args.action, args.argument)
+    except control.CommandError as error:
+        print(f"tuitop: ctl {args.action}: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if not 0 < args.timeout <= 600:
+        print("tuitop: --timeout must be above 0 and at most 600 seconds", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    store = settings.store
+    if not store.configured:
+        print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    targets = args.pool
+    if not targets:
+        try:
+            view = open_view(store, settings.lanes, "tuitop:ctl")
+            try:
+                live = [p.name for p in view.snapshot(time.time()).pools if not p.stopping]
+            finally:
+                view.close()
+        except store_errors(store) as error:
+            print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+            return EXIT_FAILURE
+        if not live:
+            print("tuitop: no live pool to command", file=sys.stderr)
+            return EXIT_FAILURE
+        if len(live) > 1 and not args.all:
+            print(
+                f"tuitop: {len(live)} pools run ({', '.join(live)}): name one with --pool, "
+                "or --all",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG_ERROR
+        targets = live
+
+    def send_all(queue: QueueAdmin) -> int:
+        status = EXIT_OK
+        for pool in targets:
+            # A command of its own for each pool: a reply answers one id.
+            each = control.new_command(command.action, command.value, command.lane, "tuitop ctl")
+            reply = control.send(queue, pool, each, args.timeout)
+            if reply is None:
+                print(
+                    f"{pool}: no reply within {args.timeout:g} s (is it running? a pool reads "
+                    "its commands every second)"
+                )
+                status = EXIT_FAILURE
+                continue
+            print(f"{pool}: {reply.said if reply.ok else 'refused: ' + reply.said}")
+            if not reply.ok:
+                status = EXIT_FAILURE
+        return status
+
+    return _with_queue(args, send_all)
+
+
+def _ctl_command(action: str, argument: str | None) -> control.Command:
+    """The command ``tuitop ctl ACTION ARGUMENT`` asks for; CommandError when wrong."""
+    value: int | None = None
+    lane = ""
+    if action in ("scale", "workers"):
+        text = (argument or "").strip()
+        if action == "scale" and text[:1] not in ("+", "-"):
+            raise control.CommandError("give a step: +N or -N (e.g. +1)")
+        try:
+            value = int(text)
+        except ValueError:
+            raise control.CommandError(f"{text!r} is not a whole number") from None
+    elif action in ("pause", "resume"):
+        lane = argument or ""
+    elif argument is not None:
+        raise control.CommandError(f"{action} takes no argument")
+    return control.new_command(action, value, lane, "tuitop ctl")
 
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
@@ -757,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notify": command_notify,
         "dead-letters": command_dead_letters,
         "check": command_check,
+        "ctl": command_ctl,
         "adopt-tuleap": command_adopt_tuleap,
         "hand-back": command_hand_back,
         "demo": command_demo,

@@ -106,6 +106,17 @@ def pool(pool_name: str) -> str:
     return f"tuitop:pool:{pool_name}"
 
 
+def control(pool_name: str) -> str:
+    """List of the commands sent to a pool (tuitop.control), oldest at the left; expires a
+    minute after the last one sent."""
+    return f"tuitop:pool:{pool_name}:control"
+
+
+def control_reply(command_id: str) -> str:
+    """List holding a pool's reply to the command ``command_id``; expires in a minute."""
+    return f"tuitop:control:reply:{command_id}"
+
+
 def push_marker(token: str) -> str:
     """Set with a push, for ``PUSH_MARKER_SECONDS``: whether a push whose reply was lost
     happened (tuitop.notify)."""

@@ -235,6 +235,13 @@ class PoolStore(Protocol):
     def silent_workers(self, ours: set[str]) -> list[str]:
         """Registered workers not in ``ours`` whose heartbeat expired."""
 
+    def take_commands(self, name: str, limit: int) -> list[bytes]:
+        """Up to ``limit`` commands sent to the pool ``name`` (:mod:`tuitop.control`),
+        oldest first, each taken once; those older than COMMAND_TTL dropped."""
+
+    def reply(self, command_id: str, body: bytes) -> None:
+        """Leaves the pool's reply to ``command_id`` where its sender waits (a minute)."""
+
     def forget_gone_pools(self) -> None:
         """Forgets pools with neither a heartbeat nor a name claim (views read each one)."""
 
@@ -301,6 +308,12 @@ class QueueAdmin(Protocol):
         """Replays every dead letter there is now, oldest first; how many."""
 
     def purge_dead_letters(self) -> int: ...
+
+    def send_command(self, pool: str, body: bytes) -> None:
+        """Puts a command in the mailbox of ``pool`` (:mod:`tuitop.control`)."""
+
+    def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
+        """The reply to ``command_id`` once there, None after ``timeout`` seconds."""
 
     def live_pools(self) -> list[str]:
         """Pools and workers that show a sign of life ("pool NAME", "worker ID")."""

@@ -17,6 +17,7 @@ from tuitop import keys, tuleapworkers
 from tuitop.backends.base import Batch, ErrorTypes, LeftBehind, Recovery, RetryPolicy
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
+from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
 from tuitop.queue import Queue, TakePlan
@@ -252,6 +253,16 @@ class RedisPoolStore:
             pipe.exists(keys.heartbeat(worker_id))
         return [w for w, alive in zip(candidates, pipe.execute(), strict=True) if not alive]
 
+    def take_commands(self, name: str, limit: int) -> list[bytes]:
+        taken = self.client.lpop(keys.control(name), limit)
+        return cast(list[bytes], taken or [])
+
+    def reply(self, command_id: str, body: bytes) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(keys.control_reply(command_id), body)
+        pipe.expire(keys.control_reply(command_id), COMMAND_TTL)
+        pipe.execute()
+
     def forget_gone_pools(self) -> None:
         members = cast(set[bytes], self.client.smembers(keys.POOLS))
         if junk := keys.not_names_in(members):
@@ -323,6 +334,21 @@ class RedisAdmin(Queue):
 
     def dead_letter_count(self) -> int:
         return int(self.redis.llen(keys.DEAD_LETTERS))
+
+    def send_command(self, pool: str, body: bytes) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(keys.control(pool), body)
+        pipe.expire(keys.control(pool), COMMAND_TTL)
+        pipe.execute()
+
+    def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
+        # A client of its own: the admin's socket timeout may be shorter than the wait.
+        waiter = connect(self.settings, client_name="tuitop:ctl", socket_timeout=timeout + 5)
+        try:
+            found = waiter.blpop([keys.control_reply(command_id)], timeout=max(timeout, 0.01))
+        finally:
+            waiter.close()
+        return None if found is None else cast(tuple[bytes, bytes], found)[1]
 
     def may_still_land(self, error: BaseException) -> bool:
         return isinstance(error, redis.TimeoutError)

@@ -24,6 +24,8 @@ from typing import Any
 
 from setproctitle import setproctitle
 
+from tuitop import control
+from tuitop.backends.base import PoolStore
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
@@ -38,6 +40,8 @@ from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
 
+COMMANDS_PER_TICK = 16
+"""Commands read from the pool's mailbox a tick: a flood of them cannot stall the loop."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
 """gunicorn's convention: one more worker, one fewer, for this session."""
@@ -149,6 +153,7 @@ class Supervisor:
         if link.ok and link.store is not None:
             try:
                 self._publish()
+                self._obey(link.store)
                 link.store.move_due()
                 self.recovery.scan(self._our_ids())
             except link.errors as error:
@@ -267,6 +272,75 @@ class Supervisor:
         if change.replace_workers:
             self._outdated = dict.fromkeys(self.workers.records, "its settings are outdated")
 
+    # --- commands from anywhere (tuitop ctl, tuitop top) -----------------------------------
+
+    def _obey(self, store: PoolStore) -> None:
+        """Carries out the commands sent to this pool since the last tick, logs who asked
+        what, and replies (:mod:`tuitop.control`)."""
+        name = self.options.pool_name
+        for raw in store.take_commands(name, COMMANDS_PER_TICK):
+            try:
+                command = control.parse(raw)
+            except control.CommandError as error:
+                self.logger.warning("A command sent to this pool is refused: %s", error)
+                if command_id := control.reply_to(raw):
+                    store.reply(command_id, control.Reply(name, False, str(error)).encode())
+                continue
+            ok, said = self._carry_out(command)
+            self.logger.warning(
+                "Command from %s: %s: %s%s",
+                command.by or "someone unnamed",
+                command.describe(),
+                "" if ok else "refused: ",
+                said,
+            )
+            if command.id:
+                store.reply(command.id, control.Reply(name, ok, said, time.time()).encode())
+
+    def _carry_out(self, command: control.Command) -> tuple[bool, str]:
+        """Does what ``command`` asks: (done, what was done or why not)."""
+        config = self.config
+        if self.draining:
+            return False, "the pool is stopping"
+        action, lane = command.action, command.lane
+        if action in ("scale", "workers"):
+            before = config.wanted
+            assert command.value is not None  # control.check
+            target = before + command.value if action == "scale" else command.value
+            if not config.scale_to(target):
+                return True, f"workers stay {before}"
+            self.wakeups.wake()
+            return True, f"workers {before} → {config.wanted} for this session"
+        if action in ("pause", "resume") and lane:
+            if lane not in config.settings.lanes.names[1:]:
+                if lane == DEFAULT_LANE:
+                    return False, f"{lane} is the default lane: pause the pool instead"
+                return False, f"this pool has no lane {lane} ($tuitop_lanes)"
+            if (lane in config.paused_lanes) == (action == "pause"):
+                return True, f"lane {lane} was already {action}d"
+            if action == "pause":
+                config.paused_lanes.add(lane)
+            else:
+                config.paused_lanes.discard(lane)
+            self.wakeups.wake()
+            what = "waits" if action == "pause" else "is taken from again"
+            return True, f"lane {lane} {what} (its workers are replaced one by one)"
+        if action in ("pause", "resume"):
+            if config.paused == (action == "pause"):
+                return True, f"the pool was already {action}d"
+            config.paused = action == "pause"
+            self.wakeups.wake()
+            if config.paused:
+                return True, "paused: its workers finish their job and stop, none starts"
+            return True, f"resumed: {config.wanted} worker(s) start"
+        if action == "reload":
+            self.reload()
+            if config.error:
+                return False, f"the files do not load, the last good config stays: {config.error}"
+            return True, "the config files were read again"
+        self._begin_draining()
+        return True, "stopping warm: running jobs finish, then the pool exits"
+
     # --- the store, the name, the heartbeat ------------------------------------------------
 
     def _check_store(self) -> None:
@@ -309,7 +383,8 @@ class Supervisor:
         published = self.presence.publish(
             self.config,
             running=len(active),
-            served=served - {DEFAULT_LANE},
+            # A paused lane's messages wait for it: no other pool may move them back.
+            served=(served | self.config.paused_lanes) - {DEFAULT_LANE},
             stopping=self.draining,
         )
         if not published:
@@ -319,7 +394,7 @@ class Supervisor:
 
     def _scale(self) -> None:
         workers, settings = self.workers, self.config.settings
-        staffing = Staffing(settings.lanes, self.config.wanted)
+        staffing = Staffing(self.config.staffed_lanes(), self.config.takers)
         plan = plan_scale(
             staffing,
             {slot: Seat(r.lane, r.serves, r.idle) for slot, r in workers.active().items()},

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuitop.config import MAX_WORKERS, ConfigError, Settings
+from tuitop.lanes import LaneSet
 from tuitop.log import sync_level
 from tuitop.pool.plan import ConfigChange, config_change
 
@@ -39,6 +40,11 @@ class Configuration:
         self.loaded_at = time.time()
         self.override: int | None = None
         """The worker count set for this session, until the next load."""
+        self.paused = False
+        """No worker takes messages (``tuitop ctl pause``) until resumed; a reload keeps it."""
+        self.paused_lanes: set[str] = set()
+        """Lanes none of this pool's workers takes from until resumed (their messages
+        wait there: the pool still counts them as served)."""
 
     @property
     def wanted(self) -> int:
@@ -50,13 +56,31 @@ class Configuration:
             return self.override
         return self.settings.backend_workers
 
+    @property
+    def takers(self) -> int:
+        """The workers to run now: none while paused."""
+        return 0 if self.paused else self.wanted
+
+    def staffed_lanes(self) -> LaneSet:
+        """The lanes the workers take from: those in force but the paused ones."""
+        lanes = self.settings.lanes
+        if not self.paused_lanes:
+            return lanes
+        return LaneSet(tuple(lane for lane in lanes.lanes if lane.name not in self.paused_lanes))
+
     def scale_by(self, step: int) -> bool:
-        """One worker more (+1) or fewer (-1) for this session; False when nothing changes."""
+        """``step`` workers more (+) or fewer (-) for this session; False when nothing
+        changes."""
+        return self.scale_to(self.wanted + step)
+
+    def scale_to(self, count: int) -> bool:
+        """``count`` workers (0 to MAX_WORKERS) for this session; False when nothing
+        changes."""
         if not self.settings.store.configured:
             self.logger.warning("No Redis is configured: there is no worker to add or remove")
             return False
         before = self.wanted
-        after = min(max(before + step, 0), MAX_WORKERS)
+        after = min(max(count, 0), MAX_WORKERS)
         if after == before:
             return False
         self.override = after

@@ -108,6 +108,8 @@ class Presence:
             loaded_at=config.loaded_at,
             config_error=config.error,
             stopping=stopping,
+            paused=config.paused,
+            paused_lanes=tuple(sorted(config.paused_lanes)),
             beat=time.time(),
         )
         store.publish(self.name, beat, self.ttl, served, stopping)

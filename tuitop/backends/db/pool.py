@@ -27,6 +27,7 @@ from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
+from tuitop.control import COMMAND_TTL
 from tuitop.lanes import DEFAULT_LANE, is_lane_name
 from tuitop.stats import DEPTH, bucket_start
 
@@ -235,6 +236,38 @@ class DbPoolStore:
             return sorted(silent - ours)
 
         return self.session.run(ask)
+
+    def take_commands(self, name: str, limit: int) -> list[bytes]:
+        def take(cursor: Cursor) -> list[bytes]:
+            # No lock: only the pool holding the name reads its mailbox.
+            cursor.execute(
+                f"SELECT seq, body, at > {NOW} - %s FROM tuitop_control WHERE pool = %s "
+                "ORDER BY seq LIMIT %s",
+                (COMMAND_TTL, name, limit),
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                return []
+            seqs = [seq for seq, _, _ in rows]
+            cursor.execute(
+                f"DELETE FROM tuitop_control WHERE seq IN ({', '.join(['%s'] * len(seqs))})",
+                seqs,
+            )
+            return [str(body).encode() for _, body, fresh in rows if fresh]
+
+        return self.session.run(take)
+
+    def reply(self, command_id: str, body: bytes) -> None:
+        def write(cursor: Cursor) -> None:
+            cursor.execute(
+                f"DELETE FROM tuitop_control_replies WHERE at < {NOW} - %s", (COMMAND_TTL,)
+            )
+            cursor.execute(
+                f"REPLACE INTO tuitop_control_replies (id, body, at) VALUES (%s, %s, {NOW})",
+                (command_id, body.decode()),
+            )
+
+        self.session.run(write)
 
     def forget_gone_pools(self) -> None:
         """Forgets pools long gone, and prunes the stats and push markers views no longer

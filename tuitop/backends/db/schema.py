@@ -110,6 +110,19 @@ TABLES = (
     lane VARCHAR(64) NOT NULL PRIMARY KEY,
     served_at DOUBLE NOT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_control (
+    seq BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    pool VARCHAR(255) NOT NULL,
+    body TEXT NOT NULL,
+    at DOUBLE NOT NULL,
+    INDEX tuitop_control_pool (pool, seq)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
+    """CREATE TABLE IF NOT EXISTS tuitop_control_replies (
+    id VARCHAR(64) NOT NULL PRIMARY KEY,
+    body TEXT NOT NULL,
+    at DOUBLE NOT NULL,
+    INDEX tuitop_control_replies_at (at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin""",
     """CREATE TABLE IF NOT EXISTS tuitop_bell (
     one TINYINT UNSIGNED NOT NULL PRIMARY KEY,
     bell BIGINT UNSIGNED NOT NULL

@@ -3,19 +3,23 @@ and the queue as the CLI and the producers use it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from pymysql.cursors import Cursor
 
 from tuitop.backends.db.connection import ERRORS, describe_error
 from tuitop.backends.db.queue import DbQueue
-from tuitop.backends.db.schema import create_tables
+from tuitop.backends.db.schema import NOW, create_tables
 from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
 from tuitop.beats import json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
 from tuitop.snapshot import Snapshot
 from tuitop.stats import WindowStats
+
+REPLY_POLL = 0.1
+"""Seconds between two looks for a pool's reply (the database has no blocking read)."""
 
 
 class DbAdmin(DbQueue):
@@ -44,6 +48,32 @@ class DbAdmin(DbQueue):
     def may_still_land(self, error: BaseException) -> bool:
         # Sent, and the line lost or timed out: the commit may be running still.
         return bool(error.args) and error.args[0] in (2006, 2013, 2055)
+
+    def send_command(self, pool: str, body: bytes) -> None:
+        def write(cursor: Cursor) -> None:
+            self._ready(cursor)
+            cursor.execute(
+                f"INSERT INTO tuitop_control (pool, body, at) VALUES (%s, %s, {NOW})",
+                (pool, body.decode()),
+            )
+
+        self.session.run(write)
+
+    def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
+        def read(cursor: Cursor) -> bytes | None:
+            cursor.execute("SELECT body FROM tuitop_control_replies WHERE id = %s", (command_id,))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            cursor.execute("DELETE FROM tuitop_control_replies WHERE id = %s", (command_id,))
+            return str(row[0]).encode()
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.session.run(read)
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(min(REPLY_POLL, max(deadline - time.monotonic(), 0)))
 
     def published_config(self) -> Mapping[str, str]:
         def read(cursor: Cursor) -> Mapping[str, str]:

@@ -1,0 +1,242 @@
+"""``tuitop ctl``: pools running as other processes, commanded through the real Redis (and
+the real database): scale, pause and resume (a pool, a lane), reload, stop; replies and
+the pool's log say who asked what; hostile mailboxes harm nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.pool import Pool, run_tuitop, wait_until, write_config
+from tests.test_db_e2e import database_inc
+from tests.test_db_e2e import start_pool as start_db_pool
+from tests.test_tasks_e2e import Tuleap
+from tests.tuleapdb import count, enqueue, fresh_database
+from tuitop import keys
+from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.message import encode
+from tuitop.redisserver import EmbeddedRedis
+
+HANDLERS = ("--handlers", "tests.handlers_for_tests")
+LANES = "$tuitop_lanes = 'bulk(1): test.sleep';"
+RUNS = "test:runs"
+
+
+def start(pools: list[Pool], tmp_path: Path, config: Path, name: str, *args: str) -> Pool:
+    directory = tmp_path / name
+    directory.mkdir()
+    pool = Pool(directory, config, "--pool-name", name, *HANDLERS, *args).start()
+    pools.append(pool)
+    return pool
+
+
+def beat(client: redis.Redis, pool: str) -> dict[str, str]:
+    fields = client.hgetall(keys.pool(pool))
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+def running(client: redis.Redis, pool: str, count: int) -> None:
+    wait_until(
+        lambda: beat(client, pool).get("running") == str(count),
+        what=f"pool {pool} running {count} worker(s)",
+    )
+
+
+def ctl(config: Path, *args: str) -> tuple[int, str]:
+    done = run_tuitop("--config", str(config), "ctl", *args)
+    return done.returncode, done.stdout + done.stderr
+
+
+def runs(client: redis.Redis) -> list[str]:
+    return [run.decode() for run in client.lrange(RUNS, 0, -1)]
+
+
+@pytest.fixture
+def config(tmp_path: Path, redis_server: EmbeddedRedis) -> Path:
+    return write_config(tmp_path, port=redis_server.port, workers=2, extra=LANES)
+
+
+def test_scale_a_pool_running_as_another_process(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    first = start(pools, tmp_path, config, "alpha")
+    start(pools, tmp_path, config, "beta")
+    running(redis_client, "alpha", 2)
+    running(redis_client, "beta", 2)
+    code, out = ctl(config, "scale", "+1")
+    assert code == 2 and "2 pools run (alpha, beta)" in out  # which one?
+    code, out = ctl(config, "scale", "+2", "--pool", "alpha")
+    assert code == 0, out
+    assert out.strip() == "alpha: workers 2 → 4 for this session"
+    running(redis_client, "alpha", 4)
+    assert beat(redis_client, "beta")["wanted"] == "2"
+    code, out = ctl(config, "workers", "1", "--all")
+    assert code == 0, out
+    assert "alpha: workers 4 → 1" in out and "beta: workers 2 → 1" in out
+    running(redis_client, "alpha", 1)
+    running(redis_client, "beta", 1)
+    log = first.wait_for_log(r"Command from \S+@\S+ \(tuitop ctl\): workers 1: workers 4 → 1")
+    assert "scale +2: workers 2 → 4 for this session" in log
+
+
+def test_pause_and_resume_lose_nothing(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    # A job running when the pause comes finishes; nothing more is taken.
+    redis_client.lpush(keys.QUEUE, encode("test.slow", {"id": "long", "seconds": 1.5}))
+    wait_until(lambda: "start:long" in runs(redis_client), what="the long job to start")
+    code, out = ctl(config, "pause")
+    assert code == 0 and "alpha: paused" in out, out
+    for index in range(5):
+        redis_client.lpush(keys.QUEUE, encode("test.count", {"id": f"n{index}"}))
+    wait_until(lambda: "end:long" in runs(redis_client), what="the long job to end")
+    running(redis_client, "alpha", 0)
+    assert beat(redis_client, "alpha")["paused"] == "1"
+    assert redis_client.llen(keys.QUEUE) == 5
+    code, out = ctl(config, "pause")
+    assert code == 0 and "already paused" in out
+    code, out = ctl(config, "resume")
+    assert code == 0 and "resumed: 2 worker(s) start" in out
+    wait_until(lambda: len(runs(redis_client)) == 7, what="the 5 waiting to run")
+    assert set(runs(redis_client)) == {"start:long", "end:long"} | {f"n{i}" for i in range(5)}
+    assert pool.stop() == 0
+
+
+def test_a_paused_lane_waits_while_the_default_lane_runs(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    code, out = ctl(config, "pause", "bulk")
+    assert code == 0 and "lane bulk waits" in out, out
+    wait_until(lambda: beat(redis_client, "alpha").get("paused_lanes") == "bulk", what="beat")
+    wait_until(
+        lambda: (
+            all(
+                b"bulk" not in (redis_client.hget(keys.heartbeat(w.decode()), "serves") or b"")
+                for w in redis_client.smembers(keys.WORKERS)
+            )
+            and beat(redis_client, "alpha").get("running") == "2"
+        ),
+        what="no worker serving bulk",
+    )
+    redis_client.lpush(keys.QUEUE, encode("test.sleep", {"id": "bulk1", "seconds": 0}))
+    redis_client.lpush(keys.QUEUE, encode("test.count", {"id": "fast1"}))
+    wait_until(lambda: "fast1" in runs(redis_client), what="the default lane's message")
+    wait_until(lambda: redis_client.llen(keys.lane_list("bulk")) == 1, what="bulk waiting")
+    assert "bulk1" not in runs(redis_client)
+    code, out = ctl(config, "pause", "latency_10s")
+    assert code == 1 and "the default lane: pause the pool instead" in out
+    code, out = ctl(config, "resume", "bulk")
+    assert code == 0, out
+    wait_until(lambda: "bulk1" in runs(redis_client), what="the bulk message to run")
+
+
+def test_reload_and_stop_from_afar(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    config.write_text(config.read_text().replace("= 2;", "= 3;"))
+    code, out = ctl(config, "reload")
+    assert code == 0 and "read again" in out, out
+    running(redis_client, "alpha", 3)
+    good = config.read_text()
+    ours = tmp_path / "ctl.inc"  # the pool's file breaks; ctl reads a good copy
+    ours.write_text(good)
+    config.write_text(good + "$sys_nb_backend_workers = ;\n")
+    code, out = ctl(ours, "reload", "--pool", "alpha")
+    assert code == 1 and "refused: the files do not load" in out, out
+    assert "expected" in out  # where and what
+    config.write_text(good)
+    code, out = ctl(config, "stop")
+    assert code == 0 and "stopping warm" in out, out
+    assert pool.wait(30) == 0
+
+
+def test_a_pool_that_is_not_there_gives_no_reply(
+    tmp_path: Path, config: Path, redis_client: redis.Redis
+) -> None:
+    code, out = ctl(config, "reload")
+    assert code == 1 and "no live pool" in out
+    code, out = ctl(config, "reload", "--pool", "ghost", "--timeout", "0.5")
+    assert code == 1 and "ghost: no reply within 0.5 s" in out
+    # Unread, the command expires: a pool of that name starting later will not obey it.
+    ttl = redis_client.ttl(keys.control("ghost"))
+    assert 0 < ttl <= 60
+
+
+def test_usage_errors(config: Path) -> None:
+    for args, said in [
+        (("scale", "3"), "+N or -N"),
+        (("scale", "+x"), "not a whole number"),
+        (("workers",), "not a whole number"),
+        (("reload", "now"), "takes no argument"),
+        (("dance",), "invalid choice"),
+    ]:
+        code, out = ctl(config, *args)
+        assert code == 2 and said in out, (args, out)
+
+
+def test_hostile_commands_harm_nothing(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    mailbox = keys.control("alpha")
+    redis_client.rpush(
+        mailbox,
+        b"not json",
+        b"[1]",
+        b'{"action": "scale", "value": true, "id": "x"}',
+        b'{"action": "scale", "value": 1e308, "id": "x"}',
+        b'{"action": "workers", "value": -5, "id": "x"}',
+        b'{"action": "rm -rf", "id": "x"}',
+        b'{"action": "reload", "by": "eve\\n2026-01-01 [1] [error] forged", "id": "y"}',
+        b'{"action": "workers", "value": 99999999999, "id": "z"}',
+    )
+    log = pool.wait_for_log(r"Command from eve\?2026")
+    assert log.count("A command sent to this pool is refused") == 7
+    assert "\n2026-01-01 [1] [error] forged" not in log
+    # A command that names its id is answered, even refused.
+    wait_until(lambda: redis_client.llen(keys.control_reply("z")) == 1, what="the reply")
+    reply = json.loads(redis_client.lpop(keys.control_reply("z")))
+    assert reply["ok"] is False and "at most 1024" in reply["said"]
+    assert beat(redis_client, "alpha")["wanted"] == "2"
+    assert pool.process is not None and pool.process.poll() is None
+    assert ctl(config, "workers", "2")[0] == 0
+    running(redis_client, "alpha", 2)
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(30) == 0
+
+
+def test_the_database_queue_is_commanded_the_same(
+    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+) -> None:
+    database = fresh_database(mariadb_server)
+    tuleap = Tuleap(tmp_path)
+    config = database_inc(tmp_path, database, workers=1)
+    pool = start_db_pool(pools, tmp_path, tuleap, config, "--pool-name", "dbpool")
+    code, out = ctl(config, "scale", "+1")
+    assert code == 0 and out.startswith("dbpool: workers 1 → 2 for this session\n"), out
+    code, out = ctl(config, "pause")
+    assert code == 0 and "paused" in out, out
+    enqueue(database, "tracker.artifact_change", {"id": 1})
+    wait_until(lambda: check_waiting(config) == 1, what="the row to wait")
+    code, out = ctl(config, "resume")
+    assert code == 0, out
+    wait_until(lambda: count(database, "async_events") == 0, what="the row to run")
+    code, out = ctl(config, "stop")
+    assert code == 0 and "stopping warm" in out
+    assert pool.wait(30) == 0
+
+
+def check_waiting(config: Path) -> int:
+    done = run_tuitop("--config", str(config), "check", "--json")
+    return int(json.loads(done.stdout)["perfdata"]["waiting"]["value"])

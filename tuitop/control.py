@@ -1,0 +1,184 @@
+"""Remote control of a pool: the commands `tuitop ctl` and `tuitop top` send through the
+store, and the pool's replies.
+
+Each pool has a mailbox in its store (Redis: the list ``tuitop:pool:<name>:control``; the
+database: rows of ``tuitop_control``). A sender puts one JSON command there and waits for
+the reply under the command's id (Redis: the list ``tuitop:control:reply:<id>``, kept a
+minute; the database: a row of ``tuitop_control_replies``). The pool reads its mailbox once
+a tick (1 s), before it plans its workers, obeys, logs who asked what and when, and
+replies what it did or why it refused. A command is taken by one pool once: a pool that
+is gone leaves it unread and its sender without a reply (said as such); it expires.
+
+Anyone who can write to the store can send these, as anyone who can write there can
+already push, delete or reorder the queue itself: the store's password is the boundary.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from tuitop.config import MAX_WORKERS
+
+if TYPE_CHECKING:
+    from tuitop.backends.base import QueueAdmin
+
+ACTIONS = ("scale", "workers", "pause", "resume", "reload", "stop")
+"""scale ±N (for the session, as + and -), workers N (the session's count), pause and
+resume (the pool, or one lane of it), reload (the config files), stop (warm)."""
+COMMAND_TTL = 60
+"""Seconds an unread command, and a reply, are kept: a pool gone for longer must not obey
+an old order when it comes back."""
+MAX_TEXT = 200
+"""The longest ``by`` and ``lane`` kept: anyone may write a command."""
+
+
+class CommandError(ValueError):
+    """A command that cannot be read or obeyed; the text says why."""
+
+
+@dataclass(frozen=True)
+class Command:
+    action: str
+    value: int | None = None
+    """scale: the step; workers: the count."""
+    lane: str = ""
+    """pause, resume: the lane ('' for the whole pool)."""
+    by: str = ""
+    """Who sent it: ``user@host (program)``."""
+    at: float = 0.0
+    id: str = ""
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    def describe(self) -> str:
+        """``scale +2``, ``pause lane latency_15m``, ``reload``: what it asks, briefly."""
+        if self.action == "scale" and self.value is not None:
+            return f"scale {self.value:+d}"
+        if self.action == "workers":
+            return f"workers {self.value}"
+        if self.lane:
+            return f"{self.action} lane {self.lane}"
+        return self.action
+
+
+def new_command(
+    action: str, value: int | None = None, lane: str = "", program: str = ""
+) -> Command:
+    """A command from this process, with a fresh id; CommandError for one that is wrong."""
+    command = Command(action, value, lane, who(program), time.time(), uuid.uuid4().hex)
+    check(command)
+    return command
+
+
+def who(program: str = "") -> str:
+    """``user@host (program)`` of this process, for the pool's log."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    tail = f" ({program})" if program else ""
+    return f"{user}@{socket.gethostname()}{tail}"
+
+
+def check(command: Command) -> None:
+    """Raises CommandError when ``command`` is not one a pool obeys."""
+    if command.action not in ACTIONS:
+        raise CommandError(f"unknown action {command.action[:40]!r} (one of {', '.join(ACTIONS)})")
+    if command.action in ("scale", "workers") and command.value is None:
+        raise CommandError(f"{command.action} needs a number")
+    value = command.value
+    if command.action == "workers" and value is not None and not 0 <= value <= MAX_WORKERS:
+        raise CommandError(f"workers needs a count of 0 to at most {MAX_WORKERS}")
+    if command.action == "scale" and value is not None and abs(value) > MAX_WORKERS:
+        raise CommandError(f"scale needs a step of at most {MAX_WORKERS} either way")
+    if command.lane and command.action not in ("pause", "resume"):
+        raise CommandError(f"{command.action} takes no lane")
+
+
+def reply_to(raw: bytes) -> str:
+    """The id of a command that could not be read, where it can be found ('' if not):
+    its sender is told why it was refused rather than left waiting."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ""
+    found = document.get("id") if isinstance(document, dict) else None
+    return found[:64] if isinstance(found, str) else ""
+
+
+def parse(raw: bytes) -> Command:
+    """The command ``raw`` holds; CommandError for anything else (anyone may write to the
+    mailbox: a field of the wrong kind is refused, never trusted)."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CommandError("a command that is not JSON") from error
+    if not isinstance(document, dict):
+        raise CommandError("a command that is not a JSON object")
+    value = document.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise CommandError("a command whose value is not a whole number")
+    texts = {name: document.get(name, "") for name in ("action", "lane", "by", "id")}
+    if not all(isinstance(text, str) for text in texts.values()):
+        raise CommandError("a command whose fields are not text")
+    at = document.get("at", 0.0)
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise CommandError("a command whose time is not a number")
+    command = Command(
+        action=texts["action"],
+        value=value,
+        lane=_printable(texts["lane"]),
+        by=_printable(texts["by"]),
+        at=float(at),
+        id=texts["id"][:64],
+    )
+    check(command)
+    return command
+
+
+def _printable(text: str) -> str:
+    """``text`` cut to MAX_TEXT, its control characters (a forged line in the log) as
+    ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_TEXT])
+
+
+@dataclass(frozen=True)
+class Reply:
+    pool: str
+    ok: bool
+    said: str
+    """What the pool did, or why it refused."""
+    at: float = 0.0
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Reply:
+        """A reply as a pool wrote it; CommandError for anything else."""
+        try:
+            document = json.loads(raw)
+            return cls(
+                str(document["pool"]),
+                bool(document["ok"]),
+                str(document["said"]),
+                float(document.get("at", 0.0)),
+            )
+        except (ValueError, RecursionError, KeyError, TypeError) as error:
+            raise CommandError("a reply that is not one a pool writes") from error
+
+
+def send(queue: QueueAdmin, pool: str, command: Command, timeout: float) -> Reply | None:
+    """Sends ``command`` to ``pool`` and waits for its reply (None: none within
+    ``timeout`` seconds). Raises the store's errors."""
+    queue.send_command(pool, command.encode())
+    raw = queue.wait_reply(command.id, timeout)
+    return None if raw is None else Reply.parse(raw)
