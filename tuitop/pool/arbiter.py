@@ -29,7 +29,7 @@ from setproctitle import setproctitle
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
-from tuitop.log import setup_logging
+from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.link import StoreLink
 from tuitop.pool.options import PoolOptions
@@ -44,6 +44,9 @@ from tuitop.watch import ConfigWatcher
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
 """gunicorn's convention: one more worker, one fewer, for this session."""
+REOPEN_SIGNAL = signal.SIGUSR1
+"""logrotate's ``postrotate``: the pool opens the worker_log again at once (each worker
+follows a moved file by itself: SIGUSR1 is its stack dump, :mod:`.stacks`)."""
 
 
 class Supervisor:
@@ -102,7 +105,7 @@ class Supervisor:
 
     def run(self) -> int:
         setproctitle(f"tuitop: pool {self.options.pool_name}")
-        self.wakeups.install((*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS))
+        self.wakeups.install((*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS, REOPEN_SIGNAL))
         self._say_starting()
         watcher = None
         if self._watch:
@@ -201,6 +204,8 @@ class Supervisor:
                 self.reload()
             elif signum in SCALE_SIGNALS and not self.draining:
                 self.scale_by(SCALE_SIGNALS[signum])
+            elif signum == REOPEN_SIGNAL:
+                reopen_log_files(self.logger)
         while wakeups.steps:
             step = wakeups.steps.pop(0)
             if not self.draining:
