@@ -260,7 +260,8 @@ class ServiceNotifier:
         self._sampled_at = now
         try:
             self._waiting, _ = link.store.holds()
-        except link.errors:
+        except Exception as error:  # a sample is worth no risk to the loop: unknown
+            self.logger.debug("systemd: no sample of the queue's depth: %s", error)
             self._waiting = None
 
     def _send(self, fields: dict[str, str]) -> None:
