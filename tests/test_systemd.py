@@ -39,9 +39,12 @@ import pytest
 import redis
 
 from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
+from tests.test_db_e2e import database_inc
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
+from tests.tuleapdb import enqueue
 from tuitop import keys
 from tuitop.beats import PoolBeat
+from tuitop.config import DatabaseSettings
 from tuitop.message import encode
 from tuitop.pool.service import PoolState, settled, status_line
 from tuitop.redisserver import EmbeddedRedis
@@ -292,6 +295,27 @@ def test_a_store_away_at_start_is_ready_and_says_so_until_it_comes(
     finally:
         notify.close()
         server.close()
+
+
+def test_on_tuleaps_database_queue_the_status_counts_its_rows(
+    tmp_path: Path, socket_dir: Path, pools: list[Pool], database: DatabaseSettings
+) -> None:
+    tuleap = Tuleap(tmp_path)
+    notify = NotifySocket(str(socket_dir / "notify"))
+    try:
+        config = database_inc(tmp_path, database, workers=1)
+        pool = start(
+            pools, tmp_path, config, notify, *TASK, "--task-dir", str(tuleap.root), **tuleap.env
+        )
+        ready = notify.wait_for("READY", "1")
+        assert ready.fields["STATUS"] == "1/1 workers, 0 waiting, database ok"
+        for index in range(3):
+            enqueue(database, "tuleap.test", {"id": f"r{index}", "standin": {"sleep": 1.5}})
+        notify.wait_for_status(r"^1/1 workers, [12] waiting, database ok$")
+        notify.wait_for_status(r"^1/1 workers, 0 waiting, database ok$")
+        assert pool.stop() == 0
+    finally:
+        notify.close()
 
 
 def environment_of(pid: int) -> dict[str, str]:
