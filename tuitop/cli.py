@@ -345,6 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
         "its commands every second)",
     )
 
+    unit = commands.add_parser(
+        "install-unit",
+        help="write systemd's unit for the pool (then run the systemctl it prints)",
+        description="Write tuitop.service for systemd, running this tuitop headless with "
+        "the --config files given (Type=notify, watchdog, warm stop), to "
+        "/etc/systemd/system, or for the user's own manager with --user. Prints the "
+        "systemctl commands to run next; runs none.",
+    )
+    _add_config_option(unit)
+    unit.add_argument(
+        "--user", action="store_true", help="a unit of your user's systemd (~/.config/systemd/user)"
+    )
+    unit.add_argument("--dry-run", action="store_true", help="print the unit, write nothing")
+    unit.add_argument("--force", action="store_true", help="replace a unit that differs")
+    unit.add_argument("--unit-dir", metavar="DIR", help="write it there instead")
+
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
     dead.add_argument(
@@ -718,6 +734,41 @@ def command_hand_back(args: argparse.Namespace) -> int:
     return _with_queue(args, hand_back)
 
 
+def command_install_unit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuitop import systemdunit
+
+    unit = systemdunit.render(
+        args.config or (),
+        user_unit=args.user,
+        unit_dir=Path(args.unit_dir) if args.unit_dir else None,
+    )
+    if args.dry_run:
+        print(f"# {unit.path}\n{unit.text}", end="")
+        return EXIT_OK
+    try:
+        written = systemdunit.write(unit, force=args.force)
+    except FileExistsError:
+        print(
+            f"tuitop: {unit.path} exists and differs (edited by hand?): --dry-run shows "
+            "what would be written, --force replaces it; lasting changes belong in "
+            "'systemctl edit tuitop.service'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except OSError as error:
+        print(f"tuitop: cannot write {unit.path}: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{'wrote' if written else 'unchanged:'} {unit.path}")
+    for note in unit.notes:
+        print(f"note: {note}")
+    print("then run:")
+    for step in systemdunit.next_steps(unit, user_unit=args.user):
+        print(f"  {step}")
+    return EXIT_OK
+
+
 def _interval_or_exit(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 60:
         print("tuitop: --interval must be between 0.05 and 60 seconds", file=sys.stderr)
@@ -871,6 +922,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ctl": command_ctl,
         "adopt-tuleap": command_adopt_tuleap,
         "hand-back": command_hand_back,
+        "install-unit": command_install_unit,
         "demo": command_demo,
         "top": command_top,
     }

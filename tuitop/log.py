@@ -5,10 +5,17 @@ Lines are Tuleap's: ``DATE_ISO8601 [PID] [level] message``, e.g.
 Each process appends its own lines to the file (O_APPEND keeps lines whole), so the PID
 says who wrote it. The level in force can be changed while running (``LevelControl``),
 and every line is scrubbed of the secrets in force before it is written.
+
+Every process follows logrotate by itself: before each line it opens the file again if
+the path names another file now or none (``create``, ``nocreate``), and O_APPEND writes
+each line at the end of a file truncated in place (``copytruncate``), never past a hole.
+:func:`reopen_log_files` lets go of a moved file at once rather than at the next line:
+the pool calls it on SIGUSR1 (logrotate's ``postrotate``), each worker every heartbeat.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -123,6 +130,23 @@ def setup_logging(
         handler.addFilter(level_filter)
         logger.addHandler(handler)
     return logger
+
+
+def reopen_log_files(logger: logging.Logger) -> None:
+    """Has each log file of ``logger`` opened again now if logrotate moved it (created
+    anew when nothing is there yet): the next lines go to the new file, and the moved
+    one is let go (its disk space freed once it is compressed or removed). A file still
+    in its place is kept open. Safe from any thread."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            with handler.lock or contextlib.nullcontext():
+                try:
+                    handler.reopenIfNeeded()
+                except OSError:
+                    handler.handleError(_REOPEN_RECORD)
+
+
+_REOPEN_RECORD = logging.makeLogRecord({"msg": "reopening the log file"})
 
 
 def sync_level(logger: logging.Logger, level: LevelSource) -> None:

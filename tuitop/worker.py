@@ -52,7 +52,7 @@ from tuitop.handlers import (
     RetryLater,
 )
 from tuitop.lanes import DEFAULT_LANE
-from tuitop.log import LevelSource, setup_logging, sync_level
+from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, php_json
 from tuitop.notification import NOTIFICATION_TOPICS
@@ -750,7 +750,8 @@ class _BatchGuard:
 
 class _Heartbeat(threading.Thread):
     """Beats every ``heartbeat_interval`` on its own connection until the process ends;
-    gives back a slow job's batch tail; starts a warm stop when the supervisor is gone."""
+    gives back a slow job's batch tail; starts a warm stop when the supervisor is gone;
+    lets go of a worker_log logrotate moved."""
 
     def __init__(self, worker: Worker) -> None:
         super().__init__(name=f"heartbeat-{worker.id}", daemon=True)
@@ -786,6 +787,8 @@ class _Heartbeat(threading.Thread):
                         # No pool is left to enforce its time limit or to stop it: the
                         # task gets the pool's grace period, then its tree is killed.
                         self.worker.tasks.cut_short(options.grace_period, "the pool is gone")
+                # An idle worker writes no line: it lets go of a rotated log here.
+                reopen_log_files(self.worker.logger)
                 try:
                     self.worker.beat(self._channel, self._process)
                     failing = False

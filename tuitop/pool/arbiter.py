@@ -8,6 +8,8 @@ the pool's heartbeat, moves due retries back to the queue, recovers the lists of
 anywhere whose heartbeat expired, starts or stops workers to match the wanted count
 (:mod:`.plan`) — then sleeps until the next event (a signal, a worker exiting, a retry
 falling due, a byte on the UI's control pipe, or the next tick), and handles the signals.
+Each turn ends by telling systemd how the pool stands (:mod:`.service`: readiness, a status
+line, the watchdog's ping), so a loop that stops turning stops the pings.
 
 Stopping is the same loop in its draining mode: no worker starts, no lane is served, the
 heartbeat says ``stopping`` to its end. Warm first (SIGTERM: each worker finishes its job
@@ -29,13 +31,14 @@ from tuitop.backends.base import PoolStore
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
-from tuitop.log import setup_logging
+from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.link import StoreLink
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
 from tuitop.pool.presence import Presence
 from tuitop.pool.recovery import Recovery
+from tuitop.pool.service import ServiceNotifier
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
@@ -45,6 +48,9 @@ COMMANDS_PER_TICK = 16
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SCALE_SIGNALS: dict[int, int] = {signal.SIGTTIN: +1, signal.SIGTTOU: -1}
 """gunicorn's convention: one more worker, one fewer, for this session."""
+REOPEN_SIGNAL = signal.SIGUSR1
+"""logrotate's ``postrotate``: the pool opens the worker_log again at once (each worker
+follows a moved file by itself: SIGUSR1 is its stack dump, :mod:`.stacks`)."""
 
 
 class Supervisor:
@@ -83,6 +89,10 @@ class Supervisor:
             tuleap_hold_limit=options.tuleap_hold_limit,
             logger=self.logger,
         )
+        self.service = ServiceNotifier(
+            self.config, self.workers, self.link, self.presence, self.logger
+        )
+        """systemd's notifications; made before any worker starts (see its module)."""
         self.wakeups = Wakeups(options.control_fd)
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
@@ -99,7 +109,7 @@ class Supervisor:
 
     def run(self) -> int:
         setproctitle(f"tuitop: pool {self.options.pool_name}")
-        self.wakeups.install((*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS))
+        self.wakeups.install((*STOP_SIGNALS, signal.SIGHUP, *SCALE_SIGNALS, REOPEN_SIGNAL))
         self._say_starting()
         watcher = None
         if self._watch:
@@ -108,6 +118,7 @@ class Supervisor:
         try:
             while not self._done():
                 self._cycle()
+                self.service.turn()
                 self._sleep()
                 self._handle_wakeups()
             self._finish()
@@ -119,6 +130,7 @@ class Supervisor:
             self.wakeups.uninstall()
             self.presence.release()
             self.workers.close()
+            self.service.close()
         return 0
 
     def _done(self) -> bool:
@@ -183,7 +195,7 @@ class Supervisor:
                 due = None
             if due is not None:
                 timeout = min(timeout, due - time.time())
-        self.wakeups.wait(self.workers.sentinels(), max(timeout, 0.0))
+        self.wakeups.wait(self.workers.sentinels(), max(self.service.cap_sleep(timeout), 0.0))
 
     def _handle_wakeups(self) -> None:
         wakeups = self.wakeups
@@ -197,6 +209,8 @@ class Supervisor:
                 self.reload()
             elif signum in SCALE_SIGNALS and not self.draining:
                 self.scale_by(SCALE_SIGNALS[signum])
+            elif signum == REOPEN_SIGNAL:
+                reopen_log_files(self.logger)
         while wakeups.steps:
             step = wakeups.steps.pop(0)
             if not self.draining:
@@ -250,11 +264,13 @@ class Supervisor:
     def reload(self) -> None:
         """Reads the config files again and applies what changed; a config that does not
         load changes nothing but the error the views show."""
+        self.service.reloading()
         change = self.config.reload()
         if change is None or change.changed:
             self.presence.config_published = False  # a new version, or a new error
         if change is not None:
             self._take(change)
+        self.service.reloaded()
 
     def apply(self, settings: Settings) -> None:
         """Makes ``settings`` the ones in force; the loop does the rest."""
@@ -435,6 +451,7 @@ class Supervisor:
         if self.draining:
             return
         self._drain_until = time.monotonic() + self.options.grace_period
+        self.service.stopping()
         if self.workers:
             self.logger.info(
                 "Shutting down: %d worker(s) finish their current job (up to %.0f s; "

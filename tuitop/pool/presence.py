@@ -39,6 +39,10 @@ class Presence:
         self.logger = logger
         self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time()}"
         self.owns_name = False
+        self.name_refused = False
+        """Its last claim found the name held by another pool."""
+        self.last_beat: PoolBeat | None = None
+        """The heartbeat it last wrote (None before the first)."""
         self.config_published = False
         """The config in force is published (a new load, or another store, sets it False)."""
         self.served_lanes: set[str] = set()
@@ -55,9 +59,11 @@ class Presence:
     def claim(self) -> bool:
         """Takes (or renews) the name; False, said in the log, when another pool holds it."""
         store = self._store()
+        self.name_refused = False
         if store.claim_name(self.name, self.token, self.ttl):
             self.owns_name = True
             return True
+        self.name_refused = True
         if self.owns_name:
             self.logger.error(
                 "Pool name %s was taken over by another pool; stopping this pool's workers",
@@ -113,6 +119,7 @@ class Presence:
             beat=time.time(),
         )
         store.publish(self.name, beat, self.ttl, served, stopping)
+        self.last_beat = beat
         if not self.config_published and not stopping:
             store.publish_config(
                 {
