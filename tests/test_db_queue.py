@@ -16,11 +16,12 @@ from tuitop.backends.db.channel import DbChannel
 from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue, task_input, uuid7
 from tuitop.backends.db.schema import create_tables
+from tuitop.backends.db.view import DbView
 from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import encode
-from tuitop.stats import StatsBatch
+from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, StatsBatch
 
 WORKER = "host-a/0#100"
 OTHER = "host-b/0#200"
@@ -105,6 +106,30 @@ def test_ack_deletes_and_says_when_some_were_gone(
     assert count(database, "tuitop_stats", "name = 'done' AND count = 2") == 1
     queue.recover(WORKER, "stopped beating")  # as another pool does, the worker silent
     assert not queue.ack(WORKER, taken[2:], StatsBatch())
+
+
+def test_topics_go_with_the_ack_and_a_view_reads_them_capped(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    enqueue(database, "tuleap.tracker.artifact", {"n": 1})
+    taken = take(queue)
+    stats = StatsBatch()
+    stats.topic("tuleap.tracker.artifact", wait=0.01, run=0.2)
+    stats.topic("tuleap.tracker.artifact", wait=0.01, run=0.4, failed=True)
+    for n in range(MAX_TOPICS * 2):  # a hostile producer's names, each 200 characters long
+        stats.topic(f"h{n:03d}" + "x" * 196, wait=None, run=0.001)
+    assert queue.ack(WORKER, taken, stats)
+    rows = count(database, "tuitop_stats", "name LIKE 't#n|%'")
+    assert rows == MAX_TOPICS + 1  # the topic, MAX_TOPICS - 1 of those names, (other)
+    view = DbView(database, LaneSet(), "test")
+    try:
+        topics = view.snapshot(time.time()).last_five_minutes.topics
+    finally:
+        view.close()
+    artifact = topics["tuleap.tracker.artifact"]
+    assert (artifact.count, artifact.failed, artifact.run.count) == (2, 1, 2)
+    assert topics[OTHER_TOPIC].count == MAX_TOPICS + 1
+    assert len(topics) == MAX_TOPICS + 1
 
 
 def test_given_back_messages_are_taken_next_in_their_order(

@@ -85,6 +85,11 @@ def test_a_live_pool_seen_whole(
     assert default_lane.done >= 20 and default_lane.wait.count >= 20
     assert default_lane.wait.p99 is not None
     assert snapshot.last_minute.end_to_end.count == 0
+    # Per topic: what the workers finished, its wait and its run time.
+    counted = snapshot.last_five_minutes.topics["test.count"]
+    assert counted.count >= 20 and counted.failed == 0
+    assert counted.wait.count == counted.run.count == counted.count
+    assert counted.run.max is not None and counted.run.max < 3
     assert [lane.name for lane in snapshot.lanes] == [DEFAULT_LANE, LONG_LANE]
     (pool_view,) = snapshot.pools
     assert (pool_view.wanted, pool_view.running, pool_view.config_error) == (2, 2, "")

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from tuitop import keys
 from tuitop.stats import (
     END_TO_END,
+    MAX_TOPICS,
+    OTHER_TOPIC,
     WAIT,
     Percentiles,
     StatsBatch,
@@ -254,3 +256,60 @@ def test_notifications_and_lanes_are_counted_apart() -> None:
     assert window.lanes["latency_10s"].wait.count == 2
     assert window.lanes["latency_15m"].wait.p50 is not None
     assert window.lanes["latency_15m"].wait.p50 > 90
+
+
+# --- per topic ----------------------------------------------------------------------------
+
+
+def test_topics_are_counted_with_their_wait_run_time_and_failures(
+    redis_client: redis.Redis,
+) -> None:
+    now = time.time()
+    batch = StatsBatch()
+    for run in (0.01, 0.02, 0.03, 5.0):
+        batch.topic("tuleap.tracker.artifact", wait=0.001, run=run)
+    batch.topic("tuleap.tracker.artifact", wait=None, run=0.01, failed=True)
+    batch.topic("odd:topic@with|marks", wait=2.0, run=0.5)
+    flush(redis_client, batch, now)
+    buckets = read_buckets(redis_client, now, WINDOW)
+    assert summarize(buckets, WINDOW).topics == {}  # only when asked for
+    topics = summarize(buckets, WINDOW, topics=True).topics
+    assert list(topics) == ["tuleap.tracker.artifact", "odd:topic@with|marks"]  # busiest first
+    artifact = topics["tuleap.tracker.artifact"]
+    assert (artifact.count, artifact.failed) == (5, 1)
+    assert artifact.wait.count == 4  # the one without an enqueue time has no wait
+    assert artifact.run.count == 5
+    assert artifact.run.max == value_of(5.0)  # the slowest
+    assert artifact.run.p50 == value_of(0.02)
+    odd = topics["odd:topic@with|marks"]
+    assert (odd.count, odd.failed, odd.wait.max) == (1, 0, value_of(2.0))
+    # The totals are untouched by the topics' fields.
+    assert summarize(buckets, WINDOW, topics=True).counts == {}
+
+
+def test_endless_topic_names_cost_a_bounded_number_of_fields(redis_client: redis.Redis) -> None:
+    now = float(bucket_start(time.time())) + 1.0
+    batch = StatsBatch()
+    for n in range(MAX_TOPICS * 5):
+        batch.topic(f"hostile.{n:04d}" + "x" * 500, wait=0.001, run=0.001)
+        if n % 7 == 0:
+            flush(redis_client, batch, now)  # flushes within one bucket share the cap
+    flush(redis_client, batch, now)
+    fields = redis_client.hkeys(keys.stats_bucket(bucket_start(now)))
+    names = {field.decode().partition("|")[2] for field in fields}
+    assert len(names) == MAX_TOPICS + 1
+    assert OTHER_TOPIC in names
+    assert max(len(name) for name in names) <= 120
+    topics = summarize(read_buckets(redis_client, now, WINDOW), WINDOW, topics=True).topics
+    assert len(topics) <= MAX_TOPICS + 1
+    assert sum(topic.count for topic in topics.values()) == MAX_TOPICS * 5
+    assert topics[OTHER_TOPIC].count == MAX_TOPICS * 4
+
+    # A new bucket counts names afresh; a window folds past MAX_TOPICS into (other).
+    later = now + keys.STATS_BUCKET_SECONDS
+    for n in range(MAX_TOPICS):
+        batch.topic(f"other.{n:04d}", wait=None, run=0.001)
+    flush(redis_client, batch, later)
+    window = summarize(read_buckets(redis_client, later, WINDOW), WINDOW, topics=True)
+    assert len(window.topics) == MAX_TOPICS + 1
+    assert sum(topic.count for topic in window.topics.values()) == MAX_TOPICS * 6

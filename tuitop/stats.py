@@ -12,6 +12,15 @@ the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whateve
 seed asks an admin to watch: a JIRA import's minutes would drown them). Per lane
 (:mod:`tuitop.lanes`), every message's wait and done count go under ``w@<lane>:<i>`` and
 ``done@<lane>``.
+
+Per topic (:meth:`StatsBatch.topic`), every message finished goes under ``t#n|<topic>``,
+its failure under ``t#f|<topic>``, its wait under ``t#w:<i>|<topic>`` and its run time
+(start → end) under ``t#r:<i>|<topic>``; the topic comes last, after the first ``|``, so
+that any character in it reads back. Anyone may push a message of any topic: a worker
+writes at most MAX_TOPICS names per bucket (the rest under OTHER_TOPIC), and
+:func:`summarize` keeps the MAX_TOPICS busiest of a window (the rest folded into
+OTHER_TOPIC), so a bucket holds at most MAX_TOPICS names per live worker and a view's table
+never more than MAX_TOPICS + 1 rows, whatever a producer sends.
 """
 
 from __future__ import annotations
@@ -28,8 +37,17 @@ from tuitop import keys
 
 SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"
+RUN = "r"
+"""Run time (start → end), per topic only."""
 END_TO_END = "e"
 OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "enqueued")
+TOPIC_PREFIX = "t#"
+MAX_TOPICS = 40
+"""Topic names one worker writes per bucket, and topics a window keeps (Tuleap has ~30)."""
+OTHER_TOPIC = "(other)"
+"""Where the topics past MAX_TOPICS are counted."""
+MAX_TOPIC_LENGTH = 120
+"""Longer topic names are cut (the database's stats row names are VARCHAR(191))."""
 DEPTH = "depth"
 """A gauge, not a counter: a window's depth is its newest bucket's."""
 
@@ -82,6 +100,9 @@ class StatsBatch:
 
     def __init__(self) -> None:
         self.fields: Counter[str] = Counter()
+        self._topics: set[str] = set()
+        """The topic names written (or about to be) in ``_topics_bucket``."""
+        self._topics_bucket = 0
 
     def outcome(self, name: str, count: int = 1, lane: str | None = None) -> None:
         """Counts ``name`` (``done`` …) in all, or for ``lane`` only."""
@@ -91,6 +112,33 @@ class StatsBatch:
         """Adds a latency of ``kind`` (WAIT, END_TO_END) in all, or for ``lane`` only."""
         self.fields[f"{_lane_kind(kind, lane)}:{latency_bucket(seconds)}"] += 1
 
+    def topic(self, topic: str, *, wait: float | None, run: float, failed: bool = False) -> None:
+        """Counts one message of ``topic`` finished (``failed`` or not), its wait (None:
+        no enqueue time) and its run time; past MAX_TOPICS names in a bucket, under
+        OTHER_TOPIC."""
+        name = topic[:MAX_TOPIC_LENGTH]
+        if name not in self._topics:
+            if len(self._topics) >= MAX_TOPICS:
+                name = OTHER_TOPIC
+            self._topics.add(name)
+        self.fields[f"{TOPIC_PREFIX}n|{name}"] += 1
+        if failed:
+            self.fields[f"{TOPIC_PREFIX}f|{name}"] += 1
+        if wait is not None:
+            self.fields[f"{TOPIC_PREFIX}{WAIT}:{latency_bucket(wait)}|{name}"] += 1
+        self.fields[f"{TOPIC_PREFIX}{RUN}:{latency_bucket(run)}|{name}"] += 1
+
+    def written(self, now: float) -> None:
+        """The fields are on their way into the bucket of ``now``: a new bucket starts
+        counting topic names afresh from those."""
+        start = bucket_start(now)
+        if start != self._topics_bucket:
+            self._topics_bucket = start
+            self._topics = {
+                name.partition("|")[2] for name in self.fields if name.startswith(TOPIC_PREFIX)
+            }
+        self.fields.clear()
+
     def flush_into(self, pipe: Pipeline, now: float) -> None:
         """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets."""
         if not self.fields:
@@ -99,7 +147,7 @@ class StatsBatch:
         for name, count in self.fields.items():
             pipe.hincrby(key, name, count)
         pipe.expire(key, keys.STATS_KEEP_SECONDS)
-        self.fields.clear()
+        self.written(now)
 
 
 @dataclass(frozen=True)
@@ -122,6 +170,17 @@ class LaneStats:
 
 
 @dataclass(frozen=True)
+class TopicStats:
+    """One topic's share of a window: messages finished, failed, their wait and run
+    time (``run.max`` is the slowest, within 9 %)."""
+
+    count: int
+    failed: int
+    wait: Percentiles
+    run: Percentiles
+
+
+@dataclass(frozen=True)
 class WindowStats:
     """Counters and latencies over the last ``seconds``."""
 
@@ -134,6 +193,9 @@ class WindowStats:
     lanes: Mapping[str, LaneStats] = field(default_factory=dict)
     """Per lane that did anything in the window (the default lane included); ``wait`` and
     ``end_to_end`` above are the notifications'."""
+    topics: Mapping[str, TopicStats] = field(default_factory=dict)
+    """Per topic, the MAX_TOPICS busiest, the rest under OTHER_TOPIC; busiest first.
+    Empty unless asked for (:func:`summarize`)."""
 
     def rate(self, outcome: str) -> float:
         """Events per second over the window."""
@@ -173,9 +235,13 @@ def read_buckets(redis: Redis, now: float, seconds: int) -> list[dict[bytes, byt
     return list(pipe.execute())
 
 
-def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowStats:
-    """Adds up buckets (as ``read_buckets`` returns them) into one window."""
+def summarize(
+    buckets: Iterable[Mapping[bytes, bytes]], seconds: int, *, topics: bool = False
+) -> WindowStats:
+    """Adds up buckets (as ``read_buckets`` returns them) into one window; with
+    ``topics``, per topic too (otherwise their fields are skipped)."""
     counts: Counter[str] = Counter()
+    per_topic: dict[str, Counter[str]] = {}
     wait: Counter[int] = Counter()
     end_to_end: Counter[int] = Counter()
     lane_done: Counter[str] = Counter()
@@ -183,7 +249,12 @@ def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowS
     depth: int | None = None
     for bucket in buckets:  # newest first
         for raw_field, raw_count in bucket.items():
-            name, count = raw_field.decode(), int(raw_count)
+            name, count = raw_field.decode(errors="replace"), int(raw_count)
+            if name.startswith(TOPIC_PREFIX):
+                if topics:
+                    head, _, topic = name[len(TOPIC_PREFIX) :].partition("|")
+                    per_topic.setdefault(topic, Counter())[head] += count
+                continue
             kind, _, index = name.partition(":")
             kind, _, lane = kind.partition("@")
             if name == DEPTH:
@@ -204,5 +275,38 @@ def summarize(buckets: Iterable[Mapping[bytes, bytes]], seconds: int) -> WindowS
         for lane in sorted(set(lane_done) | set(lane_wait))
     }
     return WindowStats(
-        seconds, dict(counts), percentiles(wait), percentiles(end_to_end), depth, lanes
+        seconds,
+        dict(counts),
+        percentiles(wait),
+        percentiles(end_to_end),
+        depth,
+        lanes,
+        _topic_stats(per_topic),
     )
+
+
+def _topic_stats(per_topic: Mapping[str, Counter[str]]) -> dict[str, TopicStats]:
+    """The MAX_TOPICS busiest topics (most messages first, then by name), the others
+    added into OTHER_TOPIC."""
+    ranked = sorted(per_topic, key=lambda topic: (-per_topic[topic]["n"], topic))
+    kept: dict[str, Counter[str]] = {}
+    named = 0
+    for topic in ranked:
+        name = topic if named < MAX_TOPICS and topic != OTHER_TOPIC else OTHER_TOPIC
+        named += name != OTHER_TOPIC
+        kept.setdefault(name, Counter()).update(per_topic[topic])
+    return {name: _one_topic(fields) for name, fields in kept.items()}
+
+
+def _one_topic(fields: Counter[str]) -> TopicStats:
+    wait: Counter[int] = Counter()
+    run: Counter[int] = Counter()
+    for head, count in fields.items():
+        kind, _, index = head.partition(":")
+        if not index.isdigit():
+            continue
+        if kind == WAIT:
+            wait[int(index)] += count
+        elif kind == RUN:
+            run[int(index)] += count
+    return TopicStats(fields["n"], fields["f"], percentiles(wait), percentiles(run))

@@ -419,6 +419,7 @@ class Worker:
         if self.logger.isEnabledFor(logging.INFO):
             shown = message.raw[:LOGGED_MESSAGE].decode("utf-8", "replace")
             self.logger.info("Got message: %s", shown)
+        failed_before = self.status[FAILED]
         try:
             self._run_handler(message, now)
         finally:
@@ -434,6 +435,13 @@ class Worker:
                     self.status[PROCESSED],
                     self.options.max_messages,
                 )
+        # Not reached when the job was cut off (a cold stop): it did not finish.
+        self._stats.topic(
+            message.topic,
+            wait=now - message.enqueue_ts if message.enqueue_ts > 0 else None,
+            run=time.time() - now,
+            failed=self.status[FAILED] != failed_before,
+        )
 
     def _run_handler(self, message: Message, started: float) -> None:
         if message.problem is not None:

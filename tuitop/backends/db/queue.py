@@ -213,7 +213,7 @@ def stats_statement(stats: StatsBatch, now: float) -> Statement | None:
     args: list[Any] = []
     for name in names:
         args += [bucket, name, stats.fields[name]]
-    stats.fields.clear()
+    stats.written(now)
     values = ", ".join(["(%s, %s, %s)"] * len(names))
     return _STATS_UPSERT.format(values=values), args
 
