@@ -26,7 +26,7 @@ async def shoot(scene: tui_scenes.Scene, directory: Path) -> str:
         log = scene.seed(client, directory)
         client.close()
         app = tui_scenes.scene_app(directory, log)
-        async with app.run_test(size=tui_scenes.SIZE) as pilot:
+        async with app.run_test(size=scene.size) as pilot:
             await tui_scenes.first_picture(pilot)
             if scene.then is not None:
                 await scene.then(pilot, server)

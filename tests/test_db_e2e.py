@@ -309,7 +309,8 @@ async def test_the_ui_shows_the_pool_on_the_database_and_its_dead_letters(
     from tests.test_tui import SIZE, text_of, until
     from tuitop.tui.app import TuitopApp
     from tuitop.tui.screens import DeadLettersScreen
-    from tuitop.tui.widgets import HeaderBar, QueuePanel, WorkersPanel
+    from tuitop.tui.widgets import HeaderBar, QueuePanel
+    from tuitop.tui.workers import WorkersPanel
 
     config = database_inc(tmp_path, database, workers=2)
     start_pool(pools, tmp_path, tuleap, config, *FAST_RETRY, *QUICK_STOP)

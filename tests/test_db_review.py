@@ -369,7 +369,7 @@ async def test_odd_rows_and_garbage_in_tuitops_tables_neither_crash_nor_stall(
     from tuitop.config import load_config
     from tuitop.tui.app import TuitopApp
     from tuitop.tui.source import SnapshotSource
-    from tuitop.tui.widgets import WorkersPanel
+    from tuitop.tui.workers import WorkersPanel
 
     config = database_inc(tmp_path, database, workers=2)
     pool = Pool(tmp_path, config, "--grace", "1")  # no task process: unknown topics

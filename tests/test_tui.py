@@ -32,10 +32,10 @@ from tuitop.tui.widgets import (
     LatencyPanel,
     LogPanel,
     QueuePanel,
-    WorkersPanel,
     line_level,
     seconds,
 )
+from tuitop.tui.workers import WorkersPanel
 
 SIZE = (130, 44)
 
@@ -127,13 +127,13 @@ async def test_every_panel_shows_a_live_pool_and_redis_down_is_said(
         await until(lambda: len(app.query_one(LogPanel).lines) > 0)
         assert app.query_one(QueuePanel).border_subtitle == "depth, last 5 min"
 
-        # p: the picture stops changing, and the header says so.
-        await pilot.press("p")
-        assert app.paused and "PAUSED" in text_of(app.query_one(HeaderBar))
+        # z: the picture stops changing, and the header says so.
+        await pilot.press("z")
+        assert app.paused and "FROZEN" in text_of(app.query_one(HeaderBar))
         taken = app.snapshot
         await asyncio.sleep(0.6)
         assert app.snapshot is taken
-        await pilot.press("p")
+        await pilot.press("z")
         await until(lambda: app.snapshot is not taken)
 
         # Redis goes away: said in the header, the panels keep their last picture, dimmed.
@@ -298,12 +298,14 @@ async def test_filter_log_level_help_and_a_config_error(
         await until(lambda: panel.has_class("problem"))
         assert "local.inc:" in text_of(panel) and "the config above stays" in text_of(panel)
         assert rows(app) == 3
-        # +/- in a view that runs no pool: it says how instead.
+        # + in a view that runs no pool: the selected worker's pool is told through Redis.
         await pilot.press("plus")
-        await pilot.pause(0.1)
-        await pilot.pause(0.1)
-        said = [notification.message for notification in app._notifications]
-        assert any("This view runs no pool" in text and "kill -TTIN" in text for text in said)
+
+        def said() -> list[str]:
+            return [notification.message for notification in app._notifications]
+
+        await until(lambda: any("workers 3 → 4 for this session" in text for text in said()))
+        await until(lambda: rows(app) == 4)
         await pilot.press("q")
     assert pool.stop() == 0
 

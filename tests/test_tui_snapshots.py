@@ -1,7 +1,9 @@
 """SVG snapshots of the UI's screens (pytest-textual-snapshot), drawn from a real Redis
 holding a fixed scene and seen at a frozen time (``tests/tui_scenes.py``): the main screen,
 a busy pool, lanes with a long task running, a config error, Redis down and the
-dead-letter screen.
+dead-letter screen; at 80x24 (the numbers and the worker table's key columns stay, a config
+error shows, sorted, the topics, the dead letters filtered) and on a tall terminal (the
+topics table joins the main screen); one worker up close.
 
 A change to a screen fails here until the new picture is looked at and accepted with
 ``pytest tests/test_tui_snapshots.py --snapshot-update`` (then ``scripts/screenshots.py``
@@ -32,4 +34,4 @@ def test_screen(snap_compare: Callable[..., bool], scene: tui_scenes.Scene, tmp_
             if scene.then is not None:
                 await scene.then(pilot, server)
 
-        assert snap_compare(app, terminal_size=tui_scenes.SIZE, run_before=before)
+        assert snap_compare(app, terminal_size=scene.size, run_before=before)

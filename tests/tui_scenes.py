@@ -32,6 +32,8 @@ from tuitop.tui.app import TuitopApp
 from tuitop.tui.logtail import FileTail
 from tuitop.tui.source import SnapshotSource
 from tuitop.tui.widgets import LogPanel
+from tuitop.tui.worker_screen import WorkerScreen
+from tuitop.tui.workers import WorkersPanel
 
 LANES = DEFAULT_SPEC
 JIRA = "tuleap.tracker.creation.jira"
@@ -41,6 +43,7 @@ FROZEN = 1795856400.0 + 42.0
 """2026-11-28 09:00:42 UTC: the time every scene is seen at."""
 SIZE = (132, 42)
 TOPIC = "tuleap.tracker.artifact"
+GIT = "tuleap.git.hooks.post-receive"
 FILES = "/etc/tuleap/conf/local.inc,/etc/tuleap/conf/redis.inc"
 CONFIG_ERROR = (
     "/etc/tuleap/conf/local.inc:14:28: syntax error, unexpected end of line, expecting ';'"
@@ -150,12 +153,20 @@ def _history(client: redis.Redis, *, busy: bool) -> None:
                 wait += (120 - age) * chance.uniform(0.5, 1.5)
             batch.latency("w", wait)  # notifications: their own latency, and their lane's
             batch.latency("w", wait, DEFAULT_LANE)
-            batch.latency("e", wait + chance.lognormvariate(-4.2, 0.4))
+            run = chance.lognormvariate(-4.2, 0.4)
+            batch.latency("e", wait + run)
+            batch.topic(TOPIC, wait=wait, run=run)
+        for _ in range(rate):  # git pushes: a tenth as many, each a task process
+            batch.topic(GIT, wait=chance.lognormvariate(-6, 0.5), run=chance.uniform(0.3, 2.5))
+        if busy and age % 40 == 0:
+            batch.topic(TOPIC, wait=0.004, run=30.0, failed=True)
+            batch.topic(TOPIC, wait=0.004, run=30.0, failed=True)
         if age % 30 == 0:  # a long job now and then, on its lane
             wait = chance.uniform(0.2, 1.0) + (40.0 if busy else 0.0)
             batch.outcome("done", 1)
             batch.outcome("done", 1, lane=LONG_LANE)
             batch.latency("w", wait, LONG_LANE)
+            batch.topic(JIRA, wait=wait, run=chance.uniform(60, 190))
         pipe = client.pipeline()
         batch.flush_into(pipe, start)
         depth = 0
@@ -262,6 +273,14 @@ def seed_busy(client: redis.Redis, directory: Path) -> Path:
         cpu=35.0,
     )
     _worker(client, "web-2", 1, "web-2", 8842, state="starting", done=0, processed=0, cpu=0.0)
+    # What the busy workers hold: the worker screen shows it.
+    client.lpush(
+        keys.processing_list("web-1/0#4120"), encode(JIRA, {"n": 9}, enqueue_ts=FROZEN - 131.4)
+    )
+    client.lpush(
+        keys.processing_list("web-1/1#4121"),
+        encode(TOPIC, {"artifact_id": 2052, "changeset_id": 90322}, enqueue_ts=FROZEN - 0.9),
+    )
     dead = _worker(client, "web-2", 2, "web-2", 8790, state="dead")
     client.lpush(keys.processing_list(dead), *[encode(TOPIC, {"n": n}) for n in range(3)])
     waiting = [
@@ -416,12 +435,52 @@ async def open_dead_letters(pilot: Pilot[object], server: EmbeddedRedis) -> None
     await pilot.pause(0.2)
 
 
+async def filter_dead_letters(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """The dead-letter screen filtered on a word of a reason."""
+    await open_dead_letters(pilot, server)
+    await pilot.press("slash", *"smtp", "enter")
+    await pilot.pause(0.2)
+
+
+async def open_topics(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """The topics screen (t)."""
+    await pilot.press("t")
+    await pilot.pause(0.3)
+
+
+async def open_worker(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """The second worker (the one with a warning in the log) up close (enter)."""
+    app = pilot.app
+    assert isinstance(app, TuitopApp)
+    app.query_one(WorkersPanel).focus()
+    await pilot.press("down", "enter")
+    for _ in range(200):
+        screen = app.screen
+        if isinstance(screen, WorkerScreen) and screen.held:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.2)
+
+
+async def sort_by_cpu(pilot: Pilot[object], server: EmbeddedRedis) -> None:
+    """s, twice: by state, then by CPU."""
+    await pilot.press("s", "s")
+    await pilot.pause(0.2)
+
+
+SMALL = (80, 24)
+"""The smallest terminal the UI is made for (a plain SSH session)."""
+HUGE = (160, 50)
+"""A tall terminal: the topics table joins the main screen."""
+
+
 @dataclass(frozen=True)
 class Scene:
     name: str
     title: str
     seed: Callable[[redis.Redis, Path], Path]
     then: Callable[[Pilot[object], EmbeddedRedis], Awaitable[None]] | None = None
+    size: tuple[int, int] = SIZE
 
 
 SCENES = (
@@ -431,4 +490,17 @@ SCENES = (
     Scene("config_error", "A save with a syntax error", seed_config_error),
     Scene("redis_down", "Redis down: said, the last picture kept", seed_main, redis_goes_down),
     Scene("dead_letters", "Dead letters (d)", seed_busy, open_dead_letters),
+    Scene("small", "80x24: the numbers and the key columns stay", seed_busy, size=SMALL),
+    Scene("small_config_error", "80x24: a config error still shows", seed_config_error, size=SMALL),
+    Scene("small_sorted", "80x24, workers by CPU (s s)", seed_busy, sort_by_cpu, size=SMALL),
+    Scene("huge", "A tall terminal: the topics table too", seed_busy, size=HUGE),
+    Scene("topics", "Topics over 5 minutes (t), 80x24", seed_busy, open_topics, size=SMALL),
+    Scene("worker", "One worker up close (enter)", seed_busy, open_worker),
+    Scene(
+        "small_dead_letters",
+        "Dead letters filtered by a reason's word (/), 80x24",
+        seed_busy,
+        filter_dead_letters,
+        size=SMALL,
+    ),
 )

@@ -30,6 +30,8 @@ from tuitop.stats import StatsBatch, WindowStats
 
 MAX_REQUEUES = 3
 """Tuleap's limit: a message may come back this many times, then it is given up."""
+HELD_SHOWN = 20
+"""The most of a worker's held messages an admin reads (:meth:`QueueAdmin.held`)."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,10 @@ class QueueAdmin(Protocol):
         """Replays every dead letter there is now, oldest first; how many."""
 
     def purge_dead_letters(self) -> int: ...
+
+    def held(self, worker_id: str) -> list[Message]:
+        """What the worker holds (its processing list, or rows), oldest first; a worker
+        holds its batch, and a view is shown at most HELD_SHOWN of it."""
 
     def send_command(self, pool: str, body: bytes) -> None:
         """Puts a command in the mailbox of ``pool`` (:mod:`tuitop.control`)."""

@@ -14,7 +14,14 @@ from typing import Any, cast
 import redis
 
 from tuitop import keys, tuleapworkers
-from tuitop.backends.base import Batch, ErrorTypes, LeftBehind, Recovery, RetryPolicy
+from tuitop.backends.base import (
+    HELD_SHOWN,
+    Batch,
+    ErrorTypes,
+    LeftBehind,
+    Recovery,
+    RetryPolicy,
+)
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
@@ -334,6 +341,11 @@ class RedisAdmin(Queue):
 
     def dead_letter_count(self) -> int:
         return int(self.redis.llen(keys.DEAD_LETTERS))
+
+    def held(self, worker_id: str) -> list[Message]:
+        # The tail was taken first; anyone may fill a list: HELD_SHOWN read, not all.
+        raws = self.redis.lrange(keys.processing_list(worker_id), -HELD_SHOWN, -1)
+        return [decode(raw) for raw in reversed(cast(list[bytes], raws))]
 
     def send_command(self, pool: str, body: bytes) -> None:
         pipe = self.redis.pipeline(transaction=True)

@@ -4,7 +4,14 @@ The app only reads: each refresh takes one snapshot (:class:`~tuitop.tui.source.
 two round trips whatever the queue length) in a thread worker and posts it to the UI; a
 Redis that does not answer is said in the header and the panels keep their last picture,
 dimmed. The writes an operator asks for are explicit: ``+``/``-`` signal the pool this UI
-runs (``pool``), the dead-letter screen replays and purges.
+runs (``pool``), or command the selected worker's pool through the store when it runs none
+(:mod:`tuitop.tui.remote`), as ``p`` (pause/resume), ``r`` (reload) and ``S`` (warm stop)
+always do; the dead-letter screen replays and purges. ``read_only`` refuses all of these.
+
+The layout follows the terminal (``HORIZONTAL_BREAKPOINTS``/``VERTICAL_BREAKPOINTS`` set a
+class on the screen, the .tcss says what each changes): at 80x24 the charts and the config
+go (a config error stays), the log keeps a line, the worker table keeps its most useful
+columns (:func:`~tuitop.tui.workers.columns_for`); the header and the footer are docked.
 
 The same app is ``tuitop`` (with the pool behind it), ``tuitop demo`` and ``tuitop top``
 (pools elsewhere, no ``pool``).
@@ -22,13 +29,16 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import Footer, Input
+from textual.widgets import DataTable, Footer, Input
 
+from tuitop import control
 from tuitop.poolprocess import PoolProcess
-from tuitop.snapshot import Snapshot
+from tuitop.snapshot import PoolView, Snapshot
+from tuitop.tui import remote
 from tuitop.tui.logtail import LogSource
-from tuitop.tui.screens import DeadLettersScreen, HelpScreen
+from tuitop.tui.screens import ConfirmScreen, DeadLettersScreen, HelpScreen
 from tuitop.tui.source import Reading, SnapshotSource
+from tuitop.tui.topics import TopicsPanel, TopicsScreen
 from tuitop.tui.widgets import (
     ConfigPanel,
     HeaderBar,
@@ -36,8 +46,11 @@ from tuitop.tui.widgets import (
     LatencyPanel,
     LogPanel,
     QueuePanel,
-    WorkersPanel,
 )
+from tuitop.tui.worker_screen import WorkerScreen
+from tuitop.tui.workers import WorkersPanel
+
+READ_ONLY = "read-only view (--read-only): it sends no command and changes nothing"
 
 
 class TuitopApp(App[int]):
@@ -46,17 +59,39 @@ class TuitopApp(App[int]):
 
     CSS_PATH = "tuitop.tcss"
     TITLE = "tuitop"
+    ENABLE_COMMAND_PALETTE = False
+    """Its ctrl+p would take the footer's last room at 80 columns; ? lists every key."""
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("p", "toggle_pause", "pause"),
-        Binding("plus", "more_workers", "+worker"),
-        Binding("minus", "fewer_workers", "-worker"),
-        Binding("d", "dead_letters", "dead letters"),
-        Binding("slash", "filter", "filter"),
-        Binding("l", "log_level", "log level"),
+        Binding("plus", "more_workers", "worker"),
+        Binding("minus", "fewer_workers", "worker"),
+        Binding("p", "pause_pool", "pause"),
+        Binding("r", "reload_pool", "reload", show=False),
+        Binding("S", "stop_pool", "stop pool", show=False),
+        Binding("s", "sort", "sort"),
+        Binding("enter", "worker", "worker", show=False),
+        Binding("t", "topics", "topics"),
+        Binding("d", "dead_letters", "dead"),
+        Binding("slash", "filter", "filter", show=False),
+        Binding("l", "log_level", "log level", show=False),
+        Binding("z", "toggle_pause", "freeze", show=False),
         Binding("question_mark", "help", "help"),
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
     ]
+    """The footer shows the keys used most (it has 80 columns at worst); ``?`` lists all."""
+    # Textual declares these ``ClassVar[...] | None``, which mypy reads as instance
+    # variables: a ClassVar here would not type-check.
+    HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012
+        (0, "-narrow"),
+        (110, "-wide"),
+    ]
+    VERTICAL_BREAKPOINTS = [  # noqa: RUF012
+        (0, "-short"),
+        (32, "-tall"),
+        (48, "-huge"),
+    ]
+    """Short: no charts, no config panel (its error excepted), a one-line log. Huge: the
+    topics panel on the main screen too."""
 
     @dataclass
     class SnapshotTaken(Message):
@@ -70,10 +105,14 @@ class TuitopApp(App[int]):
         log: LogSource | None = None,
         pool: PoolProcess | None = None,
         on_stop: Callable[[], None] | None = None,
+        read_only: bool = False,
     ) -> None:
         """``on_stop`` runs when the operator first asks to quit, before the pool is told
-        to stop (the demo stops its producer there, so the queue is not fed meanwhile)."""
+        to stop (the demo stops its producer there, so the queue is not fed meanwhile).
+        ``read_only``: every key that would change something (a pool, the dead letters)
+        is refused with a message."""
         super().__init__()
+        self.read_only = read_only
         self.source = source
         self.interval = interval
         self.log_source = log
@@ -94,6 +133,7 @@ class TuitopApp(App[int]):
             yield QueuePanel()
             yield LatencyPanel()
         yield LanesPanel()
+        yield TopicsPanel()
         yield ConfigPanel()
         yield WorkersPanel()
         yield LogPanel()
@@ -134,6 +174,9 @@ class TuitopApp(App[int]):
             self.query_one(LanesPanel).show(reading.snapshot)
             self.query_one(ConfigPanel).show(reading.snapshot)
             self.query_one(WorkersPanel).show(reading.snapshot)
+            self.query_one(TopicsPanel).show(reading.snapshot)
+            if isinstance(self.screen, TopicsScreen | WorkerScreen):
+                self.screen.show(reading.snapshot)
         for panel in self.query(".panel"):
             panel.set_class(reading.snapshot is None, "stale")
         self._show_header()
@@ -148,6 +191,7 @@ class TuitopApp(App[int]):
             taken_at=self.snapshot.taken_at if self.snapshot else None,
             paused=self.paused,
             pool_state=self._pool_state(),
+            read_only=self.read_only,
         )
 
     def _pool_state(self) -> str:
@@ -182,16 +226,11 @@ class TuitopApp(App[int]):
             self.refresh_snapshot()
 
     def _scale(self, more: bool) -> None:
+        if self.read_only:
+            self.notify(READ_ONLY, title="+/- workers", severity="warning")
+            return
         if self.pool is None:
-            pools = self.snapshot.pools if self.snapshot else ()
-            signal = "TTIN" if more else "TTOU"
-            where = "; ".join(f"on {p.host}: kill -{signal} {p.pid}" for p in pools)
-            self.notify(
-                "This view runs no pool. " + (where or "Start one with 'tuitop'."),
-                title="+/- workers",
-                severity="warning",
-                markup=False,  # host names come from Redis: anyone may write them
-            )
+            self._command("scale", 1 if more else -1)
             return
         if self.stopping:
             self.notify("the pool is stopping", severity="warning")
@@ -212,8 +251,121 @@ class TuitopApp(App[int]):
     def action_fewer_workers(self) -> None:
         self._scale(more=False)
 
+    MAIN_SCREEN_ONLY = frozenset(
+        {"sort", "worker", "topics", "dead_letters", "filter", "log_level", "toggle_pause"}
+    )
+    POOL_ACTIONS = frozenset(
+        {"more_workers", "fewer_workers", "pause_pool", "reload_pool", "stop_pool"}
+    )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The main screen's keys work there only (the footer of another screen leaves
+        them out); the pool keys there and on the worker screen (the worker's pool)."""
+        on_main = len(self.screen_stack) <= 1
+        if action in self.MAIN_SCREEN_ONLY:
+            return on_main
+        if action in self.POOL_ACTIONS:
+            return on_main or isinstance(self.screen, WorkerScreen)
+        return True
+
+    # --- commands to pools ----------------------------------------------------------------
+
+    def target_pool(self) -> PoolView | None:
+        """The pool a command goes to: the selected worker's, else the only live one;
+        None (said) when there is no telling."""
+        pools = {pool.name: pool for pool in (self.snapshot.pools if self.snapshot else ())}
+        worker = self.query_one(WorkersPanel).selected()
+        if worker is not None and worker.pool in pools:
+            return pools[worker.pool]
+        live = [pool for pool in pools.values() if not pool.stopping]
+        if len(live) == 1 and worker is None:
+            return live[0]
+        self.notify(
+            "select a worker of the pool to command (no live pool has it)"
+            if worker is not None
+            else "no live pool to command",
+            severity="warning",
+            markup=False,  # pool names come from the store: anyone may write them
+        )
+        return None
+
+    def _command(self, action: str, value: int | None = None) -> None:
+        """Sends ``action`` to the target pool off the UI thread; its reply is notified."""
+        if self.read_only:
+            self.notify(READ_ONLY, title=action, severity="warning")
+            return
+        pool = self.target_pool()
+        if pool is None:
+            return
+        try:
+            command = control.new_command(action, value, "", remote.PROGRAM)
+        except control.CommandError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
+        self.notify(f"{pool.name}: {command.describe()}…", title="sent", timeout=2, markup=False)
+        self._send(pool.name, command)
+
+    @work(thread=True, group="control")
+    def _send(self, pool: str, command: control.Command) -> None:
+        outcome = remote.send(self.source, pool, command)
+        self.call_from_thread(
+            self.notify,
+            outcome.said,
+            title=f"{pool}: {command.describe()}",
+            severity="information" if outcome.ok else "error",
+            markup=False,
+        )
+        if outcome.ok:
+            self.call_from_thread(self.refresh_snapshot)
+
+    def action_pause_pool(self) -> None:
+        pool = self.target_pool() if not self.read_only else None
+        if self.read_only or pool is not None:
+            self._command("resume" if pool is not None and pool.paused else "pause")
+
+    def action_reload_pool(self) -> None:
+        self._command("reload")
+
+    def action_stop_pool(self) -> None:
+        if self.read_only:
+            self.notify(READ_ONLY, title="stop", severity="warning")
+            return
+        pool = self.target_pool()
+        if pool is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._command("stop")
+
+        question = (
+            f"Stop pool {pool.name} on {pool.host}? Its workers finish their jobs and it "
+            "exits (start it again there)."
+        )
+        self.push_screen(ConfirmScreen(question), answered)
+
+    # --- views -----------------------------------------------------------------------------
+
+    def action_sort(self) -> None:
+        self.query_one(WorkersPanel).next_sort()
+
+    def action_worker(self) -> None:
+        worker = self.query_one(WorkersPanel).selected()
+        if worker is None:
+            self.notify("no worker to show", severity="warning")
+            return
+        kept = self.query_one(LogPanel).kept
+        self.push_screen(WorkerScreen(worker, self.source, lambda: list(kept)))
+
+    @on(DataTable.RowSelected, "#workers")
+    def worker_selected(self) -> None:
+        self.action_worker()
+
+    def action_topics(self) -> None:
+        self.push_screen(TopicsScreen(self.snapshot))
+
     def action_dead_letters(self) -> None:
-        self.push_screen(DeadLettersScreen(self.source))
+        self.push_screen(DeadLettersScreen(self.source, read_only=self.read_only))
 
     def action_filter(self) -> None:
         field = self.query_one("#filter", Input)
@@ -252,11 +404,14 @@ class TuitopApp(App[int]):
             ("Dead letters (d)", letters),
             ("Worker filter (/)", [("enter", "keep the filter"), ("escape", "clear it")]),
         ]
+        if self.read_only:
+            sections.insert(0, ("Read-only", [("", READ_ONLY)]))
         self.push_screen(HelpScreen(sections))
 
     def _keys_of(self, bindings: list[BindingType]) -> list[tuple[str, str]]:
-        shown = [b for b in bindings if isinstance(b, Binding) and b.show]
-        return [(self.get_key_display(b), b.description) for b in shown]
+        """Every key with a description, those the footer leaves out too (not ctrl+c)."""
+        keys = [b for b in bindings if isinstance(b, Binding) and not b.key.startswith("ctrl")]
+        return [(self.get_key_display(b), b.description) for b in keys]
 
     async def action_quit(self) -> None:
         """Without a pool: quit. With one: a warm stop, the app ends when the pool has

@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Label, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from tuitop.backends.base import DeadLetter, QueueAdmin
 from tuitop.tui.source import SnapshotSource
@@ -35,7 +35,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Grid(id="confirm"):
-            yield Label(self.question, id="question")
+            yield Label(Text(self.question), id="question")  # anyone's text: no markup
             yield Button("Yes (y)", variant="error", id="yes")
             yield Button("No (n)", variant="primary", id="no")
 
@@ -100,25 +100,40 @@ def _letter_detail(letter: DeadLetter) -> Text:
     return text
 
 
+def letter_matches(letter: DeadLetter, needle: str) -> bool:
+    """The filter of the dead-letter screen: ``needle`` in its topic or its reason, case
+    ignored ('' matches all)."""
+    needle = needle.lower()
+    return needle in letter.topic.lower() or needle in letter.reason.lower()
+
+
 class DeadLettersScreen(Screen[None]):
-    """The dead letters, newest first: inspect one, replay it or all, purge them all."""
+    """The dead letters, newest first: filter them by topic or reason, inspect one, replay
+    it or what the filter shows, purge them all. ``read_only`` refuses every write."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,d", "close", "back"),
+        Binding("slash", "filter", "filter"),
         Binding("r", "replay", "replay"),
-        Binding("a", "replay_all", "replay all"),
+        Binding("a", "replay_shown", "replay shown"),
         Binding("x", "purge", "purge all"),
         Binding("g", "reload", "reload"),
     ]
 
-    def __init__(self, source: SnapshotSource) -> None:
+    def __init__(self, source: SnapshotSource, *, read_only: bool = False) -> None:
         super().__init__()
         self.source = source
+        self.read_only = read_only
+        self.loaded: list[DeadLetter] = []
+        """What was read (the SHOWN_LETTERS newest)."""
         self.letters: list[DeadLetter] = []
+        """What the filter shows of them, in the table's order."""
         self.total = 0
+        self.filter = ""
 
     def compose(self) -> ComposeResult:
-        yield Static("Dead letters", id="letters-title")
+        yield Static("Dead letters", id="letters-title", classes="title")
+        yield Input(placeholder="/ filter: topic or reason", id="letters-filter")
         table: DataTable[str] = DataTable(id="letters", cursor_type="row", zebra_stripes=True)
         table.add_columns("#", "at", "topic", "tries", "reason")
         yield table
@@ -127,10 +142,28 @@ class DeadLettersScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#letters", DataTable).focus()
         self.action_reload()
 
     def action_close(self) -> None:
+        field = self.query_one("#letters-filter", Input)
+        if field.has_focus:  # escape in the filter clears it, not the screen
+            field.value = ""
+            self.query_one("#letters", DataTable).focus()
+            return
         self.dismiss(None)
+
+    def action_filter(self) -> None:
+        self.query_one("#letters-filter", Input).focus()
+
+    @on(Input.Changed, "#letters-filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.filter = event.value.strip()
+        self._show(self.loaded, self.total)
+
+    @on(Input.Submitted, "#letters-filter")
+    def filter_done(self) -> None:
+        self.query_one("#letters", DataTable).focus()
 
     def action_reload(self) -> None:
         self._run(lambda queue: None, "")
@@ -159,8 +192,9 @@ class DeadLettersScreen(Screen[None]):
         if said or done:
             self.app.call_from_thread(self.notify, said or done, markup=False)
 
-    def _show(self, letters: list[DeadLetter], total: int) -> None:
-        self.letters, self.total = letters, total
+    def _show(self, loaded: list[DeadLetter], total: int) -> None:
+        self.loaded, self.total = loaded, total
+        letters = self.letters = [x for x in loaded if letter_matches(x, self.filter)]
         table = self.query_one("#letters", DataTable)
         row = table.cursor_row
         table.clear()
@@ -169,12 +203,18 @@ class DeadLettersScreen(Screen[None]):
             # Text, not str: a str cell is read as markup, and a topic may be "[/x]".
             cells = (str(index), at, letter.topic or "—", str(letter.tries), letter.reason)
             table.add_row(*(Text(cell) for cell in cells))
-        shown = f"{len(letters)} shown" if len(letters) < total else "all shown"
-        title = f"Dead letters: {total:,} ({shown}) · newest first"
+        shown = f"{len(loaded)} newest read" if len(loaded) < total else "all read"
+        title = Text(f"Dead letters: {total:,} ({shown}) · newest first")
+        if self.filter:
+            title.append(f" · filter '{self.filter}': {len(letters)} shown")
+        if self.read_only:
+            title.append(" · read-only")
         self.query_one("#letters-title", Static).update(title)
         if letters:
             table.move_cursor(row=min(row, len(letters) - 1), animate=False)
             self._detail(table.cursor_row)
+        elif loaded:
+            self.query_one("#letter-detail", Static).update("None matches the filter.")
         else:
             self.query_one("#letter-detail", Static).update("No dead letter. Nothing was lost.")
 
@@ -190,9 +230,14 @@ class DeadLettersScreen(Screen[None]):
         row = self.query_one("#letters", DataTable).cursor_row
         return self.letters[row] if 0 <= row < len(self.letters) else None
 
+    def _refused(self) -> bool:
+        if self.read_only:
+            self.notify("read-only view (--read-only): it changes nothing", severity="warning")
+        return self.read_only
+
     def action_replay(self) -> None:
         letter = self._selected()
-        if letter is None:
+        if letter is None or self._refused():
             return
 
         def replay(queue: QueueAdmin) -> str:
@@ -202,13 +247,39 @@ class DeadLettersScreen(Screen[None]):
 
         self._run(replay, "")
 
-    def action_replay_all(self) -> None:
-        def replay_all(queue: QueueAdmin) -> str:
-            return f"replayed {queue.replay_all()} dead letter(s)"
+    def action_replay_shown(self) -> None:
+        """Without a filter: every dead letter there is. With one: those it shows."""
+        if self._refused():
+            return
+        if not self.filter:
 
-        self._ask(f"Replay all {self.total:,} dead letters?", replay_all)
+            def replay_all(queue: QueueAdmin) -> str:
+                return f"replayed {queue.replay_all()} dead letter(s)"
+
+            self._ask(f"Replay all {self.total:,} dead letters?", replay_all)
+            return
+        chosen = list(self.letters)
+        if not chosen:
+            self.notify("the filter shows no dead letter")
+            return
+
+        def replay_chosen(queue: QueueAdmin) -> str:
+            replayed = sum(1 for letter in chosen if queue.replay(letter))
+            gone = len(chosen) - replayed
+            return f"replayed {replayed} dead letter(s)" + (
+                f"; {gone} already gone (replayed or purged elsewhere)" if gone else ""
+            )
+
+        among = f" of the {len(self.loaded):,} newest" if len(self.loaded) < self.total else ""
+        self._ask(
+            f"Replay the {len(chosen):,} dead letter(s){among} the filter '{self.filter}' shows?",
+            replay_chosen,
+        )
 
     def action_purge(self) -> None:
+        if self._refused():
+            return
+
         def purge(queue: QueueAdmin) -> str:
             return f"purged {queue.purge_dead_letters()} dead letter(s)"
 

@@ -6,17 +6,18 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import DataTable, RichLog, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import RichLog, Sparkline, Static
 
 from tuitop.check import OLDEST_WARNING
 from tuitop.lanes import DEFAULT_LANE, LaneSet, latency_target
-from tuitop.snapshot import LaneView, PoolView, Snapshot, WorkerView
+from tuitop.snapshot import LaneView, PoolView, Snapshot
 from tuitop.stats import Percentiles
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -77,6 +78,7 @@ class HeaderBar(Static):
         taken_at: float | None,
         paused: bool,
         pool_state: str = "",
+        read_only: bool = False,
     ) -> None:
         parts = ["tuitop"]
         if error:
@@ -88,13 +90,21 @@ class HeaderBar(Static):
             if taken_at is not None:
                 parts.append(clock_time(taken_at))
         if paused:
-            parts.append("PAUSED (p resumes)")
+            parts.append("FROZEN (z resumes)")
+        if read_only:
+            parts.append("read-only")
         if pool_state:
             parts.append(pool_state)
         self.set_class(bool(error), "problem")
         text = " · ".join(parts)
         # One line (set in the .tcss) unless a problem is said, which may wrap.
         show_if_changed(self, text, text, fixed_height=not error)
+
+
+def charts_subtitle(panel: Widget, subtitle: str) -> None:
+    """Says what the panel's chart shows, or nothing where the terminal is too short for
+    charts (the .tcss hides them on a ``-short`` screen)."""
+    panel.border_subtitle = "" if panel.screen.has_class("-short") else subtitle
 
 
 class QueuePanel(Vertical):
@@ -108,6 +118,9 @@ class QueuePanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="queue-figures")
         yield Sparkline([], id="depth")
+
+    def on_resize(self, event: events.Resize) -> None:
+        charts_subtitle(self, "depth, last 5 min")
 
     def show(self, snapshot: Snapshot) -> None:
         queue = snapshot.queue
@@ -142,25 +155,38 @@ class LatencyPanel(Vertical):
         super().__init__(id="latency", classes="panel")
         self.border_title = "Notification latency"
         self.border_subtitle = "e2e p95 per 10 s, last 5 min"
+        self._snapshot: Snapshot | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="latency-table")
         yield Sparkline([], id="latency-chart")
 
+    NARROW = 46
+    """Under this width (80 columns' terminal), the max column is left out."""
+
+    def on_resize(self, event: events.Resize) -> None:
+        charts_subtitle(self, "e2e p95 per 10 s, last 5 min")
+        if self._snapshot is not None:
+            self.show(self._snapshot)
+
     def show(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        narrow = self.size.width < self.NARROW
+        columns = ("", "n", "p50", "p95", "p99") + (() if narrow else ("max",))
         table = Table(box=None, expand=True, pad_edge=False, header_style="dim")
-        for column in ("", "n", "p50", "p95", "p99", "max"):
-            table.add_column(column, justify="right" if column else "left")
+        for column in columns:
+            table.add_column(column, justify="right" if column else "left", no_wrap=True)
 
         def row(label: str, values: Percentiles) -> None:
-            table.add_row(
+            cells = [
                 label,
                 f"{values.count:,}",
                 seconds(values.p50),
                 seconds(values.p95),
                 seconds(values.p99),
                 seconds(values.max),
-            )
+            ]
+            table.add_row(*cells[: len(columns)])
 
         windows = (
             ("wait 1m", snapshot.last_minute.wait),
@@ -171,7 +197,7 @@ class LatencyPanel(Vertical):
         for label, values in windows:
             row(label, values)
         latency_table = self.query_one("#latency-table", Static)
-        show_if_changed(latency_table, table, windows, fixed_height=True)
+        show_if_changed(latency_table, table, (windows, narrow), fixed_height=True)
         chart = [window.end_to_end.p95 or 0.0 for window in snapshot.history]
         set_data_if_changed(self.query_one("#latency-chart", Sparkline), chart)
 
@@ -249,19 +275,28 @@ class ConfigPanel(Static):
     def __init__(self) -> None:
         super().__init__(id="config", classes="panel")
         self.border_title = "Config"
+        self._snapshot: Snapshot | None = None
+
+    def on_resize(self, event: events.Resize) -> None:
+        if self._snapshot is not None:
+            self.show(self._snapshot)
 
     def show(self, snapshot: Snapshot) -> None:
+        """Every pool's config, then the errors; on a short screen (where the .tcss shows
+        this panel only for an error), the errors alone."""
+        self._snapshot = snapshot
+        short = self.screen.has_class("-short")
         lines: list[Text] = []
         errors = [pool for pool in snapshot.pools if pool.config_error]
-        for pool in snapshot.pools:
+        for pool in () if short else snapshot.pools:
             lines.append(self._describe(pool))
         if not snapshot.pools:
             lines.append(Text("no pool is running on this Redis", style="dim"))
+        where = "the config in force" if short else "the config above"
         for pool in errors:
             lines.append(
                 Text(
-                    f"✘ {pool.name}: the last save was refused, the config above stays: "
-                    f"{pool.config_error}",
+                    f"✘ {pool.name}: the last save was refused, {where} stays: {pool.config_error}",
                     style="bold red",
                 )
             )
@@ -289,108 +324,6 @@ class ConfigPanel(Static):
         )
 
 
-SILENT_AFTER = 3.0
-"""A heartbeat older than this (they come every second) is said: the state may be stale."""
-
-
-def worker_state(worker: WorkerView, now: float) -> str:
-    """idle · busy TOPIC 2.1 s · stopping · starting · dead (holding N); a state as of the
-    worker's last heartbeat, which a silent worker's row says."""
-    state = worker.state
-    if state == "busy":
-        # Tuleap's topics all begin so: the rest says more in the room there is.
-        state = f"busy {worker.topic.removeprefix('tuleap.')}".rstrip()
-    if state.startswith("busy") and worker.job_started:
-        # As of the heartbeat: now - job_started would count time since, when the worker
-        # may well have finished that job and be idle.
-        state += f" {seconds(max(worker.beat - worker.job_started, 0.0))}"
-    if worker.state == "dead":
-        return f"dead (holding {worker.holding})" if worker.holding else "dead"
-    if worker.beat and now - worker.beat > SILENT_AFTER:
-        state += f" (silent {seconds(now - worker.beat)})"
-    return state
-
-
-class WorkersPanel(DataTable[Text]):
-    """One row per worker, on every host sharing the Redis; a filter narrows the rows."""
-
-    COLUMNS = (
-        ("id", 13),
-        ("host", 10),
-        ("pid", 7),
-        ("lane", 11),
-        ("state", 34),
-        ("done", 7),
-        ("failed", 6),
-        ("recycle", 8),
-        ("cpu", 5),
-        ("rss", 7),
-    )
-    """Fixed widths: columns that do not jump from one refresh to the next."""
-    STATE_STYLES: ClassVar[dict[str, str]] = {
-        "busy": "green",
-        "stopping": "yellow",
-        "starting": "cyan",
-        "dead": "red",
-    }
-
-    def __init__(self) -> None:
-        super().__init__(id="workers", classes="panel", cursor_type="row", zebra_stripes=True)
-        self.border_title = "Workers"
-        self.filter = ""
-        self._rows: list[tuple[str, tuple[Text, ...]]] = []
-
-    def on_mount(self) -> None:
-        for label, width in self.COLUMNS:
-            self.add_column(label, width=width, key=label)
-
-    def matches(self, worker: WorkerView, now: float) -> bool:
-        if not self.filter:
-            return True
-        needle = self.filter.lower()
-        fields = (worker.id, worker.host, worker_state(worker, now), str(worker.pid))
-        return any(needle in field.lower() for field in fields)
-
-    def show(self, snapshot: Snapshot) -> None:
-        wanted = sum(pool.wanted for pool in snapshot.pools)
-        running = sum(1 for worker in snapshot.workers if worker.state != "dead")
-        title = f"Workers {running} running / {wanted} wanted"
-        shown = [w for w in snapshot.workers if self.matches(w, snapshot.taken_at)]
-        if self.filter:
-            title += f" · filter '{self.filter}': {len(shown)} shown"
-        self.border_title = title
-        rows = [(w.id, tuple(self._cells(w, snapshot.taken_at))) for w in shown]
-        if [key for key, _ in rows] == [key for key, _ in self._rows]:
-            # The same workers: only the cells that changed are drawn again.
-            for (key, cells), (_, before) in zip(rows, self._rows, strict=True):
-                for (label, _width), cell, old in zip(self.COLUMNS, cells, before, strict=True):
-                    if cell != old:
-                        self.update_cell(key, label, cell)
-        else:
-            selected = self.cursor_row
-            self.clear()
-            for key, cells in rows:
-                self.add_row(*cells, key=key)
-            if rows and selected > 0:
-                self.move_cursor(row=min(selected, len(rows) - 1), animate=False)
-        self._rows = rows
-
-    def _cells(self, worker: WorkerView, now: float) -> tuple[Text, ...]:
-        recycle = max(worker.max_messages - worker.processed, 0)
-        return (
-            Text(worker.slot_name),
-            Text(worker.host or "—"),
-            Text(str(worker.pid)),
-            Text(worker.lane if worker.state != "dead" else "—"),
-            Text(worker_state(worker, now), style=self.STATE_STYLES.get(worker.state, "")),
-            Text(f"{worker.done:,}", justify="right"),
-            Text(f"{worker.failed:,}", justify="right", style="red" if worker.failed else ""),
-            Text(f"{recycle:,}" if worker.max_messages else "—", justify="right"),
-            Text("—" if worker.cpu is None else f"{worker.cpu:.0f}%", justify="right"),
-            Text("—" if worker.rss is None else f"{worker.rss / 1e6:.0f} MB", justify="right"),
-        )
-
-
 def line_level(line: str, previous: str) -> str:
     """The level of a worker_log line; a line without one (a traceback's) is its
     predecessor's."""
@@ -411,6 +344,11 @@ class LogPanel(RichLog):
         self._kept: deque[tuple[str, str]] = deque(maxlen=self.KEPT)
         self._last_level = "info"
         self._title()
+
+    @property
+    def kept(self) -> deque[tuple[str, str]]:
+        """The last KEPT lines as ``(level, line)``, oldest first, whatever is shown."""
+        return self._kept
 
     def _title(self) -> None:
         shown = "all levels" if self.min_level == "debug" else f"{self.min_level} and above"
