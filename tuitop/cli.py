@@ -18,7 +18,14 @@ from tuitop import __version__, control, keys
 from tuitop.backends import describe_store_error, open_queue, open_view, store_errors
 from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
 from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
-from tuitop.config import DEFAULT_CONFIG_FILES, ConfigError, LoadedConfig, Settings, load_config
+from tuitop.config import (
+    DEFAULT_CONFIG_FILES,
+    ConfigError,
+    DatabaseSettings,
+    LoadedConfig,
+    Settings,
+    load_config,
+)
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
@@ -247,6 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file",
         default=DEFAULT_LOG_FILE,
         help="worker_log to tail in the log panel (default: %(default)s; '' for none)",
+    )
+    top.add_argument(
+        "--read-only",
+        action="store_true",
+        help="refuse every key that would change something: scale, pause, reload or stop "
+        "a pool, replay or purge dead letters (as k9s --readonly)",
+    )
+    top.add_argument(
+        "--once",
+        action="store_true",
+        help="print one snapshot (a short summary) and exit: 0, or 1 when the store does "
+        "not answer",
+    )
+    top.add_argument(
+        "--json",
+        action="store_true",
+        help="with --once: print it as one JSON object (queue, lanes, pools, workers, "
+        "latency, topics) for scripts",
     )
 
     adopt = commands.add_parser(
@@ -882,12 +907,40 @@ def command_top(args: argparse.Namespace) -> int:
     if not settings.store.configured:
         print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.json and not args.once:
+        print("tuitop: top --json goes with --once", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.once:
+        return _top_once(settings, as_json=args.json)
     source = _ui_source(args, settings, "tuitop:top")
     log = FileTail(args.log_file) if args.log_file else None
     try:
-        TuitopApp(source, interval=args.interval, log=log).run()
+        TuitopApp(source, interval=args.interval, log=log, read_only=args.read_only).run()
     finally:
         source.close()
+    return EXIT_OK
+
+
+def _top_once(settings: Settings, *, as_json: bool) -> int:
+    """``top --once``: one snapshot printed; a store that does not answer is said on
+    stderr (password masked) with exit code 1."""
+    from tuitop import summary
+
+    store = settings.store
+    try:
+        view = open_view(store, settings.lanes, "tuitop:top")
+        try:
+            snapshot = view.snapshot(time.time())
+        finally:
+            view.close()
+    except store_errors(store) as error:
+        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    where = f"{'db' if isinstance(store, DatabaseSettings) else 'redis'} {store.address}"
+    if as_json:
+        print(json.dumps(summary.snapshot_json(snapshot, where), indent=2, allow_nan=False))
+    else:
+        print(summary.snapshot_text(snapshot, where))
     return EXIT_OK
 
 

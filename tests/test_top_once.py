@@ -1,0 +1,95 @@
+"""``tuitop top --once [--json]``: one snapshot of a real pool for scripts, and a plain
+error (never a password) when the store does not answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+
+from tests.conftest import RedisServerFactory
+from tests.pool import Pool, run_tuitop, wait_until, write_config
+from tuitop import keys
+from tuitop.config import DatabaseSettings
+from tuitop.message import encode
+from tuitop.redisserver import EmbeddedRedis, free_port
+
+
+def test_once_json_is_one_snapshot_of_a_live_pool(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = Pool(tmp_path, config, "--pool-name", "alpha", "--handlers", "tests.handlers_for_tests")
+    pools.append(pool.start())
+    redis_client.lpush(keys.QUEUE, *[encode("test.count", {"id": n}) for n in range(5)])
+    wait_until(lambda: redis_client.llen(keys.QUEUE) == 0, what="the queue drained")
+
+    def document() -> dict:  # type: ignore[type-arg]
+        done = run_tuitop("--config", str(config), "top", "--once", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    found = wait_until(
+        lambda: (d := document())["topics"].get("test.count", {}).get("n") == 5 and d,
+        what="the five jobs counted",
+    )
+    assert found["schema"] == 1
+    assert found["store"] == f"redis 127.0.0.1:{redis_server.port}"
+    assert set(found["queue"]) >= {"waiting", "processing", "delayed", "dead_letters"}
+    assert found["queue"]["waiting"] == 0
+    (alpha,) = found["pools"]
+    assert (alpha["name"], alpha["wanted"], alpha["paused"]) == ("alpha", 2, False)
+    assert len(found["workers"]) == 2
+    assert {worker["pool"] for worker in found["workers"]} == {"alpha"}
+    assert all(worker["pid"] > 0 and worker["state"] for worker in found["workers"])
+    assert found["lanes"][0]["name"] == "latency_10s"
+    assert found["latency"]["1m"]["lanes"]["latency_10s"]["done"] >= 5
+    assert set(found["latency"]["5m"]["end_to_end"]) == {"count", "p50", "p95", "p99", "max"}
+    counted = found["topics"]["test.count"]
+    assert counted["failed"] == 0 and counted["run"]["count"] == 5
+    assert set(found["rates"]) == {"enqueued", "done", "failed"}
+
+    # Without --json: a few lines for a person.
+    done = run_tuitop("--config", str(config), "top", "--once")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"tuitop · redis 127.0.0.1:{redis_server.port}")
+    assert "queue: waiting 0" in done.stdout
+    assert "pool alpha@" in done.stdout and "workers 2/2" in done.stdout
+    assert "workers: 2 (2 idle)" in done.stdout
+
+
+def test_once_says_plainly_when_the_store_does_not_answer(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    nobody = write_config(tmp_path, port=free_port(), name="nobody.inc")
+    for extra in ((), ("--json",)):
+        done = run_tuitop("--config", str(nobody), "top", "--once", *extra)
+        assert done.returncode == 1
+        assert done.stdout == ""
+        assert done.stderr.startswith("tuitop: ") and "Traceback" not in done.stderr
+    server = redis_server_factory(password="the-right-one-and-long-enough-0123456789")
+    wrong = "the-wrong-one-that-must-not-leak-9876543210"
+    config = write_config(tmp_path, port=server.port, password=wrong, name="wrong.inc")
+    done = run_tuitop("--config", str(config), "top", "--once", "--json")
+    assert done.returncode == 1
+    assert "refused the password" in done.stderr
+    assert wrong not in done.stderr + done.stdout
+    # --json alone is a mistake, said.
+    done = run_tuitop("--config", str(config), "top", "--json")
+    assert done.returncode == 2 and "--once" in done.stderr
+
+
+def test_once_json_reads_tuleaps_database_queue(tmp_path: Path, database: DatabaseSettings) -> None:
+    from tests.test_db_e2e import database_inc
+    from tests.tuleapdb import enqueue
+
+    config = database_inc(tmp_path, database)
+    for n in range(3):
+        enqueue(database, "tuleap.tracker.artifact", {"n": n})
+    done = run_tuitop("--config", str(config), "top", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["store"] == f"db {database.address}"
+    assert found["queue"]["waiting"] == 3 and found["pools"] == []
+    assert database.password.reveal() not in done.stdout + done.stderr
