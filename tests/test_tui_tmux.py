@@ -1,10 +1,13 @@
 """`tuitop demo` with its UI in a real terminal (tmux): what a user sees and what the keys do.
 
 The real command runs in a detached tmux session of a private tmux server (its own socket,
-no user config), 132x42. The test reads the screen with ``capture-pane`` and types with
-``send-keys``: every panel appears, both workers show up, notifications flow; ``+`` and
-``-`` add and remove a worker for the session; ``d`` opens the dead letters, ``?`` the
-help, Escape goes back; ``q`` ends it all with exit code 0 and the demo's summary line.
+no user config), 132x42, or 80x24 (a plain SSH session). The test reads the screen with
+``capture-pane`` and types with ``send-keys``: every panel appears, both workers show up,
+notifications flow; ``+`` and ``-`` add and remove a worker for the session; ``d`` opens
+the dead letters, ``?`` the help, Escape goes back; ``q`` ends it all with exit code 0 and
+the demo's summary line. At 80x24 the header and the worker table's key columns are on
+screen; ``tuitop top`` there scales and pauses a pool of another process, and refuses to
+with ``--read-only``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pytest
 import redis
 
 from tests.handlers_for_tests import RUNS_KEY
-from tests.pool import REPO, wait_until, write_config
+from tests.pool import REPO, Pool, wait_until, write_config
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
@@ -52,9 +55,12 @@ class Terminal:
         assert result.returncode == 0, f"tmux {' '.join(args)}: {result.stderr}"
         return result.stdout
 
-    def start(self, command: list[str], env: dict[str, str]) -> None:
+    def start(
+        self, command: list[str], env: dict[str, str], size: tuple[int, int] = (132, 42)
+    ) -> None:
+        width, height = (str(n) for n in size)
         self.tmux(
-            *("new-session", "-d", "-s", SESSION, "-x", "132", "-y", "42", "-c", str(REPO)),
+            *("new-session", "-d", "-s", SESSION, "-x", width, "-y", height, "-c", str(REPO)),
             *command,
             env=env,
         )
@@ -196,6 +202,90 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path, queue: str) -
     assert mails > 0 and jobs > 0 and dead == 0, final
     assert done + left == notifications + jobs, final
     assert "Traceback" not in final, final
+
+
+def clean_env() -> dict[str, str]:
+    """No REDIS_* of this environment leaks in, and no outer tmux is in sight."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TMUX"))} | {
+        "PYTHONPATH": str(REPO)
+    }
+
+
+KEY_COLUMNS = re.compile(r"\bid +state +done +failed +cpu +rss\b")
+"""The worker table's header at 80 columns: what it keeps when it drops columns."""
+
+
+def test_demo_at_80x24(terminal: Terminal, tmp_path: Path) -> None:
+    """The demo in the smallest terminal it is made for: the header on the first line,
+    the worker table's key columns and both workers, the footer's keys."""
+    exit_file = tmp_path / "exit"
+    script = (
+        f"{shlex.quote(sys.executable)} -m tuitop demo --rate 40; "
+        f"echo $? > {shlex.quote(str(exit_file))}; sleep 30"
+    )
+    terminal.start(["sh", "-c", f"cd {shlex.quote(str(REPO))} && {script}"], clean_env(), (80, 24))
+    screen = terminal.wait_for("redis 127.0.0.1:", "✔", "demo/0", "demo/1", "q quit")
+    lines = screen.splitlines()
+    assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
+    assert lines[0].strip().startswith("tuitop · redis 127.0.0.1:"), screen
+    terminal.wait_until(lambda s: KEY_COLUMNS.search(s) is not None, "the key columns")
+    assert "Queue" in screen and "Notification latency" in screen and "Workers" in screen
+    terminal.wait_until(flowing, "notifications done at a non-zero rate")
+    # The header stays where it is as the picture changes (nothing scrolls it away).
+    terminal.press("+")
+    screen = terminal.wait_for("Workers 3 running / 3 wanted")
+    assert screen.splitlines()[0].strip().startswith("tuitop · redis 127.0.0.1:"), screen
+    assert KEY_COLUMNS.search(screen), screen
+    terminal.press("q")
+    deadline = time.monotonic() + TIMEOUT
+    while not exit_file.exists():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the demo did not end after q; the screen was:\n{terminal.screen()}")
+        time.sleep(0.1)
+    assert exit_file.read_text().strip() == "0", terminal.screen()
+
+
+def test_top_at_80x24_scales_and_pauses_a_pool_of_another_process(
+    terminal: Terminal,
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    """The real ``tuitop top``: + and p reach the pool named alpha through Redis; with
+    --read-only, the same keys are refused."""
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = Pool(tmp_path, config, "--pool-name", "alpha").start()
+    pools.append(pool)
+
+    def beat(name: str) -> str:
+        return (redis_client.hget(keys.pool("alpha"), name) or b"").decode()
+
+    wait_until(lambda: beat("running") == "2", what="alpha running 2 workers")
+    top = (
+        f"{shlex.quote(sys.executable)} -m tuitop --config {shlex.quote(str(config))} top "
+        "--log-file ''"
+    )
+    terminal.start(["sh", "-c", f"{top} --read-only; {top}; sleep 30"], clean_env(), (80, 24))
+    terminal.wait_for("alpha/0", "alpha/1", "read-only")
+    terminal.press("+")
+    terminal.wait_for("read-only view")
+    terminal.press("p")
+    time.sleep(1.5)  # a pool reads its mailbox every second: nothing came
+    assert (beat("wanted"), beat("paused")) == ("2", "0")
+
+    terminal.press("q")  # the next one, not read-only
+    terminal.wait_for("alpha/0", gone=("read-only",))
+    terminal.press("+")
+    wait_until(lambda: beat("running") == "3", what="alpha scaled to 3 by top")
+    terminal.wait_for("Workers 3 running / 3 wanted", "alpha: scale +1")
+    terminal.press("p")
+    wait_until(lambda: beat("paused") == "1", what="alpha paused by top")
+    terminal.wait_for("paused: alpha")  # the view knows: p now resumes
+    terminal.press("p")
+    wait_until(lambda: beat("paused") == "0", what="alpha resumed by top")
+    terminal.press("q")
+    assert "tuitop top" in pool.log()  # who asked: logged by the pool
 
 
 def test_tuitop_with_its_ui_and_the_terminal_closed_mid_job(

@@ -274,6 +274,7 @@ async def test_top_scales_pauses_reloads_and_stops_a_pool_of_another_process(
         await pilot.press("p")
         await until(lambda: beat(redis_client, "alpha")["paused"] == "1")
         await until(lambda: app.snapshot is not None and app.snapshot.pools[0].paused)
+        await until(lambda: "paused: alpha" in str(app.query_one(WorkersPanel).border_title))
         redis_client.lpush(keys.QUEUE, encode("test.count", {"id": "while paused"}))
         await pilot.pause(1.5)
         assert redis_client.llen(keys.QUEUE) == 1  # it waits

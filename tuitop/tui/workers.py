@@ -214,7 +214,10 @@ class WorkersPanel(DataTable[Text]):
             title += f" · filter '{self.filter}': {len(shown)} shown"
         if self.sort_key.name != "id":
             title += f" · by {self.sort_key.name} (s)"
-        self.border_title = title
+        paused = [pool.name for pool in snapshot.pools if pool.paused]
+        if paused:
+            title += f" · paused: {', '.join(paused)}"
+        self.border_title = Text(title)  # Text: a filter or a pool name is no markup
         labels = [column.label for column in self.columns_shown]
         rows = [(w.id, self._cells(w, snapshot.taken_at, labels)) for w in shown]
         if [key for key, _ in rows] == [key for key, _ in self._rows]:
