@@ -113,7 +113,8 @@ class DeadLettersScreen(Screen[None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,d", "close", "back"),
-        Binding("slash", "filter", "filter"),
+        # The footer has 80 columns at worst: the filter's key is in its placeholder.
+        Binding("slash", "filter", "filter", show=False),
         Binding("r", "replay", "replay"),
         Binding("a", "replay_shown", "replay shown"),
         Binding("x", "purge", "purge all"),
