@@ -132,6 +132,25 @@ def test_topics_go_with_the_ack_and_a_view_reads_them_capped(
     assert len(topics) == MAX_TOPICS + 1
 
 
+def test_many_workers_share_one_cap_per_bucket_in_the_database(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    for worker in range(4):
+        stats = StatsBatch()
+        stats.topic("tuleap.tracker.artifact", wait=0.01, run=0.2)
+        for n in range(MAX_TOPICS - 1):
+            stats.topic(f"w{worker}.{n}", wait=None, run=0.001)
+        assert queue.ack(f"host/{worker}#1", [], stats)
+    assert count(database, "tuitop_stats", "name LIKE 't#n|%'") == MAX_TOPICS + 1
+    view = DbView(database, LaneSet(), "test")
+    try:
+        topics = view.snapshot(time.time()).last_five_minutes.topics
+    finally:
+        view.close()
+    assert topics["tuleap.tracker.artifact"].count == 4
+    assert topics[OTHER_TOPIC].count == 3 * (MAX_TOPICS - 1)
+
+
 def test_given_back_messages_are_taken_next_in_their_order(
     queue: DbQueue, database: DatabaseSettings
 ) -> None:

@@ -296,7 +296,7 @@ def test_endless_topic_names_cost_a_bounded_number_of_fields(redis_client: redis
             flush(redis_client, batch, now)  # flushes within one bucket share the cap
     flush(redis_client, batch, now)
     fields = redis_client.hkeys(keys.stats_bucket(bucket_start(now)))
-    names = {field.decode().partition("|")[2] for field in fields}
+    names = {field.decode().partition("|")[2] for field in fields if b"|" in field}
     assert len(names) == MAX_TOPICS + 1
     assert OTHER_TOPIC in names
     assert max(len(name) for name in names) <= 120
@@ -313,3 +313,22 @@ def test_endless_topic_names_cost_a_bounded_number_of_fields(redis_client: redis
     window = summarize(read_buckets(redis_client, later, WINDOW), WINDOW, topics=True)
     assert len(window.topics) == MAX_TOPICS + 1
     assert sum(topic.count for topic in window.topics.values()) == MAX_TOPICS * 6
+
+
+def test_many_workers_share_one_cap_per_bucket(redis_client: redis.Redis) -> None:
+    """Each worker keeps its own cap; the bucket keeps one for them all (a script)."""
+    now = float(bucket_start(time.time())) + 1.0
+    for worker in range(5):
+        batch = StatsBatch()
+        batch.topic("tuleap.tracker.artifact", wait=0.001, run=0.01)  # everyone's
+        for n in range(MAX_TOPICS - 1):
+            batch.topic(f"w{worker}.{n}", wait=None, run=0.001)
+        flush(redis_client, batch, now)
+    fields = redis_client.hgetall(keys.stats_bucket(bucket_start(now)))
+    names = {f.decode().partition("|")[2] for f in fields if b"|" in f}
+    assert len(names) == MAX_TOPICS + 1  # the cap, and (other)
+    assert fields[b"t#names"] == str(MAX_TOPICS).encode()
+    topics = summarize(read_buckets(redis_client, now, WINDOW), WINDOW, topics=True).topics
+    assert topics["tuleap.tracker.artifact"].count == 5  # admitted first, counted by all
+    assert sum(topic.count for topic in topics.values()) == 5 * MAX_TOPICS
+    assert topics[OTHER_TOPIC].count == 4 * (MAX_TOPICS - 1)

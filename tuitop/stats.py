@@ -17,10 +17,12 @@ Per topic (:meth:`StatsBatch.topic`), every message finished goes under ``t#n|<t
 its failure under ``t#f|<topic>``, its wait under ``t#w:<i>|<topic>`` and its run time
 (start → end) under ``t#r:<i>|<topic>``; the topic comes last, after the first ``|``, so
 that any character in it reads back. Anyone may push a message of any topic: a worker
-writes at most MAX_TOPICS names per bucket (the rest under OTHER_TOPIC), and
-:func:`summarize` keeps the MAX_TOPICS busiest of a window (the rest folded into
-OTHER_TOPIC), so a bucket holds at most MAX_TOPICS names per live worker and a view's table
-never more than MAX_TOPICS + 1 rows, whatever a producer sends.
+writes at most MAX_TOPICS names per bucket (the rest under OTHER_TOPIC), the store takes
+at most MAX_TOPICS names per bucket whatever the number of workers (Redis: TOPICS_SCRIPT,
+atomic; the database: the names counted in the ack's transaction, so that writers at the
+same instant may pass the cap by one name each), and :func:`summarize` keeps the MAX_TOPICS
+busiest of a window (the rest folded into OTHER_TOPIC): a bucket's size and a view's table
+stay bounded whatever a producer sends.
 """
 
 from __future__ import annotations
@@ -139,15 +141,63 @@ class StatsBatch:
             }
         self.fields.clear()
 
+    def split(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """The fields as two parts: the plain ones, and each topic's (``n``, ``f``,
+        ``w:<i>``, ``r:<i>`` without the prefix and the topic), topics in name order."""
+        plain: dict[str, int] = {}
+        topics: dict[str, dict[str, int]] = {}
+        for name, count in self.fields.items():
+            if name.startswith(TOPIC_PREFIX):
+                head, _, topic = name[len(TOPIC_PREFIX) :].partition("|")
+                topics.setdefault(topic, {})[head] = count
+            else:
+                plain[name] = count
+        return plain, dict(sorted(topics.items()))
+
     def flush_into(self, pipe: Pipeline, now: float) -> None:
-        """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets."""
+        """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets; the
+        topics' fields through TOPICS_SCRIPT, which keeps the bucket's cap."""
         if not self.fields:
             return
         key = keys.stats_bucket(bucket_start(now))
-        for name, count in self.fields.items():
+        plain, topics = self.split()
+        for name, count in plain.items():
             pipe.hincrby(key, name, count)
+        if topics:
+            args: list[str | int] = [MAX_TOPICS]
+            for topic, heads in topics.items():
+                args += [topic, len(heads)]
+                for head, count in heads.items():
+                    args += [head, count]
+            pipe.eval(TOPICS_SCRIPT, 1, key, *args)
         pipe.expire(key, keys.STATS_KEEP_SECONDS)
         self.written(now)
+
+
+TOPICS_SCRIPT = """
+local cap = tonumber(ARGV[1])
+local i = 2
+while i <= #ARGV do
+  local topic, fields = ARGV[i], tonumber(ARGV[i + 1])
+  local name = topic
+  if redis.call('HEXISTS', KEYS[1], 't#n|' .. topic) == 0 and topic ~= '(other)' then
+    if tonumber(redis.call('HINCRBY', KEYS[1], 't#names', 0)) < cap then
+      redis.call('HINCRBY', KEYS[1], 't#names', 1)
+    else
+      name = '(other)'
+    end
+  end
+  for j = 0, fields - 1 do
+    local at = i + 2 + 2 * j
+    redis.call('HINCRBY', KEYS[1], 't#' .. ARGV[at] .. '|' .. name, ARGV[at + 1])
+  end
+  i = i + 2 + 2 * fields
+end
+"""
+"""Adds each topic's fields (ARGV: the cap, then per topic its name, its number of fields
+and those as head, count) to the bucket KEYS[1], under the topic's name while the bucket
+holds fewer than the cap (counted in ``t#names``) or already holds it, else under
+OTHER_TOPIC: a cap per bucket whatever the number of workers writing to it."""
 
 
 @dataclass(frozen=True)
@@ -251,8 +301,8 @@ def summarize(
         for raw_field, raw_count in bucket.items():
             name, count = raw_field.decode(errors="replace"), int(raw_count)
             if name.startswith(TOPIC_PREFIX):
-                if topics:
-                    head, _, topic = name[len(TOPIC_PREFIX) :].partition("|")
+                head, bar, topic = name[len(TOPIC_PREFIX) :].partition("|")
+                if topics and bar:  # not ``t#names``, the bucket's count of names
                     per_topic.setdefault(topic, Counter())[head] += count
                 continue
             kind, _, index = name.partition(":")

@@ -40,7 +40,7 @@ from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_que
 from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, decode
-from tuitop.stats import StatsBatch, bucket_start
+from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, TOPIC_PREFIX, StatsBatch, bucket_start
 
 PUSH_MARKER_SECONDS = 300
 ROUTING_ROUNDS = 8
@@ -52,6 +52,15 @@ _STATS_UPSERT = (
     "INSERT INTO tuitop_stats (bucket, name, count) VALUES {values} "
     "ON DUPLICATE KEY UPDATE count = count + VALUES(count)"
 )
+_TOPIC_NAMES = (
+    "SET @tuitop_names := (SELECT COUNT(*) FROM tuitop_stats "
+    "WHERE bucket = %s AND name LIKE %s AND name <> %s)"
+)
+_TOPIC_IS_NEW = (
+    "SET @tuitop_new := NOT EXISTS (SELECT 1 FROM tuitop_stats WHERE bucket = %s AND name = %s)"
+)
+_TOPIC_NAME = "SET @tuitop_name := IF(NOT @tuitop_new OR @tuitop_names < %s, %s, %s)"
+_TOPIC_COUNTED = "SET @tuitop_names := @tuitop_names + (@tuitop_new AND @tuitop_name <> %s)"
 _BELL = ("UPDATE tuitop_bell SET bell = bell + 1 WHERE one = 1", ())
 
 
@@ -204,18 +213,46 @@ def _locked(cursor: Cursor, table: str, worker_id: str, ids: Sequence[bytes]) ->
 
 
 def stats_statement(stats: StatsBatch, now: float) -> Statement | None:
-    """The upsert adding ``stats`` to the bucket of ``now`` (and resetting it); None when
-    there is nothing to add. Names in order, so that two workers lock rows alike."""
+    """The upsert adding ``stats`` (no topic in it: see :func:`stats_statements`) to the
+    bucket of ``now`` (and resetting it); None when there is nothing to add."""
+    statements = stats_statements(stats, now)
+    assert len(statements) <= 1, "topics need stats_statements"
+    return statements[0] if statements else None
+
+
+def stats_statements(stats: StatsBatch, now: float) -> list[Statement]:
+    """What adds ``stats`` to the bucket of ``now`` (and resets it), to run in one
+    transaction: the upsert of the plain counters, then for each topic its fields under
+    its name, or under OTHER_TOPIC once the bucket holds MAX_TOPICS names (counted in the
+    transaction, with user variables: no round trip of its own). Names in order, so that
+    two workers lock rows alike."""
     if not stats.fields:
-        return None
+        return []
     bucket = bucket_start(now)
-    names = sorted(stats.fields)
-    args: list[Any] = []
-    for name in names:
-        args += [bucket, name, stats.fields[name]]
+    plain, topics = stats.split()
+    statements: list[Statement] = []
+    if plain:
+        names = sorted(plain)
+        args: list[Any] = []
+        for name in names:
+            args += [bucket, name, plain[name]]
+        values = ", ".join(["(%s, %s, %s)"] * len(names))
+        statements.append((_STATS_UPSERT.format(values=values), args))
+    if topics:
+        other = f"{TOPIC_PREFIX}n|{OTHER_TOPIC}"
+        statements.append((_TOPIC_NAMES, (bucket, f"{TOPIC_PREFIX}n|%", other)))
+    for topic, heads in topics.items():
+        first = f"{TOPIC_PREFIX}n|{topic}"
+        statements.append((_TOPIC_IS_NEW, (bucket, first)))
+        statements.append((_TOPIC_NAME, (MAX_TOPICS, topic, OTHER_TOPIC)))
+        statements.append((_TOPIC_COUNTED, (OTHER_TOPIC,)))
+        upsert: list[Any] = []
+        for head in sorted(heads):
+            upsert += [bucket, f"{TOPIC_PREFIX}{head}|", heads[head]]
+        values = ", ".join(["(%s, CONCAT(%s, @tuitop_name), %s)"] * len(heads))
+        statements.append((_STATS_UPSERT.format(values=values), upsert))
     stats.written(now)
-    values = ", ".join(["(%s, %s, %s)"] * len(names))
-    return _STATS_UPSERT.format(values=values), args
+    return statements
 
 
 def _count(outcome: str, count: int) -> Statement | None:
@@ -461,7 +498,7 @@ class DbQueue:
                 f"DELETE FROM tuitop_processing WHERE worker_id = %s AND {_in(ids)}",
                 (worker_id, *ids),
             )
-        counts = self._atomic([delete, stats_statement(stats, time.time())])
+        counts = self._atomic([delete, *stats_statements(stats, time.time())])
         return not ids or counts[0] == len(ids)
 
     def give_back(self, worker_id: str, messages: Sequence[Message]) -> None:
