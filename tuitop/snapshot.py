@@ -4,8 +4,9 @@ A snapshot costs two pipelined round trips to Redis and a number of commands tha
 on how many workers and pools are registered, never on how many messages are queued: LLEN
 rather than LRANGE, LINDEX of the one message taken next for the age of the oldest waiting
 one (Tuleap's SYSTEM_CHECK looks at the newest by mistake), the latency histograms of the
-last five minutes as 31 small hashes (each at most :data:`~tuitop.stats.MAX_TOPICS` topics'
-fields per worker that wrote it, so that hostile topic names cannot make a view slow).
+last five minutes as 31 small hashes (each with the fields of at most
+:data:`~tuitop.stats.MAX_TOPICS` topics, so that hostile topic names cannot make a view
+slow).
 Views only read; a snapshot is plain frozen data that
 a UI thread can hold without touching Redis again.
 """
