@@ -20,6 +20,7 @@ from pathlib import Path
 
 import redis
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from tuitop import keys
 from tuitop.config import load_config
@@ -426,11 +427,15 @@ async def redis_goes_down(pilot: Pilot[object], server: EmbeddedRedis) -> None:
 
 
 async def open_dead_letters(pilot: Pilot[object], server: EmbeddedRedis) -> None:
-    """The dead-letter screen, the newest one selected."""
+    """The dead-letter screen, the newest one selected, its table sized to its rows (the
+    table measures them when idle: on a loaded machine, after a pause of any length)."""
     await pilot.press("d")
     for _ in range(200):
-        if getattr(pilot.app.screen, "letters", None):
-            break
+        screen = pilot.app.screen
+        if getattr(screen, "letters", None):
+            table = screen.query_one("#letters", DataTable)
+            if table.virtual_size.width > 70:  # the reasons measured, not the labels
+                break
         await pilot.pause(0.05)
     await pilot.pause(0.2)
 

@@ -408,10 +408,34 @@ class TuitopApp(App[int]):
             sections.insert(0, ("Read-only", [("", READ_ONLY)]))
         self.push_screen(HelpScreen(sections))
 
+    KEY_HELP: ClassVar[dict[str, str]] = {
+        "more_workers": "one worker more: this UI's pool, else the selected worker's",
+        "fewer_workers": "one worker fewer, likewise",
+        "pause_pool": "pause / resume the selected worker's pool",
+        "reload_pool": "that pool reads its config files again",
+        "stop_pool": "warm-stop that pool (asks first)",
+        "sort": "sort the workers: id, state, cpu, rss, done, failed, recycle",
+        "worker": "the selected worker: its job, process tree, last errors",
+        "topics": "per topic over 5 minutes: n, rate, failures, wait, run time",
+        "dead_letters": "the dead letters: filter, replay, purge",
+        "filter": "filter the workers (id, host, state, pid)",
+        "log_level": "log panel: the next level and above",
+        "toggle_pause": "freeze / resume the view",
+        "help": "this help (arrows scroll it)",
+        "quit": "quit (with a pool: warm stop; q again: cold)",
+        "filter_letters": "filter by topic or reason",
+        "replay": "replay the selected one",
+        "replay_shown": "replay what the filter shows (all, without one; asks first)",
+        "purge": "delete them all for good (asks first)",
+        "reload": "read the list again",
+        "close": "back",
+    }
+    """What the help says of each action: more than the footer has room for."""
+
     def _keys_of(self, bindings: list[BindingType]) -> list[tuple[str, str]]:
         """Every key with a description, those the footer leaves out too (not ctrl+c)."""
         keys = [b for b in bindings if isinstance(b, Binding) and not b.key.startswith("ctrl")]
-        return [(self.get_key_display(b), b.description) for b in keys]
+        return [(self.get_key_display(b), self.KEY_HELP.get(b.action, b.description)) for b in keys]
 
     async def action_quit(self) -> None:
         """Without a pool: quit. With one: a warm stop, the app ends when the pool has

@@ -11,7 +11,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Grid, Vertical, VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
@@ -61,7 +61,8 @@ class HelpScreen(ModalScreen[None]):
         for title, rows in self.sections:
             text.append(f"{title}\n", style="bold")
             for key, description in rows:
-                text.append(f"  {key:<12}", style="bold cyan")
+                text.append(f"  {key:<9}", style="bold cyan")
+                text.append(" ")
                 text.append(f"{description}\n")
             text.append("\n")
         text.append(
@@ -69,7 +70,7 @@ class HelpScreen(ModalScreen[None]):
             "scroll the log and the tables.",
             style="dim",
         )
-        with Vertical(id="help"):
+        with VerticalScroll(id="help"):  # taller than a small terminal: it scrolls
             yield Static(text)
 
     def action_close(self) -> None:
@@ -114,7 +115,7 @@ class DeadLettersScreen(Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,d", "close", "back"),
         # The footer has 80 columns at worst: the filter's key is in its placeholder.
-        Binding("slash", "filter", "filter", show=False),
+        Binding("slash", "filter_letters", "filter", show=False),
         Binding("r", "replay", "replay"),
         Binding("a", "replay_shown", "replay shown"),
         Binding("x", "purge", "purge all"),
@@ -154,7 +155,7 @@ class DeadLettersScreen(Screen[None]):
             return
         self.dismiss(None)
 
-    def action_filter(self) -> None:
+    def action_filter_letters(self) -> None:
         self.query_one("#letters-filter", Input).focus()
 
     @on(Input.Changed, "#letters-filter")
