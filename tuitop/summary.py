@@ -13,6 +13,7 @@ import dataclasses
 import time
 from typing import Any
 
+from tuitop.durations import seconds
 from tuitop.snapshot import Snapshot
 from tuitop.stats import Percentiles, WindowStats
 
@@ -76,12 +77,6 @@ def snapshot_json(snapshot: Snapshot, store: str) -> dict[str, Any]:
     }
 
 
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
-
-
 def snapshot_text(snapshot: Snapshot, store: str) -> str:
     """A few lines: the queue, the rates, the notifications' latency, each pool, the
     workers by state."""
@@ -91,13 +86,13 @@ def snapshot_text(snapshot: Snapshot, store: str) -> str:
     lines = [
         f"tuitop · {store} · {taken}",
         f"queue: waiting {queue.waiting:,}{'+' if queue.waiting_capped else ''} · processing "
-        f"{queue.processing:,} · oldest {_seconds(queue.oldest_age)} · delayed "
+        f"{queue.processing:,} · oldest {seconds(queue.oldest_age)} · delayed "
         f"{queue.delayed:,} · dead letters {queue.dead_letters:,}",
         f"rates: in {recent.rate('enqueued'):.1f}/s · done {recent.rate('done'):.1f}/s · "
         f"failed {minute.counts.get('failed', 0)}/min",
-        f"notifications, 1 min: wait p50 {_seconds(minute.wait.p50)} p99 "
-        f"{_seconds(minute.wait.p99)} · end to end p50 {_seconds(minute.end_to_end.p50)} "
-        f"p99 {_seconds(minute.end_to_end.p99)}",
+        f"notifications, 1 min: wait p50 {seconds(minute.wait.p50)} p99 "
+        f"{seconds(minute.wait.p99)} · end to end p50 {seconds(minute.end_to_end.p50)} "
+        f"p99 {seconds(minute.end_to_end.p99)}",
     ]
     for pool in snapshot.pools:
         flags = [flag for flag, on in (("paused", pool.paused), ("stopping", pool.stopping)) if on]

@@ -226,8 +226,7 @@ class TuitopApp(App[int]):
             self.refresh_snapshot()
 
     def _scale(self, more: bool) -> None:
-        if self.read_only:
-            self.notify(READ_ONLY, title="+/- workers", severity="warning")
+        if self._refused("+/- workers"):
             return
         if self.pool is None:
             self._command("scale", 1 if more else -1)
@@ -289,14 +288,22 @@ class TuitopApp(App[int]):
         )
         return None
 
-    def _command(self, action: str, value: int | None = None) -> None:
-        """Sends ``action`` to the target pool off the UI thread; its reply is notified."""
+    def _refused(self, title: str) -> bool:
+        """Says so, and True, in a read-only view."""
         if self.read_only:
-            self.notify(READ_ONLY, title=action, severity="warning")
+            self.notify(READ_ONLY, title=title, severity="warning")
+        return self.read_only
+
+    def _command(self, action: str, value: int | None = None, *, toggle: bool = False) -> None:
+        """Sends ``action`` to the target pool off the UI thread; its reply is notified.
+        ``toggle``: a pause to a paused pool is a resume."""
+        if self._refused(action):
             return
         pool = self.target_pool()
         if pool is None:
             return
+        if toggle and pool.paused:
+            action = "resume"
         try:
             command = control.new_command(action, value, "", remote.PROGRAM)
         except control.CommandError as error:
@@ -319,16 +326,13 @@ class TuitopApp(App[int]):
             self.call_from_thread(self.refresh_snapshot)
 
     def action_pause_pool(self) -> None:
-        pool = self.target_pool() if not self.read_only else None
-        if self.read_only or pool is not None:
-            self._command("resume" if pool is not None and pool.paused else "pause")
+        self._command("pause", toggle=True)
 
     def action_reload_pool(self) -> None:
         self._command("reload")
 
     def action_stop_pool(self) -> None:
-        if self.read_only:
-            self.notify(READ_ONLY, title="stop", severity="warning")
+        if self._refused("stop"):
             return
         pool = self.target_pool()
         if pool is None:

@@ -13,9 +13,10 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from tuitop.durations import seconds
 from tuitop.snapshot import Snapshot
 from tuitop.stats import OTHER_TOPIC, TopicStats
-from tuitop.tui.widgets import seconds, show_if_changed
+from tuitop.tui.widgets import show_if_changed
 
 WIDE = 110
 """From this width on, the p95 columns and the rate are shown too (the rate is n over

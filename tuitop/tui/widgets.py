@@ -16,6 +16,7 @@ from textual.widget import Widget
 from textual.widgets import RichLog, Sparkline, Static
 
 from tuitop.check import OLDEST_WARNING
+from tuitop.durations import seconds
 from tuitop.lanes import DEFAULT_LANE, LaneSet, latency_target
 from tuitop.snapshot import LaneView, PoolView, Snapshot
 from tuitop.stats import Percentiles
@@ -23,17 +24,6 @@ from tuitop.stats import Percentiles
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LEVEL_STYLES = {"error": "red", "warning": "yellow", "debug": "dim"}
 _LEVEL_IN_LINE = re.compile(r"\[(debug|info|warning|error|critical)\]")
-
-
-def seconds(value: float | None) -> str:
-    """A duration the way an operator reads it: 0.8ms, 21ms, 4.2 s, 3 min."""
-    if value is None:
-        return "—"
-    if value < 1:
-        return f"{value * 1000:.1f}ms" if value < 0.01 else f"{value * 1000:.0f}ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    return f"{value / 60:.0f} min"
 
 
 def clock_time(moment: float) -> str:

@@ -18,10 +18,11 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from tuitop.durations import seconds
 from tuitop.message import Message
 from tuitop.snapshot import Snapshot, WorkerView
 from tuitop.tui.source import SnapshotSource
-from tuitop.tui.widgets import clock_time, seconds
+from tuitop.tui.widgets import clock_time
 from tuitop.tui.workers import worker_state
 
 SHOWN_ERRORS = 8

@@ -11,8 +11,8 @@ from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
 
+from tuitop.durations import seconds
 from tuitop.snapshot import Snapshot, WorkerView
-from tuitop.tui.widgets import seconds
 
 SILENT_AFTER = 3.0
 """A heartbeat older than this (they come every second) is said: the state may be stale."""
