@@ -29,6 +29,7 @@ from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import setup_logging
 from tuitop.pool.configuration import Configuration
+from tuitop.pool.exporter import open_metrics
 from tuitop.pool.link import StoreLink
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
@@ -70,6 +71,8 @@ class Supervisor:
             secrets=lambda: self.config.settings.secrets(),
         )
         self.config = Configuration(settings, reload, level, self.logger)
+        self.metrics = open_metrics(options.metrics, options.pool_name, self.logger)
+        self.options = options = self.metrics.for_workers(options)
         self.workers = WorkerSet(options, context, level, self.logger)
         self.link = StoreLink(options.pool_name, options.retry, self.logger)
         self.presence = Presence(self.link, options.pool_name, options.heartbeat_ttl, self.logger)
@@ -78,6 +81,7 @@ class Supervisor:
             heartbeat_ttl=options.heartbeat_ttl,
             tuleap_hold_limit=options.tuleap_hold_limit,
             logger=self.logger,
+            counts=self.metrics.counts,
         )
         self.wakeups = Wakeups(options.control_fd)
         self.doorbell: Doorbell | None = None
@@ -85,6 +89,7 @@ class Supervisor:
         self._stop_signals = 0
         self._drain_until: float | None = None
         """Set once the pool stops: the end of the grace period (monotonic)."""
+        self.metrics.serve(self.workers, self.config, self.link)  # MetricsError: port taken
 
     @property
     def draining(self) -> bool:
@@ -115,6 +120,7 @@ class Supervisor:
             self.wakeups.uninstall()
             self.presence.release()
             self.workers.close()
+            self.metrics.close()
         return 0
 
     def _done(self) -> bool:
@@ -246,6 +252,7 @@ class Supervisor:
         """Reads the config files again and applies what changed; a config that does not
         load changes nothing but the error the views show."""
         change = self.config.reload()
+        self.metrics.config_loaded(change is not None, refused=bool(self.config.error))
         if change is None or change.changed:
             self.presence.config_published = False  # a new version, or a new error
         if change is not None:
@@ -340,6 +347,7 @@ class Supervisor:
     def _reap(self) -> None:
         for ended in self.workers.reap():
             record = ended.record
+            self.metrics.worker_gone(record.process.pid)
             reason = f"worker {record.worker_id} {ended.how}"
             if record.kill_reason:
                 reason += f": {record.kill_reason}"
