@@ -331,7 +331,7 @@ def test_tuleaps_series_on_the_database_queue(
 ) -> None:
     config = database_inc(tmp_path, database, workers=2, extra="$tuitop_lanes = '';")
     port = free_port()
-    pool = start_pool(pools, tmp_path, tuleap, config, port, *FAST_RETRY)
+    pool = start_pool(pools, tmp_path, tuleap, config, port, *FAST_RETRY, "--grace", "1")
     pool.wait_for_log(r"Start service", count=2)
     for i in range(6):
         enqueue(database, FINE, {"id": f"fine-{i}"})
@@ -350,6 +350,13 @@ def test_tuleaps_series_on_the_database_queue(
     assert series(samples, "tuitop_workers_running", "lane") == {(DEFAULT_LANE,): 2}
     assert series(samples, "tuitop_queue_depth", "lane") == {(DEFAULT_LANE,): 0}
     assert series(samples, "tuitop_dead_letters") == {(): 0}
+    # A worker killed in the middle of a task: the pool counts the row it recovers.
+    enqueue(database, SLOW, {"id": "cut", "standin": {"sleep": 30}})
+    [run] = wait_until(lambda: tuleap.runs_of("cut"), 30, "the slow task to start")
+    psutil.Process(int(str(run["ppid"]))).kill()
+    pool.wait_for_log("Recovered 1 message")
+    after = events(scrape(port))
+    assert after[(SLOW, "dequeued")] == 1 and after[(SLOW, "requeued")] == 1
     assert pool.stop() == 0
     assert not metrics_directories(pool)
 
