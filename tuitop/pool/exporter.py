@@ -11,12 +11,10 @@ What a scrape reads, and from where:
 * the pool's own state, read from the pool's parts at scrape time (nothing for the loop
   to keep up to date): workers running and wanted per lane, config reloads and refused
   saves, whether the store answers — each with this pool's name as ``pool``;
-* the queue, store-wide: depth and oldest age per lane, dead letters, retries waiting —
-  one snapshot of the views (:meth:`~tuitop.backends.base.StoreView.snapshot`, a fixed
-  cost whatever the queue's length), read by the scrape on a connection of its own and
-  kept for a second, so that several scrapers cost one read. Every pool exports them, so
-  that any one pool scraped is enough: the same figures from every pool of a store, to be
-  taken with ``max``, never summed.
+* the queue, store-wide (:mod:`.storeseries`): depth and oldest age per lane, dead
+  letters, retries waiting. Every pool exports them, so that any one pool scraped is
+  enough: the same figures from every pool of a store, to be taken with ``max``, never
+  summed.
 
 The HTTP server is prometheus_client's, in threads of its own: the pool's loop never
 waits for a scrape. A port that cannot be bound is a :class:`MetricsError` at the start.
@@ -33,9 +31,8 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -43,22 +40,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from tuitop.backends import open_view
-from tuitop.config import Settings, StoreSettings
-from tuitop.lanes import LaneSet, Staffing
+from tuitop.lanes import Staffing
 from tuitop.metrics import Counting, CountingTarget, Counts, fold_into_archive, use_directory
 from tuitop.osutil import process_running
 from tuitop.pool.options import MetricsOptions, PoolOptions
-from tuitop.snapshot import Snapshot
+from tuitop.pool.storeseries import StoreReader, store_series
 
 if TYPE_CHECKING:
-    from tuitop.backends.base import StoreView
     from tuitop.pool.configuration import Configuration
     from tuitop.pool.link import StoreLink
     from tuitop.pool.workers import WorkerSet
 
-SNAPSHOT_KEPT = 1.0
-"""Seconds a snapshot of the store serves scrapes: several scrapers cost one read."""
 DIRECTORY_PREFIX = "tuitop-metrics-"
 
 
@@ -118,14 +110,15 @@ class Exporter(PoolMetrics):
         """Held while a scrape reads the files and while a gone worker's are folded."""
         self._files = MultiProcessCollector(None, path=self.directory)  # type: ignore[no-untyped-call]
         self._server: Any = None
+        self._store: StoreReader | None = None
 
     def for_workers(self, options: PoolOptions) -> PoolOptions:
         return dataclasses.replace(options, counting=self.target)
 
     def serve(self, workers: WorkerSet, config: Configuration, link: StoreLink) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        store = StoreReader(lambda: config.settings, self.pool_name)
-        registry.register(_Collector(self, workers, config, link, store))
+        self._store = StoreReader(lambda: config.settings, self.pool_name)
+        registry.register(_Collector(self, workers, config, link, self._store))
         address, port = self.options.address, self.options.port
         try:
             self._server, _ = start_http_server(port, address, registry)
@@ -161,52 +154,9 @@ class Exporter(PoolMetrics):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._store is not None:
+            self._store.close()
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class StoreReader:
-    """Snapshots of the store in force, for the store-wide series: on a connection of
-    its own (scrapes run in threads of their own), one read a second at most."""
-
-    def __init__(self, settings: Callable[[], Settings], pool_name: str) -> None:
-        self._settings = settings
-        self._client_name = f"tuitop:{pool_name}:metrics"
-        self._lock = threading.Lock()
-        self._view: StoreView | None = None
-        self._opened_for: tuple[StoreSettings, LaneSet] | None = None
-        self._snapshot: Snapshot | None = None
-        self._read_at = 0.0
-
-    def read(self) -> Snapshot | None:
-        """The store's snapshot, or None while no store is configured or it does not
-        answer (the series are then left out: unknown, not zero)."""
-        with self._lock:
-            settings = self._settings()
-            wanted = (settings.store, settings.lanes)
-            if self._opened_for != wanted:
-                self._close()
-                self._snapshot = None
-                if not settings.store.configured:
-                    return None
-                self._view = open_view(settings.store, settings.lanes, self._client_name)
-                self._opened_for = wanted
-            now = time.monotonic()
-            if self._snapshot is not None and now - self._read_at < SNAPSHOT_KEPT:
-                return self._snapshot
-            assert self._view is not None
-            try:
-                self._snapshot = self._view.snapshot(time.time())
-            except self._view.errors:
-                self._close()  # a fresh connection next time
-                return None
-            self._read_at = now
-            return self._snapshot
-
-    def _close(self) -> None:
-        if self._view is not None:
-            with contextlib.suppress(Exception):
-                self._view.close()
-        self._view, self._opened_for = None, None
 
 
 class _Collector:
@@ -236,7 +186,7 @@ class _Collector:
             self.exporter.logger.exception("Metrics: could not read the store")
             snapshot = None
         if snapshot is not None:
-            yield from _store(snapshot)
+            yield from store_series(snapshot)
 
     def _pool(self) -> Iterable[Metric]:
         pool = self.exporter.pool_name
@@ -300,36 +250,6 @@ def _single(
     metric = family(name, documentation, labels=["pool"])
     metric.add_metric([pool], value)
     return metric
-
-
-def _store(snapshot: Snapshot) -> Iterable[Metric]:
-    """The store-wide series: the same from every pool of the store."""
-    depth = GaugeMetricFamily(
-        "tuitop_queue_depth",
-        "Messages waiting, per lane (store-wide: the same from every pool)",
-        labels=["lane"],
-    )
-    oldest = GaugeMetricFamily(
-        "tuitop_queue_oldest_age_seconds",
-        "Age of the message each lane gives next (store-wide; absent for an empty lane)",
-        labels=["lane"],
-    )
-    for lane in snapshot.lanes:
-        depth.add_metric([lane.name], lane.waiting)
-        if lane.oldest_age is not None:
-            oldest.add_metric([lane.name], max(lane.oldest_age, 0.0))
-    yield depth
-    yield oldest
-    yield GaugeMetricFamily(
-        "tuitop_dead_letters",
-        "Dead letters kept (store-wide)",
-        value=snapshot.queue.dead_letters,
-    )
-    yield GaugeMetricFamily(
-        "tuitop_retries_waiting",
-        "Messages waiting for their retry time (store-wide)",
-        value=snapshot.queue.delayed,
-    )
 
 
 def where(address: str, port: int) -> str:
