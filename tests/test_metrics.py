@@ -278,8 +278,8 @@ def test_counts_stay_monotonic_across_recycled_and_killed_workers(
     # the message it held, given back for a retry.
     push_all(client, [encode("test.slow", {"id": "cut", "seconds": 30})])
     busy = wait_until(
-        lambda: [b for b in worker_heartbeats(client).values() if b["state"] == "busy"],
-        what="a busy worker",
+        lambda: [b for b in worker_heartbeats(client).values() if b["topic"] == "test.slow"],
+        what="the worker running test.slow",
     )[0]
     before = events(scrape(port))
     psutil.Process(int(busy["pid"])).kill()
