@@ -302,6 +302,33 @@ def test_counts_stay_monotonic_across_recycled_and_killed_workers(
     assert pool.stop() == 0
 
 
+def test_a_worker_the_pool_kills_at_the_time_limit_is_counted_timed_out(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    client = redis_server.client()
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    port = free_port()
+    pool = Pool(
+        tmp_path,
+        config,
+        *("--handlers", "tests.handlers_for_tests", "--job-timeout", "1", "--grace", "1"),
+        *("--metrics-port", str(port), "--retry-delay", "30"),
+    ).start()
+    pools.append(pool)
+    up(port)
+    push_all(client, [encode("test.sleep", {"id": "s", "seconds": 60})])
+    pool.wait_for_log("Task timed out")
+    pool.wait_for_log("Recovered 1 message")
+    # The built-in handler ran in the worker: the pool killed it, and counts for it.
+    assert events(scrape(port)) == {
+        ("test.sleep", "dequeued"): 1,
+        ("test.sleep", "timedout"): 1,
+        ("test.sleep", "requeued"): 1,
+    }
+    client.close()
+    assert pool.stop() == 0
+
+
 def test_a_port_taken_is_said_plainly_at_the_start(
     tmp_path: Path, redis_server: EmbeddedRedis
 ) -> None:
