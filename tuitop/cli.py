@@ -40,6 +40,7 @@ from tuitop.tuleapworkers import HOLD_LIMIT
 
 if TYPE_CHECKING:
     from tuitop.check import Report
+    from tuitop.pool.options import MetricsOptions
     from tuitop.tui.source import SnapshotSource
 
 EXIT_OK = 0
@@ -173,6 +174,29 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
         help=f"the directory the task command runs in (default: {TULEAP_SOURCE_ROOT} where "
         "it exists, else the directory tuitop starts in)",
     )
+    _add_metrics_options(pool)
+
+
+def _add_metrics_options(pool: argparse._ArgumentGroup) -> None:
+    pool.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=_port,
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (default: none)",
+    )
+    pool.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="the address /metrics listens on (default: %(default)s, this host only; "
+        "0.0.0.0 or :: for every interface)",
+    )
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r}: a port is a number from 1 to 65535")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -803,6 +827,7 @@ def _interval_or_exit(args: argparse.Namespace) -> int:
 
 def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from tuitop.pool import PoolOptions, Supervisor
+    from tuitop.pool.exporter import MetricsError
 
     if args.max_messages < 1:
         print("tuitop: --max-messages must be at least 1", file=sys.stderr)
@@ -822,6 +847,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
+    metrics = _metrics_or_exit(args)
+    if isinstance(metrics, int):
+        return metrics
     if not args.no_ui:
         from tuitop.tui.app import run_with_pool
 
@@ -847,15 +875,44 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         doorbell_interval=args.db_poll,
         control_fd=sys.stdin.fileno() if args.control_stdin else None,
         pool_name=args.pool_name or socket.gethostname(),
+        metrics=metrics,
     )
     at_start = settings.files
-    supervisor = Supervisor(
-        settings,
-        options,
-        reload=lambda: read_config(args.config, required=at_start).settings,
-        watch=args.config or DEFAULT_CONFIG_FILES,
-    )
+    try:
+        supervisor = Supervisor(
+            settings,
+            options,
+            reload=lambda: read_config(args.config, required=at_start).settings,
+            watch=args.config or DEFAULT_CONFIG_FILES,
+        )
+    except MetricsError as error:
+        print(f"tuitop: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return supervisor.run()
+
+
+def _metrics_or_exit(args: argparse.Namespace) -> MetricsOptions | int | None:
+    """Where to serve /metrics (None: nowhere), Tuleap's ``$prometheus_platform`` read
+    from the files as the pool starts; or the exit code after saying why it cannot be
+    served (the UI asks before it starts, its pool's error would only be in its log)."""
+    from tuitop.pool.exporter import MetricsError, check_available
+    from tuitop.pool.options import MetricsOptions
+
+    if args.metrics_port is None:
+        return None
+    platform = read_config(args.config).variables.get("prometheus_platform")
+    options = MetricsOptions(
+        port=args.metrics_port,
+        address=args.metrics_address,
+        platform=platform.decode("utf-8", "replace") if isinstance(platform, bytes) else None,
+    )
+    if not args.no_ui:
+        try:
+            check_available(options.address, options.port)
+        except MetricsError as error:
+            print(f"tuitop: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+    return options
 
 
 def _task_or_exit(args: argparse.Namespace) -> TaskCommand | int | None:

@@ -640,14 +640,13 @@ class Queue:
                         return Recovery(0, 0)
                     raws = cast(list[bytes], pipe.lrange(processing, 0, -1))
                     pipe.multi()
-                    requeued = dead = 0
+                    outcomes = []
                     # The list's tail holds what was taken first: recover it first.
                     for raw in reversed(raws):
                         done = self._reschedule(pipe, raw, reason, worker_id, traceback=traceback)
-                        if done == "retried":
-                            requeued += 1
-                        else:
-                            dead += 1
+                        outcomes.append((decode(raw).topic, done))
+                    requeued = sum(done == "retried" for _, done in outcomes)
+                    dead = len(outcomes) - requeued
                     pipe.delete(processing, keys.worker_lease(worker_id))
                     if forget_worker:
                         pipe.srem(keys.WORKERS, worker_id)
@@ -656,7 +655,7 @@ class Queue:
                     if dead:
                         _count(pipe, "dead", dead)
                     pipe.execute()
-                    return Recovery(requeued, dead)
+                    return Recovery(requeued, dead, tuple(outcomes))
                 except WatchError:
                     continue
 

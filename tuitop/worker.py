@@ -55,6 +55,7 @@ from tuitop.lanes import DEFAULT_LANE
 from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, php_json
+from tuitop.metrics import Counting, CountingTarget, open_counting
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
@@ -145,6 +146,8 @@ class WorkerOptions:
     traceback_file: str | None = None
     """Where it writes every thread's stack when it gets SIGUSR1 (``faulthandler``): the
     pool asks for it before it kills a job past its time limit."""
+    counting: CountingTarget | None = None
+    """Where it counts what it runs for the pool's metrics (None: the pool serves none)."""
     help_interval: float = 1.0
     """The longest blocking wait of a worker serving several lanes: it blocks on Tuleap's
     list, where every message arrives, and looks at its other lanes' lists between jobs and
@@ -198,6 +201,7 @@ class Worker:
         self._pending_acks: list[Message] = []
         self._pending_failures: list[_Failure] = []
         self._stats = StatsBatch()
+        self.metrics: Counting = Counting()
         # Pessimistic until measured: the first batch is a single message.
         self._job_time = BATCH_BUDGET
         self._topic = ""
@@ -227,6 +231,7 @@ class Worker:
             secrets=settings.secrets,
         )
         self._set_state(STARTING)
+        self.metrics = open_counting(self.options.counting)
         if self.options.task is not None:
             self.tasks = TaskRunner(
                 self.options.task,
@@ -420,9 +425,11 @@ class Worker:
             shown = message.raw[:LOGGED_MESSAGE].decode("utf-8", "replace")
             self.logger.info("Got message: %s", shown)
         failed_before = self.status[FAILED]
+        self.metrics.started(message, now)
         try:
             self._run_handler(message, now)
         finally:
+            self.metrics.ended(message, time.time())
             self.status[PROCESSED] += 1
             self.status[JOB_STARTED] = 0.0
             self.status[JOB_CLOCK] = 0.0
@@ -493,6 +500,7 @@ class Worker:
         else:
             self._pending_acks.append(message)
             self.status[DONE] += 1
+            self.metrics.done(message, time.time())
             lane = self._lane_of(message.topic)
             self._stats.outcome("done")
             self._stats.outcome("done", lane=lane)
@@ -571,6 +579,7 @@ class Worker:
                 outcome=failure.outcome,
             )
             self._pending_failures.pop(0)
+            self.metrics.failed(failure.message, result, failure.outcome)
             level, what = outcomes[result]
             self.logger.log(
                 level, "Message on %s %s: %s", failure.message.topic, what, failure.reason

@@ -19,7 +19,7 @@ retry policy) are defined here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tuitop.beats import PoolBeat, WorkerBeat
@@ -63,6 +63,10 @@ class Recovery:
 
     requeued: int
     dead_lettered: int
+    outcomes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    """(topic, ``'retried'`` or ``'dead'``) of each message, the oldest first: what the
+    pool counts for its metrics (the counts above say what a recovery did; equal counts
+    are equal recoveries)."""
 
     @property
     def total(self) -> int:

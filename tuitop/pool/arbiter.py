@@ -33,6 +33,7 @@ from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
+from tuitop.pool.exporter import open_metrics
 from tuitop.pool.link import StoreLink
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
@@ -80,6 +81,8 @@ class Supervisor:
             secrets=lambda: self.config.settings.secrets(),
         )
         self.config = Configuration(settings, reload, level, self.logger)
+        self.metrics = open_metrics(options.metrics, options.pool_name, self.logger)
+        self.options = options = self.metrics.for_workers(options)
         self.workers = WorkerSet(options, context, level, self.logger)
         self.link = StoreLink(options.pool_name, options.retry, self.logger)
         self.presence = Presence(self.link, options.pool_name, options.heartbeat_ttl, self.logger)
@@ -88,6 +91,7 @@ class Supervisor:
             heartbeat_ttl=options.heartbeat_ttl,
             tuleap_hold_limit=options.tuleap_hold_limit,
             logger=self.logger,
+            counts=self.metrics.counts,
         )
         self.service = ServiceNotifier(
             self.config, self.workers, self.link, self.presence, self.logger
@@ -99,6 +103,7 @@ class Supervisor:
         self._stop_signals = 0
         self._drain_until: float | None = None
         """Set once the pool stops: the end of the grace period (monotonic)."""
+        self.metrics.serve(self.workers, self.config, self.link)  # MetricsError: port taken
 
     @property
     def draining(self) -> bool:
@@ -131,6 +136,7 @@ class Supervisor:
             self.presence.release()
             self.workers.close()
             self.service.close()
+            self.metrics.close()
         return 0
 
     def _done(self) -> bool:
@@ -266,6 +272,7 @@ class Supervisor:
         load changes nothing but the error the views show."""
         self.service.reloading()
         change = self.config.reload()
+        self.metrics.config_loaded(change is not None, refused=bool(self.config.error))
         if change is None or change.changed:
             self.presence.config_published = False  # a new version, or a new error
         if change is not None:
@@ -431,6 +438,7 @@ class Supervisor:
     def _reap(self) -> None:
         for ended in self.workers.reap():
             record = ended.record
+            self.metrics.worker_gone(record.process.pid)
             reason = f"worker {record.worker_id} {ended.how}"
             if record.kill_reason:
                 reason += f": {record.kill_reason}"

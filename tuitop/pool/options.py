@@ -10,8 +10,21 @@ from tuitop import tuleapworkers
 from tuitop.backends.base import RetryPolicy
 from tuitop.config import Settings
 from tuitop.mail import DEFAULT_SENDMAIL
+from tuitop.metrics import CountingTarget
 from tuitop.tasks import TaskCommand
 from tuitop.worker import WorkerOptions
+
+
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Where the pool serves ``/metrics`` (:mod:`tuitop.pool.exporter`)."""
+
+    port: int
+    address: str = "127.0.0.1"
+    """Loopback unless the admin says otherwise: the series name the topics and the load
+    of the forge, to anyone who can reach the port (no authentication)."""
+    platform: str | None = None
+    """Tuleap's ``$prometheus_platform``: a ``platform`` label on Tuleap's series."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,10 @@ class PoolOptions:
     """A pipe from the UI that runs this pool: ``+``/``-`` one worker more/fewer for the
     session, each byte counted (signals of one kind sent close together merge); its end of
     file (the UI is gone, however it died) is a warm stop that never turns cold."""
+    metrics: MetricsOptions | None = None
+    """Serve ``/metrics`` (None: no metrics, nothing counted)."""
+    counting: CountingTarget | None = None
+    """Where the workers count, set by the pool once its exporter made the place."""
 
     def worker_options(
         self,
@@ -75,4 +92,5 @@ class PoolOptions:
             lane=lane,
             serves=serves,
             traceback_file=traceback_file,
+            counting=self.counting,
         )

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from tuitop import keys
 from tuitop.backends.base import PoolStore
+from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
 
 ORPHAN_SCAN_EVERY = 5.0
@@ -40,8 +41,11 @@ class Recovery:
         heartbeat_ttl: float,
         tuleap_hold_limit: float,
         logger: logging.Logger,
+        counts: Counting | None = None,
     ) -> None:
+        """``counts``: where what is recovered is counted, for the pool's metrics."""
         self.link = link
+        self.counts = counts or Counting()
         self.heartbeat_ttl = heartbeat_ttl
         self.tuleap_hold_limit = tuleap_hold_limit
         self.logger = logger
@@ -78,6 +82,7 @@ class Recovery:
             # Recovery must never take the pool down; the messages stay where they are.
             self.logger.exception("Could not recover the messages of worker %s", worker_id)
             return
+        self.counts.recovered(recovery.outcomes, timed_out)
         if recovery.total:
             self.logger.warning(
                 "Recovered %d message(s) of worker %s: %d will be retried, %d dead-lettered",
@@ -100,6 +105,7 @@ class Recovery:
                 store.describe(error),
             )
             return
+        self.counts.recovered(recovery.outcomes, timed_out=False)
         if recovery.total:
             self.logger.warning(
                 "Recovered %d message(s) of worker %s on the %s left behind (%s)",

@@ -28,6 +28,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input
 
@@ -166,6 +167,13 @@ class TuitopApp(App[int]):
         self._taking = False
         if self.paused:
             return
+        try:
+            self._show_reading(message)
+        except NoMatches:
+            # A reading posted from its thread as the app closes: the panels are gone.
+            return
+
+    def _show_reading(self, message: SnapshotTaken) -> None:
         reading = self.reading = message.reading
         if reading.snapshot is not None:
             self.snapshot = reading.snapshot

@@ -652,13 +652,13 @@ class DbQueue:
                 (worker_id,),
             )
             rows = list(cursor.fetchall())
-            requeued = dead = 0
+            outcomes = []
             for row in rows:
-                result = self._reschedule(
-                    cursor, row_message(row), reason, worker_id, traceback=traceback
-                )
-                requeued += result == "retried"
-                dead += result == "dead"
+                message = row_message(row)
+                result = self._reschedule(cursor, message, reason, worker_id, traceback=traceback)
+                outcomes.append((message.topic, result))
+            requeued = sum(result == "retried" for _, result in outcomes)
+            dead = sum(result == "dead" for _, result in outcomes)
             # Only the rows read and moved here: a take by that worker (thawed meanwhile)
             # may have committed another one, which no gap lock keeps out in READ
             # COMMITTED; it stays its own, to give back, or for the next recovery.
@@ -671,7 +671,7 @@ class DbQueue:
                     (f"DELETE FROM tuitop_processing WHERE {_in(held)}", held),
                 )
             execute_all(cursor, statements)
-            return Recovery(requeued, dead)
+            return Recovery(requeued, dead, tuple(outcomes))
 
         recovery = self.session.transaction(move)
         self._count_after(
