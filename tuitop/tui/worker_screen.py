@@ -145,6 +145,7 @@ def job_text(worker: WorkerView, now: float, held: list[Message] | None) -> Text
         )
         shown = message.raw[:MESSAGE_SHOWN].decode("utf-8", "replace")
         field("", shown + ("…" if len(message.raw) > MESSAGE_SHOWN else ""), style="dim")
+    text.rstrip()
     return text
 
 
@@ -225,7 +226,7 @@ class WorkerScreen(Screen[None]):
             self._show_tree([], "no process: the worker is gone")
         else:
             self._show_tree(
-                [], f"on host {worker.host or '?'}: its processes are read there (tuitop top)"
+                [], f"on host {worker.host or '?'}: tuitop top there shows its processes"
             )
         job = (worker.job_started, worker.holding)
         if job != self._held_for:
