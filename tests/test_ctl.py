@@ -240,3 +240,40 @@ def test_the_database_queue_is_commanded_the_same(
 def check_waiting(config: Path) -> int:
     done = run_tuitop("--config", str(config), "check", "--json")
     return int(json.loads(done.stdout)["perfdata"]["waiting"]["value"])
+
+
+def test_a_command_whose_id_is_not_text_a_key_takes_loses_nothing_after_it(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # An id no key can hold (a lone surrogate: not UTF-8), then a good command in the
+    # same tick: the first is refused, the second obeyed and answered.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.rpush(
+        keys.control("alpha"),
+        b'{"action": "reload", "id": "\\ud800"}',
+        b'{"action": "workers", "value": 3, "id": "after"}',
+    )
+    wait_until(lambda: redis_client.llen(keys.control_reply("after")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    assert "Unexpected error" not in pool.log()
+
+
+def test_a_reply_key_taken_by_something_else_loses_nothing(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # A key where the reply goes that is not a list (left there by anyone): the reply
+    # is written anyway, the link stays up, and the next command is obeyed.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.set(keys.control_reply("taken"), b"a string")
+    redis_client.rpush(
+        keys.control("alpha"),
+        b'{"action": "reload", "id": "taken"}',
+        b'{"action": "workers", "value": 3, "id": "after"}',
+    )
+    wait_until(lambda: redis_client.llen(keys.control_reply("after")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    reply = json.loads(redis_client.lpop(keys.control_reply("taken")))
+    assert reply["ok"] is True and "read again" in reply["said"]
+    assert "retrying" not in pool.log()

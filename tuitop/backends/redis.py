@@ -259,6 +259,9 @@ class RedisPoolStore:
 
     def reply(self, command_id: str, body: bytes) -> None:
         pipe = self.client.pipeline(transaction=True)
+        # Whatever is there is replaced: a key of another type (left by anyone) must not
+        # fail the reply, and the pool's link with it.
+        pipe.delete(keys.control_reply(command_id))
         pipe.rpush(keys.control_reply(command_id), body)
         pipe.expire(keys.control_reply(command_id), COMMAND_TTL)
         pipe.execute()

@@ -299,26 +299,34 @@ class Supervisor:
 
     def _obey(self, store: PoolStore) -> None:
         """Carries out the commands sent to this pool since the last tick, logs who asked
-        what, and replies (:mod:`tuitop.control`)."""
+        what, and replies (:mod:`tuitop.control`). Every command taken is carried out
+        before the first reply is written: a store that fails then loses replies, never
+        an order."""
+        replies = [
+            self._answer(raw)
+            for raw in store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
+        ]
+        for command_id, reply in replies:
+            if command_id:
+                store.reply(command_id, reply.encode())
+
+    def _answer(self, raw: bytes) -> tuple[str, control.Reply]:
+        """Reads and carries out one command: (its id, or '' for none; the reply)."""
         name = self.options.pool_name
-        for raw in store.take_commands(name, COMMANDS_PER_TICK):
-            try:
-                command = control.parse(raw)
-            except control.CommandError as error:
-                self.logger.warning("A command sent to this pool is refused: %s", error)
-                if command_id := control.reply_to(raw):
-                    store.reply(command_id, control.Reply(name, False, str(error)).encode())
-                continue
-            ok, said = self._carry_out(command)
-            self.logger.warning(
-                "Command from %s: %s: %s%s",
-                command.by or "someone unnamed",
-                command.describe(),
-                "" if ok else "refused: ",
-                said,
-            )
-            if command.id:
-                store.reply(command.id, control.Reply(name, ok, said, time.time()).encode())
+        try:
+            command = control.parse(raw)
+        except control.CommandError as error:
+            self.logger.warning("A command sent to this pool is refused: %s", error)
+            return control.reply_to(raw), control.Reply(name, False, str(error), time.time())
+        ok, said = self._carry_out(command)
+        self.logger.warning(
+            "Command from %s: %s: %s%s",
+            command.by or "someone unnamed",
+            command.describe(),
+            "" if ok else "refused: ",
+            said,
+        )
+        return command.id, control.Reply(name, ok, said, time.time())
 
     def _carry_out(self, command: control.Command) -> tuple[bool, str]:
         """Does what ``command`` asks: (done, what was done or why not)."""
