@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,23 @@ def test_a_reply_key_taken_by_something_else_loses_nothing(
     reply = json.loads(redis_client.lpop(keys.control_reply("taken")))
     assert reply["ok"] is True and "read again" in reply["said"]
     assert "retrying" not in pool.log()
+
+
+def test_an_order_older_than_a_minute_is_not_obeyed(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # A stop sent to a pool that was down, two minutes ago; a later command to it kept
+    # the mailbox (one key, one TTL) alive. The pool starting now must not stop.
+    old = time.time() - 120
+    redis_client.rpush(
+        keys.control("alpha"),
+        json.dumps({"action": "stop", "id": "old", "at": old, "by": "bob@h"}).encode(),
+        json.dumps({"action": "workers", "value": 3, "id": "new", "at": time.time()}).encode(),
+    )
+    pool = start(pools, tmp_path, config, "alpha")
+    wait_until(lambda: redis_client.llen(keys.control_reply("new")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    log = pool.wait_for_log(r"expired")
+    assert "stopping warm" not in log
+    assert pool.process is not None and pool.process.poll() is None
+    assert pool.stop() == 0

@@ -150,6 +150,14 @@ def parse(raw: bytes) -> Command:
     return command
 
 
+def expired(command: Command, now: float) -> bool:
+    """Whether ``command`` was sent more than COMMAND_TTL seconds before ``now``: a pool
+    that comes back later does not obey an old order (Redis keeps a mailbox as long as
+    commands keep coming to it: its TTL is the last one's). A command without a time
+    (written by hand) does not expire."""
+    return command.at > 0 and now - command.at > COMMAND_TTL
+
+
 def _printable(text: str) -> str:
     """``text`` cut to MAX_TEXT, its control characters (a forged line in the log) as
     ``?``."""

@@ -315,6 +315,11 @@ class Supervisor:
         name = self.options.pool_name
         try:
             command = control.parse(raw)
+            now = time.time()
+            if control.expired(command, now):
+                raise control.CommandError(
+                    f"{command.describe()} sent {now - command.at:.0f} s ago expired unread"
+                )
         except control.CommandError as error:
             self.logger.warning("A command sent to this pool is refused: %s", error)
             return control.reply_to(raw), control.Reply(name, False, str(error), time.time())
