@@ -298,3 +298,30 @@ def test_an_order_older_than_a_minute_is_not_obeyed(
     assert "stopping warm" not in log
     assert pool.process is not None and pool.process.poll() is None
     assert pool.stop() == 0
+
+
+def test_a_paused_lane_the_files_drop_does_not_keep_its_messages(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # bulk is paused, a message waits in its list; a reload drops the lane. Nothing can
+    # resume it now ('this pool has no lane bulk'): the pause must go with the lane, and
+    # what waited there go back to the queue, to be run.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    code, out = ctl(config, "pause", "bulk")
+    assert code == 0, out
+    redis_client.lpush(keys.QUEUE, encode("test.sleep", {"id": "bulk1", "seconds": 0}))
+    wait_until(lambda: redis_client.llen(keys.lane_list("bulk")) == 1, what="bulk waiting")
+    config.write_text(config.read_text().replace(LANES, "$tuitop_lanes = '';"))
+    code, out = ctl(config, "reload")
+    assert code == 0, out
+    wait_until(lambda: "bulk1" in runs(redis_client), timeout=30, what="the bulk message")
+    wait_until(lambda: beat(redis_client, "alpha").get("paused_lanes") == "", what="beat")
+    code, line = run_check(config)
+    assert "pauses lane" not in line, line
+    assert pool.stop() == 0
+
+
+def run_check(config: Path) -> tuple[int, str]:
+    done = run_tuitop("--config", str(config), "check", "--no-redis-settings")
+    return done.returncode, done.stdout
