@@ -303,3 +303,25 @@ def test_the_database_queue_is_checked_the_same(
     assert "1 message(s) wait and no tuitop pool runs" in line
     assert any(d.startswith("WARNING: There are 1 async events waiting") for d in details)
     assert float(perfdata(line)["oldest"].split("s;")[0]) >= 200
+
+
+def test_a_worker_recycled_after_max_messages_is_no_false_alarm(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis
+) -> None:
+    # A worker that reaches --max-messages exits and is replaced: the pool's heartbeat
+    # must never say it runs fewer than it wants meanwhile (check: WARNING, "runs 1 of
+    # the 2 worker(s) it wants"), or every busy forge's check flaps.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=2)
+    start(pools, tmp_path, config, *HANDLERS, "--max-messages", "2")
+    client = sound_redis.client()
+    running(client, 2)
+    for index in range(12):
+        client.lpush(keys.QUEUE, encode("test.count", {"id": f"n{index}"}))
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + 30
+    while client.llen("test:runs") < 12 and time.monotonic() < deadline:
+        for name in client.smembers(keys.POOLS):
+            seen.add(client.hget(keys.pool(name.decode()), "running") or b"")
+        time.sleep(0.005)
+    assert client.llen("test:runs") == 12
+    assert seen == {b"2"}, seen

@@ -167,6 +167,10 @@ class Supervisor:
         self._reap()
         self.workers.enforce_time_limit()
         self._reap()  # a worker just killed for its time limit frees its slot for the next
+        if not self.draining:
+            # Before the heartbeat: a worker that just left (--max-messages, a crash) is
+            # replaced in the beat that no longer counts it, never seen short by a check.
+            self._scale()
         link = self.link
         if link.ok and link.store is not None:
             try:
@@ -177,7 +181,7 @@ class Supervisor:
             except link.errors as error:
                 link.trouble(error)
         if not self.draining:
-            self._scale()
+            self._scale()  # what a command just asked, at once
         link.tend_left(
             self.config.settings.store,
             lambda where: any(record.store == where for record in self.workers),
