@@ -325,3 +325,23 @@ def test_a_worker_recycled_after_max_messages_is_no_false_alarm(
         time.sleep(0.005)
     assert client.llen("test:runs") == 12
     assert seen == {b"2"}, seen
+
+
+@pytest.mark.parametrize("stamp", ['"nan"', '"inf"', '"1e999"'])
+def test_a_message_with_an_odd_time_is_no_alarm_and_no_crash(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis, stamp: str
+) -> None:
+    # A producer's junk (anyone may push): a time that is no time. The check neither
+    # dies (--json refuses NaN) nor makes up an age.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=0)
+    start(pools, tmp_path, config)
+    client = sound_redis.client()
+    wait_until(lambda: client.smembers(keys.POOLS), what="the pool's heartbeat")
+    client.lpush(keys.QUEUE, f'{{"event_name":"x","payload":{{}},"_enqueue_ts":{stamp}}}')
+    done = run_tuitop("--config", str(config), "check", "--json")
+    assert done.stderr == "", done.stderr
+    document = json.loads(done.stdout)
+    assert document["perfdata"]["oldest"]["value"] == 0
+    assert not any("async events" in f["text"] for f in document["findings"])
+    _, line, _ = check(config)
+    assert "oldest=0s;" in line, line
