@@ -345,3 +345,34 @@ def test_a_message_with_an_odd_time_is_no_alarm_and_no_crash(
     assert not any("async events" in f["text"] for f in document["findings"])
     _, line, _ = check(config)
     assert "oldest=0s;" in line, line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "$redis_password = {secret};",  # the quotes forgotten
+        "$redis_password = 7{secret};",
+        "$redis_password = '{secret}' {secret};",
+    ],
+)
+def test_a_refused_save_never_shows_the_new_password(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis, line: str
+) -> None:
+    # The admin changes the password and forgets its quotes: the pool refuses the save
+    # and says where — never what the word is, in its log, its heartbeat, or the check.
+    secret = "NewPassw0rdForTheForgeXYZ0123456789"
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=1)
+    pool = start(pools, tmp_path, config)
+    client = sound_redis.client()
+    running(client, 1)
+    good = config.read_text()
+    view = tmp_path / "view.inc"
+    view.write_text(good)
+    config.write_text(good + line.format(secret=secret) + "\n")
+    pool.wait_for_log("config error")
+    code, status, details = check(view)
+    assert code == WARNING, status
+    assert "a save was refused" in status
+    beats = [str(client.hgetall(keys.pool(n.decode()))) for n in client.smembers(keys.POOLS)]
+    for text in (status, *details, pool.log(), *beats):
+        assert secret not in text, text
