@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import RedisServerFactory
 from tests.pool import Pool, run_tuitop, wait_until, write_config
 from tests.test_db_e2e import database_inc
 from tests.test_db_e2e import start_pool as start_db_pool
@@ -325,3 +326,31 @@ def test_a_paused_lane_the_files_drop_does_not_keep_its_messages(
 def run_check(config: Path) -> tuple[int, str]:
     done = run_tuitop("--config", str(config), "check", "--no-redis-settings")
     return done.returncode, done.stdout
+
+
+def test_a_reload_from_afar_that_moves_the_pool_to_another_redis(
+    tmp_path: Path,
+    pools: list[Pool],
+    config: Path,
+    redis_client: redis.Redis,
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    # The files now name another Redis and 'ctl reload' comes before the pool's watcher
+    # has seen the save (an admin's "sed -i … && tuitop ctl reload"; here the pool is
+    # held still meanwhile): the pool moves there, without an error in its loop.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    other = redis_server_factory()
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    pool.signal(signal.SIGSTOP)
+    try:
+        config.write_text(config.read_text().replace(f"= {port};", f"= {other.port};"))
+        command = {"action": "reload", "id": "moved", "at": time.time(), "by": "me@here"}
+        redis_client.rpush(keys.control("alpha"), json.dumps(command).encode())
+        time.sleep(1.5)  # past the loop's tick: it reads its mailbox first thing
+    finally:
+        pool.signal(signal.SIGCONT)
+    log = pool.wait_for_log(r"Command from me@here: reload")
+    running(other.client(), "alpha", 2)
+    assert "Unexpected error" not in pool.log(), log
+    assert pool.stop() == 0

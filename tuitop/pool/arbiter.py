@@ -176,8 +176,9 @@ class Supervisor:
             try:
                 self._publish()
                 self._obey(link.store)
-                link.store.move_due()
-                self.recovery.scan(self._our_ids())
+                if link.ok and link.store is not None:  # a reload it obeyed may leave it
+                    link.store.move_due()
+                    self.recovery.scan(self._our_ids())
             except link.errors as error:
                 link.trouble(error)
         if not self.draining:
