@@ -376,3 +376,16 @@ def test_a_refused_save_never_shows_the_new_password(
     beats = [str(client.hgetall(keys.pool(n.decode()))) for n in client.smembers(keys.POOLS)]
     for text in (status, *details, pool.log(), *beats):
         assert secret not in text, text
+
+
+def test_a_threshold_that_is_no_number_is_a_usage_error(
+    tmp_path: Path, sound_redis: EmbeddedRedis
+) -> None:
+    # "-c inf" (never critical?) passed the range test and then broke both outputs:
+    # perfdata 'inf' no plugin parser reads, and --json died on a float JSON refuses.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG)
+    for args in (("-c", "inf"), ("-w", "nan"), ("-c", "inf", "--json")):
+        done = run_tuitop("--config", str(config), "check", *args)
+        assert done.returncode == UNKNOWN, (args, done.stdout, done.stderr)
+        assert done.stderr == "", done.stderr
+        assert "--warning must be above 0 and below --critical" in done.stdout

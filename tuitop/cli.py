@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -582,8 +583,9 @@ def command_check(args: argparse.Namespace) -> int:
         _print_report(report, args.json)
         return int(Status.UNKNOWN)
 
-    if not 0 < args.warning < args.critical:
-        return unknown("--warning must be above 0 and below --critical")
+    # A threshold that is no number (inf, nan) cannot be written as perfdata, nor in JSON.
+    if not (0 < args.warning < args.critical and math.isfinite(args.critical)):
+        return unknown("--warning must be above 0 and below --critical (a number of seconds)")
     if not 0 < args.timeout <= 3600:
         return unknown("--timeout must be above 0 and at most 3600 seconds")
     try:
