@@ -354,3 +354,20 @@ def test_a_reload_from_afar_that_moves_the_pool_to_another_redis(
     running(other.client(), "alpha", 2)
     assert "Unexpected error" not in pool.log(), log
     assert pool.stop() == 0
+
+
+def test_a_mailbox_that_is_not_a_list_does_not_cut_the_pool_off(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # Anyone may write the mailbox's key: a string there made every read of it fail
+    # (WRONGTYPE), which the pool took for Redis being away — link dropped, back-off
+    # up to 30 s, its heartbeat (10 s) expired, no worker started meanwhile.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.set(keys.control("alpha"), b"not a mailbox")
+    time.sleep(3)
+    assert "retrying" not in pool.log(), pool.log()
+    code, out = ctl(config, "workers", "3")
+    assert code == 0, out
+    running(redis_client, "alpha", 3)
+    assert pool.stop() == 0
