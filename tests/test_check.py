@@ -292,7 +292,7 @@ def test_the_database_queue_is_checked_the_same(
     tuleap = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
     pool = start_db_pool(pools, tmp_path, tuleap, config)
-    # (Until the pool's next beat counts its worker, it says it runs 0 of 1: a WARNING.)
+    # (Until its worker registers, the check sees no live worker.)
     wait_until(lambda: check(config)[0] == OK, what="an OK")
     code, line, details = check(config)
     assert not any("Redis" in d for d in details)  # no Redis to look at
