@@ -371,3 +371,23 @@ def test_a_mailbox_that_is_not_a_list_does_not_cut_the_pool_off(
     assert code == 0, out
     running(redis_client, "alpha", 3)
     assert pool.stop() == 0
+
+
+def test_the_longest_pool_name_serves_the_database_queue(
+    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+) -> None:
+    # --pool-name takes what a host name may be; on the database, a worker's id (the
+    # name, '/slot#pid') must fit its columns all the same, or no worker registers.
+    database = fresh_database(mariadb_server)
+    tuleap = Tuleap(tmp_path)
+    config = database_inc(tmp_path, database, workers=1)
+    done = run_tuitop("--config", str(config), "--no-ui", "--pool-name", "n" * 201)
+    assert done.returncode == 2 and "1 to 200" in done.stderr, done.stderr
+    name = "n" * 200
+    pool = start_db_pool(pools, tmp_path, tuleap, config, "--pool-name", name)
+    enqueue(database, "tracker.artifact_change", {"id": 1})
+    wait_until(lambda: count(database, "async_events") == 0, what="the row to run")
+    wait_until(lambda: len(tuleap.runs("end")) == 1, what="its task to end")
+    code, out = ctl(config, "workers", "2")
+    assert code == 0, out
+    assert pool.stop() == 0
