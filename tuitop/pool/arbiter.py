@@ -307,21 +307,25 @@ class Supervisor:
         what, and replies (:mod:`tuitop.control`). Every command taken is carried out
         before the first reply is written: a store that fails then loses replies, never
         an order."""
+        # The database drops rows older than a minute by its own clock; a Redis mailbox
+        # lives as long as commands keep coming: there, the sender's time says.
+        by_age = store.settings.kind != DB_QUEUE
         replies = [
-            self._answer(raw)
+            self._answer(raw, by_age)
             for raw in store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
         ]
         for command_id, reply in replies:
             if command_id:
                 store.reply(command_id, reply.encode())
 
-    def _answer(self, raw: bytes) -> tuple[str, control.Reply]:
-        """Reads and carries out one command: (its id, or '' for none; the reply)."""
+    def _answer(self, raw: bytes, by_age: bool) -> tuple[str, control.Reply]:
+        """Reads and carries out one command (``by_age``: unless it expired): (its id, or
+        '' for none; the reply)."""
         name = self.options.pool_name
         try:
             command = control.parse(raw)
             now = time.time()
-            if control.expired(command, now):
+            if by_age and control.expired(command, now):
                 raise control.CommandError(
                     f"{command.describe()} sent {now - command.at:.0f} s ago expired unread"
                 )
