@@ -389,3 +389,49 @@ def test_a_threshold_that_is_no_number_is_a_usage_error(
         assert done.returncode == UNKNOWN, (args, done.stdout, done.stderr)
         assert done.stderr == "", done.stderr
         assert "--warning must be above 0 and below --critical" in done.stdout
+
+
+def test_what_waits_behind_a_pause_is_a_warning_until_it_is_late(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis
+) -> None:
+    # 'tuitop ctl pause' is an operator's decision: what waits behind it is said as a
+    # WARNING (paused), not paged as CRITICAL "no worker takes from it" at the first
+    # message; its age still turns CRITICAL past -c.
+    config = write_config(
+        tmp_path,
+        port=sound_redis.port,
+        password=STRONG,
+        workers=2,
+        extra="$tuitop_lanes = 'bulk(1): test.sleep';",
+    )
+    start(pools, tmp_path, config, *HANDLERS, "--pool-name", "alpha")
+    client = sound_redis.client()
+    running(client, 2)
+    done = run_tuitop("--config", str(config), "ctl", "pause", "bulk")
+    assert done.returncode == 0, done.stdout
+    wait_until(
+        lambda: (
+            all(
+                b"bulk" not in (client.hget(keys.heartbeat(w.decode()), "serves") or b"")
+                for w in client.smembers(keys.WORKERS)
+            )
+            and client.hget(keys.pool("alpha"), "running") == b"2"
+        ),
+        what="no worker serving bulk",
+    )
+    client.lpush(keys.QUEUE, encode("test.sleep", {"id": "b", "seconds": 0}))
+    wait_until(lambda: client.llen(keys.lane_list("bulk")) == 1, what="bulk waiting")
+    code, line, details = check(config)
+    assert code == WARNING, (line, details)
+    assert "lane bulk: 1 message(s) wait, paused" in line
+    done = run_tuitop("--config", str(config), "ctl", "pause")
+    assert done.returncode == 0, done.stdout
+    running(client, 0)
+    client.lpush(keys.QUEUE, encode("test.count", {"id": "n"}))
+    code, line, details = check(config)
+    assert code == WARNING, (line, details)
+    assert "no worker runs (alpha wants 2, paused)" in line
+    late = encode("test.count", {"id": "late"}, enqueue_ts=time.time() - 1000)
+    client.rpush(keys.QUEUE, late)  # the next one taken
+    code, line, _ = check(config)
+    assert code == CRITICAL, line
