@@ -292,7 +292,7 @@ def test_the_database_queue_is_checked_the_same(
     tuleap = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
     pool = start_db_pool(pools, tmp_path, tuleap, config)
-    # (Until the pool's next beat counts its worker, it says it runs 0 of 1: a WARNING.)
+    # (Until its worker registers, the check sees no live worker.)
     wait_until(lambda: check(config)[0] == OK, what="an OK")
     code, line, details = check(config)
     assert not any("Redis" in d for d in details)  # no Redis to look at
@@ -303,3 +303,135 @@ def test_the_database_queue_is_checked_the_same(
     assert "1 message(s) wait and no tuitop pool runs" in line
     assert any(d.startswith("WARNING: There are 1 async events waiting") for d in details)
     assert float(perfdata(line)["oldest"].split("s;")[0]) >= 200
+
+
+def test_a_worker_recycled_after_max_messages_is_no_false_alarm(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis
+) -> None:
+    # A worker that reaches --max-messages exits and is replaced: the pool's heartbeat
+    # must never say it runs fewer than it wants meanwhile (check: WARNING, "runs 1 of
+    # the 2 worker(s) it wants"), or every busy forge's check flaps.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=2)
+    start(pools, tmp_path, config, *HANDLERS, "--max-messages", "2")
+    client = sound_redis.client()
+    running(client, 2)
+    for index in range(12):
+        client.lpush(keys.QUEUE, encode("test.count", {"id": f"n{index}"}))
+    seen: set[bytes] = set()
+    deadline = time.monotonic() + 30
+    while client.llen("test:runs") < 12 and time.monotonic() < deadline:
+        for name in client.smembers(keys.POOLS):
+            seen.add(client.hget(keys.pool(name.decode()), "running") or b"")
+        time.sleep(0.005)
+    assert client.llen("test:runs") == 12
+    assert seen == {b"2"}, seen
+
+
+@pytest.mark.parametrize("stamp", ['"nan"', '"inf"', '"1e999"'])
+def test_a_message_with_an_odd_time_is_no_alarm_and_no_crash(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis, stamp: str
+) -> None:
+    # A producer's junk (anyone may push): a time that is no time. The check neither
+    # dies (--json refuses NaN) nor makes up an age.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=0)
+    start(pools, tmp_path, config)
+    client = sound_redis.client()
+    wait_until(lambda: client.smembers(keys.POOLS), what="the pool's heartbeat")
+    client.lpush(keys.QUEUE, f'{{"event_name":"x","payload":{{}},"_enqueue_ts":{stamp}}}')
+    done = run_tuitop("--config", str(config), "check", "--json")
+    assert done.stderr == "", done.stderr
+    document = json.loads(done.stdout)
+    assert document["perfdata"]["oldest"]["value"] == 0
+    assert not any("async events" in f["text"] for f in document["findings"])
+    _, line, _ = check(config)
+    assert "oldest=0s;" in line, line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "$redis_password = {secret};",  # the quotes forgotten
+        "$redis_password = 7{secret};",
+        "$redis_password = '{secret}' {secret};",
+    ],
+)
+def test_a_refused_save_never_shows_the_new_password(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis, line: str
+) -> None:
+    # The admin changes the password and forgets its quotes: the pool refuses the save
+    # and says where — never what the word is, in its log, its heartbeat, or the check.
+    secret = "NewPassw0rdForTheForgeXYZ0123456789"
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG, workers=1)
+    pool = start(pools, tmp_path, config)
+    client = sound_redis.client()
+    running(client, 1)
+    good = config.read_text()
+    view = tmp_path / "view.inc"
+    view.write_text(good)
+    config.write_text(good + line.format(secret=secret) + "\n")
+    pool.wait_for_log("config error")
+    code, status, details = check(view)
+    assert code == WARNING, status
+    assert "a save was refused" in status
+    beats = [str(client.hgetall(keys.pool(n.decode()))) for n in client.smembers(keys.POOLS)]
+    for text in (status, *details, pool.log(), *beats):
+        assert secret not in text, text
+
+
+def test_a_threshold_that_is_no_number_is_a_usage_error(
+    tmp_path: Path, sound_redis: EmbeddedRedis
+) -> None:
+    # "-c inf" (never critical?) passed the range test and then broke both outputs:
+    # perfdata 'inf' no plugin parser reads, and --json died on a float JSON refuses.
+    config = write_config(tmp_path, port=sound_redis.port, password=STRONG)
+    for args in (("-c", "inf"), ("-w", "nan"), ("-c", "inf", "--json")):
+        done = run_tuitop("--config", str(config), "check", *args)
+        assert done.returncode == UNKNOWN, (args, done.stdout, done.stderr)
+        assert done.stderr == "", done.stderr
+        assert "--warning must be above 0 and below --critical" in done.stdout
+
+
+def test_what_waits_behind_a_pause_is_a_warning_until_it_is_late(
+    tmp_path: Path, pools: list[Pool], sound_redis: EmbeddedRedis
+) -> None:
+    # 'tuitop ctl pause' is an operator's decision: what waits behind it is said as a
+    # WARNING (paused), not paged as CRITICAL "no worker takes from it" at the first
+    # message; its age still turns CRITICAL past -c.
+    config = write_config(
+        tmp_path,
+        port=sound_redis.port,
+        password=STRONG,
+        workers=2,
+        extra="$tuitop_lanes = 'bulk(1): test.sleep';",
+    )
+    start(pools, tmp_path, config, *HANDLERS, "--pool-name", "alpha")
+    client = sound_redis.client()
+    running(client, 2)
+    done = run_tuitop("--config", str(config), "ctl", "pause", "bulk")
+    assert done.returncode == 0, done.stdout
+    wait_until(
+        lambda: (
+            all(
+                b"bulk" not in (client.hget(keys.heartbeat(w.decode()), "serves") or b"")
+                for w in client.smembers(keys.WORKERS)
+            )
+            and client.hget(keys.pool("alpha"), "running") == b"2"
+        ),
+        what="no worker serving bulk",
+    )
+    client.lpush(keys.QUEUE, encode("test.sleep", {"id": "b", "seconds": 0}))
+    wait_until(lambda: client.llen(keys.lane_list("bulk")) == 1, what="bulk waiting")
+    code, line, details = check(config)
+    assert code == WARNING, (line, details)
+    assert "lane bulk: 1 message(s) wait, paused" in line
+    done = run_tuitop("--config", str(config), "ctl", "pause")
+    assert done.returncode == 0, done.stdout
+    running(client, 0)
+    client.lpush(keys.QUEUE, encode("test.count", {"id": "n"}))
+    code, line, details = check(config)
+    assert code == WARNING, (line, details)
+    assert "no worker runs (alpha wants 2, paused)" in line
+    late = encode("test.count", {"id": "late"}, enqueue_ts=time.time() - 1000)
+    client.rpush(keys.QUEUE, late)  # the next one taken
+    code, line, _ = check(config)
+    assert code == CRITICAL, line

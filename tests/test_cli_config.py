@@ -118,7 +118,7 @@ def test_a_pool_name_that_would_meet_other_keys_is_refused(tmp_path: Path) -> No
     for name in ("x:owner", "a/b", "a#1", "", "-x"):
         result = run_tuitop("--no-ui", "--config", config, f"--pool-name={name}")
         assert result.returncode == 2, name
-        assert "a pool name is 1 to 253 letters" in result.stderr
+        assert "a pool name is 1 to 200 letters" in result.stderr
 
 
 def test_a_host_name_that_cannot_name_a_pool_asks_for_one(tmp_path: Path) -> None:

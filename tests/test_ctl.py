@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.conftest import RedisServerFactory
 from tests.pool import Pool, run_tuitop, wait_until, write_config
 from tests.test_db_e2e import database_inc
 from tests.test_db_e2e import start_pool as start_db_pool
@@ -240,3 +242,152 @@ def test_the_database_queue_is_commanded_the_same(
 def check_waiting(config: Path) -> int:
     done = run_tuitop("--config", str(config), "check", "--json")
     return int(json.loads(done.stdout)["perfdata"]["waiting"]["value"])
+
+
+def test_a_command_whose_id_is_not_text_a_key_takes_loses_nothing_after_it(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # An id no key can hold (a lone surrogate: not UTF-8), then a good command in the
+    # same tick: the first is refused, the second obeyed and answered.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.rpush(
+        keys.control("alpha"),
+        b'{"action": "reload", "id": "\\ud800"}',
+        b'{"action": "workers", "value": 3, "id": "after"}',
+    )
+    wait_until(lambda: redis_client.llen(keys.control_reply("after")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    assert "Unexpected error" not in pool.log()
+
+
+def test_a_reply_key_taken_by_something_else_loses_nothing(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # A key where the reply goes that is not a list (left there by anyone): the reply
+    # is written anyway, the link stays up, and the next command is obeyed.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.set(keys.control_reply("taken"), b"a string")
+    redis_client.rpush(
+        keys.control("alpha"),
+        b'{"action": "reload", "id": "taken"}',
+        b'{"action": "workers", "value": 3, "id": "after"}',
+    )
+    wait_until(lambda: redis_client.llen(keys.control_reply("after")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    reply = json.loads(redis_client.lpop(keys.control_reply("taken")))
+    assert reply["ok"] is True and "read again" in reply["said"]
+    assert "retrying" not in pool.log()
+
+
+def test_an_order_older_than_a_minute_is_not_obeyed(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # A stop sent to a pool that was down, two minutes ago; a later command to it kept
+    # the mailbox (one key, one TTL) alive. The pool starting now must not stop.
+    old = time.time() - 120
+    redis_client.rpush(
+        keys.control("alpha"),
+        json.dumps({"action": "stop", "id": "old", "at": old, "by": "bob@h"}).encode(),
+        json.dumps({"action": "workers", "value": 3, "id": "new", "at": time.time()}).encode(),
+    )
+    pool = start(pools, tmp_path, config, "alpha")
+    wait_until(lambda: redis_client.llen(keys.control_reply("new")) == 1, what="the reply")
+    running(redis_client, "alpha", 3)
+    log = pool.wait_for_log(r"expired")
+    assert "stopping warm" not in log
+    assert pool.process is not None and pool.process.poll() is None
+    assert pool.stop() == 0
+
+
+def test_a_paused_lane_the_files_drop_does_not_keep_its_messages(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # bulk is paused, a message waits in its list; a reload drops the lane. Nothing can
+    # resume it now ('this pool has no lane bulk'): the pause must go with the lane, and
+    # what waited there go back to the queue, to be run.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    code, out = ctl(config, "pause", "bulk")
+    assert code == 0, out
+    redis_client.lpush(keys.QUEUE, encode("test.sleep", {"id": "bulk1", "seconds": 0}))
+    wait_until(lambda: redis_client.llen(keys.lane_list("bulk")) == 1, what="bulk waiting")
+    config.write_text(config.read_text().replace(LANES, "$tuitop_lanes = '';"))
+    code, out = ctl(config, "reload")
+    assert code == 0, out
+    wait_until(lambda: "bulk1" in runs(redis_client), timeout=30, what="the bulk message")
+    wait_until(lambda: beat(redis_client, "alpha").get("paused_lanes") == "", what="beat")
+    code, line = run_check(config)
+    assert "pauses lane" not in line, line
+    assert pool.stop() == 0
+
+
+def run_check(config: Path) -> tuple[int, str]:
+    done = run_tuitop("--config", str(config), "check", "--no-redis-settings")
+    return done.returncode, done.stdout
+
+
+def test_a_reload_from_afar_that_moves_the_pool_to_another_redis(
+    tmp_path: Path,
+    pools: list[Pool],
+    config: Path,
+    redis_client: redis.Redis,
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    # The files now name another Redis and 'ctl reload' comes before the pool's watcher
+    # has seen the save (an admin's "sed -i … && tuitop ctl reload"; here the pool is
+    # held still meanwhile): the pool moves there, without an error in its loop.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    other = redis_server_factory()
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    pool.signal(signal.SIGSTOP)
+    try:
+        config.write_text(config.read_text().replace(f"= {port};", f"= {other.port};"))
+        command = {"action": "reload", "id": "moved", "at": time.time(), "by": "me@here"}
+        redis_client.rpush(keys.control("alpha"), json.dumps(command).encode())
+        time.sleep(1.5)  # past the loop's tick: it reads its mailbox first thing
+    finally:
+        pool.signal(signal.SIGCONT)
+    log = pool.wait_for_log(r"Command from me@here: reload")
+    running(other.client(), "alpha", 2)
+    assert "Unexpected error" not in pool.log(), log
+    assert pool.stop() == 0
+
+
+def test_a_mailbox_that_is_not_a_list_does_not_cut_the_pool_off(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    # Anyone may write the mailbox's key: a string there made every read of it fail
+    # (WRONGTYPE), which the pool took for Redis being away — link dropped, back-off
+    # up to 30 s, its heartbeat (10 s) expired, no worker started meanwhile.
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    redis_client.set(keys.control("alpha"), b"not a mailbox")
+    time.sleep(3)
+    assert "retrying" not in pool.log(), pool.log()
+    code, out = ctl(config, "workers", "3")
+    assert code == 0, out
+    running(redis_client, "alpha", 3)
+    assert pool.stop() == 0
+
+
+def test_the_longest_pool_name_serves_the_database_queue(
+    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+) -> None:
+    # --pool-name takes what a host name may be; on the database, a worker's id (the
+    # name, '/slot#pid') must fit its columns all the same, or no worker registers.
+    database = fresh_database(mariadb_server)
+    tuleap = Tuleap(tmp_path)
+    config = database_inc(tmp_path, database, workers=1)
+    done = run_tuitop("--config", str(config), "--no-ui", "--pool-name", "n" * 201)
+    assert done.returncode == 2 and "1 to 200" in done.stderr, done.stderr
+    name = "n" * 200
+    pool = start_db_pool(pools, tmp_path, tuleap, config, "--pool-name", name)
+    enqueue(database, "tracker.artifact_change", {"id": 1})
+    wait_until(lambda: count(database, "async_events") == 0, what="the row to run")
+    wait_until(lambda: len(tuleap.runs("end")) == 1, what="its task to end")
+    code, out = ctl(config, "workers", "2")
+    assert code == 0, out
+    assert pool.stop() == 0

@@ -624,3 +624,27 @@ def test_the_pool_survives_sigusr1_without_a_log_file(
     time.sleep(0.5)
     assert pool.process is not None and pool.process.poll() is None
     assert pool.stop() == 0
+
+
+def test_a_pool_paused_before_it_is_ready_still_says_ready(
+    tmp_path: Path,
+    socket_dir: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+) -> None:
+    # 'tuitop ctl pause' sent while the unit restarts: the pool obeys it at its first
+    # turn, before its workers run. READY must come all the same (else systemd's start
+    # times out and the unit fails), and the status line says why no worker runs.
+    command = {"action": "pause", "id": "p", "at": time.time(), "by": "me@here"}
+    redis_client.rpush(keys.control("sd"), json.dumps(command).encode())
+    notify = NotifySocket(str(socket_dir / "notify"))
+    try:
+        config = write_config(tmp_path, port=redis_server.port, workers=2)
+        pool = start(pools, tmp_path, config, notify, "--pool-name", "sd")
+        pool.wait_for_log("Command from me@here: pause")
+        ready = notify.wait_for("READY", "1")
+        assert "paused" in ready.fields["STATUS"], ready.fields
+        assert pool.stop() == 0
+    finally:
+        notify.close()

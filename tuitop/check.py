@@ -13,7 +13,8 @@ the server's own settings:
   newest): past ``--warning`` (120 s, Tuleap's limit; or the lane's own latency target,
   ``latency_15m``) WARNING with Tuleap's sentence, past ``--critical`` CRITICAL;
 - messages waiting and no live pool, no live worker, or no worker taking from their lane:
-  CRITICAL; no pool at all, or a pool short of the workers it wants: WARNING;
+  CRITICAL (WARNING when a ``tuitop ctl pause`` is why); no pool at all, or a pool short
+  of the workers it wants: WARNING;
 - a live pool keeping its last good config because a save was refused: WARNING;
 - dead letters made in the last 15 minutes (the stats' memory): WARNING;
 - Redis older than 6.2 (tuitop needs LMOVE): CRITICAL; the seed's two demands, a password
@@ -287,8 +288,9 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
         else:
             report.add(Status.WARNING, "workers", f"no tuitop pool runs{because}")
     elif not live and waiting:
+        # Paused by an operator ('tuitop ctl pause'): known, said; its age still escalates.
         report.add(
-            Status.CRITICAL,
+            Status.WARNING if all(p.paused for p in pools) else Status.CRITICAL,
             "workers",
             f"{waiting:,} message(s) wait and no worker runs ("
             + ", ".join(f"{p.name} wants {p.wanted}{', paused' * p.paused}" for p in pools)
@@ -297,6 +299,15 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
     else:
         for lane in snapshot.lanes:
             if lane.waiting and live and not lane.workers + lane.helpers:
+                pausing = [p.name for p in pools if p.paused or lane.name in p.paused_lanes]
+                if pausing:
+                    report.add(
+                        Status.WARNING,
+                        "workers",
+                        f"lane {lane.name}: {lane.waiting:,} message(s) wait, paused "
+                        f"({', '.join(pausing)})",
+                    )
+                    continue
                 report.add(
                     Status.CRITICAL,
                     "workers",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -81,15 +82,16 @@ def _add_interval_option(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
-POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 """A host name's characters: no ``/`` or ``#`` (worker ids are ``pool/slot#pid``), no
-``:`` (``tuitop:pool:<name>:owner`` is the name's lease)."""
+``:`` (``tuitop:pool:<name>:owner`` is the name's lease); at most 200 of them, so that a
+worker's id (``/slot#pid`` more) fits the database's 255-character columns."""
 
 
 def _pool_name(text: str) -> str:
     if not POOL_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a pool name is 1 to 253 letters, digits, '.', '_' or '-' (a host name)"
+            f"{text!r}: a pool name is 1 to 200 letters, digits, '.', '_' or '-' (a host name)"
         )
     return text
 
@@ -607,8 +609,9 @@ def command_check(args: argparse.Namespace) -> int:
         _print_report(report, args.json)
         return int(Status.UNKNOWN)
 
-    if not 0 < args.warning < args.critical:
-        return unknown("--warning must be above 0 and below --critical")
+    # A threshold that is no number (inf, nan) cannot be written as perfdata, nor in JSON.
+    if not (0 < args.warning < args.critical and math.isfinite(args.critical)):
+        return unknown("--warning must be above 0 and below --critical (a number of seconds)")
     if not 0 < args.timeout <= 3600:
         return unknown("--timeout must be above 0 and at most 3600 seconds")
     try:
@@ -856,8 +859,9 @@ def command_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return run_with_pool(argv, _ui_source(args, settings), args.interval)
     if not args.pool_name and not POOL_NAME.fullmatch(socket.gethostname()):
         print(
-            f"tuitop: the host name {socket.gethostname()!r} cannot name a pool (it would "
-            "meet other keys in Redis): give one with --pool-name",
+            f"tuitop: the host name {socket.gethostname()!r} cannot name a pool (more than "
+            "200 characters, or some that would meet other keys in Redis): give one with "
+            "--pool-name",
             file=sys.stderr,
         )
         return EXIT_CONFIG_ERROR

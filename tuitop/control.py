@@ -18,6 +18,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import socket
 import time
 import uuid
@@ -37,6 +38,9 @@ COMMAND_TTL = 60
 an old order when it comes back."""
 MAX_TEXT = 200
 """The longest ``by`` and ``lane`` kept: anyone may write a command."""
+COMMAND_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a command's id may be: it names the key (the row) the reply goes to, so it is
+refused rather than cut or trusted (a lone surrogate is no key at all)."""
 
 
 class CommandError(ValueError):
@@ -111,7 +115,7 @@ def reply_to(raw: bytes) -> str:
     except (ValueError, RecursionError):
         return ""
     found = document.get("id") if isinstance(document, dict) else None
-    return found[:64] if isinstance(found, str) else ""
+    return found if isinstance(found, str) and COMMAND_ID.fullmatch(found) else ""
 
 
 def parse(raw: bytes) -> Command:
@@ -129,6 +133,8 @@ def parse(raw: bytes) -> Command:
     texts = {name: document.get(name, "") for name in ("action", "lane", "by", "id")}
     if not all(isinstance(text, str) for text in texts.values()):
         raise CommandError("a command whose fields are not text")
+    if texts["id"] and not COMMAND_ID.fullmatch(texts["id"]):
+        raise CommandError("a command whose id is not 1 to 64 letters, digits, '.', '_' or '-'")
     at = document.get("at", 0.0)
     if isinstance(at, bool) or not isinstance(at, int | float):
         raise CommandError("a command whose time is not a number")
@@ -138,10 +144,18 @@ def parse(raw: bytes) -> Command:
         lane=_printable(texts["lane"]),
         by=_printable(texts["by"]),
         at=float(at),
-        id=texts["id"][:64],
+        id=texts["id"],
     )
     check(command)
     return command
+
+
+def expired(command: Command, now: float) -> bool:
+    """Whether ``command`` was sent more than COMMAND_TTL seconds before ``now``: a pool
+    that comes back later does not obey an old order (Redis keeps a mailbox as long as
+    commands keep coming to it: its TTL is the last one's). A command without a time
+    (written by hand) does not expire."""
+    return command.at > 0 and now - command.at > COMMAND_TTL
 
 
 def _printable(text: str) -> str:

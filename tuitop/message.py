@@ -156,6 +156,8 @@ def _number(value: Any, kind: type[float] | type[int]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return 0
     try:
-        return kind(float(value))
-    except (ValueError, OverflowError):
+        number = float(value)
+    except (ValueError, OverflowError):  # an integer too large for a float
         return 0
+    # A string may spell what no JSON number can ("nan", "inf"): no time, no count.
+    return kind(number) if math.isfinite(number) else 0

@@ -87,6 +87,8 @@ _KEYWORDS = frozenset(
     "namespace new or print private protected public readonly require require_once return "
     "static switch throw trait try unset use var while xor yield".split()
 )
+_NAMED_WORDS = frozenset(("true", "false", "null", "getenv", "define"))
+"""Bare words an error may name (besides the keywords): no secret is spelled so."""
 _SUPERGLOBALS = frozenset(
     "GLOBALS _SERVER _GET _POST _COOKIE _FILES _ENV _REQUEST _SESSION".split()
 )
@@ -545,7 +547,10 @@ def _describe(token: Token) -> str:
     if token.kind in ("int", "float"):
         return "a number"
     if token.kind == "ident":
-        return f"'{token.value}'"
+        # A bare word may be a secret whose quotes were forgotten ($redis_password = s3cr3t;)
+        if str(token.value).lower() in _KEYWORDS | _NAMED_WORDS:
+            return f"'{token.value}'"
+        return "a bare word (a string needs its quotes)"
     return f"'{token.value}'"
 
 
@@ -927,8 +932,10 @@ class _Run:
             return _BUILTIN_CONSTANTS[name]
         raise self.src.error(
             node.offset,
-            f'undefined constant "{name}" (tuitop supports only the constants of define() '
-            "and a few of PHP's: PHP_EOL, PHP_INT_MAX, DIRECTORY_SEPARATOR...)",
+            # Never named: it may be a secret whose quotes were forgotten.
+            "undefined constant (a string needs its quotes; tuitop supports only the "
+            "constants of define() and a few of PHP's: PHP_EOL, PHP_INT_MAX, "
+            "DIRECTORY_SEPARATOR...)",
         )
 
     def call(self, node: _Call) -> PhpValue:

@@ -261,11 +261,23 @@ class RedisPoolStore:
         return [w for w, alive in zip(candidates, pipe.execute(), strict=True) if not alive]
 
     def take_commands(self, name: str, limit: int) -> list[bytes]:
-        taken = self.client.lpop(keys.control(name), limit)
+        mailbox = keys.control(name)
+        try:
+            taken = self.client.lpop(mailbox, limit)
+        except redis.ResponseError as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            # Not a list (written by something else): no command is in it, and it must
+            # not fail the pool's every turn (the link would take Redis for away).
+            self.client.delete(mailbox)
+            return []
         return cast(list[bytes], taken or [])
 
     def reply(self, command_id: str, body: bytes) -> None:
         pipe = self.client.pipeline(transaction=True)
+        # Whatever is there is replaced: a key of another type (left by anyone) must not
+        # fail the reply, and the pool's link with it.
+        pipe.delete(keys.control_reply(command_id))
         pipe.rpush(keys.control_reply(command_id), body)
         pipe.expire(keys.control_reply(command_id), COMMAND_TTL)
         pipe.execute()

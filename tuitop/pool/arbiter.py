@@ -167,17 +167,22 @@ class Supervisor:
         self._reap()
         self.workers.enforce_time_limit()
         self._reap()  # a worker just killed for its time limit frees its slot for the next
+        if not self.draining:
+            # Before the heartbeat: a worker that just left (--max-messages, a crash) is
+            # replaced in the beat that no longer counts it, never seen short by a check.
+            self._scale()
         link = self.link
         if link.ok and link.store is not None:
             try:
                 self._publish()
                 self._obey(link.store)
-                link.store.move_due()
-                self.recovery.scan(self._our_ids())
+                if link.ok and link.store is not None:  # a reload it obeyed may leave it
+                    link.store.move_due()
+                    self.recovery.scan(self._our_ids())
             except link.errors as error:
                 link.trouble(error)
         if not self.draining:
-            self._scale()
+            self._scale()  # what a command just asked, at once
         link.tend_left(
             self.config.settings.store,
             lambda where: any(record.store == where for record in self.workers),
@@ -299,26 +304,43 @@ class Supervisor:
 
     def _obey(self, store: PoolStore) -> None:
         """Carries out the commands sent to this pool since the last tick, logs who asked
-        what, and replies (:mod:`tuitop.control`)."""
+        what, and replies (:mod:`tuitop.control`). Every command taken is carried out
+        before the first reply is written: a store that fails then loses replies, never
+        an order."""
+        # The database drops rows older than a minute by its own clock; a Redis mailbox
+        # lives as long as commands keep coming: there, the sender's time says.
+        by_age = store.settings.kind != DB_QUEUE
+        replies = [
+            self._answer(raw, by_age)
+            for raw in store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
+        ]
+        for command_id, reply in replies:
+            if command_id:
+                store.reply(command_id, reply.encode())
+
+    def _answer(self, raw: bytes, by_age: bool) -> tuple[str, control.Reply]:
+        """Reads and carries out one command (``by_age``: unless it expired): (its id, or
+        '' for none; the reply)."""
         name = self.options.pool_name
-        for raw in store.take_commands(name, COMMANDS_PER_TICK):
-            try:
-                command = control.parse(raw)
-            except control.CommandError as error:
-                self.logger.warning("A command sent to this pool is refused: %s", error)
-                if command_id := control.reply_to(raw):
-                    store.reply(command_id, control.Reply(name, False, str(error)).encode())
-                continue
-            ok, said = self._carry_out(command)
-            self.logger.warning(
-                "Command from %s: %s: %s%s",
-                command.by or "someone unnamed",
-                command.describe(),
-                "" if ok else "refused: ",
-                said,
-            )
-            if command.id:
-                store.reply(command.id, control.Reply(name, ok, said, time.time()).encode())
+        try:
+            command = control.parse(raw)
+            now = time.time()
+            if by_age and control.expired(command, now):
+                raise control.CommandError(
+                    f"{command.describe()} sent {now - command.at:.0f} s ago expired unread"
+                )
+        except control.CommandError as error:
+            self.logger.warning("A command sent to this pool is refused: %s", error)
+            return control.reply_to(raw), control.Reply(name, False, str(error), time.time())
+        ok, said = self._carry_out(command)
+        self.logger.warning(
+            "Command from %s: %s: %s%s",
+            command.by or "someone unnamed",
+            command.describe(),
+            "" if ok else "refused: ",
+            said,
+        )
+        return command.id, control.Reply(name, ok, said, time.time())
 
     def _carry_out(self, command: control.Command) -> tuple[bool, str]:
         """Does what ``command`` asks: (done, what was done or why not)."""

@@ -124,4 +124,14 @@ class Configuration:
         sync_level(self.logger, self.level)
         for line in change.said:
             self.logger.warning("config: %s", line)
+        # A paused lane the files no longer name goes with its pause: nothing could resume
+        # it, and the pool would go on counting it as served, its messages held there.
+        gone = self.paused_lanes - set(settings.lanes.names)
+        if gone:
+            self.paused_lanes -= gone
+            self.logger.warning(
+                "config: lane(s) %s, paused, are no longer in $tuitop_lanes: no longer "
+                "paused, their messages go back to the queue",
+                ", ".join(sorted(gone)),
+            )
         return change

@@ -75,6 +75,13 @@ class PoolState:
     """Messages waiting in the queue at the last sample (None: not sampled yet)."""
     config_error: bool = False
     stopping: bool = False
+    paused: bool = False
+    """No worker takes messages (``tuitop ctl pause``): none is to run."""
+
+    @property
+    def takers(self) -> int:
+        """The workers to run now: none while paused."""
+        return 0 if self.paused else self.wanted
 
 
 def settled(state: PoolState) -> bool:
@@ -88,7 +95,7 @@ def settled(state: PoolState) -> bool:
         return state.store_tried
     if state.starts_held:
         return True
-    return state.published and state.running == state.registered == state.wanted
+    return state.published and state.running == state.registered == state.takers
 
 
 def status_line(state: PoolState) -> str:
@@ -109,6 +116,8 @@ def status_line(state: PoolState) -> str:
         parts.append(f"{state.store} ok")
     if state.starts_held:
         parts.append("workers fail at start (see the log)")
+    if state.paused:
+        parts.append("paused ('tuitop ctl resume')")
     if state.config_error:
         parts.append("config error: the last good config stays")
     return ", ".join(parts)
@@ -244,11 +253,12 @@ class ServiceNotifier:
             store_ok=self.link.ok,
             store_tried=self.link.store is not None,
             name_refused=self.presence.name_refused,
-            published=beat is not None and not beat.stopping and beat.running == wanted,
+            published=beat is not None and not beat.stopping and beat.running == self.config.takers,
             starts_held=self.workers.next_start_at > now,
             waiting=self._waiting,
             config_error=bool(self.config.error),
             stopping=self._stopping,
+            paused=self.config.paused,
         )
 
     def _sample(self, now: float) -> None:
