@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import multiprocessing
 import os
 import socket
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -33,7 +35,14 @@ from tests.test_tasks_e2e import FAST_RETRY, TASK, Tuleap, php_message
 from tests.tuleapdb import enqueue
 from tuitop import keys
 from tuitop.config import DatabaseSettings
-from tuitop.message import encode
+from tuitop.message import Message, encode
+from tuitop.metrics import (
+    MAX_TOPICS,
+    OTHER_TOPIC,
+    CountingTarget,
+    fold_into_archive,
+    open_counting,
+)
 from tuitop.redisserver import EmbeddedRedis
 
 QUEUE = "app_user_events"
@@ -399,3 +408,36 @@ def test_no_metrics_port_serves_and_counts_nothing(
     assert not metrics_directories(pool)
     assert "Metrics on" not in pool.log()
     assert pool.stop() == 0
+
+
+def count_topics(directory: str, first: int, pool: str) -> None:
+    """A worker's life: ``MAX_TOPICS`` topics never seen before, one message each."""
+    counts = open_counting(CountingTarget(directory, pool))
+    for index in range(first, first + MAX_TOPICS):
+        counts.started(Message(f"hostile.{index}", {}, 0.0, 0, b""), time.time())
+
+
+def test_endless_topics_through_recycled_workers_stay_capped(tmp_path: Path) -> None:
+    # A hostile producer sends a new topic with every message; each worker gives the
+    # first MAX_TOPICS a label, and is recycled: the next one must not add as many again.
+    directory = str(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    for life in range(3):
+        worker = context.Process(
+            target=count_topics, args=(directory, life * MAX_TOPICS, "hostile")
+        )
+        worker.start()
+        worker.join(60)
+        assert worker.exitcode == 0
+        assert worker.pid is not None
+        fold_into_archive(directory, worker.pid)
+    topics: dict[str, float] = {}
+    for metric in MultiProcessCollector(None, directory).collect():  # type: ignore[no-untyped-call]
+        for sample in metric.samples:
+            if sample.name == "tuleap_queue_events_total":
+                topics[sample.labels["topic"]] = (
+                    topics.get(sample.labels["topic"], 0) + sample.value
+                )
+    assert len(topics) <= MAX_TOPICS + 1
+    assert sum(topics.values()) == 3 * MAX_TOPICS  # every message still counted, once
+    assert topics[OTHER_TOPIC] == 2 * MAX_TOPICS

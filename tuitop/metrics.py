@@ -73,8 +73,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 """tuitop's latency buckets: from a notification's milliseconds to a JIRA import's hour."""
 MAX_TOPICS = 1000
-"""Topics a process gives a label of their own; the rest count as ``OTHER_TOPIC`` (a
-producer sending endless new topics must not grow the series without end)."""
+"""Topics a process, and the archive of gone processes, give a label of their own; the rest
+count as ``OTHER_TOPIC`` (a producer sending endless new topics must not grow the series
+without end, however many workers are recycled)."""
 OTHER_TOPIC = "other"
 ARCHIVE = "archive"
 """The pid part of the files that hold the counts of processes gone."""
@@ -244,23 +245,48 @@ def fold_into_archive(directory: str, pid: int) -> None:
         archive = os.path.join(directory, f"{kind}_{ARCHIVE}.db")
         sources = [path for path in (archive, gone) if os.path.exists(path)]
         merged = MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
+        # Each worker labels MAX_TOPICS topics of its own: recycled ones, fed new topics
+        # by a hostile producer, would grow the archive without end. The archive keeps
+        # the topics it has, admits new ones up to MAX_TOPICS, and sums the rest as
+        # OTHER_TOPIC (every event still counted, once).
+        topics = _archived_topics(archive)
+        values: dict[str, float] = {}
+        for metric in merged:
+            for sample in metric.samples:
+                labels = dict(sample.labels)
+                topic = labels.get("topic")
+                if topic is not None and topic not in topics:
+                    if len(topics) < MAX_TOPICS:
+                        topics.add(topic)
+                    else:
+                        labels["topic"] = OTHER_TOPIC
+                key = mmap_key(
+                    metric.name, sample.name, list(labels), list(labels.values()),
+                    metric.documentation,
+                )  # fmt: skip
+                values[key] = values.get(key, 0.0) + sample.value
         # Written aside, then renamed over the archive: a scrape globs *.db only.
         temporary = os.path.join(directory, f"{kind}_{ARCHIVE}.tmp")
         if os.path.exists(temporary):
             os.remove(temporary)  # left by a fold cut short: start over
         archived = MmapedDict(temporary)  # type: ignore[no-untyped-call]
         try:
-            for metric in merged:
-                for sample in metric.samples:
-                    key = mmap_key(
-                        metric.name,
-                        sample.name,
-                        list(sample.labels),
-                        list(sample.labels.values()),
-                        metric.documentation,
-                    )
-                    archived.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
+            for key, value in values.items():
+                archived.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
         finally:
             archived.close()  # type: ignore[no-untyped-call]
         os.replace(temporary, archive)
         os.remove(gone)
+
+
+def _archived_topics(archive: str) -> set[str]:
+    """The topics the archive file ``archive`` labels already (none without the file)."""
+    if not os.path.exists(archive):
+        return set()
+    merged = MultiProcessCollector.merge([archive], accumulate=False)  # type: ignore[no-untyped-call]
+    return {
+        sample.labels["topic"]
+        for metric in merged
+        for sample in metric.samples
+        if "topic" in sample.labels
+    }
