@@ -4,6 +4,7 @@ error (never a password) when the store does not answer."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import redis
@@ -93,3 +94,37 @@ def test_once_json_reads_tuleaps_database_queue(tmp_path: Path, database: Databa
     assert found["store"] == f"db {database.address}"
     assert found["queue"]["waiting"] == 3 and found["pools"] == []
     assert database.password.reveal() not in done.stdout + done.stderr
+
+
+def test_once_leaves_out_stats_fields_it_never_writes(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    # Anything that can write to the store can write to its stats buckets: a count that
+    # is no number, a latency bucket that is no index or past any float, a topic's bucket
+    # in digits int() refuses. Each is left out; what tuitop wrote is still read.
+    bucket = keys.stats_bucket(int(time.time()) - int(time.time()) % keys.STATS_BUCKET_SECONDS)
+    redis_client.hset(
+        bucket,
+        mapping={
+            "done": "abc",
+            "failed": "-5",
+            "w:x": "1",
+            "e:99999999": "1",
+            "t#n|hostile": "many",
+            "t#w:99999|hostile": "1",
+            "t#w:²|hostile": "1",
+            "e:100": "3",
+            "t#n|test.count": "3",
+            "t#w:100|test.count": "3",
+        },
+    )
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    done = run_tuitop("--config", str(config), "top", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["latency"]["1m"]["end_to_end"]["count"] == 3
+    assert found["topics"]["test.count"]["wait"]["count"] == 3
+    assert found["topics"].get("hostile", {}).get("wait", {}).get("count", 0) == 0
+    assert found["rates"]["done"] == 0 and found["rates"]["failed"] == 0
+    done = run_tuitop("--config", str(config), "top", "--once")
+    assert done.returncode == 0, done.stderr

@@ -84,6 +84,28 @@ def latency_bucket(seconds: float) -> int:
     return int(math.log2(microseconds) * SUBBUCKETS_PER_OCTAVE)
 
 
+MAX_BUCKET_INDEX = 64 * SUBBUCKETS_PER_OCTAVE
+"""Past any latency tuitop measures (2**64 µs); a higher index in the store is not
+tuitop's, and is left out (its value would overflow a float)."""
+
+
+def _bucket_index(text: str) -> int | None:
+    """A latency bucket's index as written in a field's name; None if it is not one."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
+        return None
+    index = int(text)
+    return index if index <= MAX_BUCKET_INDEX else None
+
+
+def _count(raw: object) -> int | None:
+    """A stored count (Redis: bytes, the database: an integer); None if it is not one."""
+    try:
+        count = int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return count if count >= 0 else None
+
+
 def bucket_value(index: int) -> float:
     """The latency, in seconds, a bucket stands for (its geometric middle)."""
     return float(2 ** ((index + 0.5) / SUBBUCKETS_PER_OCTAVE) / 1e6)
@@ -299,22 +321,27 @@ def summarize(
     depth: int | None = None
     for bucket in buckets:  # newest first
         for raw_field, raw_count in bucket.items():
-            name, count = raw_field.decode(errors="replace"), int(raw_count)
+            name, count = raw_field.decode(errors="replace"), _count(raw_count)
+            if count is None:
+                continue  # not a count tuitop wrote: left out, not a crash
             if name.startswith(TOPIC_PREFIX):
                 head, bar, topic = name[len(TOPIC_PREFIX) :].partition("|")
                 if topics and bar:  # not ``t#names``, the bucket's count of names
                     per_topic.setdefault(topic, Counter())[head] += count
                 continue
-            kind, _, index = name.partition(":")
+            kind, _, index_text = name.partition(":")
             kind, _, lane = kind.partition("@")
+            index = _bucket_index(index_text)
+            if index_text and index is None:
+                continue  # a latency bucket tuitop never writes
             if name == DEPTH:
                 depth = count if depth is None else depth
-            elif kind == WAIT and index and lane:
-                lane_wait.setdefault(lane, Counter())[int(index)] += count
-            elif kind == WAIT and index:
-                wait[int(index)] += count
-            elif kind == END_TO_END and index:
-                end_to_end[int(index)] += count
+            elif kind == WAIT and index is not None and lane:
+                lane_wait.setdefault(lane, Counter())[index] += count
+            elif kind == WAIT and index is not None:
+                wait[index] += count
+            elif kind == END_TO_END and index is not None:
+                end_to_end[index] += count
             elif lane:
                 if kind == "done":
                     lane_done[lane] += count
@@ -352,11 +379,12 @@ def _one_topic(fields: Counter[str]) -> TopicStats:
     wait: Counter[int] = Counter()
     run: Counter[int] = Counter()
     for head, count in fields.items():
-        kind, _, index = head.partition(":")
-        if not index.isdigit():
+        kind, _, index_text = head.partition(":")
+        index = _bucket_index(index_text)
+        if index is None:
             continue
         if kind == WAIT:
-            wait[int(index)] += count
+            wait[index] += count
         elif kind == RUN:
-            run[int(index)] += count
+            run[index] += count
     return TopicStats(fields["n"], fields["f"], percentiles(wait), percentiles(run))
