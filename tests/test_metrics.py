@@ -37,6 +37,7 @@ from tuitop import keys
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, encode
 from tuitop.metrics import (
+    MAX_TOPIC_LENGTH,
     MAX_TOPICS,
     OTHER_TOPIC,
     CountingTarget,
@@ -441,3 +442,35 @@ def test_endless_topics_through_recycled_workers_stay_capped(tmp_path: Path) -> 
     assert len(topics) <= MAX_TOPICS + 1
     assert sum(topics.values()) == 3 * MAX_TOPICS  # every message still counted, once
     assert topics[OTHER_TOPIC] == 2 * MAX_TOPICS
+
+
+def test_a_huge_topic_name_is_cut_in_the_labels(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    # One message whose topic is a megabyte: every series of its topic (a counter, and a
+    # histogram's two dozen buckets) would carry it, in the worker's file and each scrape.
+    client = redis_server.client()
+    config = write_config(tmp_path, port=redis_server.port, workers=1, extra="$tuitop_lanes = '';")
+    port = free_port()
+    pool = Pool(
+        tmp_path,
+        config,
+        *("--handlers", "tests.handlers_for_tests", "--metrics-port", str(port)),
+    ).start()
+    pools.append(pool)
+    up(port)
+    huge = "hostile." + "x" * 1_000_000
+    push_all(client, [encode(huge, {"id": 1}), encode("test.count", {"id": 2})])
+    wait_until(lambda: events(scrape(port)).get(("test.count", "done")) == 1, 60, "test.count done")
+    wait_until(lambda: nothing_pending(client), 30, "nothing pending")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read()
+    assert len(text) < 200_000
+    [directory] = metrics_directories(pool)
+    assert sum(os.path.getsize(path) for path in glob.glob(os.path.join(directory, "*.db"))) < (
+        10_000_000
+    )
+    cut = {topic for topic, _ in events(scrape(port)) if topic.startswith("hostile.")}
+    assert cut == {huge[:MAX_TOPIC_LENGTH]}
+    client.close()
+    assert pool.stop() == 0

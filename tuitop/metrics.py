@@ -76,6 +76,9 @@ MAX_TOPICS = 1000
 """Topics a process, and the archive of gone processes, give a label of their own; the rest
 count as ``OTHER_TOPIC`` (a producer sending endless new topics must not grow the series
 without end, however many workers are recycled)."""
+MAX_TOPIC_LENGTH = 120
+"""Longer topic names are cut in the labels (every series of a topic repeats it: in each
+process's file, and in every scrape), as the stats cut them."""
 OTHER_TOPIC = "other"
 ARCHIVE = "archive"
 """The pid part of the files that hold the counts of processes gone."""
@@ -169,6 +172,7 @@ class Counts(Counting):
         self._topics: set[str] = set()
 
     def _topic(self, topic: str) -> str:
+        topic = topic[:MAX_TOPIC_LENGTH]
         if topic in self._topics:
             return topic
         if len(self._topics) >= MAX_TOPICS:
