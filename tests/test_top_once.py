@@ -10,11 +10,13 @@ from pathlib import Path
 import redis
 
 from tests.conftest import RedisServerFactory
-from tests.pool import Pool, run_tuitop, wait_until, write_config
+from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
+from tests.test_tasks_e2e import TASK, Tuleap, php_message
 from tuitop import keys
 from tuitop.config import DatabaseSettings
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis, free_port
+from tuitop.stats import MAX_TOPIC_LENGTH
 
 
 def test_once_json_is_one_snapshot_of_a_live_pool(
@@ -128,3 +130,26 @@ def test_once_leaves_out_stats_fields_it_never_writes(
     assert found["rates"]["done"] == 0 and found["rates"]["failed"] == 0
     done = run_tuitop("--config", str(config), "top", "--once")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_huge_topic_is_cut_in_the_heartbeat(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    # A producer's topic of a megabyte, run by Tuleap's task process for a while: the
+    # worker's heartbeat repeats its topic every second, and every view reads it.
+    tuleap = Tuleap(tmp_path)
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = Pool(tmp_path, config, *TASK, "--task-dir", str(tuleap.root), env=tuleap.env)
+    pools.append(pool.start())
+    huge = "hostile." + "x" * 1_000_000
+    payload = json.dumps({"id": "h", "standin": {"sleep": 30}})
+    redis_client.lpush(keys.QUEUE, php_message(huge, payload, time.time()))
+    busy = wait_until(
+        lambda: [b for b in worker_heartbeats(redis_client).values() if b["state"] == "busy"],
+        30,
+        "the worker busy",
+    )[0]
+    assert busy["topic"] == huge[:MAX_TOPIC_LENGTH]
+    done = run_tuitop("--config", str(config), "top", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) < 100_000

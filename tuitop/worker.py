@@ -61,7 +61,7 @@ from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
 from tuitop.redisconn import CONNECT_TIMEOUT
 from tuitop.registry import build_registry
-from tuitop.stats import END_TO_END, WAIT, StatsBatch
+from tuitop.stats import END_TO_END, MAX_TOPIC_LENGTH, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
 
 # Exit codes the supervisor reads to say why a worker could not start.
@@ -416,7 +416,9 @@ class Worker:
 
     def _process(self, message: Message) -> None:
         now = time.time()
-        self._topic = message.topic
+        # For the heartbeat, rewritten every second and read by every view: cut as the
+        # stats cut it (a producer may send a topic of any length).
+        self._topic = message.topic[:MAX_TOPIC_LENGTH]
         self.status[JOB_STARTED] = now
         self.status[JOB_CLOCK] = time.monotonic()
         if self.status[STATE] != BUSY:  # through a batch it stays busy
