@@ -153,3 +153,14 @@ def test_a_huge_topic_is_cut_in_the_heartbeat(
     done = run_tuitop("--config", str(config), "top", "--once", "--json")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout) < 100_000
+
+
+def test_once_json_with_a_retry_due_never(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    # Redis takes a score of +inf: the next retry is then in no time JSON can say.
+    redis_client.zadd(keys.DELAYED, {encode("test.count", {"id": 1}): float("inf")})
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    done = run_tuitop("--config", str(config), "top", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["queue"]["delayed"] == 1

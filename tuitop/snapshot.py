@@ -13,6 +13,7 @@ a UI thread can hold without touching Redis again.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -152,8 +153,9 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         depth, lane_oldest = lane_replies[2 * index : 2 * index + 2]
         lists.append((lane, int(depth), _age(lane_oldest, moment)))
     next_retry = None
-    if first_due:
-        next_retry = max(float(first_due[0][1]) - moment, 0.0)
+    if first_due and math.isfinite(due := float(first_due[0][1])):
+        # A score of +inf (no tuitop's: anyone may ZADD) is due never: no time to say.
+        next_retry = max(due - moment, 0.0)
     return build_snapshot(
         moment,
         lists=lists,
