@@ -73,15 +73,17 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 """tuitop's latency buckets: from a notification's milliseconds to a JIRA import's hour."""
 MAX_TOPICS = 1000
-"""Topics a process, and the archive of gone processes, give a label of their own; the rest
-count as ``OTHER_TOPIC`` (a producer sending endless new topics must not grow the series
-without end, however many workers are recycled)."""
+"""Topics a process gives a label of their own, those of the processes gone (the archive)
+included; the rest count as ``OTHER_TOPIC`` (a producer sending endless new topics must not
+grow the series without end, however many workers are recycled)."""
 MAX_TOPIC_LENGTH = 120
 """Longer topic names are cut in the labels (every series of a topic repeats it: in each
 process's file, and in every scrape), as the stats cut them."""
 OTHER_TOPIC = "other"
 ARCHIVE = "archive"
 """The pid part of the files that hold the counts of processes gone."""
+KINDS = ("counter", "histogram")
+"""The kinds of files folded into the archive (tuitop's gauges are the pool's)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,11 @@ class Counts(Counting):
         self._counters: dict[tuple[str, str], Counter] = {}
         self._waits: dict[str, Histogram] = {}
         self._ends: dict[str, Histogram] = {}
-        self._topics: set[str] = set()
+        # The topics the workers gone labelled are labels here too, and count against
+        # the cap: a recycled worker, fed new topics by a hostile producer, adds none
+        # once the archive holds MAX_TOPICS (a fold only ever adds up: a topic is
+        # never moved to OTHER_TOPIC after the fact, which would lower it).
+        self._topics: set[str] = archived_topics(target.directory)
 
     def _topic(self, topic: str) -> str:
         topic = topic[:MAX_TOPIC_LENGTH]
@@ -242,55 +248,49 @@ def fold_into_archive(directory: str, pid: int) -> None:
     number of workers recycled. Counters and histograms only (tuitop's gauges are the
     pool's, read at scrape time). The caller keeps scrapes out meanwhile: between the
     archive's replacement and the removal, a scrape would count them twice."""
-    for kind in ("counter", "histogram"):
+    for kind in KINDS:
         gone = os.path.join(directory, f"{kind}_{pid}.db")
         if not os.path.exists(gone):
             continue
         archive = os.path.join(directory, f"{kind}_{ARCHIVE}.db")
         sources = [path for path in (archive, gone) if os.path.exists(path)]
         merged = MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
-        # Each worker labels MAX_TOPICS topics of its own: recycled ones, fed new topics
-        # by a hostile producer, would grow the archive without end. The archive keeps
-        # the topics it has, admits new ones up to MAX_TOPICS, and sums the rest as
-        # OTHER_TOPIC (every event still counted, once).
-        topics = _archived_topics(archive)
-        values: dict[str, float] = {}
-        for metric in merged:
-            for sample in metric.samples:
-                labels = dict(sample.labels)
-                topic = labels.get("topic")
-                if topic is not None and topic not in topics:
-                    if len(topics) < MAX_TOPICS:
-                        topics.add(topic)
-                    else:
-                        labels["topic"] = OTHER_TOPIC
-                key = mmap_key(
-                    metric.name, sample.name, list(labels), list(labels.values()),
-                    metric.documentation,
-                )  # fmt: skip
-                values[key] = values.get(key, 0.0) + sample.value
         # Written aside, then renamed over the archive: a scrape globs *.db only.
         temporary = os.path.join(directory, f"{kind}_{ARCHIVE}.tmp")
         if os.path.exists(temporary):
             os.remove(temporary)  # left by a fold cut short: start over
         archived = MmapedDict(temporary)  # type: ignore[no-untyped-call]
         try:
-            for key, value in values.items():
-                archived.write_value(key, value, 0.0)  # type: ignore[no-untyped-call]
+            for metric in merged:
+                for sample in metric.samples:
+                    key = mmap_key(
+                        metric.name,
+                        sample.name,
+                        list(sample.labels),
+                        list(sample.labels.values()),
+                        metric.documentation,
+                    )
+                    archived.write_value(key, sample.value, 0.0)  # type: ignore[no-untyped-call]
         finally:
             archived.close()  # type: ignore[no-untyped-call]
         os.replace(temporary, archive)
         os.remove(gone)
 
 
-def _archived_topics(archive: str) -> set[str]:
-    """The topics the archive file ``archive`` labels already (none without the file)."""
-    if not os.path.exists(archive):
-        return set()
-    merged = MultiProcessCollector.merge([archive], accumulate=False)  # type: ignore[no-untyped-call]
-    return {
-        sample.labels["topic"]
-        for metric in merged
-        for sample in metric.samples
-        if "topic" in sample.labels
-    }
+def archived_topics(directory: str) -> set[str]:
+    """The topics the archive of ``directory`` labels already (none before a fold)."""
+    topics: set[str] = set()
+    for kind in KINDS:
+        try:
+            merged = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+                [os.path.join(directory, f"{kind}_{ARCHIVE}.db")], accumulate=False
+            )
+        except FileNotFoundError:  # not made yet (once made, it is replaced, never removed)
+            continue
+        topics.update(
+            sample.labels["topic"]
+            for metric in merged
+            for sample in metric.samples
+            if "topic" in sample.labels
+        )
+    return topics
