@@ -506,6 +506,11 @@ def _with_queue(args: argparse.Namespace, action: Callable[[QueueAdmin], int]) -
     settings = _settings_or_exit(args.config)
     if isinstance(settings, int):
         return settings
+    return _on_queue(settings, action)
+
+
+def _on_queue(settings: Settings, action: Callable[[QueueAdmin], int]) -> int:
+    """:func:`_with_queue` for settings already read."""
     store = settings.store
     if not store.configured:
         print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
@@ -692,7 +697,7 @@ def command_ctl(args: argparse.Namespace) -> int:
                 status = EXIT_FAILURE
         return status
 
-    return _with_queue(args, send_all)
+    return _on_queue(settings, send_all)
 
 
 def _ctl_command(action: str, argument: str | None) -> control.Command:
