@@ -17,6 +17,7 @@ import psutil
 import redis
 
 from tuitop import keys
+from tuitop.queue import alive_in
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,12 +160,13 @@ class Pool:
 
 
 def worker_heartbeats(client: redis.Redis) -> dict[str, dict[str, str]]:
-    """The live workers' heartbeat hashes, by worker id."""
+    """The live workers' heartbeat hashes, by worker id (alive as every view and pool
+    tells: by its own word, or listed by its live pool)."""
     result = {}
-    for member in client.smembers(keys.WORKERS):
-        worker_id = member.decode()
+    members = sorted(member.decode() for member in client.smembers(keys.WORKERS))
+    for worker_id, alive in zip(members, alive_in(client, members), strict=True):
         fields = client.hgetall(keys.heartbeat(worker_id))
-        if fields:
+        if fields and alive:
             result[worker_id] = {k.decode(): v.decode() for k, v in fields.items()}
     return result
 

@@ -24,7 +24,7 @@ from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, wr
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.notification import TOPIC
-from tuitop.queue import Queue, parse_dead_letter
+from tuitop.queue import Queue, alive_in, parse_dead_letter
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 from tuitop.snapshot import take_snapshot
@@ -530,9 +530,7 @@ def test_a_worker_frozen_past_its_heartbeat_reruns_at_most_what_it_held(
     wait_until(lambda: redis_client.llen(RUNS_KEY) >= 50, what="it is running them")
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(
-            lambda: not redis_client.exists(keys.heartbeat(worker_id)), 15, "its heartbeat to go"
-        )
+        wait_until(lambda: not alive_in(redis_client, [worker_id])[0], 20, "its heartbeat to go")
         held = redis_client.llen(keys.processing_list(worker_id))
         Queue(redis_client).recover(worker_id, "stopped beating", unless_beating=True)
     finally:

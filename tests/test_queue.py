@@ -729,12 +729,22 @@ def test_recover_unless_beating_leaves_a_live_worker_alone(redis_client: redis.R
     queue = Queue(redis_client)
     raw = encode("tuitop.noop", {"id": "live"})
     redis_client.lpush(keys.processing_list(WORKER), raw)
-    redis_client.hset(keys.heartbeat(WORKER), "state", "busy")
+    # Alive by its own word (its alive key, for a heartbeat's life) ...
+    redis_client.set(keys.worker_alive(WORKER), 1, ex=10)
     assert queue.recover(WORKER, "looked silent", unless_beating=True) == Recovery(0, 0)
     assert redis_client.lrange(keys.processing_list(WORKER), 0, -1) == [raw]
-    redis_client.delete(keys.heartbeat(WORKER))
+    # ... or listed by its live pool (an idle worker writes nothing of its own).
+    redis_client.delete(keys.worker_alive(WORKER))
+    pool = keys.pool(keys.pool_of(WORKER))
+    redis_client.hset(pool, "workers", f"host-a/0#1,{WORKER},host-a/2#3")
+    assert queue.recover(WORKER, "looked silent", unless_beating=True) == Recovery(0, 0)
+    assert redis_client.lrange(keys.processing_list(WORKER), 0, -1) == [raw]
+    # A hash of its own says nothing: only those two do.
+    redis_client.hset(pool, "workers", f"host-a/0#1,{WORKER}x")
+    redis_client.hset(keys.heartbeat(WORKER), "state", "busy")
     assert queue.recover(WORKER, "stopped beating", unless_beating=True) == Recovery(1, 0)
     assert redis_client.llen(keys.processing_list(WORKER)) == 0
+    assert not redis_client.exists(keys.heartbeat(WORKER))
 
 
 def test_take_or_count_says_what_the_processing_list_holds(redis_client: redis.Redis) -> None:

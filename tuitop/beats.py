@@ -1,7 +1,10 @@
 """The heartbeats in Redis: what a worker and a pool publish, written and read here only.
 
-A worker's hash (``keys.heartbeat(id)``) and a pool's (``keys.pool(name)``) each carry a
-TTL: while it lives, its owner is alive. :class:`WorkerBeat` and :class:`PoolBeat` are
+A pool's hash (``keys.pool(name)``) carries a TTL: while it lives, the pool is alive, and
+so is each worker it lists (``workers``). A worker's hash (``keys.heartbeat(id)``) is
+written when its state changed, with ``keys.worker_alive(id)`` beside it for a
+heartbeat's life (what says a worker is alive when no live pool lists it: at its start,
+once its pool is gone). :class:`WorkerBeat` and :class:`PoolBeat` are
 their one definition — the worker and the pool write ``fields()``, every view reads
 ``parse()`` — so that a field renamed on one side cannot be read stale on the other.
 
@@ -109,7 +112,8 @@ def _read(text: str, kind: type) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerBeat(_Beat):
-    """A worker's heartbeat, written every second by its heartbeat thread."""
+    """A worker's heartbeat, written by its heartbeat thread when it changed (every
+    second while busy)."""
 
     pool: str = ""
     slot: int = 0
@@ -136,7 +140,8 @@ class WorkerBeat(_Beat):
 
 @dataclass(frozen=True, kw_only=True)
 class PoolBeat(_Beat):
-    """A pool's heartbeat, written every tick by its parent process."""
+    """A pool's heartbeat, written by its parent process when it changed, and at least
+    three times in its TTL."""
 
     wanted: int = 0
     """The count the pool runs now: the session's (``+``/``-``) or the config's."""
@@ -160,6 +165,9 @@ class PoolBeat(_Beat):
     """No worker of it takes messages (``tuitop ctl pause``)."""
     paused_lanes: tuple[str, ...] = ()
     """Lanes its workers do not take from (``tuitop ctl pause POOL LANE``)."""
+    workers: tuple[str, ...] = ()
+    """The ids of its workers alive now: while this hash lives, each of them is alive
+    whether or not it wrote its own hash lately (an idle worker writes nothing)."""
 
 
 def json_fields(text: str | bytes | None) -> dict[bytes, bytes]:

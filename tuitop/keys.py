@@ -82,8 +82,23 @@ WORKERS = "tuitop:workers"
 
 
 def heartbeat(worker_id: str) -> str:
-    """Hash describing a live worker (host, pid, state ...); expires when it stops beating."""
+    """Hash describing a worker (host, pid, state ...), written when it changes; whether
+    the worker lives is said by :func:`worker_alive` and its pool's hash, not by this one
+    (it lives ``WORKER_HASH_SECONDS`` after its last write, and is deleted when the
+    worker leaves or is recovered)."""
     return f"tuitop:worker:{worker_id}"
+
+
+def worker_alive(worker_id: str) -> str:
+    """Set with a TTL (the heartbeat's) by a worker each time it writes its hash: alive
+    while it lives, or while the pool of the worker lists it in its own hash (``workers``):
+    so that an idle worker, whose hash does not change, costs the store nothing."""
+    return f"tuitop:worker:{worker_id}:alive"
+
+
+def pool_of(worker_id: str) -> str:
+    """The pool a worker id (``pool/slot#pid``) belongs to: pool names hold no ``/``."""
+    return worker_id.partition("/")[0]
 
 
 def worker_lease(worker_id: str) -> str:
@@ -91,6 +106,13 @@ def worker_lease(worker_id: str) -> str:
     recovers it: a worker that finds it gone knows what it holds is elsewhere now (it was
     frozen, or cut off, past its heartbeat)."""
     return f"tuitop:worker:{worker_id}:lease"
+
+
+WORKER_HASH_SECONDS = 3600
+"""How long a worker's hash outlives its last write (a worker rewrites it at least every
+``WORKER_HASH_REFRESH`` s): only what no one deleted (a host gone with no pool left to
+recover it) is left this long."""
+WORKER_HASH_REFRESH = 600
 
 
 CONFIG = "tuitop:config"

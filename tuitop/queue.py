@@ -252,6 +252,36 @@ return 1
 """
 
 
+def _alive(said_alive: object, roster: object, worker_id: str) -> bool:
+    """Whether a worker is alive, from its alive key's EXISTS and its pool's ``workers``
+    field (HGET: None when the pool is gone)."""
+    if said_alive:
+        return True
+    if not isinstance(roster, bytes):
+        return False
+    return worker_id.encode() in roster.split(b",")
+
+
+def alive_in(client: Redis, worker_ids: Sequence[str]) -> list[bool]:
+    """Whether each worker is alive, in one round trip: it said so itself within its
+    heartbeat's life (``keys.worker_alive``), or a live pool lists it in its hash (an
+    idle worker writes nothing)."""
+    if not worker_ids:
+        return []
+    pools = sorted({keys.pool_of(worker_id) for worker_id in worker_ids})
+    pipe = client.pipeline(transaction=False)
+    for worker_id in worker_ids:
+        pipe.exists(keys.worker_alive(worker_id))
+    for name in pools:
+        pipe.hget(keys.pool(name), "workers")
+    replies = pipe.execute()
+    rosters = dict(zip(pools, replies[len(worker_ids) :], strict=True))
+    return [
+        _alive(said, rosters[keys.pool_of(worker_id)], worker_id)
+        for worker_id, said in zip(worker_ids, replies, strict=False)
+    ]
+
+
 @dataclass(frozen=True)
 class TakePlan:
     """Where a worker takes messages from, in order, and which it moves to another lane.
@@ -488,22 +518,18 @@ class Queue:
 
     def live_pools(self) -> list[str]:
         """Pools and workers that show a sign of life: a pool's heartbeat or name claim, a
-        worker's heartbeat (a worker whose pool was killed finishes its job, beating)."""
+        worker alive (a worker whose pool was killed finishes its job, beating)."""
         client = self.redis
         names = keys.names_in(cast(set[bytes], client.smembers(keys.POOLS)))
         workers = keys.names_in(cast(set[bytes], client.smembers(keys.WORKERS)))
         pipe = client.pipeline(transaction=False)
         for name in names:
             pipe.exists(keys.pool(name), keys.pool(name) + ":owner")
-        for worker_id in workers:
-            pipe.exists(keys.heartbeat(worker_id))
-        signs = pipe.execute()
-        live = [
-            f"pool {name}" for name, sign in zip(names, signs[: len(names)], strict=True) if sign
-        ]
+        signs = pipe.execute() if names else []
+        live = [f"pool {name}" for name, sign in zip(names, signs, strict=True) if sign]
         live += [
             f"worker {worker_id}"
-            for worker_id, sign in zip(workers, signs[len(names) :], strict=True)
+            for worker_id, sign in zip(workers, alive_in(client, workers), strict=True)
             if sign
         ]
         return live
@@ -630,12 +656,14 @@ class Queue:
         in the same transaction (for workers found silent: one may beat again meanwhile).
         ``traceback`` is kept with what is dead-lettered (the worker's stack when killed)."""
         processing = keys.processing_list(worker_id)
-        heartbeat = keys.heartbeat(worker_id)
+        alive, pool = keys.worker_alive(worker_id), keys.pool(keys.pool_of(worker_id))
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(processing, heartbeat)  # type: ignore[no-untyped-call]
-                    if unless_beating and pipe.exists(heartbeat):
+                    pipe.watch(processing, alive, pool)  # type: ignore[no-untyped-call]
+                    if unless_beating and _alive(
+                        pipe.exists(alive), pipe.hget(pool, "workers"), worker_id
+                    ):
                         pipe.unwatch()
                         return Recovery(0, 0)
                     raws = cast(list[bytes], pipe.lrange(processing, 0, -1))
@@ -647,9 +675,10 @@ class Queue:
                         outcomes.append((decode(raw).topic, done))
                     requeued = sum(done == "retried" for _, done in outcomes)
                     dead = len(outcomes) - requeued
-                    pipe.delete(processing, keys.worker_lease(worker_id))
+                    pipe.delete(processing, keys.worker_lease(worker_id), alive)
                     if forget_worker:
                         pipe.srem(keys.WORKERS, worker_id)
+                        pipe.delete(keys.heartbeat(worker_id))
                     if requeued:
                         _count(pipe, "retried", requeued)
                     if dead:

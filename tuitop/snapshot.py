@@ -127,6 +127,7 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
         pipe.llen(keys.processing_list(worker_id))
         # A worker that left cleanly between the two round trips is gone, not dead.
         pipe.sismember(keys.WORKERS, worker_id)
+        pipe.exists(keys.worker_alive(worker_id))
     for name in pool_names:
         pipe.hgetall(keys.pool(name))
     other_lanes = keys.names_in(cast(list[bytes], lane_names))
@@ -137,17 +138,25 @@ def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
     lane_replies = replies[len(replies) - 2 * len(other_lanes) :]
     replies = replies[: len(replies) - 2 * len(other_lanes)]
 
-    worker_views = []
-    for index, worker_id in enumerate(worker_ids):
-        beat, holding, registered = replies[3 * index : 3 * index + 3]
-        if registered:
-            # Registered but silent (its heartbeat expired): dead, its list recovered soon.
-            worker_views.append(worker_view(worker_id, beat or DEAD, int(holding)))
+    per_worker = 4
     pool_views = [
         pool_view(name, fields)
-        for name, fields in zip(pool_names, replies[3 * len(worker_ids) :], strict=True)
+        for name, fields in zip(pool_names, replies[per_worker * len(worker_ids) :], strict=True)
         if fields
     ]
+    listed = {worker_id for view in pool_views for worker_id in view.workers}
+    worker_views = []
+    for index, worker_id in enumerate(worker_ids):
+        beat, holding, registered, said_alive = replies[
+            per_worker * index : per_worker * index + per_worker
+        ]
+        if not registered:
+            continue
+        if not (said_alive or worker_id in listed):
+            # Registered but silent (no live pool lists it, its own beat expired): dead,
+            # its list recovered soon. What its hash last said stays shown.
+            beat = {**beat, **DEAD}
+        worker_views.append(worker_view(worker_id, beat, int(holding)))
     lists = [(DEFAULT_LANE, int(waiting), _age(oldest, moment))]
     for index, lane in enumerate(other_lanes):
         depth, lane_oldest = lane_replies[2 * index : 2 * index + 2]

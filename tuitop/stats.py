@@ -55,27 +55,34 @@ DEPTH = "depth"
 
 POOL_TICK_SCRIPT = """
 local now = tonumber(redis.call('TIME')[1])
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   redis.call('ZADD', KEYS[3], now, ARGV[i])
 end
-local depth = redis.call('LLEN', KEYS[1])
-for _, lane in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  depth = depth + redis.call('LLEN', ARGV[2] .. lane)
+if ARGV[3] == '1' then
+  local depth = redis.call('LLEN', KEYS[1])
+  for _, lane in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    depth = depth + redis.call('LLEN', ARGV[2] .. lane)
+  end
+  redis.call('HSET', KEYS[2], 'depth', depth)
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
-redis.call('HSET', KEYS[2], 'depth', depth)
-redis.call('EXPIRE', KEYS[2], ARGV[1])
 """
-"""A pool's once-a-tick bookkeeping in one command: says which lanes it serves (ARGV[3]...,
-with Redis' time), and samples the number of messages waiting (Tuleap's list and every
-lane's) into the current bucket (several pools overwrite each other's nearly equal
-samples)."""
+"""A pool's bookkeeping with its heartbeat, in one command: says which lanes it serves
+(ARGV[4]..., with Redis' time), and, when ARGV[3] is '1', samples the number of messages
+waiting (Tuleap's list and every lane's) into the current bucket (several pools overwrite
+each other's nearly equal samples)."""
 
 
-def pool_tick(serves: Iterable[str], now: float) -> tuple[list[str], list[str | int]]:
-    """KEYS and ARGV of POOL_TICK_SCRIPT for a pool serving the lanes ``serves``."""
-    script_keys = [keys.QUEUE, keys.stats_bucket(bucket_start(now)), keys.LANES]
+def pool_tick(
+    serves: Iterable[str], now: float, *, sample: bool
+) -> tuple[list[str], list[str | int]] | None:
+    """KEYS and ARGV of POOL_TICK_SCRIPT for a pool serving the lanes ``serves`` (and
+    sampling the depth, with ``sample``); None when it has nothing to do."""
     lanes = sorted(lane for lane in serves if keys.lane_list(lane) != keys.QUEUE)
-    return script_keys, [keys.STATS_KEEP_SECONDS, keys.LANE_PREFIX, *lanes]
+    if not lanes and not sample:
+        return None
+    script_keys = [keys.QUEUE, keys.stats_bucket(bucket_start(now)), keys.LANES]
+    return script_keys, [keys.STATS_KEEP_SECONDS, keys.LANE_PREFIX, int(sample), *lanes]
 
 
 def latency_bucket(seconds: float) -> int:

@@ -16,9 +16,12 @@ even when an old process of the same slot outlives its supervisor.
 SIGTERM asks for a warm stop: the job running finishes, messages taken but not started go
 back to the head of the queue, then the worker leaves; when idle it leaves at once.
 SIGINT is ignored: a Ctrl-C at the terminal is the supervisor's to handle. A heartbeat
-thread publishes the worker's state in the store every second until the process ends,
-and starts a warm stop when the supervisor is gone. The state is also kept in shared
-memory for the local supervisor, which enforces the job time limit from it.
+thread turns every second until the process ends: it stamps the shared memory the local
+supervisor reads (which lists the worker as alive in the pool's own heartbeat, and
+enforces the job time limit), writes the worker's hash in the store when it changed
+(an idle worker's does not: an idle pool costs the store the same whatever its number
+of workers), and starts a warm stop when the supervisor is gone (from then on it beats on
+its own, as no pool lists it any more).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any, Protocol, TextIO
 import psutil
 from setproctitle import setproctitle
 
+from tuitop import keys
 from tuitop.backends import worker_channel
 from tuitop.backends.base import ErrorTypes, RetryPolicy, WorkerChannel
 from tuitop.beats import WorkerBeat
@@ -51,7 +55,7 @@ from tuitop.handlers import (
     PermanentFailure,
     RetryLater,
 )
-from tuitop.lanes import DEFAULT_LANE
+from tuitop.lanes import DEFAULT_LANE, latency_target
 from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, php_json
@@ -76,8 +80,13 @@ EXIT_HANDLERS = 5
 # display; JOB_CLOCK is CLOCK_MONOTONIC (system-wide on Linux), for the time limit, so a
 # step of the wall clock never kills a job. TASK_PID is the running task process (its
 # process group too), which the pool kills if the worker dies.
-STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID = range(8)
-STATUS_SLOTS = 8
+# ALIVE: CLOCK_MONOTONIC of the heartbeat thread's last turn (the pool lists the worker
+# as alive in its own hash while it is recent); LISTED: of the pool's last heartbeat that
+# got through listing it (set by the pool); REBEAT: set by the pool when the store came
+# back (it may have lost the worker's hash), cleared by the worker once it wrote it again.
+(STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
+ALIVE, LISTED, REBEAT = range(8, 11)
+STATUS_SLOTS = 11
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
@@ -125,8 +134,9 @@ class WorkerOptions:
     log_to_stderr: bool = False
     max_messages: int = 1000
     max_batch: int = 32
-    block_timeout: float = 5.0
-    """Seconds a BLMOVE waits; a stop request cuts it short, so it only bounds idle traffic."""
+    block_timeout: float = 30.0
+    """Seconds a BLMOVE waits; a stop request cuts it short, so it only bounds idle traffic
+    (and how long a connection cut without a word takes to be noticed: 10 s more)."""
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -149,9 +159,11 @@ class WorkerOptions:
     counting: CountingTarget | None = None
     """Where it counts what it runs for the pool's metrics (None: the pool serves none)."""
     help_interval: float = 1.0
-    """The longest blocking wait of a worker serving several lanes: it blocks on Tuleap's
+    """The first blocking wait of a worker serving several lanes: it blocks on Tuleap's
     list, where every message arrives, and looks at its other lanes' lists between jobs and
-    this often when idle (a message another worker moved to its lane starts this soon)."""
+    this often when it just worked; idle, the wait doubles up to a thirtieth of its lane's
+    latency target (``latency_15m``: 30 s), ``block_timeout`` at most (a message another
+    worker moved to its lane starts that soon)."""
 
 
 @dataclass(frozen=True)
@@ -209,8 +221,14 @@ class Worker:
         self.logger = logging.getLogger("tuitop.worker")
         self.tasks: TaskRunner | None = None
         self._lanes: dict[str, str] = {}
+        self._help_wait = options.help_interval
+        target = latency_target(options.lane)
+        self._help_wait_max = min(
+            options.block_timeout,
+            max(options.help_interval, target / 30 if target is not None else 8.0),
+        )
         self.last_beat = time.monotonic()
-        """When a heartbeat last got through (set by the heartbeat thread)."""
+        """When its own heartbeat last got through (the pool's: ``status[LISTED]``)."""
         self.lost = ""
         """Why this worker knows its list was recovered by someone else ('' while not)."""
         self._traceback_dump: TextIO | None = None
@@ -367,7 +385,8 @@ class Worker:
             self.logger.debug("Wait for messages")
         timeout = self.options.block_timeout
         if len(self.options.serves) > 1:
-            timeout = min(timeout, self.options.help_interval)
+            timeout = min(timeout, self._help_wait)
+            self._help_wait = min(self._help_wait * 2, self._help_wait_max)
         self._blocking = True
         try:
             if self.stop_requested:
@@ -379,6 +398,7 @@ class Worker:
 
     def _run_batch(self, batch: list[Message], source: str) -> None:
         sync_level(self.logger, self.level)  # the supervisor may have changed it
+        self._help_wait = self.options.help_interval
         for index, message in enumerate(batch):
             tail = batch[index + 1 :]
             if self._list_lost(len(batch) - index):
@@ -601,7 +621,8 @@ class Worker:
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
         still has — they are elsewhere now — and stops. Asked of the store only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
-        silent = time.monotonic() - self.last_beat > self.options.heartbeat_ttl / 2
+        heard = max(self.last_beat, self.status[LISTED])
+        silent = time.monotonic() - heard > self.options.heartbeat_ttl / 2
         if not self.lost and silent and not self.channel.leased(self.id):
             self.lost = "its lease is gone"
         if not self.lost:
@@ -657,13 +678,18 @@ class Worker:
     # --- heartbeat ------------------------------------------------------------------------
 
     def beat(self, channel: WorkerChannel, process: ProcessTree | None = None) -> None:
-        """Publishes this worker's state (with a TTL) and keeps it registered."""
+        """Publishes this worker's state, says it is alive (for a heartbeat's life) and
+        keeps it registered."""
+        self.write_beat(channel, self.make_beat(process))
+
+    def make_beat(self, process: ProcessTree | None = None) -> WorkerBeat:
+        """This worker's state now (``process``: its CPU and memory are measured)."""
         status = self.status
         cpu = rss = None
         if process is not None:
             with contextlib.suppress(psutil.Error):
                 cpu, rss = process.measure()
-        beat = WorkerBeat(
+        return WorkerBeat(
             host=socket.gethostname(),
             pid=os.getpid(),
             pool=self.options.pool,
@@ -683,6 +709,9 @@ class Worker:
             rss=rss,
             beat=time.time(),
         )
+
+    def write_beat(self, channel: WorkerChannel, beat: WorkerBeat) -> None:
+        """Writes ``beat`` (see :meth:`beat`)."""
         if not channel.beat(self.id, beat, self.options.heartbeat_ttl):
             self.lost = "its heartbeat found its lease gone"
         self.last_beat = time.monotonic()  # after `lost`: who sees this beat sees that
@@ -781,8 +810,12 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         options = self.worker.options
+        status = self.worker.status
         next_beat = time.monotonic()
         orphaned = failing = False
+        written: dict[str, Any] | None = None
+        """What it last wrote, but the time and the measures."""
+        written_at = time.monotonic()
         while not self._stopped.is_set():
             now = time.monotonic()
             tail, source, acks = self.worker.batch.claim_if_late(now)
@@ -806,10 +839,27 @@ class _Heartbeat(threading.Thread):
                         # No pool is left to enforce its time limit or to stop it: the
                         # task gets the pool's grace period, then its tree is killed.
                         self.worker.tasks.cut_short(options.grace_period, "the pool is gone")
+                status[ALIVE] = now
                 # An idle worker writes no line: it lets go of a rotated log here.
                 reopen_log_files(self.worker.logger)
+                beat = self.worker.make_beat(self._process)
+                state = {**beat.fields(), "beat": 0, "cpu": 0, "rss": 0}
+                due = (
+                    state != written
+                    or beat.state == "busy"  # its CPU and memory are worth showing
+                    or orphaned  # no pool lists it: it says it is alive itself
+                    or failing
+                    or status[REBEAT]
+                    or now - written_at >= keys.WORKER_HASH_REFRESH
+                    or not self._channel.beats_when_changed
+                )
                 try:
-                    self.worker.beat(self._channel, self._process)
+                    if due:
+                        rebeat = status[REBEAT]
+                        self.worker.write_beat(self._channel, beat)
+                        written, written_at = state, now
+                        if rebeat:
+                            status[REBEAT] = 0.0
                     failing = False
                 except self._channel.errors as error:
                     if not failing:

@@ -162,8 +162,14 @@ class WorkerChannel(Protocol):
         the dead letters, atomically; ``payload`` (when not None) is what to retry instead.
         Returns ``'retried'``, ``'dead'``, or ``'gone'`` (no longer in its hands)."""
 
+    @property
+    def beats_when_changed(self) -> bool:
+        """Whether a worker beats only when its state changed (its pool vouches for it
+        meanwhile, in the pool's own heartbeat); False: every second."""
+
     def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
-        """Publishes the worker's heartbeat for ``ttl`` s; False when its lease is gone."""
+        """Publishes the worker's heartbeat and says it is alive for ``ttl`` s; False
+        when its lease is gone."""
 
     def leased(self, worker_id: str) -> bool:
         """Whether the worker still holds its lease: whoever recovers its messages takes

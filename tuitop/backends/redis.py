@@ -7,6 +7,7 @@ names of :mod:`tuitop.keys`); this module fits them to the seam of
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -27,19 +28,21 @@ from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
-from tuitop.queue import Queue, TakePlan
+from tuitop.queue import Queue, TakePlan, alive_in
 from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.snapshot import Snapshot, take_snapshot
 from tuitop.stats import (
     POOL_TICK_SCRIPT,
     StatsBatch,
     WindowStats,
+    bucket_start,
     pool_tick,
     read_buckets,
     summarize,
 )
 
 ERRORS: ErrorTypes = (redis.RedisError,)
+NAME_LISTED_EVERY = 60.0
 
 
 class RedisChannel:
@@ -47,6 +50,7 @@ class RedisChannel:
 
     errors = ERRORS
     inbox = keys.QUEUE
+    beats_when_changed = True
 
     def __init__(
         self,
@@ -116,7 +120,8 @@ class RedisChannel:
         key = keys.heartbeat(worker_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(key, mapping=beat.fields())  # type: ignore[arg-type]
-        pipe.expire(key, int(ttl))
+        pipe.expire(key, keys.WORKER_HASH_SECONDS)
+        pipe.set(keys.worker_alive(worker_id), 1, ex=max(int(ttl), 1))
         pipe.sadd(keys.WORKERS, worker_id)
         pipe.exists(keys.worker_lease(worker_id))
         *_, leased = pipe.execute()
@@ -132,7 +137,9 @@ class RedisChannel:
     def leave(self, worker_id: str) -> None:
         pipe = self.client.pipeline(transaction=True)
         pipe.srem(keys.WORKERS, worker_id)
-        pipe.delete(keys.heartbeat(worker_id), keys.worker_lease(worker_id))
+        pipe.delete(
+            keys.heartbeat(worker_id), keys.worker_alive(worker_id), keys.worker_lease(worker_id)
+        )
         pipe.execute()
 
     def reset(self) -> None:
@@ -178,7 +185,11 @@ class RedisPoolStore:
         )
         self.queue = Queue(self.client, retry)
         self._claim = self.client.register_script(_CLAIM_NAME_SCRIPT)
-        self._tick = self.client.register_script(POOL_TICK_SCRIPT)
+        self._sampled = 0
+        """The stats bucket whose depth it sampled last (one sample a bucket is all a
+        view reads)."""
+        self._listed_at = -math.inf
+        """When (monotonic) it last added its name to the set of pools."""
 
     def ping(self) -> None:
         self.client.ping()
@@ -205,11 +216,23 @@ class RedisPoolStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(keys.pool(name), mapping=beat.fields())  # type: ignore[arg-type]
         pipe.expire(keys.pool(name), ttl)
-        pipe.sadd(keys.POOLS, name)
-        if not stopping:
-            tick_keys, tick_args = pool_tick(served, beat.beat)
-            self._tick(keys=tick_keys, args=tick_args, client=pipe)
+        now = time.monotonic()
+        # The set of names is read by views and cleaned by pools: said again every
+        # minute (a cleaning pool may have found this one's hash expired, the store away).
+        listed = now - self._listed_at >= NAME_LISTED_EVERY
+        if listed:
+            pipe.sadd(keys.POOLS, name)
+        bucket = bucket_start(beat.beat)
+        tick = None if stopping else pool_tick(served, beat.beat, sample=bucket != self._sampled)
+        if tick is not None:
+            # EVAL, not a registered Script: in a pipeline redis-py sends SCRIPT EXISTS
+            # first, a command of its own every beat.
+            pipe.eval(POOL_TICK_SCRIPT, len(tick[0]), *tick[0], *tick[1])
         pipe.execute()
+        if listed:
+            self._listed_at = now
+        if tick is not None:
+            self._sampled = bucket
 
     def publish_config(self, fields: Mapping[str, str | int | float]) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -255,10 +278,8 @@ class RedisPoolStore:
         ]
         if not candidates:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for worker_id in candidates:
-            pipe.exists(keys.heartbeat(worker_id))
-        return [w for w, alive in zip(candidates, pipe.execute(), strict=True) if not alive]
+        alive = alive_in(self.client, candidates)
+        return [w for w, live in zip(candidates, alive, strict=True) if not live]
 
     def take_commands(self, name: str, limit: int) -> list[bytes]:
         mailbox = keys.control(name)

@@ -43,6 +43,7 @@ from tuitop.pool.service import ServiceNotifier
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
+from tuitop.worker import LISTED
 
 COMMANDS_PER_TICK = 16
 """Commands read from the pool's mailbox a tick: a flood of them cannot stall the loop."""
@@ -100,6 +101,8 @@ class Supervisor:
         self.wakeups = Wakeups(options.control_fd)
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
+        self._next_due: float | None = None
+        """When the next retry is due (Unix time, the store's clock), as last read."""
         self._stop_signals = 0
         self._drain_until: float | None = None
         """Set once the pool stops: the end of the grace period (monotonic)."""
@@ -174,10 +177,13 @@ class Supervisor:
         link = self.link
         if link.ok and link.store is not None:
             try:
-                self._publish()
-                self._obey(link.store)
-                if link.ok and link.store is not None:  # a reload it obeyed may leave it
-                    link.store.move_due()
+                if self._publish():
+                    # At the heartbeat's pace (not every tick): an idle pool costs the
+                    # store a few commands a second, whatever its number of workers.
+                    self._next_due = link.store.next_due()
+                self._obey(link.store)  # every tick: an operator waits for the answer
+                self._move_due()
+                if link.ok and link.store is not None:
                     self.recovery.scan(self._our_ids())
             except link.errors as error:
                 link.trouble(error)
@@ -198,14 +204,8 @@ class Supervisor:
             timeout = min(timeout, self.workers.next_start_at - now)
         if self._drain_until is not None:
             timeout = min(timeout, self._drain_until - now)
-        if self.link.ok and self.link.store is not None:
-            try:
-                due = self.link.store.next_due()
-            except self.link.errors as error:
-                self.link.trouble(error)
-                due = None
-            if due is not None:
-                timeout = min(timeout, due - time.time())
+        if self.link.ok and self._next_due is not None:
+            timeout = min(timeout, self._next_due - time.time())
         self.wakeups.wait(self.workers.sentinels(), max(self.service.cap_sleep(timeout), 0.0))
 
     def _handle_wakeups(self) -> None:
@@ -402,6 +402,10 @@ class Supervisor:
             self._name_lost()
             return
         link.up()
+        # It may have lost what it held (a restart without persistence): every worker
+        # writes its hash again, the heartbeat goes at once.
+        self.presence.forget_published()
+        self.workers.ask_rebeat()
         try:
             assert link.store is not None
             for lane in link.store.list_forgotten_lanes():
@@ -420,20 +424,38 @@ class Supervisor:
         self.link.hold_off(self.presence.ttl)
         self.workers.stop_all("the pool lost its name")
 
-    def _publish(self) -> None:
-        """The heartbeat: while draining, ``stopping`` and no lane served (two pools
-        stopping together must not each count on the other to keep a lane)."""
+    def _publish(self) -> bool:
+        """The heartbeat, listing the workers alive: while draining, ``stopping`` and no
+        lane served (two pools stopping together must not each count on the other to keep
+        a lane). Whether it was written now (else it was not due)."""
         active = self.workers.active()
         served = {lane for record in active.values() for lane in record.serves}
-        published = self.presence.publish(
+        alive = self.workers.listed(self.presence.ttl)
+        before = self.presence.published_at
+        kept = self.presence.publish(
             self.config,
             running=len(active),
             # A paused lane's messages wait for it: no other pool may move them back.
             served=(served | self.config.paused_lanes) - {DEFAULT_LANE},
             stopping=self.draining,
+            workers=tuple(record.worker_id for record in alive),
         )
-        if not published:
+        if not kept:
             self._name_lost()
+        written = self.presence.published_at != before
+        if written and kept:
+            for record in alive:
+                record.status[LISTED] = self.presence.published_at
+        return written
+
+    def _move_due(self) -> None:
+        """Moves the retries due back to the queue, when one is (``_next_due`` is read
+        with each heartbeat, and after each move)."""
+        store = self.link.store
+        if store is None or self._next_due is None or self._next_due > time.time():
+            return
+        store.move_due()
+        self._next_due = store.next_due()
 
     # --- workers ---------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ lanes.
   one name, so worker ids never meet. A pool that finds its name taken (its lease expired
   while the store was away, and another took it) stops its workers and waits.
 * **The heartbeat** (a :class:`~tuitop.beats.PoolBeat` with the same TTL): what every view
-  shows; kept to the end of a warm stop, marked ``stopping``.
+  shows, and the list of its workers alive (an idle worker writes nothing of its own);
+  written when it changes and three times a TTL otherwise; kept to the end of a warm
+  stop, marked ``stopping``.
 * **The config**: the async scope in force, versioned, for producers on other hosts (the
   Notifier reads it instead of the files). Last writer wins among pools.
 * **The lanes**: those its workers served go back to Tuleap's queue as it stops or leaves a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -25,6 +28,10 @@ from tuitop.backends.base import PoolStore
 from tuitop.beats import PoolBeat
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.link import StoreLink
+
+BEAT_EVERY = 0.3
+"""Of the heartbeat's TTL: how often it is written when nothing changed (three writes in a
+TTL: one lost, or a slow turn of the loop, does not let it expire)."""
 
 
 class Presence:
@@ -43,6 +50,9 @@ class Presence:
         """Its last claim found the name held by another pool."""
         self.last_beat: PoolBeat | None = None
         """The heartbeat it last wrote (None before the first)."""
+        self.published_at = -math.inf
+        """When (monotonic) the heartbeat last got through."""
+        self._said: tuple[dict[str, str | int | float], frozenset[str]] | None = None
         self.config_published = False
         """The config in force is published (a new load, or another store, sets it False)."""
         self.served_lanes: set[str] = set()
@@ -92,11 +102,19 @@ class Presence:
     # --- the heartbeat and the config ----------------------------------------------------
 
     def publish(
-        self, config: Configuration, *, running: int, served: set[str], stopping: bool
+        self,
+        config: Configuration,
+        *,
+        running: int,
+        served: set[str],
+        stopping: bool,
+        workers: tuple[str, ...] = (),
     ) -> bool:
-        """Writes the heartbeat (and, while not ``stopping``, the lanes ``served`` and the
-        depth history every view draws), the config when not yet published, and renews
-        the name: False when the name was lost. Raises the store's errors."""
+        """Writes the heartbeat listing ``workers`` as alive (and, while not ``stopping``,
+        the lanes ``served`` and the depth history every view draws), the config when not
+        yet published, and renews the name: False when the name was lost. Written when
+        something changed or ``BEAT_EVERY`` of the TTL passed; otherwise nothing is sent
+        (:attr:`published_at` says when it last was). Raises the store's errors."""
         store = self._store()
         settings = config.settings
         beat = PoolBeat(
@@ -116,10 +134,20 @@ class Presence:
             stopping=stopping,
             paused=config.paused,
             paused_lanes=tuple(sorted(config.paused_lanes)),
+            workers=tuple(sorted(workers)),
             beat=time.time(),
         )
+        said = (beat.fields() | {"beat": 0}, frozenset(served))
+        now = time.monotonic()
+        if (
+            said == self._said
+            and self.config_published
+            and now - self.published_at < self.ttl * BEAT_EVERY
+        ):
+            return True
         store.publish(self.name, beat, self.ttl, served, stopping)
         self.last_beat = beat
+        self._said, self.published_at = said, now
         if not self.config_published and not stopping:
             store.publish_config(
                 {
@@ -133,6 +161,11 @@ class Presence:
             )
             self.config_published = True
         return self.claim()
+
+    def forget_published(self) -> None:
+        """The next :meth:`publish` writes, whatever it wrote before (a store back, or
+        another one)."""
+        self._said = None
 
     # --- the lanes -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
 
 ORPHAN_SCAN_EVERY = 5.0
+FORGET_EVERY = 60.0
 SILENCE_MARGIN = 2.0
 """Beyond how long the server was away: the time a live worker takes to beat again."""
 
@@ -51,6 +52,7 @@ class Recovery:
         self.logger = logger
         self._last_scan = 0.0
         self._last_tuleap_scan = 0.0
+        self._last_forget = -FORGET_EVERY
 
     def recover(
         self,
@@ -129,7 +131,7 @@ class Recovery:
         # must not keep the others from running. The store's errors go up (it is away).
         parts: list[Callable[[], None]] = [
             lambda: self._move_unserved_lanes_back(store),
-            store.forget_gone_pools,
+            lambda: self._forget_gone_pools(store, now, force),
             lambda: self._recover_tuleaps_lists(store),
             lambda: self._recover_silent_workers(store, ours),
         ]
@@ -140,6 +142,12 @@ class Recovery:
                 raise
             except Exception:
                 self.logger.exception("Recovery scan: one part failed; the others went on")
+
+    def _forget_gone_pools(self, store: PoolStore, now: float, force: bool) -> None:
+        """Hygiene (the names of pools long gone), once a minute: nothing waits on it."""
+        if force or now - self._last_forget >= FORGET_EVERY:
+            self._last_forget = now
+            store.forget_gone_pools()
 
     def _move_unserved_lanes_back(self, store: PoolStore) -> None:
         for lane, moved in store.unserved_lanes_back(self.heartbeat_ttl).items():

@@ -37,6 +37,7 @@ from tuitop.pool.plan import describe_exit
 from tuitop.pool.stacks import StackDumps
 from tuitop.tasks import KILL_GRACE, kill_group, sweep_leftovers
 from tuitop.worker import (
+    ALIVE,
     BUSY,
     EXIT_HANDLERS,
     EXIT_OK,
@@ -44,6 +45,7 @@ from tuitop.worker import (
     EXIT_STORE_UNREACHABLE,
     IDLE,
     JOB_CLOCK,
+    REBEAT,
     STATE,
     STATUS_SLOTS,
     TASK_PID,
@@ -149,6 +151,24 @@ class WorkerSet:
     def active(self) -> dict[int, WorkerRecord]:
         """The workers not stopping, by slot."""
         return {slot: r for slot, r in self.records.items() if not r.stopping}
+
+    def listed(self, ttl: float) -> list[WorkerRecord]:
+        """The workers to list as alive in the pool's heartbeat: running, and whose
+        heartbeat thread turned within ``ttl`` s (or started less than ``ttl`` ago). One
+        frozen (SIGSTOP, a host thrashing) is left out: its messages are recovered once
+        its own beat expired too, as for a worker of a pool that is gone."""
+        now = time.monotonic()
+        return [
+            record
+            for record in self.records.values()
+            if (record.detached or record.process.is_alive())
+            and (now - record.status[ALIVE] < ttl or now - record.started < ttl)
+        ]
+
+    def ask_rebeat(self) -> None:
+        """Asks every worker to write its hash again (the store may have lost it)."""
+        for record in self.records.values():
+            record.status[REBEAT] = 1.0
 
     def sentinels(self) -> list[Any]:
         """What to wait on to wake up when a worker exits."""

@@ -36,6 +36,8 @@ class DbChannel:
 
     errors = ERRORS
     inbox = QUEUE_NAME
+    beats_when_changed = False
+    """Each worker's row carries its own expiry: it is renewed every second."""
 
     def __init__(
         self,
