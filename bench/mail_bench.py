@@ -194,6 +194,8 @@ def through_pool(
         "recipients": recipients,
         "dead_letters": dead,
         "cpu_ms_per_mail": {name: 1000 * value / total for name, value in cpu.items()},
+        # The machine's 1-minute load when the run ended (other work may share it).
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -281,7 +283,8 @@ def main() -> None:
                         f"run {run + 1}: {notifications} x {mails} mail(s), {connection}: "
                         f"{result['notifications_per_second']:,.0f} notifications/s, "
                         f"{result['mails_per_second']:,.0f} mails/s, "
-                        f"{result['connections']} connection(s); CPU ms per mail: "
+                        f"{result['connections']} connection(s), "
+                        f"load {result['load_average']:.1f}; CPU ms per mail: "
                         + ", ".join(
                             f"{name} {value:.2f}"
                             for name, value in result["cpu_ms_per_mail"].items()
