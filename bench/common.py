@@ -2,7 +2,7 @@
 workers' readiness, Redis command counts.
 
 What a caller may rely on: :func:`start_pool` runs the real ``python -m tuitop --no-ui``
-(this interpreter, the repository first on ``PYTHONPATH``) with its output appended to
+(this interpreter, the repository on ``PYTHONPATH``) with its output appended to
 ``output.txt`` in ``directory``; :func:`stop` ends it with SIGTERM and waits; nothing here
 starts a server or touches one on a default port.
 """
@@ -43,22 +43,23 @@ def write_config(directory: Path, port: int, workers: int) -> Path:
     return path
 
 
-def start_pool(
-    directory: Path, config: Path, *args: str, session: bool = False
-) -> subprocess.Popen[bytes]:
-    """Starts ``tuitop --no-ui --config config`` with ``args``; ``session``: in a session
-    (and process group) of its own, so that the caller can kill the whole group."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def pool_command(directory: Path, config: Path, *args: str) -> list[str]:
+    """``python -m tuitop --no-ui --config config`` logging to ``directory/worker_log``,
+    with ``args``: to run with the repository on ``PYTHONPATH``."""
     command = [sys.executable, "-m", "tuitop", "--no-ui", "--config", str(config)]
-    command += ["--log-file", str(directory / "worker_log"), *args]
+    return [*command, "--log-file", str(directory / "worker_log"), *args]
+
+
+def start_pool(directory: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Starts :func:`pool_command` from the repository, its output in ``output.txt``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     output = open(directory / "output.txt", "ab")  # noqa: SIM115 - kept for the child
     return subprocess.Popen(
-        command,
+        pool_command(directory, config, *args),
         stdout=output,
         stderr=subprocess.STDOUT,
         env=env,
         cwd=REPO,
-        start_new_session=session,
     )
 
 
