@@ -272,7 +272,9 @@ class Session:
     def drain(self, job: str, count: int) -> dict[str, Any]:
         """Stages ``count`` jobs, hands them to the idle pool at once, and times them."""
         assert self.group is not None
+        memory = self.used_memory()
         staging_seconds = self.stage(job, count)
+        queued_bytes = self.used_memory() - memory
         self.meter.db0.delete(peer_jobs.COUNTER_KEY)
         time.sleep(SETTLE_SECONDS)
         moves: list[Command] = [("MOVE", key, 0) for key in self.pool.activation]
@@ -316,6 +318,8 @@ class Session:
             "rss_mean_mb": statistics.fmean(sizes) / 2**20 if sizes else 0.0,
             "rss_sum_mb": sum(sizes) / 2**20,
             "staging_seconds": staging_seconds,
+            "redis_memory_queued_mb": queued_bytes / 2**20,
+            "redis_bytes_per_queued_job": queued_bytes / count,
         }
 
     def steady(self, job: str, rate: float, seconds: float) -> dict[str, Any]:
