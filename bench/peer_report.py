@@ -113,6 +113,13 @@ def number(value: float | None, digits: int) -> str:
     return f"{value:,.{digits}f}"
 
 
+def ratio(value: float) -> str:
+    """A ratio with three significant digits below 1 (0.0345), two decimals above."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value >= 1 else f"{value:.3g}"
+
+
 def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A text table: the first two columns left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -165,11 +172,13 @@ def ratios_table(rows: Sequence[Record]) -> str:
     header = ["pool", "job", "drain / bare", "p99 / bare", "pairs"]
     lines = []
     for row in rows:
+        if row["pool"] == BASELINE:
+            continue
         cells = [row["pool"], row["job"]]
         for key in ("drain_ratio", "p99_ratio"):
             found = row[key]
             cells.append(
-                " / ".join(number(found[s], 2) for s in ("min", "median", "max")) if found else "-"
+                " / ".join(ratio(found[s]) for s in ("min", "median", "max")) if found else "-"
             )
         counts = [int(row[key]["n"]) for key in ("drain_ratio", "p99_ratio") if row[key]]
         cells.append(str(max(counts, default=0)))
