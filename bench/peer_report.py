@@ -139,8 +139,8 @@ def figures_table(summary: Sequence[Record], statistic: str) -> str:
     rows = []
     for row in summary:
         if all(row[figure.name] is None for figure in FIGURES):
-            error = row["errors"][0].splitlines()[0] if row["errors"] else "no result"
-            rows.append([row["pool"], row["job"], f"error: {error}", *[""] * (len(FIGURES) - 1)])
+            found = "error" if row["errors"] else "no result"
+            rows.append([row["pool"], row["job"], found, *[""] * (len(FIGURES) - 1)])
             continue
         cells = [row["pool"], row["job"]]
         for figure in FIGURES:

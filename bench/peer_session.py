@@ -49,6 +49,46 @@ MOVE_BATCH = 1000
 LOG_TAIL = 15
 
 
+NOTES = {
+    "staging": (
+        "the pool's own client stages the jobs on database 1 under the pool's own keys; all "
+        "but the activation keys are moved into database 0 first; the drain's clock starts "
+        "at one MULTI/EXEC that MOVEs the activation keys in, once the pool is idle"
+    ),
+    "completion": (
+        "noop: done when the pool's pending commands (its queue plus its own in-flight "
+        "record: processing lists, unacked hash, started registry...) add up to 0; "
+        "roundtrip: done when the jobs' INCR counter reaches the count. Huey keeps no "
+        "in-flight record and Celery acks when a child starts a job, so for those two a "
+        "noop drain ends when the last job starts (at most one a worker still running)"
+    ),
+    "redis_commands": (
+        "INFO total_commands_processed over the drain minus the harness' own commands "
+        "(counted as sent: the MOVE transaction, one poll pipeline every 2 ms); commands "
+        "run inside Lua scripts count, and so does the pool's background traffic "
+        "(heartbeats...) during the drain"
+    ),
+    "cpu": (
+        "user + system of every process of the pool's tree (its supervisor included, reaped "
+        "children included) over the drain, divided by the jobs; clock ticks of 10 ms"
+    ),
+    "rss": (
+        "resident set of each process of the tree right after the drain; the sum counts "
+        "pages that forked processes share once per process"
+    ),
+    "wait": (
+        "the producer (the pool's own client) reads time.time() just before its enqueue "
+        "call and passes it in the job's arguments; the job, at its start, appends "
+        "time.time() minus it to a file"
+    ),
+    "idle": (
+        "after a warm-up of 20 roundtrip jobs and 1 s of quiet: CPU % of the pool's tree "
+        "and Redis commands a second (the harness' one INFO subtracted)"
+    ),
+}
+"""How each figure is taken, for the results file."""
+
+
 class PoolError(RuntimeError):
     """The pool did not start, did not take its jobs in time, or died."""
 

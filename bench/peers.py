@@ -37,19 +37,12 @@ from bench.peer_machine import machine, newest_redis_server
 from bench.peer_pools import DEFAULT_POOLS, POOLS, Pool, PoolContext
 from bench.peer_report import figures_table, ranges_table, ratios, ratios_table, summarize
 from bench.peer_scale import run_scale, scale_tables
-from bench.peer_session import Meter, Session
+from bench.peer_session import NOTES, Meter, Session
 from bench.peer_tasks.peer_jobs import JOBS
 from bench.peer_venvs import cache_dir, ensure
 from tuitop.redisserver import EmbeddedRedis, find_redis_server
 
 RESULTS = REPO / "bench" / "results"
-COMPLETION = (
-    "noop: done when the pool's pending commands (its queue plus its own in-flight "
-    "record: processing lists, unacked hash, started registry...) add up to 0; roundtrip: "
-    "done when the jobs' INCR counter reaches the count. Huey keeps no in-flight record "
-    "and Celery acks when a child starts a job, so for those two a noop drain ends when "
-    "the last job starts (at most one job per worker still running, microseconds each)."
-)
 
 
 def names(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -219,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         document["parameters"] = {
             key: value for key, value in vars(args).items() if key not in ("output",)
         }
+        document["notes"] = NOTES
         if args.scale:
             document |= run_scale(meter, server.port, Path(temp), args, log)
             text = scale_tables(document)
@@ -229,7 +223,6 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize(records, names_run, args.jobs)
             against = ratios(records, names_run, args.jobs) if "bare" in names_run else []
             document |= {
-                "completion": COMPLETION,
                 "records": records,
                 "summary": summary,
                 "ratios": against,
