@@ -249,7 +249,7 @@ def tables(document: dict[str, Any], args: argparse.Namespace) -> str:
         f"{args.workers} workers a pool; drain of {args.drain:,} jobs, wait at "
         f"{args.rate:g}/s for {args.seconds:g} s, idle {args.idle:g} s; {args.runs} round(s)",
         "",
-        "median of the rounds" if args.runs > 1 else "",
+        "median of the rounds" if args.runs > 1 else "one round",
         figures_table(document["summary"], "median"),
     ]
     if args.runs > 1:
@@ -264,7 +264,7 @@ def tables(document: dict[str, Any], args: argparse.Namespace) -> str:
     errors = [f"{row['pool']} {row['job']}: {e}" for row in summary for e in row["errors"]]
     if errors:
         lines += ["", "errors:", *errors]
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
