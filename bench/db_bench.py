@@ -35,7 +35,8 @@ from typing import Any
 import psutil
 import pymysql
 
-from bench.pool_bench import bench_drain, bench_idle, bench_latency, percentile, stop
+from bench.common import percentile, stop
+from bench.pool_bench import bench_drain, bench_idle, bench_latency
 from bench.stamp_handler import STAMP_FILE, record_wait
 from tuitop.backends.db.queue import uuid7
 from tuitop.backends.db.schema import QUEUE_NAME, create_tables

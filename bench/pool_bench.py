@@ -26,61 +26,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import redis
 
+from bench.common import (
+    REPO,
+    command_count,
+    percentile,
+    start_pool,
+    stop,
+    wait_for_workers,
+    write_config,
+)
 from bench.stamp_handler import STARTS_KEY
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "pool.json"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-    return ordered[index]
-
-
-def write_config(directory: Path, port: int, workers: int) -> Path:
-    path = directory / "local.inc"
-    path.write_text(
-        "<?php\n$redis_server = '127.0.0.1';\n"
-        f"$redis_port = {port};\n$sys_nb_backend_workers = {workers};\n"
-        "$sys_logger_level = 'warning';\n$sys_noreply = 'noreply@example.com';\n"
-    )
-    return path
-
-
-def start_pool(directory: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "tuitop", "--no-ui", "--config", str(config)]
-    command += ["--log-file", str(directory / "worker_log"), *args]
-    output = open(directory / "output.txt", "ab")  # noqa: SIM115 - kept for the child
-    return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-
-def wait_for_workers(client: redis.Redis, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beats = [
-            client.hget(keys.heartbeat(m.decode()), "state") for m in client.smembers(keys.WORKERS)
-        ]
-        if sum(1 for state in beats if state == b"idle") >= count:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{count} idle workers did not show up in {timeout} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-
-
-def command_count(client: redis.Redis) -> dict[str, int]:
-    stats: dict[str, Any] = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
 def bench_latency(

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from bench.pool_bench import percentile, start_pool, stop, wait_for_workers
+from bench.common import percentile, start_pool, stop, wait_for_workers
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.notification import TOPIC, Mail, Notification

@@ -31,8 +31,7 @@ from typing import Any
 import psutil
 import redis
 
-from bench.pool_bench import (
-    bench_drain,
+from bench.common import (
     command_count,
     percentile,
     start_pool,
@@ -40,6 +39,7 @@ from bench.pool_bench import (
     wait_for_workers,
     write_config,
 )
+from bench.pool_bench import bench_drain
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
