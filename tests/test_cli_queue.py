@@ -181,9 +181,11 @@ def test_hand_back_is_refused_while_a_pool_runs_and_done_once_none_does(
     # A worker of it still beats (its pool was killed; it finishes its job): refused.
     redis_client.sadd(keys.WORKERS, "web-1/0#42")
     redis_client.hset(keys.heartbeat("web-1/0#42"), "state", "busy")
+    redis_client.set(keys.worker_alive("web-1/0#42"), 1, ex=10)
     refused = run_tuitop("hand-back", "--config", str(config))
     assert refused.returncode == 1 and "worker web-1/0#42" in refused.stderr
-    redis_client.delete(keys.heartbeat("web-1/0#42"))
+    # Its alive key expired (its hash lingers: it says nothing of life).
+    redis_client.delete(keys.worker_alive("web-1/0#42"))
     result = run_tuitop("hand-back", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "1 from lanes (latency_15m 1)" in result.stdout

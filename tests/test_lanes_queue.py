@@ -171,11 +171,20 @@ def test_the_pool_tick_says_which_lanes_it_serves_and_samples_every_list(
     redis_client.lpush(LONG, b"c")
     script = redis_client.register_script(POOL_TICK_SCRIPT)
     now = time.time()
-    script_keys, args = pool_tick({D, "long"}, now)
+    tick = pool_tick({D, "long"}, now, sample=True)
+    assert tick is not None
+    script_keys, args = tick
     script(keys=script_keys, args=args)
     assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]  # the default lane is Tuleap's
     assert abs(redis_client.zscore(keys.LANES, "long") - int(redis_client.time()[0])) <= 1
     assert redis_client.hget(script_keys[1], "depth") == b"3"
+    # Between two samples (one a stats bucket is all a view reads) it only says the lanes.
+    redis_client.hdel(script_keys[1], "depth")
+    tick = pool_tick({D, "long"}, now, sample=False)
+    assert tick is not None
+    script(keys=tick[0], args=tick[1])
+    assert redis_client.hget(script_keys[1], "depth") is None
+    assert pool_tick({D}, now, sample=False) is None  # nothing to say: no command
 
 
 def test_both_ways_of_taking_read_a_topic_alike(redis_client: redis.Redis) -> None:

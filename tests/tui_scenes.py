@@ -128,6 +128,7 @@ def _worker(
     values.update(fields)
     if values["state"] != "dead":
         client.hset(keys.heartbeat(worker_id), mapping=values)  # type: ignore[arg-type]
+        client.set(keys.worker_alive(worker_id), 1)  # as a worker writing its hash says
     client.sadd(keys.WORKERS, worker_id)
     return worker_id
 

@@ -159,6 +159,13 @@ class StatsBatch:
             self.fields[f"{TOPIC_PREFIX}{WAIT}:{latency_bucket(wait)}|{name}"] += 1
         self.fields[f"{TOPIC_PREFIX}{RUN}:{latency_bucket(run)}|{name}"] += 1
 
+    def successor(self) -> StatsBatch:
+        """An empty batch that goes on counting topic names where this one is (this one
+        is written by another thread)."""
+        following = StatsBatch()
+        following._topics, following._topics_bucket = set(self._topics), self._topics_bucket
+        return following
+
     def written(self, now: float) -> None:
         """The fields are on their way into the bucket of ``now``: a new bucket starts
         counting topic names afresh from those."""
@@ -326,15 +333,21 @@ def summarize(
     lane_done: Counter[str] = Counter()
     lane_wait: dict[str, Counter[int]] = {}
     depth: int | None = None
+    skipped = b"" if topics else TOPIC_PREFIX.encode()
     for bucket in buckets:  # newest first
         for raw_field, raw_count in bucket.items():
+            if skipped and raw_field.startswith(skipped):
+                continue  # a topic's (most of a busy bucket): not read twice for nothing
             name, count = raw_field.decode(errors="replace"), _count(raw_count)
             if count is None:
                 continue  # not a count tuitop wrote: left out, not a crash
             if name.startswith(TOPIC_PREFIX):
                 head, bar, topic = name[len(TOPIC_PREFIX) :].partition("|")
                 if topics and bar:  # not ``t#names``, the bucket's count of names
-                    per_topic.setdefault(topic, Counter())[head] += count
+                    found = per_topic.get(topic)
+                    if found is None:  # (setdefault would make a Counter every field)
+                        found = per_topic[topic] = Counter()
+                    found[head] += count
                 continue
             kind, _, index_text = name.partition(":")
             kind, _, lane = kind.partition("@")

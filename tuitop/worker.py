@@ -102,6 +102,10 @@ HEARTBEAT_SOCKET_TIMEOUT = 2.0
 ACK_WAIT = CONNECT_TIMEOUT + 3 * HEARTBEAT_SOCKET_TIMEOUT
 """The longest a job's end waits for the watchdog's ack under way (a connect and its
 replies: the ack has failed by then; one still under way stays the worker's)."""
+STATS_EVERY = 1.0
+"""Seconds between two writes of a busy worker's stats (an idle one writes them at once)."""
+_NONE = StatsBatch()
+"""No stats (never added to)."""
 GIVE_BACK_AFTER = 0.050
 """A job running longer than this has the rest of its batch given back to the queue."""
 STORE_BACKOFF_MAX = 10.0
@@ -212,7 +216,7 @@ class Worker:
         self._blocking = False
         self._pending_acks: list[Message] = []
         self._pending_failures: list[_Failure] = []
-        self._stats = StatsBatch()
+        self._stats_at = time.monotonic()
         self.metrics: Counting = Counting()
         # Pessimistic until measured: the first batch is a single message.
         self._job_time = BATCH_BUDGET
@@ -374,7 +378,7 @@ class Worker:
         if taken.messages:
             return taken.messages, taken.source
         held = taken.held
-        self._flush()
+        self._flush(stats=True)  # nothing to do: what it counted goes now
         if held:
             # This worker holds nothing in memory, yet the store says it does: a reply it
             # never got (a timeout after the store did the move). Back, untried.
@@ -448,8 +452,9 @@ class Worker:
             self.logger.info("Got message: %s", shown)
         failed_before = self.status[FAILED]
         self.metrics.started(message, now)
+        done = False
         try:
-            self._run_handler(message, now)
+            done = self._run_handler(message, now)
         finally:
             self.metrics.ended(message, time.time())
             self.status[PROCESSED] += 1
@@ -465,21 +470,36 @@ class Worker:
                     self.options.max_messages,
                 )
         # Not reached when the job was cut off (a cold stop): it did not finish.
-        self._stats.topic(
-            message.topic,
-            wait=now - message.enqueue_ts if message.enqueue_ts > 0 else None,
-            run=time.time() - now,
-            failed=self.status[FAILED] != failed_before,
-        )
+        self._count(message, now, done, failed=self.status[FAILED] != failed_before)
 
-    def _run_handler(self, message: Message, started: float) -> None:
+    def _count(self, message: Message, started: float, done: bool, *, failed: bool) -> None:
+        """Adds a finished job to the stats, under the guard's lock: the watchdog may take
+        them meanwhile (a job that runs long writes what was counted before it)."""
+        ended = time.time()
+        wait = started - message.enqueue_ts if message.enqueue_ts > 0 else None
+        guard = self.batch
+        with guard.mutex:
+            stats = guard.stats
+            if done:
+                lane = self._lane_of(message.topic)
+                stats.outcome("done")
+                stats.outcome("done", lane=lane)
+                if wait is not None:
+                    stats.latency(WAIT, wait, lane)
+                    if message.topic in NOTIFICATION_TOPICS:
+                        stats.latency(WAIT, wait)
+                        stats.latency(END_TO_END, ended - message.enqueue_ts)
+            stats.topic(message.topic, wait=wait, run=ended - started, failed=failed)
+
+    def _run_handler(self, message: Message, started: float) -> bool:
+        """Runs the message's job: whether it was done (False: failed, retried or not)."""
         if message.problem is not None:
             self._fail(message, f"unusable message: {message.problem}", retryable=False)
-            return
+            return False
         handler = self.registry.resolve(message.topic, message.payload)
         if handler is None:
             self._fail(message, self._no_handler(message), retryable=False)
-            return
+            return False
         job = Job(
             self.options.settings,
             self.logger,
@@ -523,15 +543,8 @@ class Worker:
             self._pending_acks.append(message)
             self.status[DONE] += 1
             self.metrics.done(message, time.time())
-            lane = self._lane_of(message.topic)
-            self._stats.outcome("done")
-            self._stats.outcome("done", lane=lane)
-            if message.enqueue_ts > 0:
-                wait = started - message.enqueue_ts
-                self._stats.latency(WAIT, wait, lane)
-                if message.topic in NOTIFICATION_TOPICS:
-                    self._stats.latency(WAIT, wait)
-                    self._stats.latency(END_TO_END, time.time() - message.enqueue_ts)
+            return True
+        return False
 
     def _no_handler(self, message: Message) -> str:
         if message.topic == NOTIFICATION_TOPIC:
@@ -607,13 +620,20 @@ class Worker:
                 level, "Message on %s %s: %s", failure.message.topic, what, failure.reason
             )
 
-    def _flush(self) -> None:
-        """Acks the finished messages and adds the stats, in one round trip."""
-        if not self._pending_acks and not self._stats.fields:
+    def _flush(self, *, stats: bool = False) -> None:
+        """Acks the finished messages and adds the stats, in one round trip: the stats
+        when ``stats`` says so, or once ``STATS_EVERY`` passed since they last went (a
+        busy worker acks a batch every few milliseconds; views read 10 s buckets)."""
+        now = time.monotonic()
+        counted = self.batch.stats  # no job runs: the watchdog takes none now
+        with_stats = bool(counted.fields) and (stats or now - self._stats_at >= STATS_EVERY)
+        if not self._pending_acks and not with_stats:
             return
-        if not self.channel.ack(self.id, self._pending_acks, self._stats):
+        if not self.channel.ack(self.id, self._pending_acks, counted if with_stats else _NONE):
             # Some were no longer in its hands: recovered while this worker was silent.
             self.lost = "its acks found messages no longer in its list"
+        if with_stats:
+            self._stats_at = now
         self._pending_acks.clear()
 
     def _list_lost(self, held: int) -> bool:
@@ -642,7 +662,7 @@ class Worker:
         """Writes what is pending (failures, acks), then gives back whatever else the
         processing list holds: with nothing running, that is only messages never started."""
         self._write_failures()
-        self._flush()
+        self._flush(stats=True)
         self._give_back_everything()
 
     def _give_back_everything(self) -> None:
@@ -720,14 +740,23 @@ class Worker:
 class _BatchGuard:
     """What a watchdog takes over while a job runs long: the unstarted rest of the batch
     (given back to the queue, for other workers) and the finished messages not yet acked
-    (acked, so that a time-limit kill does not run them again).
+    (acked, so that a time-limit kill does not run them again), with the stats counted so
+    far (written, so that a view does not wait for the end of a long job to see the jobs
+    before it).
 
     The main thread arms it before each job and disarms it after; whoever takes them
     first (the watchdog, past the deadline) owns them, under the lock.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
+        self.mutex = threading.Lock()
+        """Held for every change, and while the worker counts into :attr:`stats` (a plain
+        lock: taken a few times a job, at C speed)."""
+        self.stats = StatsBatch()
+        """What the worker counted and did not write yet."""
+        self._running = False
+        self._lock = threading.Condition(self.mutex)
+        """The same lock, to wait on an ack under way."""
         self._acking = 0
         """Acks the watchdog claimed and has not yet said the fate of, in job ``_acking_job``
         (a fate said after that job's end is nobody's: its end counted them as not made)."""
@@ -748,12 +777,15 @@ class _BatchGuard:
         """A job starts; ``tail`` (taken from the list ``source``) is given back, and
         ``acks`` (finished, the oldest first) acked, if it is still running at
         ``deadline``."""
-        with self._lock:
+        with self.mutex:
             self._tail, self._acks = tail, acks or []
             self._deadline, self._given_back, self._acked = deadline, False, 0
             self._source = source
             self._job += 1
-        if (tail or acks) and not self.armed.is_set():  # set() costs a lock; most find it set
+            self._running = True
+            counted = bool(self.stats.fields)
+        # set() costs a lock; most find it set
+        if (tail or acks or counted) and not self.armed.is_set():
             self.armed.set()
 
     def disarm(self) -> tuple[bool, int]:
@@ -761,9 +793,11 @@ class _BatchGuard:
         of the acks (the first ones) it acked — waiting for an ack under way to succeed
         or fail. Those it could not ack, or not in time, stay the worker's to ack (acked
         twice, the second ack finds them gone: never run twice)."""
-        with self._lock:
+        with self.mutex:
             self._tail, self._acks = [], []
-            self._lock.wait_for(lambda: not self._acking, timeout=ACK_WAIT)
+            self._running = False
+            if self._acking:
+                self._lock.wait_for(lambda: not self._acking, timeout=ACK_WAIT)
             acked = max(self._acked - self._acking, 0)
             self._acked, self._acking, self._acking_job = acked, 0, -1
             return self._given_back, acked
@@ -779,21 +813,28 @@ class _BatchGuard:
             self._acking = 0
             self._lock.notify_all()
 
-    def claim_if_late(self, now: float) -> tuple[list[Message], str, list[Message]]:
-        """For the watchdog: the tail, where it came from, and the acks, if the running
-        job is past its deadline."""
+    def claim_if_late(self, now: float) -> tuple[list[Message], str, list[Message], StatsBatch]:
+        """For the watchdog: the tail, where it came from, the acks and the stats counted,
+        if the running job is past its deadline (the worker counts into a new batch)."""
         with self._lock:
-            if not (self._tail or self._acks) or now < self._deadline:
-                return [], self._source, []
+            if not self._pending() or now < self._deadline:
+                return [], self._source, [], _NONE
             tail, acks, self._tail, self._acks = self._tail, self._acks, [], []
+            stats = _NONE
+            if self.stats.fields:
+                stats, self.stats = self.stats, self.stats.successor()
             self._given_back = self._given_back or bool(tail)
             self._acked += len(acks)
             self._acking, self._acking_job = len(acks), self._job
-            return tail, self._source, acks
+            return tail, self._source, acks, stats
+
+    def _pending(self) -> bool:
+        """Whether a job runs with something for the watchdog to take past its deadline."""
+        return self._running and bool(self._tail or self._acks or self.stats.fields)
 
     def seconds_left(self, now: float) -> float | None:
         with self._lock:
-            return max(self._deadline - now, 0.0) if self._tail or self._acks else None
+            return max(self._deadline - now, 0.0) if self._pending() else None
 
 
 class _Heartbeat(threading.Thread):
@@ -818,11 +859,11 @@ class _Heartbeat(threading.Thread):
         written_at = time.monotonic()
         while not self._stopped.is_set():
             now = time.monotonic()
-            tail, source, acks = self.worker.batch.claim_if_late(now)
+            tail, source, acks, stats = self.worker.batch.claim_if_late(now)
             if tail:
                 self._give_back(tail, source)
-            if acks:
-                self._ack(acks)
+            if acks or stats.fields:
+                self._ack(acks, stats)
             if now >= next_beat:
                 next_beat = now + options.heartbeat_interval
                 if not orphaned and not process_running(
@@ -893,12 +934,13 @@ class _Heartbeat(threading.Thread):
             len(tail),
         )
 
-    def _ack(self, acks: list[Message]) -> None:
-        """Acks what the worker finished before the job that runs long."""
+    def _ack(self, acks: list[Message], stats: StatsBatch) -> None:
+        """Acks what the worker finished before the job that runs long, and writes what
+        it counted (stats the store did not take are lost: only counts)."""
         acked = False
         all_there = True
         try:
-            all_there = self._channel.ack(self.worker.id, acks, StatsBatch())
+            all_there = self._channel.ack(self.worker.id, acks, stats)
             acked = True
         except self._channel.errors as error:
             self.worker.logger.warning(
