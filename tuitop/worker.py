@@ -82,7 +82,8 @@ EXIT_HANDLERS = 5
 # process group too), which the pool kills if the worker dies.
 # ALIVE: CLOCK_MONOTONIC of the heartbeat thread's last turn (the pool lists the worker
 # as alive in its own hash while it is recent); LISTED: of the pool's last heartbeat that
-# got through listing it (set by the pool); REBEAT: set by the pool when the store came
+# got through listing it (set by the pool), or the ALIVE that listing stood on if older
+# (a listing vouches for a TTL after the worker's own last turn, no more); REBEAT: set by the pool when the store came
 # back (it may have lost the worker's hash), cleared by the worker once it wrote it again.
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
 ALIVE, LISTED, REBEAT = range(8, 11)

@@ -43,7 +43,7 @@ from tuitop.pool.service import ServiceNotifier
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
-from tuitop.worker import LISTED
+from tuitop.worker import ALIVE, LISTED
 
 COMMANDS_PER_TICK = 16
 """Commands read from the pool's mailbox a tick: a flood of them cannot stall the loop."""
@@ -431,6 +431,10 @@ class Supervisor:
         active = self.workers.active()
         served = {lane for record in active.values() for lane in record.serves}
         alive = self.workers.listed(self.presence.ttl)
+        # What each listing stands on: the worker's last sign of life, not this write (a
+        # frozen worker stays listed up to a TTL after it; its list may be recovered as
+        # soon as the TTL is past, so that is all the write vouches for).
+        seen = [record.status[ALIVE] for record in alive]
         before = self.presence.published_at
         kept = self.presence.publish(
             self.config,
@@ -444,8 +448,8 @@ class Supervisor:
             self._name_lost()
         written = self.presence.published_at != before
         if written and kept:
-            for record in alive:
-                record.status[LISTED] = self.presence.published_at
+            for record, alive_at in zip(alive, seen, strict=True):
+                record.status[LISTED] = min(self.presence.published_at, alive_at)
         return written
 
     def _move_due(self) -> None:

@@ -1,0 +1,64 @@
+"""Second reading of the idle-pool change (workers write their hash when it changed, the
+pool lists its live workers): real pools, a real Redis, no mocks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.handlers_for_tests import RUNS_KEY
+from tests.pool import Pool, wait_until, worker_heartbeats, write_config
+from tests.test_pool_e2e import FAST_RETRY, nothing_pending, push_all, start_pool
+from tuitop import keys
+from tuitop.message import encode
+from tuitop.queue import Queue, alive_in
+from tuitop.redisserver import EmbeddedRedis
+
+
+def _idle_worker(client: redis.Redis) -> tuple[str, int]:
+    [worker_id] = wait_until(lambda: list(worker_heartbeats(client)), what="the worker")
+    wait_until(
+        lambda: worker_heartbeats(client)[worker_id]["state"] == "idle", what="it idles"
+    )
+    time.sleep(0.5)  # blocked in its BLMOVE
+    return worker_id, int(worker_heartbeats(client)[worker_id]["pid"])
+
+
+def test_a_worker_thawed_after_its_list_was_recovered_does_not_run_what_it_held(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A worker frozen (SIGSTOP) while blocked in its wait: a message pushed meanwhile is
+    moved into its list by Redis. Its pool stops listing it a TTL after its last beat,
+    another pool recovers its list (the message retried), it thaws. Its pool had vouched
+    for it (status[LISTED]) up to that moment, on the strength of a beat a TTL old: the
+    worker took that for a recent sign of life, skipped the lease check, and ran the
+    message that the retry ran again."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests", *FAST_RETRY
+    )
+    worker_id, pid = _idle_worker(redis_client)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        push_all(redis_client, [encode("test.count", {"id": "once"})])
+        wait_until(
+            lambda: redis_client.llen(keys.processing_list(worker_id)) == 1,
+            what="the message in its list",
+        )
+        wait_until(lambda: not alive_in(redis_client, [worker_id])[0], 20, "it to be dead")
+        # What another pool's silent scan does (recovery.py: unless_beating).
+        recovered = Queue(redis_client).recover(worker_id, "stopped beating", unless_beating=True)
+        assert recovered.total == 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: nothing_pending(redis_client), 20, what="everything done")
+    time.sleep(1.0)
+    runs = Counter(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
+    assert runs == {"once": 1}
+    assert pool.stop() == 0
