@@ -19,6 +19,7 @@ from tuitop import keys
 from tuitop.message import encode
 from tuitop.queue import Queue, alive_in
 from tuitop.redisserver import EmbeddedRedis
+from tuitop.snapshot import take_snapshot
 
 
 def _idle_worker(client: redis.Redis) -> tuple[str, int]:
@@ -61,4 +62,32 @@ def test_a_worker_thawed_after_its_list_was_recovered_does_not_run_what_it_held(
     time.sleep(1.0)
     runs = Counter(value.decode() for value in redis_client.lrange(RUNS_KEY, 0, -1))
     assert runs == {"once": 1}
+    assert pool.stop() == 0
+
+
+def test_a_pool_frozen_past_the_ttl_leaves_its_live_workers_alive(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The pool's loop stalls (SIGSTOP here; a host swapping, a stuck call) while its idle
+    workers run on: they wrote nothing of their own, their pool's hash expired, so every
+    view showed them dead and any other pool recovered them (their leases gone: each
+    stopped on its next message). A worker whose pool has not vouched for it lately says
+    it is alive itself, as an orphan does."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(pools, tmp_path, config, "--handlers", "tests.handlers_for_tests")
+    worker_id, _ = _idle_worker(redis_client)
+    os.kill(pool.pid, signal.SIGSTOP)
+    try:
+        name = keys.pool(keys.pool_of(worker_id))
+        wait_until(lambda: not redis_client.exists(name), 15, "the pool's hash to expire")
+        time.sleep(1.5)
+        assert alive_in(redis_client, [worker_id]) == [True]
+        [view] = take_snapshot(redis_client).workers
+        assert view.state != "dead"
+        assert redis_client.exists(keys.worker_lease(worker_id))
+    finally:
+        os.kill(pool.pid, signal.SIGCONT)
+    push_all(redis_client, [encode("test.count", {"id": "after"})])
+    wait_until(lambda: nothing_pending(redis_client), 20, what="everything done")
+    assert "recovered by another" not in pool.log()
     assert pool.stop() == 0

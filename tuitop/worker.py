@@ -890,6 +890,10 @@ class _Heartbeat(threading.Thread):
                     state != written
                     or beat.state == "busy"  # its CPU and memory are worth showing
                     or orphaned  # no pool lists it: it says it is alive itself
+                    # Its pool has not vouched for it lately (its loop stalled, its writes
+                    # fail): it says so itself before its pool's hash may expire.
+                    or now - max(status[LISTED], self.worker.last_beat)
+                    > options.heartbeat_ttl / 2
                     or failing
                     or status[REBEAT]
                     or now - written_at >= keys.WORKER_HASH_REFRESH
