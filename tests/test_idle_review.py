@@ -91,3 +91,27 @@ def test_a_pool_frozen_past_the_ttl_leaves_its_live_workers_alive(
     wait_until(lambda: nothing_pending(redis_client), 20, what="everything done")
     assert "recovered by another" not in pool.log()
     assert pool.stop() == 0
+
+
+def test_views_see_the_pool_and_its_idle_workers_soon_after_redis_restarted_empty(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    """Redis restarted without persistence, quickly: every hash, the set of pools and of
+    workers are gone. Idle workers write nothing unless asked (status[REBEAT]), the pool
+    says its name once a minute: views must show them again within a few heartbeats."""
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = start_pool(pools, tmp_path, config)
+    client = redis_server.client()
+    wait_until(lambda: len(worker_heartbeats(client)) == 2, what="2 workers")
+    time.sleep(3)  # settled: idle, nothing more to write
+    redis_server.kill()
+    redis_server.start()
+    client = redis_server.client()
+
+    def shown() -> bool:
+        snapshot = take_snapshot(client)
+        live = [view for view in snapshot.workers if view.state != "dead"]
+        return len(snapshot.pools) == 1 and len(live) == 2
+
+    wait_until(shown, 15, "the pool and its 2 workers shown again")
+    assert pool.stop() == 0

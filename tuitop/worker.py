@@ -350,6 +350,9 @@ class Worker:
                     self.channel.ping()
                     self.logger.warning("Worker %s: %s is back", self.id, self._store_name)
                     backoff = 0.0
+                    # It may have restarted empty (no persistence), and the pool need not
+                    # have noticed: the hash of an idle worker is written again now.
+                    self.status[REBEAT] = 1.0
                     self._settle()
                 batch, source = self._next_batch()
                 if batch:
