@@ -115,3 +115,32 @@ def test_views_see_the_pool_and_its_idle_workers_soon_after_redis_restarted_empt
 
     wait_until(shown, 15, "the pool and its 2 workers shown again")
     assert pool.stop() == 0
+
+
+def test_a_retry_is_moved_back_when_due_not_at_the_pools_next_heartbeat(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The pool reads when the next retry is due only with its heartbeat (every 3 s when
+    nothing changes): a retry scheduled by a worker in between waited for that read,
+    up to 3 s past its time (a 5 s first retry: 60 % late)."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start_pool(
+        pools, tmp_path, config, "--handlers", "tests.handlers_for_tests", "--retry-delay", "0.5"
+    )
+    _idle_worker(redis_client)
+    late = []
+    for n in range(2):
+        push_all(redis_client, [encode("test.fail", {"id": n})])
+        times: list[float] = []
+        deadline = time.monotonic() + 20
+        while redis_client.llen(keys.DEAD_LETTERS) <= n and time.monotonic() < deadline:
+            runs = redis_client.lrange(RUNS_KEY, 0, -1).count(str(n).encode())
+            if runs > len(times):
+                times.append(time.monotonic())
+            time.sleep(0.01)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        # The delay doubles from 0.5 s: each run within 0.7 s of its time.
+        late += [round(gap - 0.5 * 2**k, 2) for k, gap in enumerate(gaps)]
+    assert len(late) >= 4, late
+    assert max(late) < 0.7, late
+    assert pool.stop() == 0

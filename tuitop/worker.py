@@ -86,8 +86,10 @@ EXIT_HANDLERS = 5
 # (a listing vouches for a TTL after the worker's own last turn, no more); REBEAT: set by the pool when the store came
 # back (it may have lost the worker's hash), cleared by the worker once it wrote it again.
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
-ALIVE, LISTED, REBEAT = range(8, 11)
-STATUS_SLOTS = 11
+# RETRIED: how many messages it scheduled for a retry (the pool reads when the next retry
+# is due again when the sum changes, not only with its heartbeat).
+ALIVE, LISTED, REBEAT, RETRIED = range(8, 12)
+STATUS_SLOTS = 12
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
@@ -618,6 +620,8 @@ class Worker:
                 outcome=failure.outcome,
             )
             self._pending_failures.pop(0)
+            if result == "retried":
+                self.status[RETRIED] += 1
             self.metrics.failed(failure.message, result, failure.outcome)
             level, what = outcomes[result]
             self.logger.log(

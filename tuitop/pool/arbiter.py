@@ -102,6 +102,8 @@ class Supervisor:
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
         self._next_due: float | None = None
+        self._retried_seen = 0.0
+        """Its workers' count of retries scheduled when it last read ``_next_due``."""
         """When the next retry is due (Unix time, the store's clock), as last read."""
         self._stop_signals = 0
         self._drain_until: float | None = None
@@ -177,9 +179,13 @@ class Supervisor:
         link = self.link
         if link.ok and link.store is not None:
             try:
-                if self._publish():
+                retried = self.workers.retries_scheduled()
+                if self._publish() or retried != self._retried_seen:
                     # At the heartbeat's pace (not every tick): an idle pool costs the
-                    # store a few commands a second, whatever its number of workers.
+                    # store a few commands a second, whatever its number of workers; and
+                    # when one of its workers scheduled a retry (due maybe before the
+                    # next heartbeat).
+                    self._retried_seen = retried
                     self._next_due = link.store.next_due()
                 self._obey(link.store)  # every tick: an operator waits for the answer
                 self._move_due()
