@@ -649,7 +649,11 @@ class Worker:
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
         still has — they are elsewhere now — and stops. Asked of the store only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
-        heard = max(self.last_beat, self.status[LISTED])
+        heard = self.last_beat
+        if self.channel.beats_when_changed:
+            # Its pool's listing says it is alive there (Redis); the database's rows
+            # carry their own expiry, which only its own beat renews.
+            heard = max(heard, self.status[LISTED])
         silent = time.monotonic() - heard > self.options.heartbeat_ttl / 2
         if not self.lost and silent and not self.channel.leased(self.id):
             self.lost = "its lease is gone"
