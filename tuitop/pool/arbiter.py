@@ -179,7 +179,7 @@ class Supervisor:
         link = self.link
         if link.ok and link.store is not None:
             try:
-                retried = self.workers.retries_scheduled()
+                retried = self.workers.retries_scheduled() + self.recovery.requeued
                 if self._publish() or retried != self._retried_seen:
                     # At the heartbeat's pace (not every tick): an idle pool costs the
                     # store a few commands a second, whatever its number of workers; and
