@@ -7,9 +7,9 @@ import os
 import signal
 import time
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
-import pytest
 import redis
 
 from tests.handlers_for_tests import RUNS_KEY
@@ -24,9 +24,7 @@ from tuitop.snapshot import take_snapshot
 
 def _idle_worker(client: redis.Redis) -> tuple[str, int]:
     [worker_id] = wait_until(lambda: list(worker_heartbeats(client)), what="the worker")
-    wait_until(
-        lambda: worker_heartbeats(client)[worker_id]["state"] == "idle", what="it idles"
-    )
+    wait_until(lambda: worker_heartbeats(client)[worker_id]["state"] == "idle", what="it idles")
     time.sleep(0.5)  # blocked in its BLMOVE
     return worker_id, int(worker_heartbeats(client)[worker_id]["pid"])
 
@@ -138,7 +136,7 @@ def test_a_retry_is_moved_back_when_due_not_at_the_pools_next_heartbeat(
             if runs > len(times):
                 times.append(time.monotonic())
             time.sleep(0.01)
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in pairwise(times)]
         # The delay doubles from 0.5 s: each run within 0.7 s of its time.
         late += [round(gap - 0.5 * 2**k, 2) for k, gap in enumerate(gaps)]
     assert len(late) >= 4, late

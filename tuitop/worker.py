@@ -83,8 +83,9 @@ EXIT_HANDLERS = 5
 # ALIVE: CLOCK_MONOTONIC of the heartbeat thread's last turn (the pool lists the worker
 # as alive in its own hash while it is recent); LISTED: of the pool's last heartbeat that
 # got through listing it (set by the pool), or the ALIVE that listing stood on if older
-# (a listing vouches for a TTL after the worker's own last turn, no more); REBEAT: set by the pool when the store came
-# back (it may have lost the worker's hash), cleared by the worker once it wrote it again.
+# (a listing vouches for a TTL after the worker's own last turn, no more); REBEAT: set
+# by the pool when the store came back (it may have lost the worker's hash), or by the
+# worker itself, cleared by the worker once it wrote it again.
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
 # RETRIED: how many messages it scheduled for a retry (the pool reads when the next retry
 # is due again when the sum changes, not only with its heartbeat).
@@ -903,8 +904,7 @@ class _Heartbeat(threading.Thread):
                     or orphaned  # no pool lists it: it says it is alive itself
                     # Its pool has not vouched for it lately (its loop stalled, its writes
                     # fail): it says so itself before its pool's hash may expire.
-                    or now - max(status[LISTED], self.worker.last_beat)
-                    > options.heartbeat_ttl / 2
+                    or now - max(status[LISTED], self.worker.last_beat) > options.heartbeat_ttl / 2
                     or failing
                     or status[REBEAT]
                     or now - written_at >= keys.WORKER_HASH_REFRESH
