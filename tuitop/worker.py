@@ -82,11 +82,15 @@ EXIT_HANDLERS = 5
 # process group too), which the pool kills if the worker dies.
 # ALIVE: CLOCK_MONOTONIC of the heartbeat thread's last turn (the pool lists the worker
 # as alive in its own hash while it is recent); LISTED: of the pool's last heartbeat that
-# got through listing it (set by the pool); REBEAT: set by the pool when the store came
-# back (it may have lost the worker's hash), cleared by the worker once it wrote it again.
+# got through listing it (set by the pool), or the ALIVE that listing stood on if older
+# (a listing vouches for a TTL after the worker's own last turn, no more); REBEAT: set
+# by the pool when the store came back (it may have lost the worker's hash), or by the
+# worker itself, cleared by the worker once it wrote it again.
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
-ALIVE, LISTED, REBEAT = range(8, 11)
-STATUS_SLOTS = 11
+# RETRIED: how many messages it scheduled for a retry (the pool reads when the next retry
+# is due again when the sum changes, not only with its heartbeat).
+ALIVE, LISTED, REBEAT, RETRIED = range(8, 12)
+STATUS_SLOTS = 12
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
@@ -349,6 +353,9 @@ class Worker:
                     self.channel.ping()
                     self.logger.warning("Worker %s: %s is back", self.id, self._store_name)
                     backoff = 0.0
+                    # It may have restarted empty (no persistence), and the pool need not
+                    # have noticed: the hash of an idle worker is written again now.
+                    self.status[REBEAT] = 1.0
                     self._settle()
                 batch, source = self._next_batch()
                 if batch:
@@ -614,6 +621,8 @@ class Worker:
                 outcome=failure.outcome,
             )
             self._pending_failures.pop(0)
+            if result == "retried":
+                self.status[RETRIED] += 1
             self.metrics.failed(failure.message, result, failure.outcome)
             level, what = outcomes[result]
             self.logger.log(
@@ -641,7 +650,11 @@ class Worker:
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
         still has — they are elsewhere now — and stops. Asked of the store only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
-        heard = max(self.last_beat, self.status[LISTED])
+        heard = self.last_beat
+        if self.channel.beats_when_changed:
+            # Its pool's listing says it is alive there (Redis); the database's rows
+            # carry their own expiry, which only its own beat renews.
+            heard = max(heard, self.status[LISTED])
         silent = time.monotonic() - heard > self.options.heartbeat_ttl / 2
         if not self.lost and silent and not self.channel.leased(self.id):
             self.lost = "its lease is gone"
@@ -889,6 +902,9 @@ class _Heartbeat(threading.Thread):
                     state != written
                     or beat.state == "busy"  # its CPU and memory are worth showing
                     or orphaned  # no pool lists it: it says it is alive itself
+                    # Its pool has not vouched for it lately (its loop stalled, its writes
+                    # fail): it says so itself before its pool's hash may expire.
+                    or now - max(status[LISTED], self.worker.last_beat) > options.heartbeat_ttl / 2
                     or failing
                     or status[REBEAT]
                     or now - written_at >= keys.WORKER_HASH_REFRESH

@@ -228,7 +228,12 @@ class RedisPoolStore:
             # EVAL, not a registered Script: in a pipeline redis-py sends SCRIPT EXISTS
             # first, a command of its own every beat.
             pipe.eval(POOL_TICK_SCRIPT, len(tick[0]), *tick[0], *tick[1])
-        pipe.execute()
+        replies = pipe.execute()
+        if not listed and replies[0]:
+            # Its hash was gone (HSET made new fields: a restart without persistence, an
+            # expiry): so may be the set of names, which views read. Said again now.
+            self.client.sadd(keys.POOLS, name)
+            listed = True
         if listed:
             self._listed_at = now
         if tick is not None:

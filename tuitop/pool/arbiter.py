@@ -43,7 +43,7 @@ from tuitop.pool.service import ServiceNotifier
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
-from tuitop.worker import LISTED
+from tuitop.worker import ALIVE, LISTED
 
 COMMANDS_PER_TICK = 16
 """Commands read from the pool's mailbox a tick: a flood of them cannot stall the loop."""
@@ -102,6 +102,8 @@ class Supervisor:
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
         self._next_due: float | None = None
+        self._retried_seen = 0.0
+        """Its workers' count of retries scheduled when it last read ``_next_due``."""
         """When the next retry is due (Unix time, the store's clock), as last read."""
         self._stop_signals = 0
         self._drain_until: float | None = None
@@ -177,9 +179,13 @@ class Supervisor:
         link = self.link
         if link.ok and link.store is not None:
             try:
-                if self._publish():
+                retried = self.workers.retries_scheduled() + self.recovery.requeued
+                if self._publish() or retried != self._retried_seen:
                     # At the heartbeat's pace (not every tick): an idle pool costs the
-                    # store a few commands a second, whatever its number of workers.
+                    # store a few commands a second, whatever its number of workers; and
+                    # when one of its workers scheduled a retry (due maybe before the
+                    # next heartbeat).
+                    self._retried_seen = retried
                     self._next_due = link.store.next_due()
                 self._obey(link.store)  # every tick: an operator waits for the answer
                 self._move_due()
@@ -431,6 +437,10 @@ class Supervisor:
         active = self.workers.active()
         served = {lane for record in active.values() for lane in record.serves}
         alive = self.workers.listed(self.presence.ttl)
+        # What each listing stands on: the worker's last sign of life, not this write (a
+        # frozen worker stays listed up to a TTL after it; its list may be recovered as
+        # soon as the TTL is past, so that is all the write vouches for).
+        seen = [record.status[ALIVE] for record in alive]
         before = self.presence.published_at
         kept = self.presence.publish(
             self.config,
@@ -444,8 +454,8 @@ class Supervisor:
             self._name_lost()
         written = self.presence.published_at != before
         if written and kept:
-            for record in alive:
-                record.status[LISTED] = self.presence.published_at
+            for record, alive_at in zip(alive, seen, strict=True):
+                record.status[LISTED] = min(self.presence.published_at, alive_at)
         return written
 
     def _move_due(self) -> None:

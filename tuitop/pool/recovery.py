@@ -53,6 +53,8 @@ class Recovery:
         self._last_scan = 0.0
         self._last_tuleap_scan = 0.0
         self._last_forget = -FORGET_EVERY
+        self.requeued = 0
+        """Messages it sent to their retry (the pool reads when the next one is due)."""
 
     def recover(
         self,
@@ -85,6 +87,7 @@ class Recovery:
             self.logger.exception("Could not recover the messages of worker %s", worker_id)
             return
         self.counts.recovered(recovery.outcomes, timed_out)
+        self.requeued += recovery.requeued
         if recovery.total:
             self.logger.warning(
                 "Recovered %d message(s) of worker %s: %d will be retried, %d dead-lettered",

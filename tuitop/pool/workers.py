@@ -46,6 +46,7 @@ from tuitop.worker import (
     IDLE,
     JOB_CLOCK,
     REBEAT,
+    RETRIED,
     STATE,
     STATUS_SLOTS,
     TASK_PID,
@@ -164,6 +165,10 @@ class WorkerSet:
             if (record.detached or record.process.is_alive())
             and (now - record.status[ALIVE] < ttl or now - record.started < ttl)
         ]
+
+    def retries_scheduled(self) -> float:
+        """A sum that changes when one of its workers scheduled a retry."""
+        return sum(record.status[RETRIED] for record in self.records.values())
 
     def ask_rebeat(self) -> None:
         """Asks every worker to write its hash again (the store may have lost it)."""
