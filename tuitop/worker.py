@@ -650,12 +650,7 @@ class Worker:
         its heartbeat: frozen, cut off): then it runs none of the ``held`` messages it
         still has — they are elsewhere now — and stops. Asked of the store only when its last
         beat is older than half the heartbeat's life, or after a sign of it."""
-        heard = self.last_beat
-        if self.channel.beats_when_changed:
-            # Its pool's listing says it is alive there (Redis); the database's rows
-            # carry their own expiry, which only its own beat renews.
-            heard = max(heard, self.status[LISTED])
-        silent = time.monotonic() - heard > self.options.heartbeat_ttl / 2
+        silent = self.unheard(time.monotonic())
         if not self.lost and silent and not self.channel.leased(self.id):
             self.lost = "its lease is gone"
         if not self.lost:
@@ -670,6 +665,15 @@ class Worker:
         self.stop_requested = True
         self.stop_reason = "its messages were recovered while it was silent"
         return True
+
+    def unheard(self, now: float) -> bool:
+        """Whether nothing vouched for this worker in the store for half a heartbeat's
+        life (monotonic ``now``): neither its own beat nor, on Redis, its pool's listing
+        (the database's rows carry their own expiry, which only its own beat renews)."""
+        heard = self.last_beat
+        if self.channel.beats_when_changed:
+            heard = max(heard, self.status[LISTED])
+        return now - heard > self.options.heartbeat_ttl / 2
 
     def _settle(self) -> None:
         """Writes what is pending (failures, acks), then gives back whatever else the
@@ -896,15 +900,16 @@ class _Heartbeat(threading.Thread):
                 status[ALIVE] = now
                 # An idle worker writes no line: it lets go of a rotated log here.
                 reopen_log_files(self.worker.logger)
-                beat = self.worker.make_beat(self._process)
-                state = {**beat.fields(), "beat": 0, "cpu": 0, "rss": 0}
+                # Measured (the process tree walked) only when it is written.
+                beat = self.worker.make_beat()
+                state = {**beat.fields(), "beat": 0}
                 due = (
                     state != written
                     or beat.state == "busy"  # its CPU and memory are worth showing
                     or orphaned  # no pool lists it: it says it is alive itself
                     # Its pool has not vouched for it lately (its loop stalled, its writes
                     # fail): it says so itself before its pool's hash may expire.
-                    or now - max(status[LISTED], self.worker.last_beat) > options.heartbeat_ttl / 2
+                    or self.worker.unheard(now)
                     or failing
                     or status[REBEAT]
                     or now - written_at >= keys.WORKER_HASH_REFRESH
@@ -913,7 +918,7 @@ class _Heartbeat(threading.Thread):
                 try:
                     if due:
                         rebeat = status[REBEAT]
-                        self.worker.write_beat(self._channel, beat)
+                        self.worker.write_beat(self._channel, self.worker.make_beat(self._process))
                         written, written_at = state, now
                         if rebeat:
                             status[REBEAT] = 0.0

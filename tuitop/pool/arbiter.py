@@ -102,9 +102,9 @@ class Supervisor:
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
         self._next_due: float | None = None
+        """When the next retry is due (Unix time, the store's clock), as last read."""
         self._retried_seen = 0.0
         """Its workers' count of retries scheduled when it last read ``_next_due``."""
-        """When the next retry is due (Unix time, the store's clock), as last read."""
         self._stop_signals = 0
         self._drain_until: float | None = None
         """Set once the pool stops: the end of the grace period (monotonic)."""
