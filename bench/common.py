@@ -31,10 +31,20 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+def config_path(directory: Path) -> Path:
+    """``directory/conf/local.inc``, its directory made: a directory of its own, as
+    ``/etc/tuleap/conf``. The pool watches the directory of its config, so a file that a
+    bench writes beside it (a log, the jobs' waits) would wake the watcher at every write
+    and take CPU from the workers being measured."""
+    path = directory / "conf" / "local.inc"
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
 def write_config(directory: Path, port: int, workers: int) -> Path:
-    """``directory/local.inc`` for a pool of ``workers`` on the Redis at 127.0.0.1:``port``
+    """:func:`config_path` for a pool of ``workers`` on the Redis at 127.0.0.1:``port``
     (tuitop's default lanes, warnings only)."""
-    path = directory / "local.inc"
+    path = config_path(directory)
     path.write_text(
         "<?php\n$redis_server = '127.0.0.1';\n"
         f"$redis_port = {port};\n$sys_nb_backend_workers = {workers};\n"

@@ -43,8 +43,8 @@ from typing import Any
 import psutil
 import redis
 
+from bench.common import config_path, start_pool, stop, wait_for_workers
 from bench.fresh_mail_handler import FreshConnectionTransport
-from bench.pool_bench import start_pool, stop, wait_for_workers
 from bench.smtp_sink import SmtpSink
 from tuitop import keys
 from tuitop.config import MailSettings, load_config
@@ -103,7 +103,7 @@ def notification(index: int, mails: int) -> Notification:
 
 
 def write_config(directory: Path, redis_port: int, smtp: SmtpSink) -> Path:
-    path = directory / "local.inc"
+    path = config_path(directory)
     path.write_text(
         "<?php\n$redis_server = '127.0.0.1';\n"
         f"$redis_port = {redis_port};\n$sys_nb_backend_workers = {WORKERS};\n"

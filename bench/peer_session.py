@@ -373,7 +373,7 @@ class Session:
         while (received := self._lines()) < sent and not stall.stalled(received):
             self._check_alive()
             time.sleep(0.05)
-        waits = [float(line) * 1000 for line in self.waits.read_text().split()]
+        waits = [float(line.split()[0]) * 1000 for line in self.waits.read_text().splitlines()]
         if not waits:
             raise self._failure(f"none of {sent} steady jobs ran")
         self._wait_idle()

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from bench.common import percentile, start_pool, stop, wait_for_workers
+from bench.common import config_path, percentile, start_pool, stop, wait_for_workers
 from tuitop import keys
 from tuitop.message import encode
 from tuitop.notification import TOPIC, Mail, Notification
@@ -63,7 +63,7 @@ def write_config(directory: Path, port: int, *, smtp_port: int = 0, lanes: bool 
         lines += ["$email_transport = 'smtp';", f"$email_relayhost = '127.0.0.1:{smtp_port}';"]
     if not lanes:
         lines.append("$tuitop_lanes = '';")
-    path = directory / "local.inc"
+    path = config_path(directory)
     path.write_text("\n".join(lines) + "\n")
     return path
 

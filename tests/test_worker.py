@@ -241,3 +241,28 @@ def test_acks_still_under_way_when_the_job_ends_stay_the_workers(
     assert guard.claim_if_late(1.0)[2] == [b"d"]
     guard.acks_settled(acked=True)
     assert guard.disarm() == (False, 1)
+
+
+def test_what_was_counted_before_a_long_job_is_written_while_it_runs(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A job armed with nothing to give back or ack does not wake the watchdog at once
+    (that cost a wake a message); the stats counted before it still go within the
+    heartbeat's second, not at its end."""
+    worker = make_worker(redis_server)
+    for n in range(3):
+        worker._count(decode(encode("tuitop.noop", {"n": n})), time.time(), True, failed=False)
+    watchdog = _Heartbeat(worker)
+    watchdog.start()
+    try:
+        worker.batch.arm([], time.monotonic() + GIVE_BACK_AFTER, keys.QUEUE)
+        deadline = time.monotonic() + worker.options.heartbeat_interval + 2.0
+        done = 0
+        while time.monotonic() < deadline and done < 3:
+            buckets = redis_client.keys(keys.stats_bucket(0).rsplit(":", 1)[0] + ":*")
+            done = sum(int(redis_client.hget(bucket, "done") or 0) for bucket in buckets)
+            time.sleep(0.05)
+        assert done == 3
+        assert worker.batch.disarm() == (False, 0)
+    finally:
+        watchdog.stop()

@@ -7,6 +7,7 @@ import ctypes.util
 import functools
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -18,7 +19,13 @@ _PR_SET_PDEATHSIG = 1
 def _prctl() -> Any:
     """libc's prctl, or None. Resolved once: a child between fork and exec may call
     set_parent_death_signal, and must not run ldconfig (find_library's way) there."""
-    for name in ("libc.so.6", ctypes.util.find_library("c")):
+    # find_library runs ldconfig (a fork and an exec): asked only when the usual name fails.
+    finds: tuple[Callable[[], str | None], ...] = (
+        lambda: "libc.so.6",
+        lambda: ctypes.util.find_library("c"),
+    )
+    for find in finds:
+        name = find()
         if not name:
             continue
         try:

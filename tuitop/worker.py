@@ -107,7 +107,10 @@ ACK_WAIT = CONNECT_TIMEOUT + 3 * HEARTBEAT_SOCKET_TIMEOUT
 """The longest a job's end waits for the watchdog's ack under way (a connect and its
 replies: the ack has failed by then; one still under way stays the worker's)."""
 STATS_EVERY = 1.0
-"""Seconds between two writes of a busy worker's stats (an idle one writes them at once)."""
+"""Seconds between two writes of a worker's stats: with an ack, or, for a worker that went
+idle with stats unwritten, when its wait ends at that time."""
+STATS_MIN_WAIT = 0.01
+"""The shortest wait of an idle worker whose stats are due (a wait of 0 blocks forever)."""
 _NONE = StatsBatch()
 """No stats (never added to)."""
 GIVE_BACK_AFTER = 0.050
@@ -315,8 +318,11 @@ class Worker:
     def _finish(self) -> None:
         self._set_state(STOPPING)
         try:
-            # A signal may have cut a blocking read short: start from fresh connections.
-            self.channel.reset()
+            if self.stop_requested:
+                # A signal may have cut a blocking read short: start from fresh connections
+                # (not after its last message: a new connection is a round trip or two
+                # more before its successor can start).
+                self.channel.reset()
             self._settle()
             self.channel.leave(self.id)
         except self.errors as error:
@@ -385,7 +391,9 @@ class Worker:
         if taken.messages:
             return taken.messages, taken.source
         held = taken.held
-        self._flush(stats=True)  # nothing to do: what it counted goes now
+        # Not at once: a worker woken by each message of a trickle would write its stats
+        # once a message, a round trip more than the ack. Its wait ends when they are due.
+        self._flush()
         if held:
             # This worker holds nothing in memory, yet the store says it does: a reply it
             # never got (a timeout after the store did the move). Back, untried.
@@ -398,6 +406,9 @@ class Worker:
         if len(self.options.serves) > 1:
             timeout = min(timeout, self._help_wait)
             self._help_wait = min(self._help_wait * 2, self._help_wait_max)
+        if self.batch.stats.fields:
+            due = STATS_EVERY - (time.monotonic() - self._stats_at)
+            timeout = min(timeout, max(due, STATS_MIN_WAIT))
         self._blocking = True
         try:
             if self.stop_requested:
@@ -758,8 +769,8 @@ class _BatchGuard:
     """What a watchdog takes over while a job runs long: the unstarted rest of the batch
     (given back to the queue, for other workers) and the finished messages not yet acked
     (acked, so that a time-limit kill does not run them again), with the stats counted so
-    far (written, so that a view does not wait for the end of a long job to see the jobs
-    before it).
+    far (written within the heartbeat's second, so that a view does not wait for the end
+    of a long job to see the jobs before it).
 
     The main thread arms it before each job and disarms it after; whoever takes them
     first (the watchdog, past the deadline) owns them, under the lock.
@@ -800,9 +811,10 @@ class _BatchGuard:
             self._source = source
             self._job += 1
             self._running = True
-            counted = bool(self.stats.fields)
-        # set() costs a lock; most find it set
-        if (tail or acks or counted) and not self.armed.is_set():
+        # set() costs a lock; most find it set. Stats alone do not wake the watchdog: its
+        # turn of the next second takes them if the job is still running then (a worker
+        # fed one message at a time would wake it at every message, in its jobs' way).
+        if (tail or acks) and not self.armed.is_set():
             self.armed.set()
 
     def disarm(self) -> tuple[bool, int]:

@@ -6,7 +6,8 @@
   keeps (a new one after a fork: a socket is never shared between processes).
 
 :func:`run` also appends the job's wait (its start minus the enqueue time it carries) to
-the file ``BENCH_PEERS_WAITS`` names, when it carries one: one ``write`` of one line, whole
+the file ``BENCH_PEERS_WAITS`` names, when it carries one: one ``write`` of one line
+(``<wait> <enqueued> <pid>``: seconds, seconds since the epoch, the job's process), whole
 under ``O_APPEND`` whatever other process appends at once.
 
 Imports redis-py only: it runs in every peer's virtualenv.
@@ -51,14 +52,15 @@ def counter_client() -> redis.Redis:
 
 
 def record_wait(enqueued: float) -> None:
-    """Appends now minus ``enqueued`` (seconds) to the waits file, if one is named."""
+    """Appends now minus ``enqueued`` (seconds), ``enqueued`` and this process' id to the
+    waits file, if one is named."""
     wait = time.time() - enqueued
     path = os.environ.get(WAITS_ENV)
     if not path:
         return
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, f"{wait!r}\n".encode())
+        os.write(descriptor, f"{wait!r} {enqueued!r} {os.getpid()}\n".encode())
     finally:
         os.close(descriptor)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass, field
 
@@ -13,6 +14,18 @@ from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.metrics import CountingTarget
 from tuitop.tasks import TaskCommand
 from tuitop.worker import WorkerOptions
+
+RECYCLE_JITTER = 0.05
+"""The share of ``--max-messages`` a worker's own limit may fall short of it."""
+
+
+def recycle_limit(max_messages: int) -> int:
+    """A new worker's own limit: ``max_messages`` less up to :data:`RECYCLE_JITTER` of it,
+    drawn at random (gunicorn's ``max_requests_jitter``, taken off rather than added: never
+    above the admin's limit). Workers started together then do not all leave at once: each
+    leaves a gap of a few milliseconds while its successor starts, which the others cover.
+    Below 20 it is exact."""
+    return max_messages - random.randint(0, int(max_messages * RECYCLE_JITTER))
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ class PoolOptions:
             supervisor_started=supervisor_started,
             log_file=self.log_file,
             log_to_stderr=self.log_to_stderr,
-            max_messages=self.max_messages,
+            max_messages=recycle_limit(self.max_messages),
             max_batch=self.max_batch,
             heartbeat_ttl=self.heartbeat_ttl,
             retry=self.retry,

@@ -113,11 +113,28 @@ class Exit:
     clean: bool
 
 
+WORKER_PRELOAD = (
+    "tuitop.worker",
+    # What a worker imports before its first command (its channel, the lease's token,
+    # unpickling its status array and process, a host name's encoding at connect): each
+    # new worker would pay them again, ~40 ms in all, while its slot serves nothing (a
+    # worker recycled after --max-messages leaves such a gap).
+    "tuitop.backends.redis",
+    "tuitop.backends.db",
+    "secrets",
+    "multiprocessing.sharedctypes",
+    "multiprocessing.popen_forkserver",
+    "encodings.idna",
+)
+"""The modules the forkserver imports once, for every worker it starts."""
+
+
 def new_context() -> BaseContext:
-    """Workers start from a forkserver that has imported the worker's code once: a start
-    costs a fork, not an interpreter, and holds none of the pool's state."""
+    """Workers start from a forkserver that has imported the worker's code once
+    (:data:`WORKER_PRELOAD`): a start costs a fork, not an interpreter, and holds none of
+    the pool's state."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tuitop.worker"])
+    context.set_forkserver_preload(list(WORKER_PRELOAD))
     return context
 
 
