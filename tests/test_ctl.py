@@ -391,3 +391,59 @@ def test_the_longest_pool_name_serves_the_database_queue(
     code, out = ctl(config, "workers", "2")
     assert code == 0, out
     assert pool.stop() == 0
+
+
+def lpop_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_lpop", {}).get("calls", 0))
+
+
+def test_an_idle_pool_reads_its_mailbox_when_a_command_comes_not_every_tick(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    """The mailbox was read every tick (1 command a second, an idle pool's largest item);
+    a blocking watch now rings the loop when a command lands: answered at once, and read
+    otherwise at the heartbeat's pace (every 3 s) only."""
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    time.sleep(1.5)  # the pool's watch is up
+    before = lpop_calls(redis_client)
+    time.sleep(6.2)
+    reads = lpop_calls(redis_client) - before
+    assert 1 <= reads <= 3, reads  # every tick would be 6
+    started = time.monotonic()
+    code, out = ctl(config, "workers", "3")
+    answered = time.monotonic() - started
+    assert code == 0, out
+    running(redis_client, "alpha", 3)
+    # The CLI's own start is most of this; a read at the heartbeat's pace would be ~1.5 s.
+    assert answered < 2.5, answered
+    assert pool.stop() == 0
+
+
+def test_a_mailbox_watch_cut_off_loses_no_command(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    """Its connection killed (a proxy, CLIENT KILL, a failover): commands are still read —
+    every tick until it watches again — and none is lost."""
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    watch = "tuitop:pool:alpha:mailbox"
+    wait_until(
+        lambda: any(c["name"] == watch for c in redis_client.client_list()),
+        what="the mailbox watch connected",
+    )
+    killed = [c["id"] for c in redis_client.client_list() if c["name"] == watch]
+    for client_id in killed:
+        redis_client.execute_command("CLIENT", "KILL", "ID", client_id)
+    code, out = ctl(config, "workers", "3")
+    assert code == 0, out
+    running(redis_client, "alpha", 3)
+    wait_until(
+        lambda: any(c["name"] == watch for c in redis_client.client_list()),
+        what="the mailbox watch back",
+    )
+    code, out = ctl(config, "workers", "1")
+    assert code == 0, out
+    running(redis_client, "alpha", 1)
+    assert "Unexpected error" not in pool.log(), pool.log()
+    assert pool.stop() == 0

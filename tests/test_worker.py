@@ -266,3 +266,35 @@ def test_what_was_counted_before_a_long_job_is_written_while_it_runs(
         assert worker.batch.disarm() == (False, 0)
     finally:
         watchdog.stop()
+
+
+def test_acks_and_the_next_take_go_in_one_round_trip_even_after_redis_lost_its_scripts(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A batch's acks go with the next take (one round trip); when Redis lost its
+    scripts meanwhile (a restart, SCRIPT FLUSH), the acks still go and the take is made
+    on its own, loading the script again."""
+    worker = make_worker(redis_server)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(6)]
+    redis_client.lpush(keys.QUEUE, *raws[:3])
+    first = take(worker, 3)
+    redis_client.lpush(keys.QUEUE, *raws[3:])
+    before = redis_client.info("stats")["total_connections_received"]
+    calls = redis_client.info("commandstats")
+    all_there, batch = worker.channel.ack_and_take(worker.id, first, worker.batch.stats, 2)
+    assert all_there
+    assert [message.raw for message in batch.messages] == raws[3:5]
+    stats = redis_client.info("commandstats")
+    # The ack (EVAL) and the take (EVALSHA), one of each, none loaded again.
+    assert stats["cmdstat_eval"]["calls"] == calls.get("cmdstat_eval", {}).get("calls", 0) + 1
+    assert stats["cmdstat_evalsha"]["calls"] == calls["cmdstat_evalsha"]["calls"] + 1
+    assert redis_client.info("stats")["total_connections_received"] == before
+    processing = keys.processing_list(worker.id)
+    assert sorted(redis_client.lrange(processing, 0, -1)) == sorted(raws[3:5])
+
+    redis_client.script_flush()
+    all_there, batch = worker.channel.ack_and_take(worker.id, batch.messages, worker.batch.stats, 5)
+    assert all_there
+    assert [message.raw for message in batch.messages] == raws[5:]
+    assert redis_client.lrange(processing, 0, -1) == [raws[5]]
+    assert redis_client.llen(keys.QUEUE) == 0

@@ -468,6 +468,24 @@ class Queue:
             keys=[keys.processing_list(worker_id), *self._take_keys],
             args=[max_batch, *self._take_args],
         )
+        return self.taken(result)
+
+    def take_into(self, pipe: Pipeline, worker_id: str, max_batch: int) -> None:
+        """Queues :meth:`take_or_count` on ``pipe`` (after the acks it carries: one round
+        trip for both); :meth:`taken` reads its reply. EVALSHA, not the registered
+        Script: in a pipeline that sends SCRIPT EXISTS first, a round trip of its own; the
+        caller takes again alone on NOSCRIPT (Redis lost its scripts)."""
+        pipe.evalsha(
+            self._take.sha,
+            1 + len(self._take_keys),
+            keys.processing_list(worker_id),
+            *self._take_keys,
+            max_batch,
+            *self._take_args,
+        )
+
+    def taken(self, result: Any) -> Taken:
+        """What the take script's reply says was taken (see :meth:`take_or_count`)."""
         if isinstance(result, int):
             return Taken([], keys.QUEUE, result)
         source, *messages = cast(list[Any], result)

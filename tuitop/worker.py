@@ -387,7 +387,11 @@ class Worker:
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
         size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
-        taken = self.channel.take(self.id, size)
+        # The last batch's acks (and its stats, when due) go with this take: one round trip.
+        stats = self._stats_due()
+        wrote = bool(stats.fields)  # the store's write empties it
+        all_there, taken = self.channel.ack_and_take(self.id, self._pending_acks, stats, size)
+        self._acked(all_there, wrote_stats=wrote)
         if taken.messages:
             return taken.messages, taken.source
         held = taken.held
@@ -454,7 +458,7 @@ class Worker:
                 self._flush()
             if given_back:
                 return
-        self._flush()
+        # Its acks go with the next take (_next_batch), at once: nothing runs between.
 
     def _process(self, message: Message) -> None:
         now = time.time()
@@ -644,16 +648,26 @@ class Worker:
         """Acks the finished messages and adds the stats, in one round trip: the stats
         when ``stats`` says so, or once ``STATS_EVERY`` passed since they last went (a
         busy worker acks a batch every few milliseconds; views read 10 s buckets)."""
-        now = time.monotonic()
-        counted = self.batch.stats  # no job runs: the watchdog takes none now
-        with_stats = bool(counted.fields) and (stats or now - self._stats_at >= STATS_EVERY)
-        if not self._pending_acks and not with_stats:
+        counted = self._stats_due(force=stats)
+        if not self._pending_acks and not counted.fields:
             return
-        if not self.channel.ack(self.id, self._pending_acks, counted if with_stats else _NONE):
+        wrote = bool(counted.fields)  # the store's write empties it
+        self._acked(self.channel.ack(self.id, self._pending_acks, counted), wrote_stats=wrote)
+
+    def _stats_due(self, *, force: bool = False) -> StatsBatch:
+        """The stats to write now (``_NONE`` before ``STATS_EVERY`` passed, unless
+        ``force``). No job runs: the watchdog takes none meanwhile."""
+        counted = self.batch.stats
+        due = force or time.monotonic() - self._stats_at >= STATS_EVERY
+        return counted if counted.fields and due else _NONE
+
+    def _acked(self, all_there: bool, *, wrote_stats: bool) -> None:
+        """After the pending acks (and stats, when ``wrote_stats``) were written."""
+        if not all_there:
             # Some were no longer in its hands: recovered while this worker was silent.
             self.lost = "its acks found messages no longer in its list"
-        if with_stats:
-            self._stats_at = now
+        if wrote_stats:
+            self._stats_at = time.monotonic()
         self._pending_acks.clear()
 
     def _list_lost(self, held: int) -> bool:

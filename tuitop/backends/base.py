@@ -143,6 +143,13 @@ class WorkerChannel(Protocol):
         """Removes finished messages from the worker's hands and adds ``stats``, in one
         round trip; False when some were no longer there (recovered meanwhile)."""
 
+    def ack_and_take(
+        self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
+    ) -> tuple[bool, Batch]:
+        """:meth:`ack`, then :meth:`take`, in that order (in one round trip where the store
+        allows it): whether every ack found its message, and what was taken. When it
+        raises, the acks may or may not have been made."""
+
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         """Returns messages taken and never started, in order, to the head of ``source``
         with their try count unchanged; one no longer in its hands is left where it is."""

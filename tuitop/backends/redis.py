@@ -91,6 +91,29 @@ class RedisChannel:
         replies = pipe.execute()
         return not (messages and b"0" in replies[0])
 
+    def ack_and_take(
+        self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
+    ) -> tuple[bool, Batch]:
+        if not messages and not stats.fields:
+            return True, self.take(worker_id, max_batch)
+        pipe = self.client.pipeline(transaction=False)
+        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
+        stats.flush_into(pipe, time.time())
+        self.queue.take_into(pipe, worker_id, max_batch)
+        *replies, took = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        all_there = not (messages and b"0" in replies[0])
+        if isinstance(took, redis.exceptions.NoScriptError):
+            # Redis lost its scripts (a restart, SCRIPT FLUSH): the acks went; the take
+            # again on its own loads the script.
+            return all_there, self.take(worker_id, max_batch)
+        if isinstance(took, Exception):
+            raise took
+        taken = self.queue.taken(took)
+        return all_there, Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
+
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         self.queue.give_back(worker_id, [message.raw for message in messages], to=source)
 

@@ -7,7 +7,8 @@ at once (:mod:`.workers`, :mod:`.recovery`), kills workers past the time limit, 
 the pool's heartbeat, moves due retries back to the queue, recovers the lists of workers
 anywhere whose heartbeat expired, starts or stops workers to match the wanted count
 (:mod:`.plan`) — then sleeps until the next event (a signal, a worker exiting, a retry
-falling due, a byte on the UI's control pipe, or the next tick), and handles the signals.
+falling due, a byte on the UI's control pipe, a command in its mailbox (:mod:`.mailbox`),
+or the next tick), and handles the signals.
 Each turn ends by telling systemd how the pool stands (:mod:`.service`: readiness, a status
 line, the watchdog's ping), so a loop that stops turning stops the pings.
 
@@ -29,12 +30,13 @@ from setproctitle import setproctitle
 from tuitop import control
 from tuitop.backends.base import PoolStore
 from tuitop.backends.db.doorbell import Doorbell
-from tuitop.config import DB_QUEUE, DatabaseSettings, Settings
+from tuitop.config import DB_QUEUE, DatabaseSettings, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.exporter import open_metrics
 from tuitop.pool.link import StoreLink
+from tuitop.pool.mailbox import MailboxWatch
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
 from tuitop.pool.presence import Presence
@@ -101,6 +103,8 @@ class Supervisor:
         self.wakeups = Wakeups(options.control_fd)
         self.doorbell: Doorbell | None = None
         """Started once the queue is the database's (its idle workers wait on it)."""
+        self._mailbox: MailboxWatch | None = None
+        """Watches the mailbox on the Redis in force (:mod:`.mailbox`)."""
         self._next_due: float | None = None
         """When the next retry is due (Unix time, the store's clock), as last read."""
         self._retried_seen = 0.0
@@ -137,6 +141,8 @@ class Supervisor:
                 watcher.stop()
             if self.doorbell is not None:
                 self.doorbell.stop()
+            if self._mailbox is not None:
+                self._mailbox.stop()
             self.wakeups.uninstall()
             self.presence.release()
             self.workers.close()
@@ -180,14 +186,16 @@ class Supervisor:
         if link.ok and link.store is not None:
             try:
                 retried = self.workers.retries_scheduled() + self.recovery.requeued
-                if self._publish() or retried != self._retried_seen:
+                published = self._publish()
+                if published or retried != self._retried_seen:
                     # At the heartbeat's pace (not every tick): an idle pool costs the
                     # store a few commands a second, whatever its number of workers; and
                     # when one of its workers scheduled a retry (due maybe before the
                     # next heartbeat).
                     self._retried_seen = retried
                     self._next_due = link.store.next_due()
-                self._obey(link.store)  # every tick: an operator waits for the answer
+                if self._mailbox_due(link.store, published):
+                    self._obey(link.store)
                 self._move_due()
                 if link.ok and link.store is not None:
                     self.recovery.scan(self._our_ids())
@@ -308,18 +316,33 @@ class Supervisor:
 
     # --- commands from anywhere (tuitop ctl, tuitop top) -----------------------------------
 
+    def _mailbox_due(self, store: PoolStore, published: bool) -> bool:
+        """Whether to read the mailbox now: a command came (the watch rang), or at the
+        heartbeat's pace whatever it says; every tick while it does not watch (the
+        database, a Redis it cannot reach on its own connection)."""
+        settings = store.settings
+        watch = self._mailbox
+        if watch is not None and watch.settings != settings:
+            watch.stop()
+            watch = self._mailbox = None
+        if watch is None and isinstance(settings, RedisSettings):
+            watch = MailboxWatch(settings, self.options.pool_name, self.wakeups.wake, self.logger)
+            watch.start()
+            self._mailbox = watch
+        return watch is None or published or watch.rung or not watch.connected
+
     def _obey(self, store: PoolStore) -> None:
-        """Carries out the commands sent to this pool since the last tick, logs who asked
+        """Carries out the commands sent to this pool since it last read them, logs who asked
         what, and replies (:mod:`tuitop.control`). Every command taken is carried out
         before the first reply is written: a store that fails then loses replies, never
         an order."""
         # The database drops rows older than a minute by its own clock; a Redis mailbox
         # lives as long as commands keep coming: there, the sender's time says.
         by_age = store.settings.kind != DB_QUEUE
-        replies = [
-            self._answer(raw, by_age)
-            for raw in store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
-        ]
+        commands = store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
+        if self._mailbox is not None:
+            self._mailbox.read()  # read: it may block again (more left: it rings at once)
+        replies = [self._answer(raw, by_age) for raw in commands]
         for command_id, reply in replies:
             if command_id:
                 store.reply(command_id, reply.encode())

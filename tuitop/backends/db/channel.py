@@ -90,6 +90,13 @@ class DbChannel:
             return True
         return self.queue.ack(worker_id, messages, stats)
 
+    def ack_and_take(
+        self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
+    ) -> tuple[bool, Batch]:
+        # Two transactions: the take locks rows of the queue, the ack the worker's own.
+        all_there = self.ack(worker_id, messages, stats)
+        return all_there, self.take(worker_id, max_batch)
+
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         self.queue.give_back(worker_id, messages)
 
