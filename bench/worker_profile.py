@@ -31,9 +31,9 @@ from tuitop.redisserver import EmbeddedRedis
 from tuitop.worker import STATUS_SLOTS, Worker
 
 PARTS = {
-    "take a batch (script, decode)": "_next_batch",
+    "ack the last batch and take the next (one round trip; decode)": "_next_batch",
     "run each message (handler, status, stats)": "_process",
-    "ack a batch (+ stats at most once a second)": "_flush",
+    "ack on its own (after a job past 2 ms; the stats when due)": "_flush",
     "arm the watchdog's guard": "arm",
     "disarm it": "disarm",
     "lease freshness check": "_list_lost",

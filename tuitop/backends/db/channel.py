@@ -95,7 +95,14 @@ class DbChannel:
     ) -> tuple[bool, Batch]:
         # Two transactions: the take locks rows of the queue, the ack the worker's own.
         all_there = self.ack(worker_id, messages, stats)
-        return all_there, self.take(worker_id, max_batch)
+        if not messages:
+            return all_there, self.take(worker_id, max_batch)
+        try:
+            return all_there, self.take(worker_id, max_batch)
+        except self.errors:
+            # The acks went: the worker must hear it (acked again, they would be found
+            # gone, as if recovered). Nothing taken; its next take meets the error.
+            return all_there, Batch([], self.inbox)
 
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         self.queue.give_back(worker_id, messages)
