@@ -1,0 +1,41 @@
+"""Second reader's findings on 8cb3866..80c8406 (acks with the next take, the mailbox watch,
+the recycle jitter), each against real servers."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.test_worker import make_worker, take
+from tuitop import keys
+from tuitop.message import encode
+from tuitop.redisserver import EmbeddedRedis
+
+
+def test_acks_made_before_a_take_that_failed_are_not_taken_for_a_recovery(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The acks go in one round trip with the next take: Redis may make the acks and
+    refuse the take (here: the queue's key of the wrong type, written by something else).
+    The worker acked them again once the take worked, found them gone, and stopped,
+    believing its list had been recovered by another pool (an ERROR line, its next batch
+    left unrun)."""
+    worker = make_worker(redis_server)
+    raws = [encode("tuitop.noop", {"n": n}) for n in range(6)]
+    redis_client.lpush(keys.QUEUE, *raws)
+    done = take(worker, 3)
+    worker._pending_acks.extend(done)  # they ran
+    left = redis_client.lrange(keys.QUEUE, 0, -1)
+    redis_client.delete(keys.QUEUE)
+    redis_client.set(keys.QUEUE, "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        worker._next_batch()
+    redis_client.delete(keys.QUEUE)
+    redis_client.rpush(keys.QUEUE, *left)
+    processing = keys.processing_list(worker.id)
+    assert redis_client.llen(processing) == 0  # the acks were made
+    worker._settle()  # what the worker's loop does once Redis answers again
+    assert worker.lost == ""
+    batch, _ = worker._next_batch()
+    assert batch
+    assert not worker._list_lost(len(batch))
