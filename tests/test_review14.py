@@ -3,9 +3,14 @@ the recycle jitter), each against real servers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 
+from tests.conftest import RedisServerFactory
+from tests.pool import Pool, wait_until, write_config
+from tests.test_ctl import ctl, running, start
 from tests.test_worker import make_worker, take
 from tuitop import keys
 from tuitop.message import encode
@@ -39,3 +44,33 @@ def test_acks_made_before_a_take_that_failed_are_not_taken_for_a_recovery(
     batch, _ = worker._next_batch()
     assert batch
     assert not worker._list_lost(len(batch))
+
+
+def watching(client: redis.Redis, pool: str) -> int:
+    name = f"tuitop:pool:{pool}:mailbox"
+    return sum(1 for entry in client.client_list() if entry["name"] == name)
+
+
+def test_a_pool_moved_to_another_redis_leaves_no_watch_on_the_old_one(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    """The watch follows the store: its connection to the old Redis is closed, one to the
+    new one opened, and commands through the new one are answered at once."""
+    config = write_config(tmp_path, port=redis_server.port, workers=2)
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    wait_until(lambda: watching(redis_client, "alpha") == 1, what="the watch on the old Redis")
+    other = redis_server_factory()
+    config.write_text(config.read_text().replace(f"= {redis_server.port};", f"= {other.port};"))
+    running(other.client(), "alpha", 2)
+    wait_until(lambda: watching(other.client(), "alpha") == 1, what="the watch on the new Redis")
+    wait_until(lambda: watching(redis_client, "alpha") == 0, what="no watch on the old Redis")
+    code, out = ctl(config, "workers", "3")
+    assert code == 0, out
+    running(other.client(), "alpha", 3)
+    assert "Unexpected error" not in pool.log(), pool.log()
+    assert pool.stop() == 0
