@@ -3,6 +3,7 @@ the recycle jitter), each against real servers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,38 @@ def test_a_pool_moved_to_another_redis_leaves_no_watch_on_the_old_one(
     running(other.client(), "alpha", 3)
     assert "Unexpected error" not in pool.log(), pool.log()
     assert pool.stop() == 0
+
+
+def done_counted(client: redis.Redis) -> int:
+    buckets = client.keys(keys.stats_bucket(0).rsplit(":", 1)[0] + ":*")
+    return sum(int(client.hget(bucket, "done") or 0) for bucket in buckets)
+
+
+def test_a_trickle_is_counted_within_about_a_second_and_each_message_runs_once(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """Stats of a worker that went idle are written when due (its wait cut to then), not
+    never; each message's ack goes with the next take, none is left in a processing list,
+    and SIGTERM right after a batch loses no ack (nothing runs twice)."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 1)
+    for n in range(5):
+        redis_client.lpush(keys.QUEUE, encode("test.count", {"id": n}))
+        time.sleep(0.3)
+    wait_until(lambda: done_counted(redis_client) == 5, what="5 counted", timeout=3.0)
+    assert redis_client.llen("test:runs") == 5
+    wait_until(
+        lambda: (
+            not redis_client.keys(keys.processing_list("*"))
+            or all(
+                redis_client.llen(key) == 0 for key in redis_client.keys(keys.processing_list("*"))
+            )
+        ),
+        what="acked",
+    )
+    redis_client.lpush(keys.QUEUE, *[encode("test.count", {"id": n}) for n in range(5, 50)])
+    assert pool.stop() == 0
+    records = redis_client.lrange("test:runs", 0, -1)
+    left = redis_client.llen(keys.QUEUE)
+    assert len(records) == len(set(records)) and len(records) + left == 50
