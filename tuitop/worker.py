@@ -223,6 +223,8 @@ class Worker:
         self._blocking = False
         self._pending_acks: list[Message] = []
         self._pending_failures: list[_Failure] = []
+        self._acks_unsure = False
+        """The pending acks went with a take that failed: they may have been made."""
         self._stats_at = time.monotonic()
         self.metrics: Counting = Counting()
         # Pessimistic until measured: the first batch is a single message.
@@ -390,7 +392,13 @@ class Worker:
         # The last batch's acks (and its stats, when due) go with this take: one round trip.
         stats = self._stats_due()
         wrote = bool(stats.fields)  # the store's write empties it
-        all_there, taken = self.channel.ack_and_take(self.id, self._pending_acks, stats, size)
+        try:
+            all_there, taken = self.channel.ack_and_take(self.id, self._pending_acks, stats, size)
+        except self.errors:
+            # The acks may have gone (the take failed after them): not a recovery's sign
+            # when the next ack finds them gone.
+            self._acks_unsure = bool(self._pending_acks)
+            raise
         self._acked(all_there, wrote_stats=wrote)
         if taken.messages:
             return taken.messages, taken.source
@@ -663,9 +671,10 @@ class Worker:
 
     def _acked(self, all_there: bool, *, wrote_stats: bool) -> None:
         """After the pending acks (and stats, when ``wrote_stats``) were written."""
-        if not all_there:
+        if not all_there and not self._acks_unsure:
             # Some were no longer in its hands: recovered while this worker was silent.
             self.lost = "its acks found messages no longer in its list"
+        self._acks_unsure = False
         if wrote_stats:
             self._stats_at = time.monotonic()
         self._pending_acks.clear()
