@@ -94,15 +94,9 @@ class DbChannel:
         self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
     ) -> tuple[bool, Batch]:
         # Two transactions: the take locks rows of the queue, the ack the worker's own.
+        # A take that fails after the acks went raises: the worker knows they may be made.
         all_there = self.ack(worker_id, messages, stats)
-        if not messages:
-            return all_there, self.take(worker_id, max_batch)
-        try:
-            return all_there, self.take(worker_id, max_batch)
-        except self.errors:
-            # The acks went: the worker must hear it (acked again, they would be found
-            # gone, as if recovered). Nothing taken; its next take meets the error.
-            return all_there, Batch([], self.inbox)
+        return all_there, self.take(worker_id, max_batch)
 
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         self.queue.give_back(worker_id, messages)
