@@ -118,6 +118,8 @@ class MailboxWatch(threading.Thread):
 
     def _watch_once(self) -> bool:
         with self._lock:
+            if self._stopped.is_set():
+                return False  # stop() dropped the client already: no new one
             if self._client is None:
                 self._client = connect(
                     self.settings,
