@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -298,3 +299,44 @@ def test_acks_and_the_next_take_go_in_one_round_trip_even_after_redis_lost_its_s
     assert [message.raw for message in batch.messages] == raws[5:]
     assert redis_client.lrange(processing, 0, -1) == [raws[5]]
     assert redis_client.llen(keys.QUEUE) == 0
+
+
+def test_an_idle_worker_waits_again_without_a_take_in_between(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A worker of the default lane whose wait (BLMOVE on Tuleap's list) took nothing
+    waits again at once: the take script in between was 4 commands more each
+    block_timeout, per idle worker (8 workers: 1 command a second). A lane worker still
+    takes between waits: that is its look at its lane."""
+    worker = make_worker(redis_server)
+    worker.channel.start(worker.id)
+
+    def calls(*names: str) -> int:
+        stats = redis_client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names)
+
+    assert worker._next_batch()[0] == []  # a take (its script loaded), then a wait in vain
+    takes, waits = calls("evalsha", "eval"), calls("blmove")
+    for _ in range(3):
+        assert worker._next_batch()[0] == []  # each waits block_timeout (0.2 s) in vain
+    assert calls("evalsha", "eval") == takes
+    assert calls("blmove") - waits == 3
+    raw = encode("tuitop.noop", {"n": 1})
+    redis_client.lpush(keys.QUEUE, raw)
+    assert [message.raw for message in worker._next_batch()[0]] == [raw]
+
+    options = dataclasses.replace(
+        worker.options,
+        slot_name="test/1",
+        slot=1,
+        lane="latency_15m",
+        serves=("latency_15m", "default"),
+        help_interval=0.2,
+    )
+    lane_worker = Worker(options, [0.0] * STATUS_SLOTS, SettableLevel(logging.DEBUG))
+    lane_worker.connect()
+    lane_worker.channel.start(lane_worker.id)
+    takes = calls("evalsha", "eval")
+    for _ in range(2):
+        assert lane_worker._next_batch()[0] == []
+    assert calls("evalsha", "eval") - takes == 2

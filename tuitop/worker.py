@@ -225,6 +225,8 @@ class Worker:
         self._pending_failures: list[_Failure] = []
         self._acks_unsure = False
         """The pending acks went with a take that failed: they may have been made."""
+        self._waited_in_vain = False
+        """Its last wait took nothing, and took from all it serves (see ``_wait``)."""
         self._stats_at = time.monotonic()
         self.metrics: Counting = Counting()
         # Pessimistic until measured: the first batch is a single message.
@@ -386,6 +388,10 @@ class Worker:
 
     def _next_batch(self) -> tuple[list[Message], str]:
         """Messages taken (oldest first) and where they came from."""
+        if self._waited_in_vain and not self._pending_acks:
+            # Its last wait took nothing from the one list it serves: it waits again at
+            # once (a take first is 4 commands more each block_timeout, per idle worker).
+            return self._wait(self.channel.inbox)
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
         size = max(1, min(self.options.max_batch, int(BATCH_BUDGET / self._job_time), left))
@@ -403,14 +409,19 @@ class Worker:
         if taken.messages:
             return taken.messages, taken.source
         held = taken.held
-        # Not at once: a worker woken by each message of a trickle would write its stats
-        # once a message, a round trip more than the ack. Its wait ends when they are due.
-        self._flush()
         if held:
             # This worker holds nothing in memory, yet the store says it does: a reply it
             # never got (a timeout after the store did the move). Back, untried.
             self.logger.warning("Worker %s gives back %d stranded message(s)", self.id, held)
             self._give_back_everything()
+        return self._wait(taken.source)
+
+    def _wait(self, source: str) -> tuple[list[Message], str]:
+        """Waits for work (the channel's wait): what it took, and where from."""
+        # Its stats when due, not at once: a worker woken by each message of a trickle
+        # would write them once a message, a round trip more than the ack. Its wait ends
+        # when they are due.
+        self._flush()
         if self.status[STATE] != IDLE:
             self._set_state(IDLE)
             self.logger.debug("Wait for messages")
@@ -424,10 +435,18 @@ class Worker:
         self._blocking = True
         try:
             if self.stop_requested:
-                return [], taken.source
+                return [], source
             waited = self.channel.wait(self.id, timeout)
         finally:
             self._blocking = False
+        # Only where a wait takes from all the worker serves (Redis' BLMOVE on Tuleap's
+        # list, for a worker of the default lane alone): a lane worker's take is its look
+        # at its lane; the database's wait takes nothing.
+        self._waited_in_vain = (
+            not waited.messages
+            and self.channel.wait_takes
+            and self.options.serves == (DEFAULT_LANE,)
+        )
         return waited.messages, waited.source
 
     def _run_batch(self, batch: list[Message], source: str) -> None:

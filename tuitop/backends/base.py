@@ -134,6 +134,11 @@ class WorkerChannel(Protocol):
     def take(self, worker_id: str, max_batch: int) -> Batch:
         """Moves up to ``max_batch`` messages into the worker's hands without waiting."""
 
+    @property
+    def wait_takes(self) -> bool:
+        """Whether :meth:`wait` takes the message it waited for (Redis' BLMOVE on Tuleap's
+        list); False: it only says when to take again (the database's doorbell)."""
+
     def wait(self, worker_id: str, timeout: float) -> Batch:
         """Waits up to ``timeout`` s for work, never polling: a message taken (Redis blocks
         on Tuleap's list), or none (nothing came, or the pool's doorbell rang: the caller

@@ -51,6 +51,7 @@ class RedisChannel:
     errors = ERRORS
     inbox = keys.QUEUE
     beats_when_changed = True
+    wait_takes = True
 
     def __init__(
         self,

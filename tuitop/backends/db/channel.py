@@ -37,6 +37,7 @@ class DbChannel:
     errors = ERRORS
     inbox = QUEUE_NAME
     beats_when_changed = False
+    wait_takes = False
     """Each worker's row carries its own expiry: it is renewed every second."""
 
     def __init__(
