@@ -10,7 +10,7 @@ import redis
 from tuitop import keys
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, encode
-from tuitop.queue import Queue, TakePlan
+from tuitop.queue import Queue, TakePlan, Waited
 from tuitop.stats import POOL_TICK_SCRIPT, pool_tick
 
 D = DEFAULT_LANE
@@ -101,21 +101,21 @@ def test_a_blocking_take_moves_another_lanes_message_and_takes_again(
     queue = queue_for(redis_client, D)
     long_one = encode("tuleap.tracker.creation.jira", {"i": 1})
     redis_client.lpush(keys.QUEUE, long_one)
-    assert queue.take_blocking("w/0#1", 0.5) is None
+    assert queue.take_blocking("w/0#1", 0.5) == Waited(None, routed=True)
     assert redis_client.lrange(LONG, 0, -1) == [long_one]
     assert redis_client.zrange(keys.LANES, 0, -1) == [b"long"]
     assert redis_client.llen(keys.processing_list("w/0#1")) == 0
     short = encode("tuleap.tracker.artifact", {"i": 2})
     redis_client.lpush(keys.QUEUE, short)
-    assert queue.take_blocking("w/0#1", 0.5) == short
+    assert queue.take_blocking("w/0#1", 0.5) == Waited(short)
     # A lane worker blocks on Tuleap's list too, where every message arrives first: idle,
     # it takes a notification at once; its own lane's list it takes from between waits.
     lane_queue = queue_for(redis_client, "long", D)
     redis_client.lpush(keys.QUEUE, short)
-    assert lane_queue.take_blocking("w/1#1", 0.5) == short
+    assert lane_queue.take_blocking("w/1#1", 0.5) == Waited(short)
     redis_client.lpush(keys.QUEUE, long_one)
-    assert lane_queue.take_blocking("w/1#1", 0.5) == long_one  # its lane: kept
-    assert lane_queue.take_blocking("w/1#1", 0.1) is None
+    assert lane_queue.take_blocking("w/1#1", 0.5) == Waited(long_one)  # its lane: kept
+    assert lane_queue.take_blocking("w/1#1", 0.1) == Waited(None)
     assert payload_ids(lane_queue.take("w/1#1", 5)) == [1]  # the one moved there before
 
 
@@ -194,9 +194,9 @@ def test_both_ways_of_taking_read_a_topic_alike(redis_client: redis.Redis) -> No
     small = b'{"payload":{"i":1},"event_name":"tuleap.tracker.creation.jira"}'
     queue = queue_for(redis_client, D)
     redis_client.lpush(keys.QUEUE, big)
-    assert queue.take_blocking("w/0#1", 0.5) == big
-    redis_client.lpush(keys.QUEUE, small)
-    assert queue.take_blocking("w/0#1", 0.5) is None  # decoded, routed to its lane
+    assert queue.take_blocking("w/0#1", 0.5) == Waited(big)
+    redis_client.lpush(keys.QUEUE, small)  # decoded, routed to its lane:
+    assert queue.take_blocking("w/0#1", 0.5) == Waited(None, routed=True)
     assert redis_client.lrange(LONG, 0, -1) == [small]
 
 
@@ -240,5 +240,5 @@ def test_python_and_lua_route_odd_topics_alike(redis_client: redis.Redis) -> Non
         redis_client.lpush(keys.QUEUE, raw)
         kept = queue.take("w/0#1", 1) == [raw]  # the script
         redis_client.lpush(keys.QUEUE, raw)
-        blocking_kept = queue.take_blocking("w/0#1", 0.2) == raw  # Python
+        blocking_kept = queue.take_blocking("w/0#1", 0.2) == Waited(raw)  # Python
         assert kept == blocking_kept == expected_kept, topic

@@ -24,6 +24,7 @@ from tuitop.message import decode, encode, with_payload
 from tuitop.queue import (
     Queue,
     Taken,
+    Waited,
     dead_letter_entry,
     parse_dead_letter,
 )
@@ -156,7 +157,7 @@ def test_take_takes_a_fair_share(
 
 
 def test_take_blocking_times_out(redis_client: redis.Redis, queue: Queue) -> None:
-    assert queue.take_blocking(WORKER, 0.1) is None
+    assert queue.take_blocking(WORKER, 0.1) == Waited(None)
     assert not redis_client.exists(keys.processing_list(WORKER))
 
 
@@ -173,7 +174,7 @@ def test_take_blocking_gets_a_message_pushed_meanwhile(
     producer = threading.Thread(target=produce)
     producer.start()
     try:
-        assert queue.take_blocking(WORKER, 5.0) == raw
+        assert queue.take_blocking(WORKER, 5.0) == Waited(raw)
     finally:
         producer.join()
         producer_client.close()
@@ -689,7 +690,7 @@ def test_no_message_is_lost_or_duplicated(
                 pushed[next_id] += 1
                 next_id += 1
         elif operation == "take" and number == 0:
-            raw = queue.take_blocking(worker_id, 0.01)
+            raw = queue.take_blocking(worker_id, 0.01).raw
             if raw is not None:
                 held[worker_id].append(raw)
         elif operation == "take":

@@ -329,6 +329,15 @@ class TakePlan:
 
 
 @dataclass(frozen=True)
+class Waited:
+    """What a blocking take did: the message taken (None: none), or whether it moved one
+    to its lane's list instead (the caller takes again)."""
+
+    raw: bytes | None
+    routed: bool = False
+
+
+@dataclass(frozen=True)
 class Taken:
     """What a take moved into the processing list, oldest first, and from which list."""
 
@@ -491,10 +500,10 @@ class Queue:
         source, *messages = cast(list[Any], result)
         return Taken(messages, self.plan.sources[int(source) - 1], 0)
 
-    def take_blocking(self, worker_id: str, timeout: float) -> bytes | None:
+    def take_blocking(self, worker_id: str, timeout: float) -> Waited:
         """Waits up to ``timeout`` seconds for one message of Tuleap's list (BLMOVE, never
-        polling); one of a lane the worker does not serve is moved to that lane's list (and
-        None returned: the caller takes again)."""
+        polling); one of a lane the worker does not serve is moved to that lane's list
+        (``routed``: the caller takes again, which routes the rest of a burst in batches)."""
         # redis-py types the timeout as int; Redis >= 6 takes a decimal number of seconds.
         value = cast(
             bytes | None,
@@ -507,16 +516,16 @@ class Queue:
             ),
         )
         if value is None or not self.plan.lanes.reserved:
-            return value
+            return Waited(value)
         topic = routing_topic(value)
         lane = None if topic is None else self.plan.route(topic)
         if lane is None:
-            return value
+            return Waited(value)
         self._route(
             keys=[keys.processing_list(worker_id), keys.lane_list(lane), keys.LANES],
             args=[value, lane],
         )
-        return None
+        return Waited(None, routed=True)
 
     def recover_unserved_lanes(self, unserved_after: float, limit: int = 1000) -> dict[str, int]:
         """Moves back to Tuleap's list the messages of lanes no pool has served for

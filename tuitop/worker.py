@@ -109,6 +109,8 @@ replies: the ack has failed by then; one still under way stays the worker's)."""
 STATS_EVERY = 1.0
 """Seconds between two writes of a worker's stats: with an ack, or, for a worker that went
 idle with stats unwritten, when its wait ends at that time."""
+VAIN_WAITS_PER_TAKE = 10
+"""An idle worker of the default lane takes once every this many empty waits (5 min)."""
 STATS_MIN_WAIT = 0.01
 """The shortest wait of an idle worker whose stats are due (a wait of 0 blocks forever)."""
 _NONE = StatsBatch()
@@ -225,8 +227,8 @@ class Worker:
         self._pending_failures: list[_Failure] = []
         self._acks_unsure = False
         """The pending acks went with a take that failed: they may have been made."""
-        self._waited_in_vain = False
-        """Its last wait took nothing, and took from all it serves (see ``_wait``)."""
+        self._vain_waits = 0
+        """Waits in a row that timed out with nothing, each from all it serves (``_wait``)."""
         self._stats_at = time.monotonic()
         self.metrics: Counting = Counting()
         # Pessimistic until measured: the first batch is a single message.
@@ -388,9 +390,11 @@ class Worker:
 
     def _next_batch(self) -> tuple[list[Message], str]:
         """Messages taken (oldest first) and where they came from."""
-        if self._waited_in_vain and not self._pending_acks:
-            # Its last wait took nothing from the one list it serves: it waits again at
-            # once (a take first is 4 commands more each block_timeout, per idle worker).
+        if self._vain_waits % VAIN_WAITS_PER_TAKE and not self._pending_acks:
+            # Its last wait timed out on the one list it serves: it waits again at once (a
+            # take first is 4 commands more each block_timeout, per idle worker). Every
+            # VAIN_WAITS_PER_TAKE-th time it takes: the take also finds messages stranded
+            # in its list (given back below).
             return self._wait(self.channel.inbox)
         # Never take more than the worker will run before it is recycled.
         left = int(self.options.max_messages - self.status[PROCESSED])
@@ -441,12 +445,15 @@ class Worker:
             self._blocking = False
         # Only where a wait takes from all the worker serves (Redis' BLMOVE on Tuleap's
         # list, for a worker of the default lane alone): a lane worker's take is its look
-        # at its lane; the database's wait takes nothing.
-        self._waited_in_vain = (
+        # at its lane; the database's wait takes nothing; a message routed to its lane
+        # calls for a take, which routes the rest of a burst in batches.
+        in_vain = (
             not waited.messages
+            and not waited.routed
             and self.channel.wait_takes
             and self.options.serves == (DEFAULT_LANE,)
         )
+        self._vain_waits = self._vain_waits + 1 if in_vain else 0
         return waited.messages, waited.source
 
     def _run_batch(self, batch: list[Message], source: str) -> None:

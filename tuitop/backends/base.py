@@ -55,6 +55,8 @@ class Batch:
     messages: list[Message]
     source: str
     held: int = 0
+    routed: bool = False
+    """A wait moved the message it got to its lane's list (Redis): take again."""
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,9 @@ class RedisChannel:
         return Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
 
     def wait(self, worker_id: str, timeout: float) -> Batch:
-        raw = self.queue.take_blocking(worker_id, timeout)
-        return Batch([] if raw is None else [decode(raw)], keys.QUEUE)
+        waited = self.queue.take_blocking(worker_id, timeout)
+        messages = [] if waited.raw is None else [decode(waited.raw)]
+        return Batch(messages, keys.QUEUE, routed=waited.routed)
 
     def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
         if not messages and not stats.fields:

@@ -37,8 +37,8 @@ class DbChannel:
     errors = ERRORS
     inbox = QUEUE_NAME
     beats_when_changed = False
-    wait_takes = False
     """Each worker's row carries its own expiry: it is renewed every second."""
+    wait_takes = False
 
     def __init__(
         self,
