@@ -7,7 +7,7 @@ import ctypes.util
 import functools
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -15,17 +15,17 @@ import psutil
 _PR_SET_PDEATHSIG = 1
 
 
+def _libc_names() -> Iterator[str | None]:
+    yield "libc.so.6"
+    # Only when the usual name fails: find_library runs ldconfig (a fork and an exec).
+    yield ctypes.util.find_library("c")
+
+
 @functools.cache
 def _prctl() -> Any:
     """libc's prctl, or None. Resolved once: a child between fork and exec may call
     set_parent_death_signal, and must not run ldconfig (find_library's way) there."""
-    # find_library runs ldconfig (a fork and an exec): asked only when the usual name fails.
-    finds: tuple[Callable[[], str | None], ...] = (
-        lambda: "libc.so.6",
-        lambda: ctypes.util.find_library("c"),
-    )
-    for find in finds:
-        name = find()
+    for name in _libc_names():
         if not name:
             continue
         try:

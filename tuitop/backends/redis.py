@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis
+from redis.client import Pipeline
 
 from tuitop import keys, tuleapworkers
 from tuitop.backends.base import (
@@ -28,7 +29,7 @@ from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
-from tuitop.queue import Queue, TakePlan, alive_in
+from tuitop.queue import Queue, Taken, TakePlan, alive_in
 from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.snapshot import Snapshot, take_snapshot
 from tuitop.stats import (
@@ -76,8 +77,7 @@ class RedisChannel:
         self.client.ping()
 
     def take(self, worker_id: str, max_batch: int) -> Batch:
-        taken = self.queue.take_or_count(worker_id, max_batch)
-        return Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
+        return _batch(self.queue.take_or_count(worker_id, max_batch))
 
     def wait(self, worker_id: str, timeout: float) -> Batch:
         waited = self.queue.take_blocking(worker_id, timeout)
@@ -87,34 +87,34 @@ class RedisChannel:
     def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
         if not messages and not stats.fields:
             return True
-        pipe = self.client.pipeline(transaction=False)
-        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
-        stats.flush_into(pipe, time.time())
-        replies = pipe.execute()
-        return not (messages and b"0" in replies[0])
+        return _all_there(messages, self._acks(worker_id, messages, stats).execute())
 
     def ack_and_take(
         self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
     ) -> tuple[bool, Batch]:
         if not messages and not stats.fields:
             return True, self.take(worker_id, max_batch)
-        pipe = self.client.pipeline(transaction=False)
-        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
-        stats.flush_into(pipe, time.time())
+        pipe = self._acks(worker_id, messages, stats)
         self.queue.take_into(pipe, worker_id, max_batch)
         *replies, took = pipe.execute(raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        all_there = not (messages and b"0" in replies[0])
+        all_there = _all_there(messages, replies)
         if isinstance(took, redis.exceptions.NoScriptError):
             # Redis lost its scripts (a restart, SCRIPT FLUSH): the acks went; the take
             # again on its own loads the script.
             return all_there, self.take(worker_id, max_batch)
         if isinstance(took, Exception):
             raise took
-        taken = self.queue.taken(took)
-        return all_there, Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
+        return all_there, _batch(self.queue.taken(took))
+
+    def _acks(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> Pipeline:
+        """A pipeline holding the acks of ``messages`` (its first reply), then ``stats``."""
+        pipe = self.client.pipeline(transaction=False)
+        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
+        stats.flush_into(pipe, time.time())
+        return pipe
 
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
         self.queue.give_back(worker_id, [message.raw for message in messages], to=source)
@@ -178,6 +178,16 @@ class RedisChannel:
 
     def is_auth_error(self, error: BaseException) -> bool:
         return is_auth_error(error)
+
+
+def _batch(taken: Taken) -> Batch:
+    """A take's reply, its messages decoded."""
+    return Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
+
+
+def _all_there(messages: Sequence[Message], replies: Sequence[Any]) -> bool:
+    """Whether the acks (the first of ``replies``, one 1 or 0 a message) found them all."""
+    return not (messages and b"0" in replies[0])
 
 
 # Claims the pool's name, or extends the claim, while nobody else holds it (a claim that
