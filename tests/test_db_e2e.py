@@ -89,6 +89,29 @@ def test_tuleaps_rows_run_once_each_with_tuleaps_stdin(
     assert database.password.reveal() not in log + pool.output()
 
 
+def test_a_task_reads_a_payload_as_tuleaps_worker_writes_it_again(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
+) -> None:
+    """Tuleap's worker decodes the row's payload into PHP arrays and encodes it again
+    (Psl\\Json): an empty object is a list, keys "0".."n-1" a list, a 20-digit integer a
+    string, 1.50 is 1.5, U+2028 escaped. The task gets those bytes, and PWD as Symfony's
+    shell sets it."""
+    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
+    row = (
+        '{"id": "odd", "options": {}, "ids": {"0": 7, "1": 8}, '
+        '"big": 12345678901234567890, "ratio": 1.50, "note": "a\u2028b/c"}'
+    )
+    enqueue(database, "tuleap.git.repository-change", row)
+    wait_until(lambda: tuleap.runs_of("odd", "end"), 30, "the task ran")
+    [run] = tuleap.runs_of("odd")
+    assert bytes.fromhex(str(run["stdin_hex"])) == (
+        b'{"event_name":"tuleap.git.repository-change","payload":{"id":"odd","options":[],'
+        b'"ids":[7,8],"big":"12345678901234567890","ratio":1.5,"note":"a\\u2028b/c"}}'
+    )
+    assert run["env"]["PWD"] == os.path.realpath(tuleap.root)  # type: ignore[index]
+    assert pool.stop() == 0
+
+
 def test_a_failing_task_is_retried_then_dead_lettered_and_replayed(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:

@@ -14,13 +14,14 @@ from tests.tuleapdb import connect, count, enqueue
 from tuitop.backends.base import RetryPolicy
 from tuitop.backends.db.channel import DbChannel
 from tuitop.backends.db.lanes import TakePlan
-from tuitop.backends.db.queue import DbQueue, task_input, uuid7
+from tuitop.backends.db.queue import DbQueue, uuid7
 from tuitop.backends.db.schema import create_tables
 from tuitop.backends.db.view import DbView
 from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import encode
+from tuitop.phpjson import task_input
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, StatsBatch
 
 WORKER = "host-a/0#100"
@@ -53,6 +54,22 @@ def test_a_task_gets_tuleaps_stdin_for_a_row(queue: DbQueue, database: DatabaseS
     assert message.enqueue_ts == pytest.approx(1_700_000_000.25)
     assert message.queued_total == 0 and message.row_id is not None
     assert task_input("t", "[]") == b'{"event_name":"t","payload":[]}'
+
+
+def test_a_row_php_cannot_read_is_taken_with_its_reason_and_dead_lettered_at_once(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """Tuleap's worker would die on such a row (Psl\\Json throws outside its try) and take
+    it again forever; tuitop runs nothing and gives it up with PHP's reason."""
+    enqueue(database, "tuleap.fts.index-item", '{"score": 1e400}')
+    [message] = take(queue)
+    assert message.topic == "tuleap.fts.index-item"
+    assert message.problem == (
+        "Tuleap's worker cannot read its payload: Inf and NaN cannot be JSON encoded"
+    )
+    assert queue.fail(WORKER, message, f"unusable message: {message.problem}", retryable=False)
+    [letter] = queue.dead_letters()
+    assert "Inf and NaN" in letter.reason and letter.topic == "tuleap.fts.index-item"
 
 
 def test_take_moves_the_oldest_rows_into_the_workers_hands(

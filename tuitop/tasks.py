@@ -2,8 +2,10 @@
 
 Tuleap's worker (``src/utils/worker.php``, ``TaskWorkerProcess``) runs every message it
 takes as ``tuleap queue:task-worker-process`` in Tuleap's source root, with the environment
-plus ``SHELL_VERBOSITY=1`` and ``TLP_DELAY_CRON_CMD=0``, the message exactly as stored in
-Redis on its stdin, and a 15-minute limit; exit status 0 means done. :class:`TaskRunner`
+plus ``SHELL_VERBOSITY=1`` and ``TLP_DELAY_CRON_CMD=0`` (and ``PWD``, set by the shell
+Symfony's Process runs it through), the message on its stdin — in Redis exactly as stored,
+from the database as PHP writes the row again (:mod:`tuitop.phpjson`) — and a 15-minute
+limit; exit status 0 means done. :class:`TaskRunner`
 does the same, and keeps promises Tuleap's does not:
 
 * the task is its own process group, so a time limit kills its whole tree (SIGTERM to the
@@ -314,7 +316,14 @@ class TaskRunner:
         self.kill_grace = kill_grace
         self.log_limit = log_limit
         self.tail_limit = tail_limit
-        self._environment = {**os.environ, **TASK_ENVIRONMENT, WORKER_MARKER: worker_id}
+        self._environment = {
+            **os.environ,
+            **TASK_ENVIRONMENT,
+            # Symfony's Process runs the task through /bin/sh ('exec tuleap …'), and the
+            # shell sets PWD to the directory it starts in, as the kernel names it.
+            "PWD": os.path.realpath(command.directory),
+            WORKER_MARKER: worker_id,
+        }
         parent_death_signal_available()  # resolved here, not in the child after fork
         self._wrapper = death_signal_wrapper() if wrapper is None else wrapper
         self._secrets = secrets

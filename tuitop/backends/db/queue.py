@@ -40,6 +40,7 @@ from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_que
 from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, decode
+from tuitop.phpjson import PhpJsonError, task_input
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, TOPIC_PREFIX, StatsBatch, bucket_start
 
 PUSH_MARKER_SECONDS = 300
@@ -90,10 +91,9 @@ def payload_text(payload: Any) -> str:
     return text
 
 
-def task_input(topic: str, payload: str) -> bytes:
-    """What Tuleap's worker writes on its task process's stdin for a row:
-    ``{"event_name": topic, "payload": payload}`` (``Psl\\Json\\encode`` of a
-    WorkerEventContent), the payload's JSON as the row holds it."""
+def _row_document(topic: str, payload: str) -> bytes:
+    """A row as one message document, the payload's JSON as the row holds it: what
+    tuitop's own handlers read (Python's reading of the JSON, ``{}`` an object)."""
     name = json.dumps(topic, ensure_ascii=False).encode("utf-8", "surrogateescape")
     return (
         b'{"event_name":'
@@ -105,13 +105,26 @@ def task_input(topic: str, payload: str) -> bytes:
 
 
 def row_message(row: Row) -> Message:
-    """A row of the message columns (:data:`MESSAGE_COLUMNS`) as a worker runs it."""
+    """A row of the message columns (:data:`MESSAGE_COLUMNS`) as a worker runs it: its
+    ``raw`` is what Tuleap's worker writes on the task's stdin for it
+    (:func:`tuitop.phpjson.task_input`: the payload through PHP's arrays), its
+    ``payload`` what tuitop's handlers read. A payload Tuleap's worker could not read
+    (it would die on the row, and take it again forever) is a message with a problem:
+    dead-lettered at once, with PHP's reason."""
     row_id, _, topic, payload, seconds, microseconds, tries = row[:7]
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", "surrogateescape")
-    message = decode(task_input(str(topic), str(payload)))
+    message = decode(_row_document(str(topic), str(payload)))
+    raw, problem = message.raw, message.problem
+    try:
+        raw = task_input(str(topic), str(payload))
+    except PhpJsonError as error:
+        problem = f"Tuleap's worker cannot read its payload: {error}"
     return replace(
         message,
+        topic=str(topic),  # the row's, even when its payload is unusable
+        raw=raw,
+        problem=problem,
         enqueue_ts=float(seconds) + float(microseconds) / 1e6,
         queued_total=int(tries),
         row_id=bytes(row_id),
