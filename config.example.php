@@ -72,4 +72,10 @@ $email_relayhost_smtp_auth_type = 'plain';
 // topics may use * and ?). Every other topic is on the default lane, latency_10s, whose
 // list is Tuleap's own app_user_events. '' means one list for all, as Tuleap has.
 // Unset, this is the default:
-$tuitop_lanes = 'latency_15m(1): tuleap.tracker.creation.jira, tuleap.project.create-from-archive, tuleap.mediawiki-standalone.*, tuleap.git.repository-fork';
+$tuitop_lanes = 'latency_15m(1): tuleap.tracker.creation.jira, tuleap.project.create-from-archive, tuleap.mediawiki-standalone.*, tuleap.fts-meilisearch.process-pending-items-to-index, tuleap.program_management.team.synchronize, tuleap.git.repository-fork';
+
+// Jobs killed at the time limit (15 minutes, --job-timeout) are not run again, as in
+// Tuleap (a JIRA import cut short would start over on top of what it did): each is a
+// dead letter at once, with why. Lanes or topics (* and ?) named here get their tries
+// again instead, e.g. 'latency_10s, tuleap.fts.*'. Unset or '': none.
+$tuitop_timeout_retries = '';

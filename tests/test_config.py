@@ -406,6 +406,26 @@ def test_lanes_default_to_tuleaps_long_topics_and_can_be_turned_off(tmp_path: Pa
     ]
 
 
+def test_jobs_past_the_time_limit_are_retried_only_where_the_admin_says(
+    tmp_path: Path,
+) -> None:
+    """Tuleap drops a job past its time limit; ``$tuitop_timeout_retries`` names the lanes
+    and topics (globs) that get their tries again."""
+    settings = load(tmp_path, "").settings
+    assert not settings.retries_past_time_limit("tuleap.tracker.creation.jira")
+    assert settings.to_json()["timeout_retries"] == []
+    settings = load(
+        tmp_path, "$tuitop_timeout_retries = 'latency_15m, tuleap.fts.* tuleap.git.hooks.?';"
+    ).settings
+    assert settings.retries_past_time_limit("tuleap.tracker.creation.jira")  # its lane
+    assert settings.retries_past_time_limit("tuleap.fts.index-item")
+    assert not settings.retries_past_time_limit("tuleap.tracker.artifact")
+    assert not settings.retries_past_time_limit("tuleap.git.hooks.post-receive")
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, "\n$tuitop_timeout_retries = 'latency_15m; x';")
+    assert caught.value.line == 3 and "$tuitop_timeout_retries: name 1" in str(caught.value)
+
+
 def test_a_lane_spec_that_cannot_be_read_is_an_error_at_its_place(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, "$sys_nb_backend_workers = 2;\n  $tuitop_lanes = 'long tuleap.x';")

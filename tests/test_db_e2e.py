@@ -161,9 +161,11 @@ def test_a_worker_killed_mid_task_loses_nothing(
     assert count(database, "tuitop_delayed") == 1
 
 
-def test_a_task_past_the_time_limit_is_cut_and_retried(
+def test_a_task_past_the_time_limit_runs_once_and_is_dead_lettered(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
+    """As Tuleap's worker drops it (``TaskWorkerTimedOutException``), never run again;
+    tuitop keeps it as a dead letter, with why, and counts it timedout."""
     pool = start_pool(
         pools,
         tmp_path,
@@ -175,9 +177,34 @@ def test_a_task_past_the_time_limit_is_cut_and_retried(
         *QUICK_STOP,
     )
     enqueue(database, "tuleap.tracker.creation.jira", {"id": "slow", "standin": {"hang": True}})
+    wait_until(lambda: count(database, "tuitop_dead_letters") == 1, 30, "a dead letter")
+    time.sleep(0.5)  # a retry would be due by now
+    assert len(tuleap.runs_of("slow")) == 1
+    assert everything_done(database)
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT reason FROM tuitop_dead_letters")
+        (reason,) = cursor.fetchone()
+    assert "time limit of 1 s" in reason and "not retried" in reason
+    assert count(database, "tuitop_stats", "name = 'timedout'") >= 1
+    assert count(database, "tuitop_stats", "name = 'retried'") == 0
+    assert pool.stop() == 0
+
+
+def test_a_topic_opted_back_into_retries_is_cut_and_retried(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
+) -> None:
+    config = database_inc(
+        tmp_path,
+        database,
+        workers=1,
+        extra="$tuitop_timeout_retries = 'tuleap.tracker.creation.*';",
+    )
+    pool = start_pool(
+        pools, tmp_path, tuleap, config, "--job-timeout", "1", *FAST_RETRY, *QUICK_STOP
+    )
+    enqueue(database, "tuleap.tracker.creation.jira", {"id": "slow", "standin": {"hang": True}})
     wait_until(lambda: len(tuleap.runs_of("slow")) >= 2, 30, "cut and run again")
     pool.wait_for_log(r"will be retried")
-    assert count(database, "tuitop_stats", "name = 'timedout'") >= 1
     assert pool.stop() == 0
 
 

@@ -19,9 +19,19 @@ def test_the_default_spec_puts_tuleaps_long_topics_on_one_reserved_worker() -> N
         "tuleap.project.create-from-archive",
         "tuleap.mediawiki-standalone.farm-install-update",
         "tuleap.git.repository-fork",
+        "tuleap.fts-meilisearch.process-pending-items-to-index",
+        "tuleap.program_management.team.synchronize",
     ):
         assert lanes.lane_of(topic) == L
-    for topic in ("tuleap.tracker.artifact", "tuleap.git.hooks.post-receive", "x"):
+    for topic in (
+        "tuleap.tracker.artifact",
+        "tuleap.git.hooks.post-receive",
+        "tuleap.git.repository-change",
+        "tuleap.git.gitolite-project-configuration",
+        "tuleap.program_management.iteration.update",
+        "tuleap.fts.index-item",
+        "x",
+    ):
         assert lanes.lane_of(topic) == D
     assert lanes.plan(2) == (L, D)
     assert LaneSet.parse(lanes.describe()) == lanes

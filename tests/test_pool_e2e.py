@@ -267,17 +267,24 @@ def one_second_limit_pool(pools: list[Pool], tmp_path: Path, redis_server: Embed
     )
 
 
-def test_job_past_the_time_limit_kills_its_worker_and_is_retried(
+def test_job_past_the_time_limit_kills_its_worker_and_is_not_run_again(
     tmp_path: Path,
     pools: list[Pool],
     redis_server: EmbeddedRedis,
     redis_client: redis.Redis,
 ) -> None:
+    """A job run in the worker (no task process to stop) past the time limit: the pool
+    kills the worker, and gives that job up (Tuleap's rule) while what else it held goes
+    back; the worker's next job is untouched."""
     pool = one_second_limit_pool(pools, tmp_path, redis_server)
     push_all(redis_client, [encode("test.sleep", {"id": "s", "seconds": 60})])
     pool.wait_for_log("Task timed out", timeout=20)
-    wait_until(lambda: redis_client.llen(RUNS_KEY) >= 2, what="a retry after the timeout")
-    assert "its job ran past the time limit" in pool.log()
+    wait_until(lambda: redis_client.llen(keys.DEAD_LETTERS) == 1, 20, "the dead letter")
+    letter = parse_dead_letter(redis_client.lindex(keys.DEAD_LETTERS, 0) or b"")
+    assert "its job ran past the time limit" in letter.reason and "not retried" in letter.reason
+    push_all(redis_client, [encode("test.count", {"id": "next"})])
+    wait_until(lambda: b"next" in redis_client.lrange(RUNS_KEY, 0, -1), what="the next job")
+    assert redis_client.lrange(RUNS_KEY, 0, -1).count(b"s") == 1
     pool.signal(signal.SIGTERM)
     pool.wait_for_log("Shutting down")
     pool.signal(signal.SIGTERM)
@@ -288,7 +295,7 @@ def test_job_past_the_time_limit_kills_its_worker_and_is_retried(
         + redis_client.llen(keys.DEAD_LETTERS)
         + sum(processing_lists(redis_client).values())
     )
-    assert total == 1  # still somewhere, never lost
+    assert total == 1  # still somewhere (a dead letter), never lost
 
 
 def test_a_job_killed_at_the_time_limit_leaves_its_traceback_in_the_log_and_letter(

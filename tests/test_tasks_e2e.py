@@ -192,9 +192,12 @@ def test_a_failing_task_is_retried_then_dead_lettered_with_its_stderr_tail(
     assert pool.stop() == 0
 
 
-def test_a_hanging_task_is_killed_at_the_time_limit_with_its_children(
+def test_a_hanging_task_is_killed_at_the_time_limit_with_its_children_and_not_run_again(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
 ) -> None:
+    """As Tuleap's worker: a job past its time limit is not run again (a JIRA import cut
+    at 15 minutes would start over on top of what it did). It is a dead letter at once,
+    with why, counted timedout."""
     client = redis_server.client()
     pool = start_pool(
         pools,
@@ -210,17 +213,47 @@ def test_a_hanging_task_is_killed_at_the_time_limit_with_its_children(
     push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
     [first] = wait_until(lambda: tuleap.runs_of("hang"), 20, "the task to start")
     wait_for_tree_to_end(first, "the task and its child to be killed")
-    # Retried, and given up after Tuleap's 3 tries, as a time-out each time.
     wait_until(lambda: client.llen(keys.DEAD_LETTERS) == 1, 40, "the dead letter")
     letter = parse_dead_letter(client.lindex(keys.DEAD_LETTERS, 0))
     assert "ran past the time limit of 1.5 s" in letter.reason
-    runs = tuleap.runs_of("hang")
-    assert len(runs) == 4 and not tuleap.runs_of("hang", "end")
-    for run in runs:
-        wait_until(lambda run=run: not alive(int(run["child_pid"])), 10, "every child killed")  # type: ignore[misc]
+    assert "not retried" in letter.reason and "$tuitop_timeout_retries" in letter.reason
+    wait_until(lambda: not alive(int(first["child_pid"])), 10, "its child killed")
+    time.sleep(0.5)  # a retry would be due by now (--retry-delay 0.05)
+    assert len(tuleap.runs_of("hang")) == 1 and not tuleap.runs_of("hang", "end")
+    assert client.zcard(keys.DELAYED) == 0 and client.llen(keys.QUEUE) == 0
     counts = summarize(read_buckets(client, time.time(), 120), 120).counts
-    assert counts.get("timedout") == 4
+    assert counts.get("timedout") == 1 and counts.get("dead") == 1
+    assert not counts.get("retried")
     assert "Task stopped: it ran past the time limit" in pool.log()
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_a_lane_opted_back_into_retries_runs_a_job_past_its_limit_again(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    """``$tuitop_timeout_retries`` names the lanes and topics retried after a time-out:
+    Tuleap's three returns, a time-out each, then a dead letter."""
+    client = redis_server.client()
+    pool = start_pool(
+        pools,
+        tmp_path,
+        tuleap,
+        *FAST_RETRY,
+        "--job-timeout",
+        "1",
+        port=redis_server.port,
+        workers=1,
+        extra="$tuitop_timeout_retries = 'latency_15m';",
+    )
+    payload = json.dumps({"id": "hang", "standin": {"hang": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    wait_until(lambda: client.llen(keys.DEAD_LETTERS) == 1, 60, "the dead letter")
+    letter = parse_dead_letter(client.lindex(keys.DEAD_LETTERS, 0))
+    assert "given up after 4 tries" in letter.reason and "not retried" not in letter.reason
+    assert len(tuleap.runs_of("hang")) == 4
+    counts = summarize(read_buckets(client, time.time(), 120), 120).counts
+    assert counts.get("timedout") == 4 and counts.get("retried") == 3
     client.close()
     assert pool.stop() == 0
 

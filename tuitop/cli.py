@@ -476,6 +476,7 @@ def _print_settings(loaded: LoadedConfig) -> None:
         ("async emails", str(settings.async_scope)),
         ("log level", str(settings.log_level)),
         ("lanes", str(settings.lanes)),
+        ("timeout retries", str(settings.timeout_retries)),
         ("mail", settings.mail.describe()),
         ("noreply", settings.mail.noreply or "(not set)"),
     ]

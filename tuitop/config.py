@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tuitop.errors import ConfigError
-from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LaneSet
+from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LaneSet, TopicChoice
 from tuitop.phpreader import (
     Diagnostic,
     Origin,
@@ -266,6 +266,9 @@ class Settings:
     mail: MailSettings = field(default_factory=MailSettings)
     lanes: LaneSet = field(default_factory=lambda: LaneSet.parse(DEFAULT_SPEC))
     """``$tuitop_lanes``: which topics have workers of their own (:mod:`tuitop.lanes`)."""
+    timeout_retries: TopicChoice = field(default_factory=TopicChoice)
+    """``$tuitop_timeout_retries``: the lanes and topics whose jobs are retried when they
+    ran past the time limit; none by default — Tuleap drops such a job."""
     files: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -279,6 +282,11 @@ class Settings:
     def store(self) -> StoreSettings:
         """The settings of the server the queue is on (the Redis or the database)."""
         return self.database if self.queue == DB_QUEUE else self.redis
+
+    def retries_past_time_limit(self, topic: str) -> bool:
+        """Whether a job of ``topic`` killed at the time limit is tried again (else it is
+        dead-lettered at once, as Tuleap drops it)."""
+        return self.timeout_retries.covers(topic, self.lanes)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in force, for scrubbing text that came from elsewhere."""
@@ -348,6 +356,7 @@ class Settings:
                 }
                 for lane in self.lanes.lanes
             ],
+            "timeout_retries": list(self.timeout_retries.names),
             "files": list(self.files),
             "warnings": list(self.warnings),
         }
@@ -546,6 +555,7 @@ class _SettingsBuilder:
             log_level=self.log_level(),
             mail=self.mail(),
             lanes=self.lanes(),
+            timeout_retries=self.timeout_retries(),
             files=self.files,
             warnings=tuple(self.warnings),
         )
@@ -695,6 +705,14 @@ class _SettingsBuilder:
         for warning in lanes.never_matched():
             self.warn("tuitop_lanes", f"$tuitop_lanes: {warning}")
         return lanes
+
+    def timeout_retries(self) -> TopicChoice:
+        try:
+            return TopicChoice.parse(self.text("tuitop_timeout_retries"))
+        except ValueError as error:
+            raise self.error(
+                "tuitop_timeout_retries", f"$tuitop_timeout_retries: {error}"
+            ) from None
 
     def mail(self) -> MailSettings:
         transport = self.text("email_transport", "sendmail")

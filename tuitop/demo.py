@@ -95,7 +95,13 @@ def write_demo_config(path: Path, queue_lines: str, smtp_port: int, options: Dem
     )
 
 
-TASK_TOPICS = ("tuleap.git.hooks.post-receive", "tuleap.fts.index-item")
+TASK_TOPICS = (
+    "tuleap.git.hooks.post-receive",
+    "tuleap.fts.index-item",
+    "tuleap.git.repository-change",
+    "tuleap.git.gitolite-project-configuration",
+)
+"""Tuleap 17's short jobs the demo sends besides its notifications (the default lane)."""
 JIRA_EVERY = 30.0
 """Seconds between two JIRA imports (each a few seconds of the long lane's worker)."""
 

@@ -37,10 +37,15 @@ LONG_TOPICS = (
     "tuleap.tracker.creation.jira",
     "tuleap.project.create-from-archive",
     "tuleap.mediawiki-standalone.*",
+    "tuleap.fts-meilisearch.process-pending-items-to-index",
+    "tuleap.program_management.team.synchronize",
     "tuleap.git.repository-fork",
 )
-"""Tuleap's topics that may run for minutes: a JIRA import, a project made from an archive,
-MediaWiki instances and farm updates, a repository fork."""
+"""Tuleap's topics (at 17.4) that may run for minutes: a JIRA import, a project made from an
+archive, MediaWiki instances, migrations and farm updates, a Meilisearch indexing batch, a
+program's team synchronisation, a repository fork. Tuleap marks none as long; every other
+topic — notifications, the git hooks, ``tuleap.git.repository-change`` and
+``tuleap.git.gitolite-project-configuration`` — is on the default lane."""
 DEFAULT_SPEC = f"{LONG_LANE}(1): {', '.join(LONG_TOPICS)}"
 """``$tuitop_lanes`` when unset."""
 
@@ -221,6 +226,39 @@ class LaneSet:
         return tuple(
             (_lua_pattern(pattern), lane.name) for lane in self.lanes for pattern in lane.topics
         )
+
+
+@dataclass(frozen=True)
+class TopicChoice:
+    """Some topics, named by lane or by topic (``$tuitop_timeout_retries``: the jobs
+    retried when they ran past the time limit). Each name is a lane's (every topic of
+    that lane) or a topic, ``*`` and ``?`` as in ``$tuitop_lanes``."""
+
+    names: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> TopicChoice:
+        """Names separated by commas or spaces; raises ValueError for one that is no
+        topic or lane name."""
+        names = tuple(name for name in re.split(r"[\s,]+", text) if name)
+        for position, name in enumerate(names, start=1):
+            if not _PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"name {position} is not a topic or a lane (letters, digits, . _ - : "
+                    "and the wildcards * ?)"
+                )
+        return cls(names)
+
+    def covers(self, topic: str, lanes: LaneSet) -> bool:
+        """Whether ``topic``, on ``lanes``, is chosen: by its name, or its lane's."""
+        if not self.names:
+            return False
+        data = topic.encode("utf-8", "surrogateescape")
+        lane = lanes.lane_of(topic)
+        return any(name == lane or _glob(name).fullmatch(data) for name in self.names)
+
+    def __str__(self) -> str:
+        return ", ".join(self.names) or "none"
 
 
 _TARGET = re.compile(r"latency_(\d+)(ms|s|m|h)")

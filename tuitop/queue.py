@@ -27,10 +27,12 @@ from redis.client import Pipeline
 
 from tuitop import keys
 from tuitop.backends.base import (
+    NOT_RETRIED_PAST_LIMIT,
     DeadLetter,
     HandBack,
     Recovery,
     RetryPolicy,
+    TimedOut,
 )
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
@@ -675,13 +677,15 @@ class Queue:
         forget_worker: bool = True,
         unless_beating: bool = False,
         traceback: str = "",
+        timed_out: TimedOut | None = None,
     ) -> Recovery:
         """Moves everything in ``worker_id``'s processing list back (delayed, try + 1) or to
         the dead-letter list, atomically; safe to run from several places at once.
 
         With ``unless_beating`` nothing is done while the worker's heartbeat exists, checked
         in the same transaction (for workers found silent: one may beat again meanwhile).
-        ``traceback`` is kept with what is dead-lettered (the worker's stack when killed)."""
+        ``traceback`` is kept with what is dead-lettered (the worker's stack when killed);
+        ``timed_out``: the job it was killed for at the time limit is given up."""
         processing = keys.processing_list(worker_id)
         alive, pool = keys.worker_alive(worker_id), keys.pool(keys.pool_of(worker_id))
         with self.redis.pipeline(transaction=True) as pipe:
@@ -698,7 +702,15 @@ class Queue:
                     outcomes = []
                     # The list's tail holds what was taken first: recover it first.
                     for raw in reversed(raws):
-                        done = self._reschedule(pipe, raw, reason, worker_id, traceback=traceback)
+                        given_up = timed_out is not None and timed_out.gives_up(decode(raw))
+                        done = self._reschedule(
+                            pipe,
+                            raw,
+                            reason + NOT_RETRIED_PAST_LIMIT if given_up else reason,
+                            worker_id,
+                            traceback=traceback,
+                            retryable=not given_up,
+                        )
                         outcomes.append((decode(raw).topic, done))
                     requeued = sum(done == "retried" for _, done in outcomes)
                     dead = len(outcomes) - requeued

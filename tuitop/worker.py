@@ -45,7 +45,7 @@ from setproctitle import setproctitle
 
 from tuitop import keys
 from tuitop.backends import worker_channel
-from tuitop.backends.base import ErrorTypes, RetryPolicy, WorkerChannel
+from tuitop.backends.base import NOT_RETRIED_PAST_LIMIT, ErrorTypes, RetryPolicy, WorkerChannel
 from tuitop.beats import WorkerBeat
 from tuitop.config import Settings
 from tuitop.handlers import (
@@ -58,8 +58,8 @@ from tuitop.handlers import (
 from tuitop.lanes import DEFAULT_LANE, latency_target
 from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
-from tuitop.message import Message, php_json
-from tuitop.metrics import Counting, CountingTarget, open_counting
+from tuitop.message import Message, fingerprint, php_json
+from tuitop.metrics import TIMEDOUT, Counting, CountingTarget, open_counting
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
@@ -88,9 +88,11 @@ EXIT_HANDLERS = 5
 # worker itself, cleared by the worker once it wrote it again.
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
 # RETRIED: how many messages it scheduled for a retry (the pool reads when the next retry
-# is due again when the sum changes, not only with its heartbeat).
-ALIVE, LISTED, REBEAT, RETRIED = range(8, 12)
-STATUS_SLOTS = 12
+# is due again when the sum changes, not only with its heartbeat). JOB_MESSAGE: the
+# fingerprint of the message its job runs (message.fingerprint), 0 between jobs: the one
+# the pool gives up when it kills the worker at the time limit.
+ALIVE, LISTED, REBEAT, RETRIED, JOB_MESSAGE = range(8, 13)
+STATUS_SLOTS = 13
 STARTING, IDLE, BUSY, STOPPING = 0.0, 1.0, 2.0, 3.0
 STATE_NAMES = {STARTING: "starting", IDLE: "idle", BUSY: "busy", STOPPING: "stopping"}
 
@@ -500,6 +502,7 @@ class Worker:
         # stats cut it (a producer may send a topic of any length).
         self._topic = message.topic[:MAX_TOPIC_LENGTH]
         self.status[JOB_STARTED] = now
+        self.status[JOB_MESSAGE] = fingerprint(message.raw)
         self.status[JOB_CLOCK] = time.monotonic()
         if self.status[STATE] != BUSY:  # through a batch it stays busy
             self._set_state(BUSY)
@@ -516,6 +519,7 @@ class Worker:
             self.status[PROCESSED] += 1
             self.status[JOB_STARTED] = 0.0
             self.status[JOB_CLOCK] = 0.0
+            self.status[JOB_MESSAGE] = 0.0
             if self.logger.isEnabledFor(logging.INFO):
                 # Tuleap's line: the time since the message was enqueued, not the job's.
                 age = message.age()
@@ -572,9 +576,15 @@ class Worker:
         except PermanentFailure as error:
             self._fail(message, str(error), retryable=False, payload=error.payload)
         except RetryLater as error:
+            reason, retryable = str(error), True
+            if error.outcome == TIMEDOUT and not self.options.settings.retries_past_time_limit(
+                message.topic
+            ):
+                reason, retryable = reason + NOT_RETRIED_PAST_LIMIT, False
             self._fail(
                 message,
-                str(error),
+                reason,
+                retryable=retryable,
                 payload=error.payload,
                 trace=error.detail,
                 outcome=error.outcome,

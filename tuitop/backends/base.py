@@ -18,13 +18,13 @@ retry policy) are defined here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import StoreSettings
-from tuitop.message import Message
+from tuitop.message import Message, fingerprint
 from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch, WindowStats
 
@@ -44,6 +44,33 @@ class RetryPolicy:
     def delay(self, queued_total: int) -> float:
         """Seconds to wait before try ``queued_total`` + 1 (Tuleap: 5, 10, 20, 40 s)."""
         return float(self.base_delay * 2 ** min(max(queued_total - 1, 0), 3))
+
+
+NOT_RETRIED_PAST_LIMIT = (
+    "; not retried: a job past its time limit is not run again, as in Tuleap "
+    "($tuitop_timeout_retries names the lanes and topics that are)"
+)
+"""What the reason of a job killed at the time limit and given up says besides."""
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """The job a worker was killed for, at the time limit: what a recovery gives up at
+    once (not retried, unless ``retried`` says so of its topic), the rest it holds
+    going back as after any death."""
+
+    job: int
+    """The message's :func:`~tuitop.message.fingerprint` (0: not known, none is given
+    up)."""
+    retried: Callable[[str], bool] = field(default=lambda topic: False, compare=False)
+    """Whether a job of a topic past the time limit is retried (the settings')."""
+
+    def gives_up(self, message: Message) -> bool:
+        return (
+            bool(self.job)
+            and fingerprint(message.raw) == self.job
+            and not self.retried(message.topic)
+        )
 
 
 @dataclass(frozen=True)
@@ -243,13 +270,13 @@ class PoolStore(Protocol):
         *,
         unless_beating: bool = False,
         traceback: str = "",
-        timed_out: bool = False,
+        timed_out: TimedOut | None = None,
     ) -> Recovery:
         """Moves what ``worker_id`` held back (delayed, one try more) or to the dead
         letters, and forgets the worker (its lease, its heartbeat), atomically; with
         ``unless_beating`` only if its heartbeat expired (checked in the same transaction).
-        ``traceback`` is kept with what is dead-lettered; ``timed_out`` counts the job
-        that was cut at the time limit."""
+        ``traceback`` is kept with what is dead-lettered; ``timed_out``: it was killed at
+        the time limit — counted, and the job it ran given up (:class:`TimedOut`)."""
 
     def move_due(self) -> int:
         """Moves the retries whose time has come (by the store's clock) to the head of the

@@ -23,6 +23,7 @@ from tuitop.backends.base import (
     LeftBehind,
     Recovery,
     RetryPolicy,
+    TimedOut,
 )
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
@@ -289,14 +290,18 @@ class RedisPoolStore:
         *,
         unless_beating: bool = False,
         traceback: str = "",
-        timed_out: bool = False,
+        timed_out: TimedOut | None = None,
     ) -> Recovery:
         recovery = self.queue.recover(
-            worker_id, reason, unless_beating=unless_beating, traceback=traceback
+            worker_id,
+            reason,
+            unless_beating=unless_beating,
+            traceback=traceback,
+            timed_out=timed_out,
         )
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(keys.heartbeat(worker_id))
-        if timed_out:
+        if timed_out is not None:
             batch = StatsBatch()
             batch.outcome("timedout")
             batch.flush_into(pipe, time.time())

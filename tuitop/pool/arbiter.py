@@ -28,7 +28,7 @@ from typing import Any
 from setproctitle import setproctitle
 
 from tuitop import control
-from tuitop.backends.base import PoolStore
+from tuitop.backends.base import PoolStore, TimedOut
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.config import DB_QUEUE, DatabaseSettings, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
@@ -523,10 +523,13 @@ class Supervisor:
             if store is not None and store is not self.link.store:
                 self.recovery.recover_left_behind(store, record.worker_id, reason)
             else:
+                settings = self.config.settings
                 self.recovery.recover(
                     record.worker_id,
                     reason,
-                    timed_out=record.timed_out,
+                    timed_out=TimedOut(record.timed_out_job, settings.retries_past_time_limit)
+                    if record.timed_out
+                    else None,
                     traceback=record.traceback,
                 )
 

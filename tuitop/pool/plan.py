@@ -138,11 +138,17 @@ def config_change(old: Settings, new: Settings) -> ConfigChange:
         said.append(f"async scope {old.async_scope} → {new.async_scope}")
     if old.lanes != new.lanes:
         said.append(f"lanes {old.lanes} → {new.lanes}")
+    if old.timeout_retries != new.timeout_retries:
+        said.append(f"retried past the time limit: {old.timeout_retries} → {new.timeout_retries}")
     if old.mail != new.mail:
         said.append("mail settings changed: workers are replaced one by one")
     # What a running worker took at its start (the log level is shared live; the pool
     # keeps the store's address).
-    replace = (old.mail, old.lanes) != (new.mail, new.lanes) or after != before
+    replace = (old.mail, old.lanes, old.timeout_retries) != (
+        new.mail,
+        new.lanes,
+        new.timeout_retries,
+    ) or after != before
     return ConfigChange(said=said, leave_store=leave, replace_workers=replace, changed=old != new)
 
 

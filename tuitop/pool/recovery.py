@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from tuitop import keys
-from tuitop.backends.base import PoolStore
+from tuitop.backends.base import PoolStore, TimedOut
 from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
 
@@ -61,7 +61,7 @@ class Recovery:
         worker_id: str,
         reason: str,
         *,
-        timed_out: bool = False,
+        timed_out: TimedOut | None = None,
         traceback: str = "",
         silent: bool = False,
     ) -> None:
@@ -86,7 +86,7 @@ class Recovery:
             # Recovery must never take the pool down; the messages stay where they are.
             self.logger.exception("Could not recover the messages of worker %s", worker_id)
             return
-        self.counts.recovered(recovery.outcomes, timed_out)
+        self.counts.recovered(recovery.outcomes, timed_out is not None)
         self.requeued += recovery.requeued
         if recovery.total:
             self.logger.warning(

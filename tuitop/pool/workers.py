@@ -45,6 +45,7 @@ from tuitop.worker import (
     EXIT_STORE_UNREACHABLE,
     IDLE,
     JOB_CLOCK,
+    JOB_MESSAGE,
     REBEAT,
     RETRIED,
     STATE,
@@ -85,6 +86,8 @@ class WorkerRecord:
     kill_reason: str = ""
     traceback: str = ""
     """Its threads' stacks when it was killed at the time limit ('' otherwise)."""
+    timed_out_job: int = 0
+    """The fingerprint of the message it ran when killed at the time limit (0: none)."""
     detached: bool = False
     """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
     store: StoreSettings = field(default_factory=RedisSettings)
@@ -321,6 +324,7 @@ class WorkerSet:
                 limit,
             )
             record.traceback = stacks.get(record.traceback_file, "")
+            record.timed_out_job = int(record.status[JOB_MESSAGE])
             if record.traceback:
                 self.logger.error(
                     "Worker %s at its time limit:\n%s", record.worker_id, record.traceback

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import pymysql
 from pymysql.cursors import Cursor
 
-from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy
+from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy, TimedOut
 from tuitop.backends.db.connection import (
     ERRORS,
     describe_error,
@@ -197,7 +197,7 @@ class DbPoolStore:
         *,
         unless_beating: bool = False,
         traceback: str = "",
-        timed_out: bool = False,
+        timed_out: TimedOut | None = None,
     ) -> Recovery:
         try:
             return self.queue.recover(

@@ -34,7 +34,14 @@ from typing import Any
 import pymysql
 from pymysql.cursors import Cursor
 
-from tuitop.backends.base import DeadLetter, HandBack, Recovery, RetryPolicy
+from tuitop.backends.base import (
+    NOT_RETRIED_PAST_LIMIT,
+    DeadLetter,
+    HandBack,
+    Recovery,
+    RetryPolicy,
+    TimedOut,
+)
 from tuitop.backends.db.connection import Session, execute_all, placeholders
 from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
 from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
@@ -644,7 +651,7 @@ class DbQueue:
         *,
         unless_beating: bool = False,
         traceback: str = "",
-        timed_out: bool = False,
+        timed_out: TimedOut | None = None,
     ) -> Recovery:
         """Moves everything ``worker_id`` holds back (delayed, one try more) or to the
         dead letters, and deletes its row (lease and heartbeat), in one transaction; safe
@@ -668,7 +675,15 @@ class DbQueue:
             outcomes = []
             for row in rows:
                 message = row_message(row)
-                result = self._reschedule(cursor, message, reason, worker_id, traceback=traceback)
+                given_up = timed_out is not None and timed_out.gives_up(message)
+                result = self._reschedule(
+                    cursor,
+                    message,
+                    reason + NOT_RETRIED_PAST_LIMIT if given_up else reason,
+                    worker_id,
+                    traceback=traceback,
+                    retryable=not given_up,
+                )
                 outcomes.append((message.topic, result))
             requeued = sum(result == "retried" for _, result in outcomes)
             dead = sum(result == "dead" for _, result in outcomes)
@@ -689,7 +704,7 @@ class DbQueue:
         recovery = self.session.transaction(move)
         self._count_after(
             [("retried", recovery.requeued), ("dead", recovery.dead_lettered),
-             ("timedout", int(timed_out))]
+             ("timedout", int(timed_out is not None))]
         )  # fmt: skip
         return recovery
 
