@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from tests.pool import Pool
-from tests.tuleapdb import fresh_database
+from tests.tuleapdb import SERVER_VARIABLE, external_server, fresh_database
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.mariadbserver import DatabaseServer, EmbeddedMariaDB
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 
@@ -86,10 +86,18 @@ def pools() -> Iterator[list[Pool]]:
 
 
 @pytest.fixture(scope="session")
-def mariadb_server() -> Iterator[EmbeddedMariaDB]:
-    """A private MariaDB server for the whole run (a start takes seconds): each test gets
-    a database of its own on it (``database``). A test that kills its server makes its
-    own (``mariadb_factory``)."""
+def database_server() -> Iterator[DatabaseServer]:
+    """The database server of the whole run: a private MariaDB (a start takes seconds),
+    or the server ``TUITOP_TEST_DB`` names (tests/tuleapdb.py). Each test gets a database
+    of its own on it (``database``). A test that kills its server makes its own
+    (``mariadb_factory``)."""
+    external = external_server()
+    if external is not None:
+        try:
+            yield external
+        finally:
+            external.close()
+        return
     server = EmbeddedMariaDB().start()
     try:
         yield server
@@ -98,15 +106,18 @@ def mariadb_server() -> Iterator[EmbeddedMariaDB]:
 
 
 @pytest.fixture
-def database(mariadb_server: EmbeddedMariaDB) -> DatabaseSettings:
+def database(database_server: DatabaseServer) -> DatabaseSettings:
     """A fresh database holding Tuleap's ``async_events``, as ``tuleapadm`` with a
-    password (TCP on 127.0.0.1)."""
-    return fresh_database(mariadb_server)
+    password (over TCP)."""
+    return fresh_database(database_server)
 
 
 @pytest.fixture
 def mariadb_factory() -> Iterator[Callable[[], EmbeddedMariaDB]]:
-    """``make()``: a MariaDB server of this test's own, to kill and start again."""
+    """``make()``: a MariaDB server of this test's own, to kill and start again (skipped
+    with ``TUITOP_TEST_DB``: a server of the admin's is never killed)."""
+    if external_server() is not None:
+        pytest.skip(f"kills and restarts a private MariaDB: not run with {SERVER_VARIABLE}")
     servers: list[EmbeddedMariaDB] = []
 
     def make() -> EmbeddedMariaDB:

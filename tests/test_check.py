@@ -22,7 +22,7 @@ from tests.test_db_e2e import start_pool as start_db_pool
 from tests.test_tasks_e2e import Tuleap
 from tests.tuleapdb import enqueue, fresh_database
 from tuitop import keys
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.mariadbserver import DatabaseServer
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
 
@@ -286,9 +286,9 @@ def test_usage_and_config_errors_are_unknown(tmp_path: Path) -> None:
 
 
 def test_the_database_queue_is_checked_the_same(
-    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+    tmp_path: Path, pools: list[Pool], database_server: DatabaseServer
 ) -> None:
-    database = fresh_database(mariadb_server)
+    database = fresh_database(database_server)
     tuleap = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
     pool = start_db_pool(pools, tmp_path, tuleap, config)

@@ -19,7 +19,7 @@ from tests.test_db_e2e import start_pool as start_db_pool
 from tests.test_tasks_e2e import Tuleap
 from tests.tuleapdb import count, enqueue, fresh_database
 from tuitop import keys
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.mariadbserver import DatabaseServer
 from tuitop.message import encode
 from tuitop.redisserver import EmbeddedRedis
 
@@ -219,9 +219,9 @@ def test_hostile_commands_harm_nothing(
 
 
 def test_the_database_queue_is_commanded_the_same(
-    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+    tmp_path: Path, pools: list[Pool], database_server: DatabaseServer
 ) -> None:
-    database = fresh_database(mariadb_server)
+    database = fresh_database(database_server)
     tuleap = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
     pool = start_db_pool(pools, tmp_path, tuleap, config, "--pool-name", "dbpool")
@@ -374,11 +374,11 @@ def test_a_mailbox_that_is_not_a_list_does_not_cut_the_pool_off(
 
 
 def test_the_longest_pool_name_serves_the_database_queue(
-    tmp_path: Path, pools: list[Pool], mariadb_server: EmbeddedMariaDB
+    tmp_path: Path, pools: list[Pool], database_server: DatabaseServer
 ) -> None:
     # --pool-name takes what a host name may be; on the database, a worker's id (the
     # name, '/slot#pid') must fit its columns all the same, or no worker registers.
-    database = fresh_database(mariadb_server)
+    database = fresh_database(database_server)
     tuleap = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
     done = run_tuitop("--config", str(config), "--no-ui", "--pool-name", "n" * 201)

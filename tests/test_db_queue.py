@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 
 import pymysql
 import pytest
@@ -70,6 +71,31 @@ def test_a_row_php_cannot_read_is_taken_with_its_reason_and_dead_lettered_at_onc
     assert queue.fail(WORKER, message, f"unusable message: {message.problem}", retryable=False)
     [letter] = queue.dead_letters()
     assert "Inf and NaN" in letter.reason and letter.topic == "tuleap.fts.index-item"
+
+
+def test_the_oldest_waiting_row_is_seen_behind_a_version_1_id(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """Some of Tuleap's migrations insert rows with UUID_TO_BIN(UUID()): version-1 ids,
+    whose first bytes are time's low bits, so such a row sorts after every UUIDv7 id
+    (taken last). A view must still see its age: SYSTEM_CHECK warns on the oldest."""
+    now = time.time()
+    version_1 = uuid.uuid1().bytes  # UUID_TO_BIN(UUID()), no swap: time_low first
+    version_1 = b"\xf0" + version_1[1:]  # after every v7 id, whatever the clock's bits
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO async_events (id, queue_name, topic, payload, enqueue_timestamp, "
+            "enqueue_timestamp_microsecond, nb_added_in_queue) VALUES (%s, %s, %s, %s, %s, 0, 0)",
+            (version_1, "app_user_events", "tuleap.fts.index-item", "{}", int(now) - 600),
+        )
+    enqueue(database, "tuleap.tracker.artifact", {"id": 1}, now=now - 5)
+    view = DbView(database, LaneSet(), "test")
+    try:
+        snapshot = view.snapshot(now)
+    finally:
+        view.close()
+    assert snapshot.queue.waiting == 2
+    assert snapshot.queue.oldest_age == pytest.approx(600, abs=1)
 
 
 def test_take_moves_the_oldest_rows_into_the_workers_hands(

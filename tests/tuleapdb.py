@@ -1,6 +1,12 @@
 """Tuleap's database queue for the tests: a fresh database on a private MariaDB server,
 Tuleap's ``async_events`` in it (its DDL), and inserts made the way Tuleap's front end
-makes them (``DBPersistentQueueDAO::saveMessage``)."""
+makes them (``DBPersistentQueueDAO::saveMessage``).
+
+With ``TUITOP_TEST_DB=mysql://USER:PASSWORD@HOST:PORT/`` the same tests run on that server
+instead (MySQL 8.0/8.4, another MariaDB): each test makes a database of its own there,
+dropped at the end of the run; the user needs CREATE, DROP, CREATE USER and GRANT. The
+few tests that kill and start their server again are skipped then.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,13 @@ import os
 import time
 import uuid
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pymysql
 
 from tuitop.backends.db.schema import QUEUE_NAME
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import EmbeddedMariaDB, create_tuleap_database
+from tuitop.mariadbserver import DatabaseServer, create_tuleap_database
 
 USER = "tuleapadm"
 PASSWORD = "db-s3cret-password-for-the-tests"
@@ -30,9 +37,52 @@ def tuleap_uuid7(now: float) -> bytes:
     return millis + bytes(rest)
 
 
-def fresh_database(server: EmbeddedMariaDB) -> DatabaseSettings:
+SERVER_VARIABLE = "TUITOP_TEST_DB"
+
+
+class ExternalServer:
+    """The server ``TUITOP_TEST_DB`` names (``mysql://USER:PASSWORD@HOST:PORT/``): a
+    :class:`~tuitop.mariadbserver.DatabaseServer` the tests neither start nor stop; the
+    databases made on it are dropped by :meth:`close`."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
+            raise ValueError(f"{SERVER_VARIABLE} must be mysql://USER:PASSWORD@HOST:PORT/")
+        self.host = parts.hostname
+        self.port = parts.port or 3306
+        self.user = unquote(parts.username or "root")
+        self.password = unquote(parts.password or "")
+        self.made: list[str] = []
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection:  # type: ignore[type-arg]
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            autocommit=True,
+        )
+
+    def close(self) -> None:
+        with self.connect() as connection, connection.cursor() as cursor:
+            for name in self.made:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def external_server() -> ExternalServer | None:
+    """The server ``TUITOP_TEST_DB`` names, or None (the tests run a private MariaDB)."""
+    url = os.environ.get(SERVER_VARIABLE, "")
+    return ExternalServer(url) if url else None
+
+
+def fresh_database(server: DatabaseServer) -> DatabaseSettings:
     """A new database with Tuleap's queue table, the user granted on it, as settings."""
-    return create_tuleap_database(server, f"tuleap_{uuid.uuid4().hex[:12]}", USER, PASSWORD)
+    name = f"tuleap_{uuid.uuid4().hex[:12]}"
+    if isinstance(server, ExternalServer):
+        server.made.append(name)
+    return create_tuleap_database(server, name, USER, PASSWORD)
 
 
 def connect(settings: DatabaseSettings) -> pymysql.connections.Connection:  # type: ignore[type-arg]

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 import pymysql
 
@@ -52,8 +53,20 @@ def available() -> bool:
     return find_binary(SERVER_NAMES) is not None and find_binary(INSTALL_NAMES) is not None
 
 
+class DatabaseServer(Protocol):
+    """A server tuitop's tests and demo make databases on: where it listens (TCP), and a
+    connection with every privilege (``connect()``)."""
+
+    host: str
+    port: int
+
+    def connect(self, database: str | None = None) -> pymysql.connections.Connection: ...
+
+
 class EmbeddedMariaDB:
     """``start()`` it, connect as ``root`` without a password (``connect()``), ``close()``."""
+
+    host = HOST
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
         self._owned = directory is None
@@ -131,7 +144,7 @@ class EmbeddedMariaDB:
 
 
 def create_tuleap_database(
-    server: EmbeddedMariaDB, name: str, user: str, password: str
+    server: DatabaseServer, name: str, user: str, password: str
 ) -> DatabaseSettings:
     """A database ``name`` holding Tuleap's ``async_events`` (its DDL), all of it granted
     to ``user`` (made if missing) with ``password``, reached over TCP: as a Tuleap
@@ -143,5 +156,5 @@ def create_tuleap_database(
         cursor.execute(f"USE {name}")
         create_tuleap_queue(cursor)
     return DatabaseSettings(
-        host=HOST, port=server.port, name=name, user=user, password=Secret(password)
+        host=server.host, port=server.port, name=name, user=user, password=Secret(password)
     )

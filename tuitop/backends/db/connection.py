@@ -5,11 +5,14 @@ connection runs in UTC (``time_zone = '+00:00'``: the store's clock, ``UNIX_TIME
 is then exact in every season) and READ COMMITTED (a worker's take locks only the rows it
 takes; no long read view holds the purge back). ``localhost`` means the server's unix
 socket, as it does for Tuleap's PDO and every MySQL client library, when one of the
-usual sockets exists; else TCP.
+usual sockets exists; else TCP. The server's flavour and version (:mod:`.dialect`) are
+read from its handshake.
 
 :class:`Session` owns one connection, made again after an error: a statement that failed
 on a broken connection is never sent again on its own (it may have run); the caller's
-back-off decides.
+back-off decides. A connection the server would have closed for its silence
+(``wait_timeout``: a job longer than that, a worker idle) is made anew before it is used,
+so that a long job never reads as the database gone and back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -25,6 +29,7 @@ from pymysql.constants import CLIENT
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import ErrorTypes
+from tuitop.backends.db.dialect import Dialect
 from tuitop.config import DatabaseSettings, mask_secrets
 
 CONNECT_TIMEOUT = 5
@@ -40,6 +45,9 @@ RETRIED_ERRORS = (1213,)
 timeout, 1205, is said to the caller: a row held that long is held by a client that is
 stuck, and waiting again would hold the caller up as long.)"""
 RETRIES = 5
+CONNECTION_LOST = (2002, 2006, 2013, 2055, 4031)
+"""The connection is gone: refused or never made (2002), the server gone away or lost
+mid-query, or (MySQL ≥ 8.0.24, 4031) closed by the server for the client's silence."""
 AUTH_ERRORS = (1045, 1698)
 """Access denied: for the user and password, for the auth plugin."""
 NO_DATABASE = (1044, 1049)
@@ -94,28 +102,47 @@ def connect(
         program_name=program[:32],
         ssl=ssl,
     )
-    _end_idle_transactions(connection)
+    settings_sql = [_end_idle_transactions(dialect_of(connection))]
     if lock_wait is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}")
+        settings_sql.append(f"SET SESSION innodb_lock_wait_timeout = {int(lock_wait)}")
+    with connection.cursor() as cursor:
+        cursor.execute("; ".join(settings_sql))
+        while cursor.nextset():
+            pass
     return connection
+
+
+def dialect_of(connection: pymysql.connections.Connection[Cursor]) -> Dialect:
+    """The flavour and version the server said in its handshake."""
+    # PyMySQL's get_server_info(), untyped: the version string of the handshake.
+    return Dialect.of(str(getattr(connection, "server_version", "") or ""))
+
+
+def silence_allowed(connection: pymysql.connections.Connection[Cursor]) -> float:
+    """Seconds a connection may stay silent before the server closes it (its session's
+    ``wait_timeout``)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.wait_timeout")
+        row = cursor.fetchone()
+    return float(row[0]) if row else float("inf")
 
 
 IDLE_TRANSACTION_SECONDS = 10
 """A transaction of tuitop's that waits this long for its client is the client's end: the
 server rolls it back, and its locks go (a worker frozen mid-take — a VM paused, a SIGSTOP
 — would otherwise hide the rows it locked from every other worker until it thaws)."""
+RECONNECT_MARGIN = 1.0
+"""A connection silent for its ``wait_timeout`` less this is made anew before its use."""
 
 
-def _end_idle_transactions(connection: pymysql.connections.Connection[Cursor]) -> None:
-    """MariaDB's ``idle_transaction_timeout`` (10.3 and later); MySQL has none (error
-    1193, unknown variable: nothing to do)."""
-    with connection.cursor() as cursor:
-        try:
-            cursor.execute(f"SET SESSION idle_transaction_timeout = {IDLE_TRANSACTION_SECONDS}")
-        except pymysql.MySQLError as error:
-            if _code(error) != 1193:
-                raise
+def _end_idle_transactions(dialect: Dialect) -> str:
+    """What ends a transaction whose client went silent: MariaDB's
+    ``idle_transaction_timeout``; on MySQL, which has none, the session's
+    ``wait_timeout`` (the server closes the connection, which rolls it back — so any
+    connection of tuitop's silent that long is closed: :class:`Session` makes it anew)."""
+    if dialect.ends_idle_transactions:
+        return f"SET SESSION idle_transaction_timeout = {IDLE_TRANSACTION_SECONDS}"
+    return f"SET SESSION wait_timeout = {IDLE_TRANSACTION_SECONDS}"
 
 
 REFUSED = (1062, 1205, 1213, 1292, 1366, 1406, 3140, 4025)
@@ -140,7 +167,7 @@ def describe_error(error: BaseException, settings: DatabaseSettings) -> str:
         if settings.password:
             return f"the database at {where} refused the user or the password ($sys_dbpasswd)"
         return f"the database at {where} refused the user without a password ($sys_dbpasswd)"
-    if code in (2003, 2002, 2006, 2013, 2055):
+    if code in (2003, *CONNECTION_LOST):
         detail = _text(error)
         return f"the database at {where} is unreachable: {mask_secrets(detail, _secret(settings))}"
     if code in NO_DATABASE:
@@ -191,16 +218,43 @@ class Session:
         self._read_timeout = read_timeout
         self._lock_wait = lock_wait
         self._connection: pymysql.connections.Connection[Cursor] | None = None
+        self._dialect: Dialect | None = None
+        self._silence_allowed = float("inf")
+        self._used_at = 0.0
 
     def connection(self) -> pymysql.connections.Connection[Cursor]:
+        """The session's connection: made now if there is none, or if it was silent for
+        so long that the server has closed it or is about to."""
+        now = time.monotonic()
+        if (
+            self._connection is not None
+            and now - self._used_at >= self._silence_allowed - RECONNECT_MARGIN
+        ):
+            self.close()
         if self._connection is None:
-            self._connection = connect(
+            connection = connect(
                 self.settings,
                 program=self._program,
                 read_timeout=self._read_timeout,
                 lock_wait=self._lock_wait,
             )
+            self._dialect = dialect_of(connection)
+            try:
+                self._silence_allowed = silence_allowed(connection)
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        self._used_at = now
         return self._connection
+
+    @property
+    def dialect(self) -> Dialect:
+        """The server's flavour and version (asks it by connecting, if not yet)."""
+        if self._dialect is None:
+            self.connection()
+        assert self._dialect is not None
+        return self._dialect
 
     def run(self, body: Callable[[Cursor], T], *, again_after_deadlock: bool = False) -> T:
         """``body`` with a cursor (each statement commits, unless ``body`` starts a
@@ -210,7 +264,9 @@ class Session:
         for attempt in range(RETRIES + 1):
             try:
                 with self.connection().cursor() as cursor:
-                    return body(cursor)
+                    result = body(cursor)
+                self._used_at = time.monotonic()
+                return result
             except pymysql.MySQLError as error:
                 if again_after_deadlock and _code(error) in RETRIED_ERRORS and attempt < RETRIES:
                     with contextlib.suppress(pymysql.MySQLError):
@@ -230,6 +286,7 @@ class Session:
                 with connection.cursor() as cursor:
                     result = body(cursor)
                 connection.commit()
+                self._used_at = time.monotonic()
                 return result
             except pymysql.MySQLError as error:
                 if _code(error) in RETRIED_ERRORS and attempt < RETRIES:

@@ -22,6 +22,7 @@ from tuitop.backends.db.connection import (
     is_refusal,
     placeholders,
 )
+from tuitop.backends.db.dialect import NEW_ROW
 from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
@@ -115,11 +116,14 @@ class DbPoolStore:
                 cursor,
                 [
                     (
-                        "INSERT INTO tuitop_pools (name, owner, claimed_until, expires_at, "
-                        f"beat) VALUES (%s, %s, {NOW} + %s, 0, '') ON DUPLICATE KEY UPDATE "
-                        f"owner = IF(owner = VALUES(owner) OR claimed_until < {NOW}, "
-                        "VALUES(owner), owner), claimed_until = IF(owner = VALUES(owner), "
-                        "VALUES(claimed_until), claimed_until)",
+                        self.session.dialect.upsert(
+                            "INSERT INTO tuitop_pools (name, owner, claimed_until, expires_at, "
+                            f"beat) VALUES (%s, %s, {NOW} + %s, 0, '') ON DUPLICATE KEY "
+                            f"UPDATE owner = IF(owner = {NEW_ROW}.owner OR claimed_until < "
+                            f"{NOW}, {NEW_ROW}.owner, owner), claimed_until = "
+                            f"IF(owner = {NEW_ROW}.owner, {NEW_ROW}.claimed_until, "
+                            "claimed_until)"
+                        ),
                         (name, token, ttl),
                     ),
                     ("SELECT owner FROM tuitop_pools WHERE name = %s", (name,)),
@@ -160,8 +164,10 @@ class DbPoolStore:
             if lanes and not stopping:
                 values = ", ".join([f"(%s, {NOW})"] * len(lanes))
                 cursor.execute(
-                    f"INSERT INTO tuitop_lanes (lane, served_at) VALUES {values} "
-                    "ON DUPLICATE KEY UPDATE served_at = VALUES(served_at)",
+                    self.session.dialect.upsert(
+                        f"INSERT INTO tuitop_lanes (lane, served_at) VALUES {values} "
+                        f"ON DUPLICATE KEY UPDATE served_at = {NEW_ROW}.served_at"
+                    ),
                     lanes,
                 )
             bucket = bucket_start(beat.beat)
@@ -172,8 +178,10 @@ class DbPoolStore:
             self._sampled = bucket
             depth = waiting(cursor)
             cursor.execute(
-                "INSERT INTO tuitop_stats (bucket, name, count) VALUES (%s, %s, %s) "
-                "ON DUPLICATE KEY UPDATE count = VALUES(count)",
+                self.session.dialect.upsert(
+                    "INSERT INTO tuitop_stats (bucket, name, count) VALUES (%s, %s, %s) "
+                    f"ON DUPLICATE KEY UPDATE count = {NEW_ROW}.count"
+                ),
                 (bucket, DEPTH, int(depth)),
             )
 
@@ -182,8 +190,10 @@ class DbPoolStore:
     def publish_config(self, fields: Mapping[str, str | int | float]) -> None:
         self.session.run(
             lambda cursor: cursor.execute(
-                "INSERT INTO tuitop_config (one, version, fields) VALUES (1, 1, %s) "
-                "ON DUPLICATE KEY UPDATE version = version + 1, fields = VALUES(fields)",
+                self.session.dialect.upsert(
+                    "INSERT INTO tuitop_config (one, version, fields) VALUES (1, 1, %s) "
+                    f"ON DUPLICATE KEY UPDATE version = version + 1, fields = {NEW_ROW}.fields"
+                ),
                 (json.dumps(dict(fields)),),
             )
         )

@@ -43,6 +43,7 @@ from tuitop.backends.base import (
     TimedOut,
 )
 from tuitop.backends.db.connection import Session, execute_all, placeholders
+from tuitop.backends.db.dialect import NEW_ROW, Dialect
 from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
 from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
 from tuitop.config import DatabaseSettings
@@ -58,7 +59,7 @@ Statement = tuple[str, Sequence[Any]]
 
 _STATS_UPSERT = (
     "INSERT INTO tuitop_stats (bucket, name, count) VALUES {values} "
-    "ON DUPLICATE KEY UPDATE count = count + VALUES(count)"
+    f"ON DUPLICATE KEY UPDATE count = count + {NEW_ROW}.count"
 )
 _TOPIC_NAMES = (
     "SET @tuitop_names := (SELECT COUNT(*) FROM tuitop_stats "
@@ -148,11 +149,15 @@ def _ids(messages: Iterable[Message]) -> list[bytes]:
 
 DUPLICATE_KEY = 1062
 CHECK_FAILED = 4025
+INVALID_JSON = 3140
+JSON_REFUSED = (CHECK_FAILED, INVALID_JSON)
+"""Tuleap's table refuses a payload: MariaDB's JSON column is a CHECK (json_valid),
+4025; MySQL's is a JSON type, which says 3140 (ER_INVALID_JSON_TEXT)."""
 REFUSED_REASON = (
-    "Tuleap's table refuses its payload (its JSON check: MariaDB cannot read it back); "
+    "Tuleap's table refuses its payload (its JSON column cannot read it back); "
     "it cannot be queued again"
 )
-"""A CHECK constraint refused the row (MariaDB's JSON columns: ``json_valid``)."""
+"""Why a row Tuleap's table refused (:data:`JSON_REFUSED`) is a dead letter."""
 _REST = (
     "queue_name, topic, payload, enqueue_timestamp, enqueue_timestamp_microsecond, "
     "nb_added_in_queue"
@@ -199,7 +204,7 @@ def copy_rows(
         cursor.execute(statement.replace("%s", "id", 1) + f"WHERE {_in(ids)}", (*args, *ids))
         return Copied()
     except pymysql.MySQLError as error:
-        if _code(error) not in (DUPLICATE_KEY, CHECK_FAILED):
+        if _code(error) not in (DUPLICATE_KEY, *JSON_REFUSED):
             raise
     # InnoDB rolled the statement back, not the transaction: one row at a time.
     copied = Copied()
@@ -207,7 +212,7 @@ def copy_rows(
         try:
             cursor.execute(statement + "WHERE id = %s", (row_id, *args, row_id))
         except pymysql.MySQLError as error:
-            if _code(error) == CHECK_FAILED:
+            if _code(error) in JSON_REFUSED:
                 copied.refused.append(bytes(row_id))
             elif _code(error) == DUPLICATE_KEY:
                 copied.renamed[bytes(row_id)] = fresh = uuid7()
@@ -232,15 +237,15 @@ def _locked(cursor: Cursor, table: str, worker_id: str, ids: Sequence[bytes]) ->
     return [found for (found,) in cursor.fetchall()]
 
 
-def stats_statement(stats: StatsBatch, now: float) -> Statement | None:
+def stats_statement(stats: StatsBatch, now: float, dialect: Dialect) -> Statement | None:
     """The upsert adding ``stats`` (no topic in it: see :func:`stats_statements`) to the
     bucket of ``now`` (and resetting it); None when there is nothing to add."""
-    statements = stats_statements(stats, now)
+    statements = stats_statements(stats, now, dialect)
     assert len(statements) <= 1, "topics need stats_statements"
     return statements[0] if statements else None
 
 
-def stats_statements(stats: StatsBatch, now: float) -> list[Statement]:
+def stats_statements(stats: StatsBatch, now: float, dialect: Dialect) -> list[Statement]:
     """What adds ``stats`` to the bucket of ``now`` (and resets it), to run in one
     transaction: the upsert of the plain counters, then for each topic its fields under
     its name, or under OTHER_TOPIC once the bucket holds MAX_TOPICS names (counted in the
@@ -250,6 +255,7 @@ def stats_statements(stats: StatsBatch, now: float) -> list[Statement]:
         return []
     bucket = bucket_start(now)
     plain, topics = stats.split()
+    upsert_sql = dialect.upsert(_STATS_UPSERT)
     statements: list[Statement] = []
     if plain:
         names = sorted(plain)
@@ -257,7 +263,7 @@ def stats_statements(stats: StatsBatch, now: float) -> list[Statement]:
         for name in names:
             args += [bucket, name, plain[name]]
         values = ", ".join(["(%s, %s, %s)"] * len(names))
-        statements.append((_STATS_UPSERT.format(values=values), args))
+        statements.append((upsert_sql.format(values=values), args))
     if topics:
         other = f"{TOPIC_PREFIX}n|{OTHER_TOPIC}"
         statements.append((_TOPIC_NAMES, (bucket, f"{TOPIC_PREFIX}n|%", other)))
@@ -270,15 +276,15 @@ def stats_statements(stats: StatsBatch, now: float) -> list[Statement]:
         for head in sorted(heads):
             upsert += [bucket, f"{TOPIC_PREFIX}{head}|", heads[head]]
         values = ", ".join(["(%s, CONCAT(%s, @tuitop_name), %s)"] * len(heads))
-        statements.append((_STATS_UPSERT.format(values=values), upsert))
+        statements.append((upsert_sql.format(values=values), upsert))
     stats.written(now)
     return statements
 
 
-def _count(outcome: str, count: int) -> Statement | None:
+def _count(outcome: str, count: int, dialect: Dialect) -> Statement | None:
     batch = StatsBatch()
     batch.outcome(outcome, count)
-    return stats_statement(batch, time.time())
+    return stats_statement(batch, time.time(), dialect)
 
 
 class DbQueue:
@@ -323,7 +329,7 @@ class DbQueue:
     def push(self, raw: bytes) -> None:
         """Inserts one message as Tuleap's front end does (a row of ``async_events``);
         ``raw`` is tuitop's wire format (its topic, payload, enqueue time and tries)."""
-        self._atomic([self._insert(raw), _count("enqueued", 1)])
+        self._atomic([self._insert(raw), _count("enqueued", 1, self.session.dialect)])
 
     def push_marked(self, raw: bytes, token: str) -> None:
         """As ``push``, with the marker of ``token`` in the same transaction: whoever lost
@@ -336,7 +342,9 @@ class DbQueue:
             f"DELETE FROM tuitop_push_markers WHERE at < {NOW} - %s LIMIT 100",
             (PUSH_MARKER_SECONDS,),
         )
-        self._atomic([self._insert(raw), marker, prune, _count("enqueued", 1)])
+        self._atomic(
+            [self._insert(raw), marker, prune, _count("enqueued", 1, self.session.dialect)]
+        )
 
     def was_pushed(self, token: str) -> bool:
         def ask(cursor: Cursor) -> bool:
@@ -518,7 +526,7 @@ class DbQueue:
                 f"DELETE FROM tuitop_processing WHERE worker_id = %s AND {_in(ids)}",
                 (worker_id, *ids),
             )
-        counts = self._atomic([delete, *stats_statements(stats, time.time())])
+        counts = self._atomic([delete, *stats_statements(stats, time.time(), self.session.dialect)])
         return not ids or counts[0] == len(ids)
 
     def give_back(self, worker_id: str, messages: Sequence[Message]) -> None:
@@ -594,16 +602,18 @@ class DbQueue:
             if count:
                 batch.outcome(outcome, count)
         with contextlib.suppress(pymysql.MySQLError):
-            self._atomic([stats_statement(batch, time.time())])
+            self._atomic([stats_statement(batch, time.time(), self.session.dialect)])
 
     def register(self, worker_id: str, pool: str, fields: dict[str, Any], ttl: float) -> None:
         """Registers a worker and gives it its lease (its row): whoever recovers what it
         holds deletes the row."""
         self.session.run(
             lambda cursor: cursor.execute(
-                "INSERT INTO tuitop_workers (id, pool, expires_at, beat) "
-                f"VALUES (%s, %s, {NOW} + %s, %s) ON DUPLICATE KEY UPDATE "
-                "expires_at = VALUES(expires_at), beat = VALUES(beat)",
+                self.session.dialect.upsert(
+                    "INSERT INTO tuitop_workers (id, pool, expires_at, beat) "
+                    f"VALUES (%s, %s, {NOW} + %s, %s) ON DUPLICATE KEY UPDATE "
+                    f"expires_at = {NEW_ROW}.expires_at, beat = {NEW_ROW}.beat"
+                ),
                 (worker_id, pool, ttl, json.dumps(fields)),
             )
         )

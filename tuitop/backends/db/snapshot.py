@@ -32,6 +32,12 @@ from tuitop.snapshot import (
 )
 from tuitop.stats import WindowStats, bucket_start, summarize
 
+_END = (
+    "SELECT enqueue_timestamp + enqueue_timestamp_microsecond / 1000000 FROM async_events "
+    "WHERE queue_name = %s ORDER BY id {} LIMIT 1"
+)
+"""The enqueue time of a queue's row at one end of its ids (``DESC``: the last)."""
+
 
 def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
     """Reads everything a view shows (``lanes``: those of the view's config, shown even
@@ -56,7 +62,9 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
     )
     others = {str(lane) for (lane,) in listed} | {lane.name for lane in lanes.reserved}
     names = [DEFAULT_LANE, *sorted(name for name in others if is_lane_name(name))]
-    # Each lane's rows are an index range: counted up to the cap, the oldest is its first.
+    # Each lane's rows are an index range: counted up to the cap, the oldest is one of
+    # its ends — the first by id (UUIDv7: time-ordered), or the last, where the version-1
+    # ids some of Tuleap's migrations insert (UUID_TO_BIN(UUID())) sort, after every v7 id.
     per_lane = _results(
         cursor,
         [
@@ -64,11 +72,7 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
             for name in names
             for statement in (
                 (capped_count_sql(DEPTH_CAP + 1), [lane_queue(name)]),
-                (
-                    "SELECT enqueue_timestamp + enqueue_timestamp_microsecond / 1000000 FROM "
-                    "async_events WHERE queue_name = %s ORDER BY id LIMIT 1",
-                    [lane_queue(name)],
-                ),
+                (f"SELECT ({_END.format('')}), ({_END.format('DESC')})", [lane_queue(name)] * 2),
             )
         ],
     )
@@ -76,9 +80,10 @@ def take_db_snapshot(cursor: Cursor, lanes: LaneSet, moment: float) -> Snapshot:
     capped = False
     for index, name in enumerate(names):
         (count,) = per_lane[2 * index][0]
-        first = per_lane[2 * index + 1]
+        ends = [float(stamp) for stamp in per_lane[2 * index + 1][0] if stamp is not None]
         capped = capped or int(count) > DEPTH_CAP
-        age = moment - float(first[0][0]) if first and float(first[0][0]) > 0 else None
+        oldest = min(ends, default=0.0)
+        age = moment - oldest if oldest > 0 else None
         lists.append((name, min(int(count), DEPTH_CAP), age))
     delayed_count, first_due_in = delayed[0]
     held = {str(worker_id): int(n) for worker_id, n in holding}
