@@ -477,14 +477,23 @@ def test_the_environment_overrides_database_inc_as_in_tuleap(tmp_path: Path) -> 
     assert settings(tmp_path, "", {"TULEAP_SYS_DBNAME": "forge"}).database.name == "forge"
 
 
+FLAG_OFF = "$feature_flag_use_db_persisted_async_events_queue = 0;\n"
+
+
 @pytest.mark.parametrize(
     ("body", "version", "queue"),
     [
         (REDIS, None, "redis"),  # the seed's Tuleap
         (DATABASE, None, "db"),  # today's Tuleap without Redis
         (REDIS + DATABASE, "17.4", "db"),  # Tuleap 17 keeps a Valkey for other uses
-        (REDIS + DATABASE, "15.9.99.78", "db"),
-        (REDIS + DATABASE, "15.9.99.77", "redis"),
+        (REDIS + DATABASE, "15.9.99.78", "db"),  # the Redis queue is gone (15.10)
+        (REDIS + DATABASE, "15.9", "db"),  # the database's by default since 15.8
+        (REDIS + DATABASE, "15.7.99.86", "db"),
+        (REDIS + DATABASE, "15.7.99.85", "redis"),
+        # 15.8 and 15.9's feature flag put the queue back in Redis, until 15.10
+        (REDIS + DATABASE + FLAG_OFF, "15.9.99.77", "redis"),
+        (REDIS + DATABASE + FLAG_OFF, "15.9.99.78", "db"),
+        (REDIS + DATABASE + FLAG_OFF.replace("0", "'1'"), "15.9", "db"),
         (REDIS + DATABASE, None, "redis"),  # said in a warning
         (REDIS + DATABASE + "$tuitop_queue = 'db';", "14.0", "db"),
         (DATABASE + REDIS + "$tuitop_queue = 'Redis';", "17.4", "redis"),

@@ -52,9 +52,15 @@ DEFAULT_CONFIG_FILES = (
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_DB_PORT = 3306
 TULEAP_VERSION_FILE = "/usr/share/tuleap/VERSION"
-DB_QUEUE_SINCE = (15, 9, 99, 78)
-"""The Tuleap release that dropped the Redis queue (2f14d9d990797): its queue is the
-database's ``async_events`` table (since 15.7.99.86, the Redis one until 15.9.99.78)."""
+DB_QUEUE_SINCE = (15, 7, 99, 86)
+"""The Tuleap release whose queue is the database's ``async_events`` table (58f6ee073c7,
+shipped in 15.8), unless ``$feature_flag_use_db_persisted_async_events_queue = 0`` kept
+Redis's until :data:`REDIS_QUEUE_GONE`."""
+REDIS_QUEUE_GONE = (15, 9, 99, 78)
+"""The Tuleap release that deleted the Redis queue (2f14d9d9907, shipped in 15.10)."""
+DB_QUEUE_FLAG = "feature_flag_use_db_persisted_async_events_queue"
+"""Tuleap 15.8 and 15.9's switch back to Redis (``ForgeConfig::getFeatureFlag``: 1 by
+default, ``(int)`` of the value)."""
 REDIS_QUEUE = "redis"
 DB_QUEUE = "db"
 QUEUE_KINDS = (REDIS_QUEUE, DB_QUEUE)
@@ -186,7 +192,7 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """Tuleap's database (``database.inc``), where Tuleap ≥ 15.9 keeps its queue.
+    """Tuleap's database (``database.inc``), where Tuleap ≥ 15.8 keeps its queue.
     ``host == ''`` means it is not configured."""
 
     host: str = ""
@@ -273,7 +279,7 @@ class Settings:
     warnings: tuple[str, ...] = ()
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     queue: str = REDIS_QUEUE
-    """Where the queue is: ``redis`` (Tuleap < 15.9, the seed's) or ``db`` (Tuleap's
+    """Where the queue is: ``redis`` (Tuleap < 15.8, the seed's) or ``db`` (Tuleap's
     ``async_events`` table); see ``_SettingsBuilder.queue``."""
     queue_reason: str = ""
     """Why this queue, said by ``tuitop config``."""
@@ -617,10 +623,11 @@ class _SettingsBuilder:
 
     def queue(self, redis: RedisSettings, database: DatabaseSettings) -> tuple[str, str]:
         """Which queue to serve, and why. ``$tuitop_queue`` (``'redis'`` or ``'db'``) says
-        it; unset, the one the files configure; when they configure both (Tuleap ≥ 15.9
-        keeps a Redis — Valkey — for other uses), Tuleap's version decides: from 15.9.99.78
-        on, its queue is the database's; with no version to read, Redis (the seed's
-        Tuleap), with a warning."""
+        it; unset, the one the files configure; when they configure both (Tuleap ≥ 15.8
+        keeps a Redis — Valkey — for other uses), Tuleap's version decides: from 15.7.99.86
+        on, its queue is the database's (unless Tuleap's feature flag kept Redis's, up to
+        15.9.99.78, which deleted it); with no version to read, Redis (the seed's Tuleap),
+        with a warning."""
         explicit = self.text("tuitop_queue").strip().lower()
         if explicit:
             if explicit not in QUEUE_KINDS:
@@ -637,13 +644,16 @@ class _SettingsBuilder:
         version = self.tuleap_version
         if version is not None:
             shown = ".".join(str(part) for part in version)
+            flag = self.value(DB_QUEUE_FLAG)
+            if version < REDIS_QUEUE_GONE and flag is not None and to_php_int(flag) != 1:
+                return REDIS_QUEUE, f"Tuleap {shown} keeps its queue in Redis (${DB_QUEUE_FLAG})"
             if version >= DB_QUEUE_SINCE:
                 return DB_QUEUE, f"Tuleap {shown} keeps its queue in its database"
             return REDIS_QUEUE, f"Tuleap {shown} keeps its queue in Redis"
         self.warn(
             "redis_server",
             "both $redis_server and a database are configured and no Tuleap version could be "
-            "read: serving the Redis queue; set $tuitop_queue = 'db' for Tuleap ≥ 15.9",
+            "read: serving the Redis queue; set $tuitop_queue = 'db' for Tuleap ≥ 15.8",
         )
         return REDIS_QUEUE, "both are configured; Redis, as no Tuleap version says otherwise"
 
