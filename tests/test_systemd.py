@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ import psutil
 import pytest
 import redis
 
-from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
+from tests.pool import REPO, Pool, run_tuitop, wait_until, worker_heartbeats, write_config
 from tests.test_db_e2e import database_inc
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
 from tests.tuleapdb import enqueue
@@ -479,6 +480,16 @@ def test_install_unit_writes_a_unit_systemd_accepts_and_whose_command_runs(
     assert checked.returncode == 0 and f"127.0.0.1:{redis_server.port}" in checked.stdout
     has_tuleap_user = "codendiadm" in {entry.pw_name for entry in pwd.getpwall()}
     assert ("User" in service) == has_tuleap_user
+    # It lives and dies with Tuleap, never beside Tuleap's own workers; with no Tuleap on
+    # this host it neither waits for it nor checks it, and starts at boot.
+    sections = read_unit(path.read_text())
+    assert sections["Unit"]["PartOf"] == ["tuleap.service"]
+    assert sections["Unit"]["After"][0].split()[0] == "tuleap.service"
+    assert sections["Unit"]["Conflicts"] == ["tuleap-workers.service"]
+    if not os.path.exists("/usr/bin/tuleap"):
+        assert "ExecStartPre" not in service
+        assert sections["Install"]["WantedBy"] == ["multi-user.target"]
+        assert "no /usr/bin/tuleap" in result.stdout
 
     # Again: unchanged. Edited by hand: refused unless --force. --dry-run writes nothing.
     again = run_tuitop("--config", str(config), "install-unit", "--unit-dir", str(unit_dir))
@@ -492,6 +503,36 @@ def test_install_unit_writes_a_unit_systemd_accepts_and_whose_command_runs(
     assert not (tmp_path / "none").exists()
     forced = run_tuitop("install-unit", "--unit-dir", str(unit_dir), "--force")
     assert forced.returncode == 0 and "# edited" not in path.read_text()
+
+
+def test_where_tuleap_is_installed_the_unit_waits_for_it_checks_it_and_starts_with_it(
+    tmp_path: Path,
+) -> None:
+    """As tuleap-worker@.service: wait until ``tuleap --version`` answers, then ``tuleap
+    sanity-check``, before the pool starts; wanted by tuleap.service."""
+    cli = REPO / "tests" / "bin" / "tuleap"  # Tuleap's CLI, as the tests stand it in
+    unit_dir = tmp_path / "system"
+    result = run_tuitop("install-unit", "--unit-dir", str(unit_dir), "--tuleap-cli", str(cli))
+    assert result.returncode == 0, result.stderr
+    path = unit_dir / "tuitop.service"
+    verify(path)
+    sections = read_unit(path.read_text())
+    assert sections["Install"]["WantedBy"] == ["tuleap.service"]
+    assert sections["Unit"]["PartOf"] == ["tuleap.service"]
+    wait, check = sections["Service"]["ExecStartPre"]
+    assert check == f"{cli} sanity-check"
+    # Both run as systemd would (here in a Tuleap root whose CLI answers).
+    root = tmp_path / "tuleap"
+    root.mkdir()
+    (root / "VERSION").write_text("17.4\n")
+    shell = shlex.split(wait)
+    waited = subprocess.run(shell, cwd=root, capture_output=True, text=True, timeout=30)
+    assert waited.returncode == 0 and "17.4" in waited.stdout
+    checked = subprocess.run(shlex.split(check), cwd=root, capture_output=True, timeout=30)
+    assert checked.returncode == 0
+    (root / "SANITY").write_text("MySQL 8.0 or 8.4 is needed\n")
+    refused = subprocess.run(shlex.split(check), cwd=root, capture_output=True, timeout=30)
+    assert refused.returncode != 0  # the unit would not start
 
 
 def test_a_user_unit_goes_to_the_users_manager_and_runs_as_its_user(tmp_path: Path) -> None:

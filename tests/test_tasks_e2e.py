@@ -412,3 +412,39 @@ def test_a_pool_stopping_warm_is_seen_to_its_end_and_hand_back_waits(
 def pool_name(client: redis.Redis) -> str:
     [name] = client.smembers(keys.POOLS)
     return str(name.decode())
+
+
+def test_tuleap_upgraded_under_the_pool_holds_every_job_until_its_sanity_check_passes(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, redis_server: EmbeddedRedis
+) -> None:
+    """Tuleap's VERSION changes while the pool runs (an upgrade in place): the job
+    running finishes, no other is taken while ``tuleap sanity-check`` fails, the views
+    say why, and taking resumes once it passes."""
+    from tests.pool import run_tuitop
+
+    (tuleap.root / "VERSION").write_text("17.4\n")
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    pool.wait_for_log(r"Start service")
+    running = json.dumps({"id": "running", "standin": {"sleep": 2}})
+    push_all(client, [php_message("tuleap.fts.index-item", running, time.time())])
+    wait_until(lambda: tuleap.runs_of("running"), 20, "the first job to start")
+    (tuleap.root / "SANITY").write_text("Tuleap needs MySQL 8.0 or 8.4\n")
+    (tuleap.root / "VERSION").write_text("17.5\n")
+    pool.wait_for_log(r"Tuleap's version changed \(17.4 → 17.5\)")
+    later = json.dumps({"id": "later"})
+    push_all(client, [php_message("tuleap.fts.index-item", later, time.time())])
+    wait_until(lambda: tuleap.runs_of("running", "end"), 20, "the running job to finish")
+    pool.wait_for_log(r"'tuleap sanity-check' failed \(status 1: Tuleap needs MySQL")
+    config = tmp_path / "local.inc"
+    checked = run_tuitop("check", "--config", str(config))
+    assert "Tuleap upgrade (17.4 → 17.5)" in checked.stdout, checked.stdout
+    top = run_tuitop("top", "--once", "--config", str(config))
+    assert "Tuleap upgrade" in top.stdout, top.stdout
+    time.sleep(1)
+    assert not tuleap.runs_of("later") and client.llen(keys.QUEUE) == 1
+    (tuleap.root / "SANITY").unlink()
+    pool.wait_for_log(r"Tuleap 17.5: 'tuleap sanity-check' passed", timeout=20)
+    wait_until(lambda: tuleap.runs_of("later", "end"), 20, "the job after the upgrade")
+    client.close()
+    assert pool.stop() == 0

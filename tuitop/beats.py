@@ -165,6 +165,9 @@ class PoolBeat(_Beat):
     """No worker of it takes messages (``tuitop ctl pause``)."""
     paused_lanes: tuple[str, ...] = ()
     """Lanes its workers do not take from (``tuitop ctl pause POOL LANE``)."""
+    held: str = ""
+    """Why none of its workers takes, besides a pause: Tuleap upgraded under it, until
+    ``tuleap sanity-check`` passes ('' when nothing holds it)."""
     workers: tuple[str, ...] = ()
     """The ids of its workers alive now: while this hash lives, each of them is alive
     whether or not it wrote its own hash lately (an idle worker writes nothing)."""

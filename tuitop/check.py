@@ -290,16 +290,22 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
     elif not live and waiting:
         # Paused by an operator ('tuitop ctl pause'): known, said; its age still escalates.
         report.add(
-            Status.WARNING if all(p.paused for p in pools) else Status.CRITICAL,
+            Status.WARNING if all(p.paused or p.held for p in pools) else Status.CRITICAL,
             "workers",
             f"{waiting:,} message(s) wait and no worker runs ("
-            + ", ".join(f"{p.name} wants {p.wanted}{', paused' * p.paused}" for p in pools)
+            + ", ".join(
+                f"{p.name} wants {p.wanted}{', paused' * p.paused}"
+                + (f", held: {p.held}" if p.held else "")
+                for p in pools
+            )
             + ")",
         )
     else:
         for lane in snapshot.lanes:
             if lane.waiting and live and not lane.workers + lane.helpers:
-                pausing = [p.name for p in pools if p.paused or lane.name in p.paused_lanes]
+                pausing = [
+                    p.name for p in pools if p.paused or p.held or lane.name in p.paused_lanes
+                ]
                 if pausing:
                     report.add(
                         Status.WARNING,
@@ -315,6 +321,8 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
                     "takes from it",
                 )
         for pool in pools:
+            if pool.held:
+                report.add(Status.WARNING, "workers", f"pool {pool.name}: {pool.held}")
             if pool.paused or pool.paused_lanes:
                 what = (
                     "is paused" if pool.paused else f"pauses lane(s) {', '.join(pool.paused_lanes)}"
@@ -324,7 +332,7 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
                     "workers",
                     f"pool {pool.name} {what} ('tuitop ctl resume --pool {pool.name}')",
                 )
-        short = [p for p in pools if p.running < p.wanted and not p.paused]
+        short = [p for p in pools if p.running < p.wanted and not p.paused and not p.held]
         for pool in short:
             report.add(
                 Status.WARNING,

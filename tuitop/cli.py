@@ -411,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     unit.add_argument("--dry-run", action="store_true", help="print the unit, write nothing")
     unit.add_argument("--force", action="store_true", help="replace a unit that differs")
     unit.add_argument("--unit-dir", metavar="DIR", help="write it there instead")
+    unit.add_argument(
+        "--tuleap-cli",
+        metavar="PATH",
+        help="Tuleap's CLI the unit waits for and runs 'sanity-check' with before it starts "
+        "(default: /usr/bin/tuleap where it exists; else the unit is for a host without "
+        "Tuleap)",
+    )
 
     dead = commands.add_parser("dead-letters", help="list, show, replay or purge dead letters")
     _add_config_option(dead)
@@ -801,6 +808,7 @@ def command_install_unit(args: argparse.Namespace) -> int:
         args.config or (),
         user_unit=args.user,
         unit_dir=Path(args.unit_dir) if args.unit_dir else None,
+        tuleap_cli=args.tuleap_cli,
     )
     if args.dry_run:
         print(f"# {unit.path}\n{unit.text}", end="")

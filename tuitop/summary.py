@@ -96,6 +96,8 @@ def snapshot_text(snapshot: Snapshot, store: str) -> str:
     ]
     for pool in snapshot.pools:
         flags = [flag for flag, on in (("paused", pool.paused), ("stopping", pool.stopping)) if on]
+        if pool.held:
+            flags.append(pool.held)
         if pool.config_error:
             flags.append(f"config error: {pool.config_error}")
         lines.append(

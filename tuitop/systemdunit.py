@@ -5,8 +5,12 @@ The unit shipped in :mod:`tuitop.data` (``tuitop.service``) is rendered for this
 packages without any activation), with the config files named on the command line; a
 user unit (``--user``, systemd's per-user manager) runs as its user and is wanted by
 ``default.target``; a system unit keeps ``User=codendiadm`` (Tuleap's user) where that
-user exists, else comments it out and says so. Writing the file is all it does: the
-``systemctl`` commands to run next are printed, never run.
+user exists, else comments it out and says so. It lives and dies with Tuleap as Tuleap's
+own workers do (``PartOf=``, ``WantedBy=``, ``After=tuleap.service``; ``Conflicts=`` with
+``tuleap-workers.service``), and where Tuleap is installed it waits for ``tuleap
+--version`` and runs ``tuleap sanity-check`` before it starts; where Tuleap is not, those
+lines are commented out and it is wanted by ``multi-user.target``. Writing the file is all
+it does: the ``systemctl`` commands to run next are printed, never run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from tuitop.tasks import TULEAP_CLI
 
 UNIT_NAME = "tuitop.service"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
@@ -78,6 +84,25 @@ class Unit:
     """What the admin should know about it (a user it does not run as, say)."""
 
 
+def _comment_out(text: str, key: str, why: str) -> str:
+    """``text`` with every ``key=`` line commented out, ``why`` above the first."""
+    lines = text.split("\n")
+    found = [index for index, line in enumerate(lines) if line.startswith(f"{key}=")]
+    assert found, f"the shipped unit has no {key}= line"
+    for index in found:
+        lines[index] = "#" + lines[index]
+    lines.insert(found[0], f"# {why}")
+    return "\n".join(lines)
+
+
+def tuleap_cli_path(text: str, cli: str) -> str:
+    """``text`` with Tuleap's CLI at ``cli`` in its ExecStartPre= lines."""
+    return "\n".join(
+        line.replace(TULEAP_CLI, unit_word(cli)) if line.startswith("ExecStartPre=") else line
+        for line in text.split("\n")
+    )
+
+
 def _set(text: str, key: str, value: str | None, why: str = "") -> str:
     """``text`` with its ``key=`` line set to ``value``, or commented out (None), with a
     comment line ``why`` above it."""
@@ -97,13 +122,28 @@ def render(
     unit_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     run_as_exists: bool | None = None,
+    tuleap_cli: str | None = None,
 ) -> Unit:
     """The unit for this host. ``unit_dir`` overrides where it goes (default:
     /etc/systemd/system, or the user manager's ``~/.config/systemd/user``);
-    ``run_as_exists`` overrides the look-up of Tuleap's user."""
+    ``run_as_exists`` overrides the look-up of Tuleap's user; ``tuleap_cli``: Tuleap's
+    CLI the unit waits for and checks with before it starts (default: /usr/bin/tuleap
+    where it exists; none: the unit is for a host without Tuleap)."""
     environment = os.environ if environ is None else environ
     text = _set(shipped(UNIT_NAME), "ExecStart", exec_start(configs))
     notes: list[str] = []
+    cli = tuleap_cli if tuleap_cli is not None else TULEAP_CLI
+    if tuleap_cli is not None or os.path.exists(TULEAP_CLI):
+        text = tuleap_cli_path(text, os.path.abspath(cli))
+    else:
+        why = f"no {TULEAP_CLI} on this host when this was written: nothing to wait for"
+        text = _comment_out(text, "ExecStartPre", why)
+        if not user_unit:
+            text = _set(text, "WantedBy", "multi-user.target", "no Tuleap here: started at boot")
+        notes.append(
+            f"there is no {TULEAP_CLI} here: the unit neither waits for Tuleap nor runs its "
+            "sanity check, and starts at boot (multi-user.target)"
+        )
     if user_unit:
         why = "a user unit runs as its user"
         text = _set(text, "User", None, why)

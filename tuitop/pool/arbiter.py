@@ -42,6 +42,7 @@ from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
 from tuitop.pool.presence import Presence
 from tuitop.pool.recovery import Recovery
 from tuitop.pool.service import ServiceNotifier
+from tuitop.pool.upgrade import TuleapUpgrade
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
@@ -84,6 +85,7 @@ class Supervisor:
             secrets=lambda: self.config.settings.secrets(),
         )
         self.config = Configuration(settings, reload, level, self.logger)
+        self.upgrade = TuleapUpgrade.for_task(options.task, self.logger)
         self.metrics = open_metrics(options.metrics, options.pool_name, self.logger)
         self.options = options = self.metrics.for_workers(options)
         self.workers = WorkerSet(options, context, level, self.logger)
@@ -175,6 +177,7 @@ class Supervisor:
             )
             self.doorbell.start()
         self._check_store()
+        self._watch_upgrade()
         self._reap()
         self.workers.enforce_time_limit()
         self._reap()  # a worker just killed for its time limit frees its slot for the next
@@ -245,6 +248,17 @@ class Supervisor:
             self._begin_draining()
         if self._reload_requested and not self.draining:
             self._reload_requested = False
+            self.reload()
+
+    def _watch_upgrade(self) -> None:
+        """Tuleap upgraded under the pool: no worker takes until its sanity check passes
+        (:mod:`.upgrade`); then the config files are read again (the queue may follow
+        Tuleap's version)."""
+        if self.upgrade is None:
+            return
+        ended = self.upgrade.tick(time.monotonic())
+        self.config.held = self.upgrade.holding
+        if ended and not self.draining:
             self.reload()
 
     def _database(self) -> DatabaseSettings | None:

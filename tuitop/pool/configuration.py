@@ -45,6 +45,9 @@ class Configuration:
         self.paused_lanes: set[str] = set()
         """Lanes none of this pool's workers takes from until resumed (their messages
         wait there: the pool still counts them as served)."""
+        self.held = ""
+        """Why no worker takes besides a pause ('' when none): Tuleap upgraded under the
+        pool, until its sanity check passes (:mod:`.upgrade`)."""
 
     @property
     def wanted(self) -> int:
@@ -58,8 +61,8 @@ class Configuration:
 
     @property
     def takers(self) -> int:
-        """The workers to run now: none while paused."""
-        return 0 if self.paused else self.wanted
+        """The workers to run now: none while paused or held."""
+        return 0 if self.paused or self.held else self.wanted
 
     def staffed_lanes(self) -> LaneSet:
         """The lanes the workers take from: those in force but the paused ones."""

@@ -134,6 +134,7 @@ class Presence:
             stopping=stopping,
             paused=config.paused,
             paused_lanes=tuple(sorted(config.paused_lanes)),
+            held=config.held,
             workers=tuple(sorted(workers)),
             beat=time.time(),
         )

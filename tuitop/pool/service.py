@@ -77,11 +77,13 @@ class PoolState:
     stopping: bool = False
     paused: bool = False
     """No worker takes messages (``tuitop ctl pause``): none is to run."""
+    held: str = ""
+    """Why no worker takes besides a pause (Tuleap upgraded under the pool)."""
 
     @property
     def takers(self) -> int:
-        """The workers to run now: none while paused."""
-        return 0 if self.paused else self.wanted
+        """The workers to run now: none while paused or held."""
+        return 0 if self.paused or self.held else self.wanted
 
 
 def settled(state: PoolState) -> bool:
@@ -118,6 +120,8 @@ def status_line(state: PoolState) -> str:
         parts.append("workers fail at start (see the log)")
     if state.paused:
         parts.append("paused ('tuitop ctl resume')")
+    if state.held:
+        parts.append(state.held)
     if state.config_error:
         parts.append("config error: the last good config stays")
     return ", ".join(parts)
@@ -259,6 +263,7 @@ class ServiceNotifier:
             config_error=bool(self.config.error),
             stopping=self._stopping,
             paused=self.config.paused,
+            held=self.config.held,
         )
 
     def _sample(self, now: float) -> None:

@@ -217,6 +217,9 @@ class WorkersPanel(DataTable[Text]):
         paused = [pool.name for pool in snapshot.pools if pool.paused]
         if paused:
             title += f" · paused: {', '.join(paused)}"
+        held = [pool.name for pool in snapshot.pools if pool.held]
+        if held:
+            title += f" · Tuleap upgrade, waiting for its sanity check: {', '.join(held)}"
         self.border_title = Text(title)  # Text: a filter or a pool name is no markup
         labels = [column.label for column in self.columns_shown]
         rows = [(w.id, self._cells(w, snapshot.taken_at, labels)) for w in shown]
