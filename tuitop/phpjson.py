@@ -40,17 +40,7 @@ MAX_DEPTH = 512
 """PHP's default depth for ``json_decode`` and ``json_encode`` (Psl keeps it)."""
 _INT64 = (-(2**63), 2**63 - 1)
 _INTEGER_KEY = re.compile(r"-?(?:0|[1-9][0-9]*)")
-_ESCAPED = re.compile('["\\\\\x00-\x1f\u2028\u2029]')
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_ENCODE_STRING = json.JSONEncoder(ensure_ascii=False).encode
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
@@ -59,24 +49,21 @@ class PhpJsonError(ValueError):
     """PHP's ``json_decode`` or ``json_encode`` refuses the value (PHP's message)."""
 
 
-class _PhpArray(dict[int | str, Any]):
-    """A PHP array read from a JSON object (keys normalised as PHP's arrays do)."""
-
-
 def task_input(topic: str, payload_json: str) -> bytes:
     """The bytes Tuleap's worker writes on the stdin of the task it runs for a row of
     ``topic`` whose payload column holds ``payload_json``. Raises PhpJsonError when
     PHP refuses to read or write it."""
-    payload = php_decode(payload_json)
+    payload = _read(payload_json)
     text = '{"event_name":' + _string(topic) + ',"payload":' + _encode(payload, 2) + "}"
     return text.encode("utf-8")
 
 
-def php_decode(text: str) -> Any:
-    """``text`` as ``json_decode($text, true, 512, JSON_BIGINT_AS_STRING)`` gives it:
-    objects as PHP arrays (:class:`dict` with PHP's keys), lists as :class:`list`,
-    integers beyond 64 bits as their digits (a :class:`str`), other numbers as floats."""
-    if _SURROGATE.search(text):
+def _read(text: str) -> Any:
+    """``text`` read as JSON (Python's reader, in C), refused where PHP's
+    ``json_decode`` refuses it. What PHP's arrays make of it — integer keys, integers
+    beyond 64 bits as strings — is applied as it is written (:func:`_encode`): a key
+    given twice keeps its first place and its last value in both."""
+    if _has_surrogate(text):
         # Bytes that were not UTF-8, read with surrogateescape (an escape is ASCII).
         raise PhpJsonError("Malformed UTF-8 characters, possibly incorrectly encoded")
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
@@ -87,8 +74,6 @@ def php_decode(text: str) -> Any:
         raise PhpJsonError("Maximum stack depth exceeded") from None
     except ValueError as error:
         raise PhpJsonError(f"Syntax error ({error})") from None
-    if _depth(value) > MAX_DEPTH:
-        raise PhpJsonError("Maximum stack depth exceeded")
     return value
 
 
@@ -111,28 +96,11 @@ def _lone_surrogate_escape(text: str) -> bool:
     return high_ends_at >= 0
 
 
-def _depth(value: Any) -> int:
-    """How deep arrays nest in ``value`` (a scalar: 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        deepest = max(deepest, level + 1)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-def _array(pairs: list[tuple[str, Any]]) -> _PhpArray:
-    array = _PhpArray()
-    for key, value in pairs:
-        array[_key(key)] = value  # a key seen before keeps its place, takes the new value
-    return array
+def _php_array(document: dict[str, Any]) -> dict[int | str, Any]:
+    """A JSON object as a PHP array holds it: its keys that spell integers are integers."""
+    if not any(key[:1].isdigit() or key[:1] == "-" for key in document):
+        return document  # type: ignore[return-value]  # no key changes: the same mapping
+    return {_key(key): item for key, item in document.items()}
 
 
 def _key(key: str) -> int | str:
@@ -145,24 +113,19 @@ def _key(key: str) -> int | str:
     return key
 
 
-def _integer(token: str) -> int | str:
-    number = int(token)
-    return number if _INT64[0] <= number <= _INT64[1] else token
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_array, parse_int=_integer, parse_float=float, parse_constant=_refuse_constant
-)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _encode(value: Any, depth: int) -> str:
-    """``value`` as ``Psl\\Json\\encode`` writes it, ``depth`` the level of its arrays
-    (PHP refuses an array deeper than MAX_DEPTH). Without recursion: 512 levels are
-    allowed, more than Python's stack holds with a call or two a level."""
+    """``value`` (as :func:`_read` gives it) as PHP's ``json_decode`` then
+    ``Psl\\Json\\encode`` writes it, ``depth`` the level of its arrays (PHP refuses an
+    array deeper than MAX_DEPTH: reading a payload deeper than 512, writing one of 512
+    inside the event). Without recursion: 512 levels are more than Python's stack holds
+    with a call or two a level."""
     out: list[str] = []
     # What is left to write, last first: text as it is, or a value and its level.
     todo: list[str | tuple[Any, int]] = [(value, depth)]
@@ -179,6 +142,8 @@ def _encode(value: Any, depth: int) -> str:
         if level > MAX_DEPTH:
             raise PhpJsonError("Maximum stack depth exceeded")
         parts: list[str | tuple[Any, int]]
+        if isinstance(value, dict):
+            value = _php_array(value)
         if isinstance(value, list) or _is_list(value):
             items = value if isinstance(value, list) else list(value.values())
             parts = ["["]
@@ -207,7 +172,8 @@ def _scalar(value: Any) -> str | None:
     if value is None:
         return "null"
     if isinstance(value, int):
-        return str(value)
+        # Beyond 64 bits, JSON_BIGINT_AS_STRING keeps its digits as a string.
+        return str(value) if _INT64[0] <= value <= _INT64[1] else _string(str(value))
     if isinstance(value, float):
         return _double(value)
     return None
@@ -218,15 +184,28 @@ def _is_list(array: dict[int | str, Any]) -> bool:
     return all(key == index for index, key in enumerate(array))
 
 
+def _has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a UTF-16 surrogate (what UTF-8 cannot encode); ASCII, the
+    common case, is answered at once."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _string(text: str) -> str:
-    if _SURROGATE.search(text):
+    """A string as PHP writes it with these flags: Python's own encoder (in C) escapes
+    ``"``, ``\\`` and the control characters as PHP does (``\\n``, ``\\u001f`` in lower
+    case) and leaves the rest as it is; PHP escapes U+2028 and U+2029 besides."""
+    if _has_surrogate(text):
         raise PhpJsonError("Single unpaired UTF-16 surrogate in unicode escape")
-    return '"' + _ESCAPED.sub(_escape, text) + '"'
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
+    written = _ENCODE_STRING(text)
+    if "\u2028" in text or "\u2029" in text:
+        written = written.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return written
 
 
 def _double(value: float) -> str:
