@@ -9,11 +9,11 @@ dead-letter it with that reason instead of crashing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +45,10 @@ class Message:
 
 
 def fingerprint(raw: bytes) -> int:
-    """A number that tells a message from the others a worker holds (48 bits: exact in
-    a double, the pool's and a worker's shared slots; never 0, which means none)."""
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=6).digest(), "big") or 1
+    """A number that tells a message from the few others a worker holds (its CRC-32,
+    plus one: exact in a double, the pool's and a worker's shared slots; never 0, which
+    means none). Taken for every job: 0.1 us, where a cryptographic hash costs 0.4."""
+    return zlib.crc32(raw) + 1
 
 
 def php_json(value: Any) -> bytes:
