@@ -12,7 +12,7 @@ import pymysql
 import pytest
 
 from tests.tuleapdb import connect, count, enqueue
-from tuitop.backends.base import RetryPolicy
+from tuitop.backends.base import RetryPolicy, TimedOut
 from tuitop.backends.db.channel import DbChannel
 from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue, uuid7
@@ -21,7 +21,7 @@ from tuitop.backends.db.view import DbView
 from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import DEFAULT_LANE, LaneSet
-from tuitop.message import encode
+from tuitop.message import encode, job_key
 from tuitop.phpjson import task_input
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, StatsBatch
 
@@ -96,6 +96,62 @@ def test_the_oldest_waiting_row_is_seen_behind_a_version_1_id(
         view.close()
     assert snapshot.queue.waiting == 2
     assert snapshot.queue.oldest_age == pytest.approx(600, abs=1)
+
+
+def _insert_version_1_row(database: DatabaseSettings, first_byte: int, stamp: float) -> None:
+    """A row as Tuleap's migrations insert it, id UUID_TO_BIN(UUID()): a version-1 id,
+    whose first four bytes are the clock's low bits (``first_byte`` fixes the first, as
+    the clock would have it at some moment)."""
+    version_1 = bytes([first_byte]) + uuid.uuid1().bytes[1:]
+    with connect(database) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO async_events (id, queue_name, topic, payload, enqueue_timestamp, "
+            "enqueue_timestamp_microsecond, nb_added_in_queue) VALUES (%s, %s, %s, %s, %s, 0, 0)",
+            (version_1, "app_user_events", "tuleap.fts.index-item", "{}", int(stamp)),
+        )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (docs/database.md): version-1 ids sort by the clock's low bits, "
+    "which wrap every 429 s; the oldest of several such rows may be at neither end of the "
+    "ids, and finding it would read every row of the lane at each refresh",
+)
+def test_the_oldest_of_two_version_1_rows_is_seen(database: DatabaseSettings) -> None:
+    """Two migrations an hour apart, workers down meanwhile: the older row's id sorts
+    before the newer's, and neither end of the lane's ids is the oldest row (found by the
+    second reading)."""
+    now = time.time()
+    enqueue(database, "tuleap.tracker.artifact", {"id": 1}, now=now - 5)
+    _insert_version_1_row(database, 0x80, now - 3600)
+    _insert_version_1_row(database, 0xF0, now - 60)
+    view = DbView(database, LaneSet(), "test")
+    try:
+        snapshot = view.snapshot(now)
+    finally:
+        view.close()
+    assert snapshot.queue.waiting == 3
+    assert snapshot.queue.oldest_age == pytest.approx(3600, abs=1)
+
+
+def test_a_pool_kill_at_the_time_limit_gives_up_only_the_row_it_ran(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """Tuleap often queues one event twice (two pushes to a repository): a worker holding
+    both rows is killed at the time limit while it runs the first; only that one is
+    given up, the other goes back. Their stdin is the same: the job's key holds the row's
+    id (found by the second reading: both were dead-lettered)."""
+    payload = '{"repository_id":5}'
+    enqueue(database, "tuleap.git.repository-change", payload)
+    enqueue(database, "tuleap.git.repository-change", payload)
+    running, waiting = take(queue, count=2)
+    assert running.raw == waiting.raw and running.row_id != waiting.row_id
+    recovery = queue.recover(
+        WORKER, "killed: its job ran past the time limit", timed_out=TimedOut(job_key(running))
+    )
+    assert (recovery.dead_lettered, recovery.requeued) == (1, 1)
+    [letter] = queue.dead_letters()
+    assert "not retried" in letter.reason
 
 
 def test_take_moves_the_oldest_rows_into_the_workers_hands(

@@ -244,3 +244,34 @@ def _value(generator: random.Random, depth: int) -> str:
         ]
     members = [f"{key}{space}:{space}{_value(generator, depth + 1)}" for key in keys]
     return "{" + space + ("," + space).join(members) + space + "}"
+
+
+def test_integers_of_any_length_as_php_reads_them(tmp_path: Path) -> None:
+    """PHP reads an integer of any length as its digits (JSON_BIGINT_AS_STRING), as a key
+    too; Python refuses to read more than 4300 digits (found by the second reading: such
+    a payload was dead-lettered where Tuleap runs it)."""
+    digits = "1" * 5000
+    cases = [
+        ("tuleap.fts.index-item", digits),
+        ("tuleap.fts.index-item", "-" + "9" * 4301),
+        ("tuleap.fts.index-item", '{"n":' + digits + ',"m":[1,12345678901234567890]}'),
+        ("tuleap.fts.index-item", '{"' + digits + '":1}'),
+        ("tuleap.fts.index-item", '{"-' + digits + '":1}'),
+        ("tuleap.fts.index-item", "[" + digits + ", 1e400]"),
+    ]
+    assert_like_php(cases, tmp_path)
+
+
+def test_a_refused_payload_says_phps_reason(tmp_path: Path) -> None:
+    """The dead letter carries PHP's reason: what PHP's scanner meets first (a raw control
+    character, a lone surrogate escape before a syntax error)."""
+    cases = [
+        ("t", '["a\x01b"]'),
+        ("t", "[1]\x00"),
+        ("t", "[1]\x0b"),
+        ("t", '[1,] "\\ud800"'),
+        ("t", '{"a":1 "b":"\\udc00"}'),
+        ("t", '["\\ud800", 1,]'),
+        ("t", "[1,]"),
+    ]
+    assert_like_php(cases, tmp_path)

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tuitop import keys
-from tuitop.backends.base import MAX_REQUEUES, Recovery, RetryPolicy
-from tuitop.message import decode, encode, with_payload
+from tuitop.backends.base import MAX_REQUEUES, Recovery, RetryPolicy, TimedOut
+from tuitop.message import decode, encode, job_key, with_payload
 from tuitop.queue import (
     Queue,
     Taken,
@@ -456,6 +456,28 @@ def test_recover_a_mixed_list(redis_client: redis.Redis, queue: Queue, forget: b
     assert by_message[tired].tries == MAX_REQUEUES
     assert "not JSON" in by_message[garbage].reason
     assert queue_values(redis_client) == []
+
+
+def test_a_worker_killed_at_the_time_limit_has_that_job_given_up_and_the_rest_retried(
+    redis_client: redis.Redis, queue: Queue
+) -> None:
+    """The job it ran (known by its key) is a dead letter at once, as Tuleap drops it; the
+    rest it held goes back. The same bytes twice in its list: one only is given up."""
+    running, twin, other = message("run"), message("run"), message("other")
+    assert running == twin
+    fill_processing(queue, WORKER, [running, twin, other])
+    cut = TimedOut(job_key(decode(running)))
+    recovery = queue.recover(WORKER, "its job ran past the time limit", timed_out=cut)
+    assert (recovery.dead_lettered, recovery.requeued) == (1, 2)
+    [letter] = queue.dead_letters()
+    assert letter.message == running and "not retried" in letter.reason
+    assert sorted(raw for raw, _ in delayed(redis_client)) == sorted(
+        [message("run", 1), message("other", 1)]
+    )
+    # A topic the admin opted back into retries: nothing is given up.
+    fill_processing(queue, OTHER, [running])
+    retried = TimedOut(job_key(decode(running)), retried=lambda topic: True)
+    assert queue.recover(OTHER, "past the limit", timed_out=retried) == Recovery(1, 0)
 
 
 def test_recover_an_empty_list(redis_client: redis.Redis, queue: Queue) -> None:

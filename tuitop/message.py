@@ -44,11 +44,13 @@ class Message:
         return (time.time() if now is None else now) - self.enqueue_ts
 
 
-def fingerprint(raw: bytes) -> int:
-    """A number that tells a message from the few others a worker holds (its CRC-32,
-    plus one: exact in a double, the pool's and a worker's shared slots; never 0, which
-    means none). Taken for every job: 0.1 us, where a cryptographic hash costs 0.4."""
-    return zlib.crc32(raw) + 1
+def job_key(message: Message) -> int:
+    """A number that tells the job of ``message`` from the few others a worker holds: the
+    CRC-32 of its row's id (the database's: rows of one topic and payload, an event
+    Tuleap queued twice, write the same stdin) and of its bytes, plus one — exact in a
+    double, the pool's and a worker's shared slots, and never 0, which means none. Taken
+    for every job: 0.1 us, where a cryptographic hash costs 0.4."""
+    return zlib.crc32(message.raw, zlib.crc32(message.row_id or b"")) + 1
 
 
 def php_json(value: Any) -> bytes:

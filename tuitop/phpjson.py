@@ -39,9 +39,13 @@ from typing import Any
 MAX_DEPTH = 512
 """PHP's default depth for ``json_decode`` and ``json_encode`` (Psl keeps it)."""
 _INT64 = (-(2**63), 2**63 - 1)
+_INT64_DIGITS = 19
 _INTEGER_KEY = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _ENCODE_STRING = json.JSONEncoder(ensure_ascii=False).encode
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+"""A raw control character (not JSON's white space) PHP's scanner refuses as such."""
+_LONE_SURROGATE = "Single unpaired UTF-16 surrogate in unicode escape"
 _ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 
 
@@ -66,15 +70,49 @@ def _read(text: str) -> Any:
     if _has_surrogate(text):
         # Bytes that were not UTF-8, read with surrogateescape (an escape is ASCII).
         raise PhpJsonError("Malformed UTF-8 characters, possibly incorrectly encoded")
-    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
-        raise PhpJsonError("Single unpaired UTF-16 surrogate in unicode escape")
     try:
         value = _DECODER.decode(text)
     except RecursionError:
         raise PhpJsonError("Maximum stack depth exceeded") from None
+    except json.JSONDecodeError as error:
+        raise PhpJsonError(_first_fault(text, error.pos, error.msg)) from None
+    except ValueError as error:
+        if "Exceeds the limit" in str(error):  # an integer of more than 4300 digits
+            return _read_long_integers(text)
+        raise PhpJsonError(f"Syntax error ({error})") from None  # NaN, Infinity
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
+        raise PhpJsonError(_LONE_SURROGATE)
+    return value
+
+
+def _read_long_integers(text: str) -> Any:
+    """``text`` with an integer Python will not read (more than 4300 digits): every
+    integer beyond 64 bits read as its digits, as PHP does whatever their number."""
+    try:
+        value = _LONG_DECODER.decode(text)
+    except RecursionError:
+        raise PhpJsonError("Maximum stack depth exceeded") from None
+    except json.JSONDecodeError as error:
+        raise PhpJsonError(_first_fault(text, error.pos, error.msg)) from None
     except ValueError as error:
         raise PhpJsonError(f"Syntax error ({error})") from None
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
+        raise PhpJsonError(_LONE_SURROGATE)
     return value
+
+
+def _first_fault(text: str, position: int, message: str) -> str:
+    """PHP's message for ``text`` that does not read, Python having stopped at
+    ``position``: PHP says what its scanner meets first — a lone surrogate escape, a raw
+    control character — else a syntax error. (PHP's scanner reads one token ahead of its
+    parser: a control character in the token after a syntax error is said first there;
+    here, the syntax error.)"""
+    ahead = text[: position + 1]
+    if _SURROGATE_ESCAPE.search(ahead) and _lone_surrogate_escape(ahead):
+        return _LONE_SURROGATE
+    if _CONTROL.search(ahead):
+        return "Control character error, possibly incorrectly encoded"
+    return f"Syntax error ({message} at character {position})"
 
 
 def _lone_surrogate_escape(text: str) -> bool:
@@ -106,7 +144,9 @@ def _php_array(document: dict[str, Any]) -> dict[int | str, Any]:
 def _key(key: str) -> int | str:
     """A string key as a PHP array holds it: a canonical decimal integer of 64 bits is
     that integer (``ZEND_HANDLE_NUMERIC_STR``)."""
-    if _INTEGER_KEY.fullmatch(key) and key != "-0":
+    # No more digits than 64 bits hold (int() refuses past 4300 digits).
+    digits = len(key) - key.startswith("-")
+    if digits <= _INT64_DIGITS and key != "-0" and _INTEGER_KEY.fullmatch(key):
         number = int(key)
         if _INT64[0] <= number <= _INT64[1]:
             return number
@@ -117,7 +157,17 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _integer(token: str) -> int | str:
+    """An integer token as PHP reads it: past 64 bits (19 digits), its digits."""
+    if len(token) - token.startswith("-") > _INT64_DIGITS:
+        return token
+    number = int(token)
+    return number if _INT64[0] <= number <= _INT64[1] else token
+
+
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_LONG_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_integer)
+"""For a payload with an integer Python's reader refuses (rare: one call a number)."""
 
 
 def _encode(value: Any, depth: int) -> str:
@@ -201,7 +251,7 @@ def _string(text: str) -> str:
     ``"``, ``\\`` and the control characters as PHP does (``\\n``, ``\\u001f`` in lower
     case) and leaves the rest as it is; PHP escapes U+2028 and U+2029 besides."""
     if _has_surrogate(text):
-        raise PhpJsonError("Single unpaired UTF-16 surrogate in unicode escape")
+        raise PhpJsonError(_LONE_SURROGATE)
     written = _ENCODE_STRING(text)
     if "\u2028" in text or "\u2029" in text:
         written = written.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")

@@ -701,8 +701,10 @@ class Queue:
                     pipe.multi()
                     outcomes = []
                     # The list's tail holds what was taken first: recover it first.
-                    for raw in reversed(raws):
-                        given_up = timed_out is not None and timed_out.gives_up(decode(raw))
+                    held = [decode(raw) for raw in reversed(raws)]
+                    cut = timed_out.given_up(held) if timed_out is not None else -1
+                    for index, raw in enumerate(reversed(raws)):
+                        given_up = index == cut
                         done = self._reschedule(
                             pipe,
                             raw,
@@ -711,7 +713,7 @@ class Queue:
                             traceback=traceback,
                             retryable=not given_up,
                         )
-                        outcomes.append((decode(raw).topic, done))
+                        outcomes.append((held[index].topic, done))
                     requeued = sum(done == "retried" for _, done in outcomes)
                     dead = len(outcomes) - requeued
                     pipe.delete(processing, keys.worker_lease(worker_id), alive)

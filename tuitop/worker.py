@@ -58,7 +58,7 @@ from tuitop.handlers import (
 from tuitop.lanes import DEFAULT_LANE, latency_target
 from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
-from tuitop.message import Message, fingerprint, php_json
+from tuitop.message import Message, job_key, php_json
 from tuitop.metrics import TIMEDOUT, Counting, CountingTarget, open_counting
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
@@ -89,7 +89,7 @@ EXIT_HANDLERS = 5
 (STATE, SINCE, JOB_STARTED, DONE, FAILED, PROCESSED, JOB_CLOCK, TASK_PID) = range(8)
 # RETRIED: how many messages it scheduled for a retry (the pool reads when the next retry
 # is due again when the sum changes, not only with its heartbeat). JOB_MESSAGE: the
-# fingerprint of the message its job runs (message.fingerprint), 0 between jobs: the one
+# key of the message its job runs (message.job_key), 0 between jobs: the one
 # the pool gives up when it kills the worker at the time limit.
 ALIVE, LISTED, REBEAT, RETRIED, JOB_MESSAGE = range(8, 13)
 STATUS_SLOTS = 13
@@ -502,7 +502,7 @@ class Worker:
         # stats cut it (a producer may send a topic of any length).
         self._topic = message.topic[:MAX_TOPIC_LENGTH]
         self.status[JOB_STARTED] = now
-        self.status[JOB_MESSAGE] = fingerprint(message.raw)
+        self.status[JOB_MESSAGE] = job_key(message)
         self.status[JOB_CLOCK] = time.monotonic()
         if self.status[STATE] != BUSY:  # through a batch it stays busy
             self._set_state(BUSY)

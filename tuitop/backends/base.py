@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import StoreSettings
-from tuitop.message import Message, fingerprint
+from tuitop.message import Message, job_key
 from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch, WindowStats
 
@@ -60,17 +60,19 @@ class TimedOut:
     going back as after any death."""
 
     job: int
-    """The message's :func:`~tuitop.message.fingerprint` (0: not known, none is given
+    """The message's :func:`~tuitop.message.job_key` (0: not known, none is given
     up)."""
     retried: Callable[[str], bool] = field(default=lambda topic: False, compare=False)
     """Whether a job of a topic past the time limit is retried (the settings')."""
 
-    def gives_up(self, message: Message) -> bool:
-        return (
-            bool(self.job)
-            and fingerprint(message.raw) == self.job
-            and not self.retried(message.topic)
-        )
+    def given_up(self, messages: Sequence[Message]) -> int:
+        """Which of ``messages`` (all the worker held) to give up: the index of the one
+        whose key is the job's — one only, were two alike (the same bytes twice in a
+        Redis list: either is the job) — or -1 (none, or its topic is retried)."""
+        for index, message in enumerate(messages):
+            if self.job and job_key(message) == self.job:
+                return -1 if self.retried(message.topic) else index
+        return -1
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class WorkerRecord:
     traceback: str = ""
     """Its threads' stacks when it was killed at the time limit ('' otherwise)."""
     timed_out_job: int = 0
-    """The fingerprint of the message it ran when killed at the time limit (0: none)."""
+    """The :func:`~tuitop.message.job_key` of the message it ran when killed at the time
+    limit (0: none)."""
     detached: bool = False
     """Its forkserver is gone, so its exit code is lost; watched by pid until it exits."""
     store: StoreSettings = field(default_factory=RedisSettings)

@@ -682,10 +682,11 @@ class DbQueue:
                 (worker_id,),
             )
             rows = list(cursor.fetchall())
+            held = [row_message(row) for row in rows]
+            cut = timed_out.given_up(held) if timed_out is not None else -1
             outcomes = []
-            for row in rows:
-                message = row_message(row)
-                given_up = timed_out is not None and timed_out.gives_up(message)
+            for index, message in enumerate(held):
+                given_up = index == cut
                 result = self._reschedule(
                     cursor,
                     message,
@@ -700,13 +701,13 @@ class DbQueue:
             # Only the rows read and moved here: a take by that worker (thawed meanwhile)
             # may have committed another one, which no gap lock keeps out in READ
             # COMMITTED; it stays its own, to give back, or for the next recovery.
-            held = [row[0] for row in rows]
+            ids = [row[0] for row in rows]
             statements: list[Statement] = [
                 ("DELETE FROM tuitop_workers WHERE id = %s", (worker_id,)),
             ]
-            if held:
+            if ids:
                 statements.append(
-                    (f"DELETE FROM tuitop_processing WHERE {_in(held)}", held),
+                    (f"DELETE FROM tuitop_processing WHERE {_in(ids)}", ids),
                 )
             execute_all(cursor, statements)
             return Recovery(requeued, dead, tuple(outcomes))
