@@ -85,7 +85,7 @@ def test_tuleaps_rows_run_once_each_with_tuleaps_stdin(
         assert run["cwd"] == str(tuleap.root)
     assert pool.stop() == 0
     log = pool.log()
-    assert "the database queue at mysql://tuleapadm@127.0.0.1" in log
+    assert f"the database queue at mysql://{database.user}@{database.host}" in log
     assert database.password.reveal() not in log + pool.output()
 
 

@@ -4,8 +4,10 @@ makes them (``DBPersistentQueueDAO::saveMessage``).
 
 With ``TUITOP_TEST_DB=mysql://USER:PASSWORD@HOST:PORT/`` the same tests run on that server
 instead (MySQL 8.0/8.4, another MariaDB): each test makes a database of its own there,
-dropped at the end of the run; the user needs CREATE, DROP, CREATE USER and GRANT. The
-few tests that kill and start their server again are skipped then.
+granted to a user made for the run (``tuitop_test_…``, never an existing user such as
+Tuleap's), both dropped at the end of the run; the URL's user needs CREATE, DROP,
+CREATE USER and GRANT OPTION. The few tests that kill and start their server again are
+skipped then.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ExternalServer:
         self.user = unquote(parts.username or "root")
         self.password = unquote(parts.password or "")
         self.made: list[str] = []
+        self.test_user = f"tuitop_test_{uuid.uuid4().hex[:8]}"
+        """The user the run's databases are granted to, made by the first, dropped last."""
 
     def connect(self, database: str | None = None) -> pymysql.connections.Connection:  # type: ignore[type-arg]
         return pymysql.connect(
@@ -69,6 +73,7 @@ class ExternalServer:
         with self.connect() as connection, connection.cursor() as cursor:
             for name in self.made:
                 cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            cursor.execute("DROP USER IF EXISTS %s@'%%'", (self.test_user,))
 
 
 def external_server() -> ExternalServer | None:
@@ -80,9 +85,11 @@ def external_server() -> ExternalServer | None:
 def fresh_database(server: DatabaseServer) -> DatabaseSettings:
     """A new database with Tuleap's queue table, the user granted on it, as settings."""
     name = f"tuleap_{uuid.uuid4().hex[:12]}"
+    user = USER
     if isinstance(server, ExternalServer):
         server.made.append(name)
-    return create_tuleap_database(server, name, USER, PASSWORD)
+        user = server.test_user
+    return create_tuleap_database(server, name, user, PASSWORD)
 
 
 def connect(settings: DatabaseSettings) -> pymysql.connections.Connection:  # type: ignore[type-arg]
