@@ -515,6 +515,11 @@ class Supervisor:
             self._outdated,
             replacing=any(record.stopping and not record.kill_reason for record in workers),
             can_start=self.link.ok and time.monotonic() >= workers.next_start_at,
+            fewer_because="Tuleap is being upgraded"
+            if self.config.held
+            else "the pool is paused"
+            if self.config.paused
+            else "the pool is scaled down",
         )
         for slot, why in plan.stop:
             workers.stop(workers.records[slot], why)

@@ -47,11 +47,13 @@ def plan_scale(
     *,
     replacing: bool,
     can_start: bool,
+    fewer_because: str = "the pool is scaled down",
 ) -> ScalePlan:
     """How to bring the running workers (``seats``, stopping ones left out) to
     ``staffing``: ``outdated`` are the slots due for replacement (and why), ``replacing``
     says a replacement is already under way (a worker stopping after its job),
-    ``can_start`` that a worker may start now (Redis answers, no boot back-off).
+    ``can_start`` that a worker may start now (Redis answers, no boot back-off);
+    ``fewer_because``: why workers beyond ``staffing`` stop (the log says it).
 
     Too many: those due for replacement stop first, then those of lanes over their share,
     then the highest slots. Outdated ones are replaced while a replacement can start
@@ -66,7 +68,7 @@ def plan_scale(
     surplus = staffing.surplus_first({slot: seat.lane for slot, seat in seats.items()})
     by_preference = sorted(surplus, key=lambda slot: slot not in due)
     extra = max(len(seats) - wanted, 0)
-    stop = [(slot, "the pool is scaled down") for slot in by_preference[:extra]]
+    stop = [(slot, fewer_because) for slot in by_preference[:extra]]
     running = {slot: seat for slot, seat in seats.items() if slot not in dict(stop)}
     due = {slot: why for slot, why in due.items() if slot in running}
     if due and len(running) >= wanted and can_start:

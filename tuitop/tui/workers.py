@@ -219,7 +219,8 @@ class WorkersPanel(DataTable[Text]):
             title += f" · paused: {', '.join(paused)}"
         held = [pool.name for pool in snapshot.pools if pool.held]
         if held:
-            title += f" · Tuleap upgrade, waiting for its sanity check: {', '.join(held)}"
+            # Held until Tuleap's sanity check passes; the log and `tuitop check` say more.
+            title += f" · Tuleap upgrade: {', '.join(held)}"
         self.border_title = Text(title)  # Text: a filter or a pool name is no markup
         labels = [column.label for column in self.columns_shown]
         rows = [(w.id, self._cells(w, snapshot.taken_at, labels)) for w in shown]
