@@ -23,6 +23,7 @@ from tuitop.config import DatabaseSettings
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import encode, job_key
 from tuitop.phpjson import task_input
+from tuitop.snapshot import Snapshot
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, StatsBatch
 
 WORKER = "host-a/0#100"
@@ -73,31 +74,6 @@ def test_a_row_php_cannot_read_is_taken_with_its_reason_and_dead_lettered_at_onc
     assert "Inf and NaN" in letter.reason and letter.topic == "tuleap.fts.index-item"
 
 
-def test_the_oldest_waiting_row_is_seen_behind_a_version_1_id(
-    queue: DbQueue, database: DatabaseSettings
-) -> None:
-    """Some of Tuleap's migrations insert rows with UUID_TO_BIN(UUID()): version-1 ids,
-    whose first bytes are time's low bits, so such a row sorts after every UUIDv7 id
-    (taken last). A view must still see its age: SYSTEM_CHECK warns on the oldest."""
-    now = time.time()
-    version_1 = uuid.uuid1().bytes  # UUID_TO_BIN(UUID()), no swap: time_low first
-    version_1 = b"\xf0" + version_1[1:]  # after every v7 id, whatever the clock's bits
-    with connect(database) as connection, connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO async_events (id, queue_name, topic, payload, enqueue_timestamp, "
-            "enqueue_timestamp_microsecond, nb_added_in_queue) VALUES (%s, %s, %s, %s, %s, 0, 0)",
-            (version_1, "app_user_events", "tuleap.fts.index-item", "{}", int(now) - 600),
-        )
-    enqueue(database, "tuleap.tracker.artifact", {"id": 1}, now=now - 5)
-    view = DbView(database, LaneSet(), "test")
-    try:
-        snapshot = view.snapshot(now)
-    finally:
-        view.close()
-    assert snapshot.queue.waiting == 2
-    assert snapshot.queue.oldest_age == pytest.approx(600, abs=1)
-
-
 def _insert_version_1_row(database: DatabaseSettings, first_byte: int, stamp: float) -> None:
     """A row as Tuleap's migrations insert it, id UUID_TO_BIN(UUID()): a version-1 id,
     whose first four bytes are the clock's low bits (``first_byte`` fixes the first, as
@@ -109,6 +85,28 @@ def _insert_version_1_row(database: DatabaseSettings, first_byte: int, stamp: fl
             "enqueue_timestamp_microsecond, nb_added_in_queue) VALUES (%s, %s, %s, %s, %s, 0, 0)",
             (version_1, "app_user_events", "tuleap.fts.index-item", "{}", int(stamp)),
         )
+
+
+def _snapshot(database: DatabaseSettings, now: float) -> Snapshot:
+    view = DbView(database, LaneSet(), "test")
+    try:
+        return view.snapshot(now)
+    finally:
+        view.close()
+
+
+def test_the_oldest_waiting_row_is_seen_behind_a_version_1_id(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """Some of Tuleap's migrations insert rows with UUID_TO_BIN(UUID()): version-1 ids,
+    whose first bytes are time's low bits, so such a row sorts after every UUIDv7 id
+    (taken last). A view must still see its age: SYSTEM_CHECK warns on the oldest."""
+    now = time.time()
+    _insert_version_1_row(database, 0xF0, now - 600)  # after every v7 id
+    enqueue(database, "tuleap.tracker.artifact", {"id": 1}, now=now - 5)
+    queue_view = _snapshot(database, now).queue
+    assert queue_view.waiting == 2
+    assert queue_view.oldest_age == pytest.approx(600, abs=1)
 
 
 @pytest.mark.xfail(
@@ -125,13 +123,9 @@ def test_the_oldest_of_two_version_1_rows_is_seen(database: DatabaseSettings) ->
     enqueue(database, "tuleap.tracker.artifact", {"id": 1}, now=now - 5)
     _insert_version_1_row(database, 0x80, now - 3600)
     _insert_version_1_row(database, 0xF0, now - 60)
-    view = DbView(database, LaneSet(), "test")
-    try:
-        snapshot = view.snapshot(now)
-    finally:
-        view.close()
-    assert snapshot.queue.waiting == 3
-    assert snapshot.queue.oldest_age == pytest.approx(3600, abs=1)
+    queue_view = _snapshot(database, now).queue
+    assert queue_view.waiting == 3
+    assert queue_view.oldest_age == pytest.approx(3600, abs=1)
 
 
 def test_a_pool_kill_at_the_time_limit_gives_up_only_the_row_it_ran(

@@ -62,40 +62,26 @@ def task_input(topic: str, payload_json: str) -> bytes:
     return text.encode("utf-8")
 
 
-def _read(text: str) -> Any:
+def _read(text: str, decoder: json.JSONDecoder | None = None) -> Any:
     """``text`` read as JSON (Python's reader, in C), refused where PHP's
     ``json_decode`` refuses it. What PHP's arrays make of it — integer keys, integers
     beyond 64 bits as strings — is applied as it is written (:func:`_encode`): a key
-    given twice keeps its first place and its last value in both."""
+    given twice keeps its first place and its last value in both. An integer Python will
+    not read (more than 4300 digits) has the text read again with every integer beyond 64
+    bits read as its digits, as PHP does whatever their number (one call a number)."""
     if _has_surrogate(text):
         # Bytes that were not UTF-8, read with surrogateescape (an escape is ASCII).
         raise PhpJsonError("Malformed UTF-8 characters, possibly incorrectly encoded")
     try:
-        value = _DECODER.decode(text)
+        value = (decoder or _DECODER).decode(text)
     except RecursionError:
         raise PhpJsonError("Maximum stack depth exceeded") from None
     except json.JSONDecodeError as error:
         raise PhpJsonError(_first_fault(text, error.pos, error.msg)) from None
     except ValueError as error:
-        if "Exceeds the limit" in str(error):  # an integer of more than 4300 digits
-            return _read_long_integers(text)
+        if decoder is None and "Exceeds the limit" in str(error):
+            return _read(text, _LONG_DECODER)
         raise PhpJsonError(f"Syntax error ({error})") from None  # NaN, Infinity
-    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
-        raise PhpJsonError(_LONE_SURROGATE)
-    return value
-
-
-def _read_long_integers(text: str) -> Any:
-    """``text`` with an integer Python will not read (more than 4300 digits): every
-    integer beyond 64 bits read as its digits, as PHP does whatever their number."""
-    try:
-        value = _LONG_DECODER.decode(text)
-    except RecursionError:
-        raise PhpJsonError("Maximum stack depth exceeded") from None
-    except json.JSONDecodeError as error:
-        raise PhpJsonError(_first_fault(text, error.pos, error.msg)) from None
-    except ValueError as error:
-        raise PhpJsonError(f"Syntax error ({error})") from None
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate_escape(text):
         raise PhpJsonError(_LONE_SURROGATE)
     return value
@@ -167,7 +153,7 @@ def _integer(token: str) -> int | str:
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 _LONG_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_integer)
-"""For a payload with an integer Python's reader refuses (rare: one call a number)."""
+"""For a payload with an integer Python's reader refuses (:func:`_read`)."""
 
 
 def _encode(value: Any, depth: int) -> str:

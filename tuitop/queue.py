@@ -27,12 +27,12 @@ from redis.client import Pipeline
 
 from tuitop import keys
 from tuitop.backends.base import (
-    NOT_RETRIED_PAST_LIMIT,
     DeadLetter,
     HandBack,
     Recovery,
     RetryPolicy,
     TimedOut,
+    recovery_fates,
 )
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
@@ -702,18 +702,14 @@ class Queue:
                     outcomes = []
                     # The list's tail holds what was taken first: recover it first.
                     held = [decode(raw) for raw in reversed(raws)]
-                    cut = timed_out.given_up(held) if timed_out is not None else -1
-                    for index, raw in enumerate(reversed(raws)):
-                        given_up = index == cut
+                    fates = recovery_fates(held, reason, timed_out)
+                    for raw, message, (why, retryable) in zip(
+                        reversed(raws), held, fates, strict=True
+                    ):
                         done = self._reschedule(
-                            pipe,
-                            raw,
-                            reason + NOT_RETRIED_PAST_LIMIT if given_up else reason,
-                            worker_id,
-                            traceback=traceback,
-                            retryable=not given_up,
+                            pipe, raw, why, worker_id, traceback=traceback, retryable=retryable
                         )
-                        outcomes.append((held[index].topic, done))
+                        outcomes.append((message.topic, done))
                     requeued = sum(done == "retried" for _, done in outcomes)
                     dead = len(outcomes) - requeued
                     pipe.delete(processing, keys.worker_lease(worker_id), alive)

@@ -75,6 +75,19 @@ class TimedOut:
         return -1
 
 
+def recovery_fates(
+    held: Sequence[Message], reason: str, timed_out: TimedOut | None
+) -> list[tuple[str, bool]]:
+    """For each message a gone worker held, what its recovery says and whether it may be
+    retried: every one with ``reason``, but the job it was killed for at the time limit,
+    which is given up with why."""
+    cut = timed_out.given_up(held) if timed_out is not None else -1
+    return [
+        (reason + NOT_RETRIED_PAST_LIMIT, False) if index == cut else (reason, True)
+        for index in range(len(held))
+    ]
+
+
 @dataclass(frozen=True)
 class Batch:
     """What a worker took, oldest first, and where from (a lane's source, given back

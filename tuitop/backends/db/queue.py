@@ -35,12 +35,12 @@ import pymysql
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import (
-    NOT_RETRIED_PAST_LIMIT,
     DeadLetter,
     HandBack,
     Recovery,
     RetryPolicy,
     TimedOut,
+    recovery_fates,
 )
 from tuitop.backends.db.connection import Session, execute_all, placeholders
 from tuitop.backends.db.dialect import NEW_ROW, Dialect
@@ -683,17 +683,12 @@ class DbQueue:
             )
             rows = list(cursor.fetchall())
             held = [row_message(row) for row in rows]
-            cut = timed_out.given_up(held) if timed_out is not None else -1
             outcomes = []
-            for index, message in enumerate(held):
-                given_up = index == cut
+            for message, (why, retryable) in zip(
+                held, recovery_fates(held, reason, timed_out), strict=True
+            ):
                 result = self._reschedule(
-                    cursor,
-                    message,
-                    reason + NOT_RETRIED_PAST_LIMIT if given_up else reason,
-                    worker_id,
-                    traceback=traceback,
-                    retryable=not given_up,
+                    cursor, message, why, worker_id, traceback=traceback, retryable=retryable
                 )
                 outcomes.append((message.topic, result))
             requeued = sum(result == "retried" for _, result in outcomes)
