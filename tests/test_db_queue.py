@@ -16,7 +16,7 @@ from tuitop.backends.base import RetryPolicy, TimedOut
 from tuitop.backends.db.channel import DbChannel
 from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue, uuid7
-from tuitop.backends.db.schema import create_tables
+from tuitop.backends.db.schema import REASON_BYTES, create_tables, fit
 from tuitop.backends.db.view import DbView
 from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
@@ -312,6 +312,35 @@ def test_a_failure_not_worth_a_retry_is_a_dead_letter_at_once(
     assert message.problem == "no event_name"
     assert queue.fail(WORKER, message, "unusable message: no event_name", retryable=False) == "dead"
     assert queue.dead_letter_count() == 1
+
+
+def test_a_failure_reason_longer_than_its_column_is_cut_not_refused(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """A relay's 150-line 550 answer, a handler's long exception: strict mode refused a
+    reason over TEXT's 64 KiB, and the move failed at every try (issue 22: the worker
+    retried forever, the message stuck in its hands). It is cut to the column, saying so."""
+    enqueue(database, "tuleap.tracker.artifact", {"id": 1})
+    [message] = take(queue)
+    reason = "550 5.1.1 " + "é" * 40_000 + " mailbox unavailable"  # 80 KB of UTF-8
+    trace = "Traceback\n" + "x" * 70_000
+    assert queue.fail(WORKER, message, reason, traceback=trace, retryable=False) == "dead"
+    [letter] = queue.dead_letters()
+    assert len(letter.reason.encode()) <= REASON_BYTES
+    assert (
+        letter.reason.startswith("550 5.1.1 éé") and "bytes cut to fit the column" in letter.reason
+    )
+    assert letter.traceback == trace  # MEDIUMTEXT holds it
+    assert count(database, "tuitop_processing") == 0
+
+
+def test_fit_cuts_at_a_characters_boundary_and_says_how_much() -> None:
+    assert fit("short", 100) == "short"
+    cut = fit("€" * 100, 50)  # 3 bytes each
+    assert (
+        len(cut.encode()) <= 50 and cut.startswith("€") and cut.endswith("cut to fit the column)")
+    )
+    cut.encode("utf-8")  # no half character
 
 
 def test_a_failure_of_a_message_recovered_meanwhile_writes_nothing(

@@ -45,7 +45,14 @@ from tuitop.backends.base import (
 from tuitop.backends.db.connection import Session, execute_all, placeholders
 from tuitop.backends.db.dialect import NEW_ROW, Dialect
 from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
-from tuitop.backends.db.schema import MESSAGE_COLUMNS, NOW, QUEUE_NAME
+from tuitop.backends.db.schema import (
+    MESSAGE_COLUMNS,
+    NOW,
+    QUEUE_NAME,
+    REASON_BYTES,
+    TRACEBACK_BYTES,
+    fit,
+)
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, decode
 from tuitop.phpjson import PhpJsonError, task_input
@@ -976,7 +983,12 @@ class DbQueue:
             f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
             f"traceback) SELECT {MESSAGE_COLUMNS}, %s, %s, {NOW}, %s FROM tuitop_processing "
             "WHERE id = %s",
-            (why, worker_id, traceback, message.row_id),
+            (
+                fit(why, REASON_BYTES),
+                worker_id,
+                fit(traceback, TRACEBACK_BYTES),
+                message.row_id,
+            ),
         )
         return "dead"
 

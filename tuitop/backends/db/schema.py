@@ -129,6 +129,27 @@ TABLES = (
 ) ENGINE=InnoDB""",
 )
 
+REASON_BYTES = 65_535
+"""What ``tuitop_dead_letters.reason`` holds (TEXT): a relay's 150-line answer, a handler's
+long exception, is cut to it (:func:`fit`) — strict mode refuses a longer value, and the
+move would fail at every try, the message stuck in a live worker's hands."""
+TRACEBACK_BYTES = 16_777_215
+"""What ``tuitop_dead_letters.traceback`` holds (MEDIUMTEXT)."""
+_CUT = "\n… ({} bytes cut to fit the column)"
+
+
+def fit(text: str, limit: int) -> str:
+    """``text`` as a column of ``limit`` bytes takes it: whole when its UTF-8 fits, else
+    its beginning, cut at a character's boundary, with how much was cut said at its
+    end."""
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) <= limit:
+        return text
+    note_room = len(_CUT.format(len(data)).encode())
+    kept = data[: limit - note_room].decode("utf-8", "ignore")
+    return kept + _CUT.format(len(data) - len(kept.encode("utf-8", "surrogateescape")))
+
+
 NOW = "UNIX_TIMESTAMP(NOW(6))"
 """The database's clock, in Unix seconds (sessions run in UTC): every due time, heartbeat
 and lease is read against it, as in Redis against Redis' TIME — hosts' clocks may differ."""
