@@ -60,6 +60,21 @@ def test_json_has_variables_and_settings(tmp_path: Path) -> None:
     assert SECRET not in result.stdout + result.stderr
 
 
+def test_only_what_can_be_a_secret_is_masked(tmp_path: Path) -> None:
+    """A kind of authentication (``plain``, ``login``) is no secret: shown (issue 22);
+    a relay's password is."""
+    config = write(
+        tmp_path / "local.inc",
+        "$redis_server = 'h';\n$email_relayhost_smtp_auth_type = 'login';\n"
+        "$email_relayhost_smtp_password = 'relay-pw';\n$my_auth = 'x';",
+    )
+    result = run_tuitop("config", "--json", "--config", config)
+    variables = json.loads(result.stdout)["variables"]
+    assert variables["email_relayhost_smtp_auth_type"] == "login"
+    assert variables["email_relayhost_smtp_password"] == "***"
+    assert variables["my_auth"] == "***"
+
+
 def test_syntax_error_exits_2_with_place_and_no_traceback(tmp_path: Path) -> None:
     config = write(
         tmp_path / "local.inc", f"$redis_password = '{SECRET}'\n$sys_nb_backend_workers = 3;"

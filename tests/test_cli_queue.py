@@ -119,6 +119,33 @@ def test_dead_letters_list_show_replay_purge(
     assert redis_client.llen(keys.DEAD_LETTERS) == 0
 
 
+def test_dead_letters_are_shown_with_the_passwords_masked_as_the_log_masks_them(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    """A message, its reason or its traceback may hold a password in force (a handler
+    that put it in an exception, a producer that put it in a payload): the log masks it,
+    and so does `dead-letters` (issue 22)."""
+    password = "s3cret-redis-password-of-thirty-chars"
+    server = redis_server_factory(password=password)
+    config = str(write_config(tmp_path, port=server.port, password=password))
+    raw = json.dumps({"event_name": "t.x", "payload": {"token": password}}).encode()
+    client = server.client()
+    client.lpush(
+        keys.DEAD_LETTERS,
+        dead_letter_entry(
+            raw, f"auth failed with {password}", worker="h/0#1", tries=3, topic="t.x",
+            traceback=f"Traceback: {password}",
+        ),
+    )  # fmt: skip
+    client.close()
+    listed = run_tuitop("dead-letters", "--config", config)
+    shown = run_tuitop("dead-letters", "--config", config, "show", "0")
+    assert listed.returncode == shown.returncode == 0, shown.stderr
+    assert "auth failed with ***" in listed.stdout
+    assert '"token": "***"' in shown.stdout and "Traceback: ***" in shown.stdout
+    assert password not in listed.stdout + shown.stdout + shown.stderr
+
+
 def test_adopt_tuleap_requeues_what_tuleaps_stopped_workers_held(
     tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:

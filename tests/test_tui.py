@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 from rich.console import Console
-from textual.widgets import Input, Static
+from textual.widgets import DataTable, Input, Static
 
+from tests.conftest import RedisServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, Pool, write_config
 from tuitop import keys
@@ -200,6 +201,38 @@ async def test_the_ui_runs_the_pool_scales_it_and_stops_it_warm(
     assert app.return_value == 0 and pool.returncode == 0
     assert redis_client.lrange(RUNS_KEY, 0, -1) == [b"start:s", b"end:s"]
     assert redis_client.llen(keys.QUEUE) == 0
+
+
+async def test_the_dead_letter_screen_masks_the_passwords_as_the_log_does(
+    tmp_path: Path, redis_server_factory: RedisServerFactory
+) -> None:
+    """A dead letter's message, reason or traceback may hold a password in force: the
+    screen masks it, as the log and `tuitop dead-letters` do (issue 22)."""
+    from tuitop.queue import dead_letter_entry
+
+    password = "s3cret-redis-password-of-thirty-chars"
+    server = redis_server_factory(password=password)
+    client = server.client()
+    raw = encode("t.x", {"token": password})
+    entry = dead_letter_entry(
+        raw, f"refused {password}", worker="w/0#1", tries=0, topic="t.x",
+        traceback=f"Traceback: {password}",
+    )  # fmt: skip
+    client.lpush(keys.DEAD_LETTERS, entry)
+    client.close()
+    config = write_config(tmp_path, port=server.port, workers=0, password=password)
+    app = app_for(config)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.snapshot is not None and app.snapshot.queue.dead_letters == 1)
+        await pilot.press("d")
+        await until(lambda: isinstance(app.screen, DeadLettersScreen) and app.screen.letters)
+        screen = app.screen
+        detail = text_of(screen.query_one("#letter-detail", Static))
+        assert "refused ***" in detail and "Traceback: ***" in detail
+        assert password not in detail
+        table = screen.query_one("#letters", DataTable)
+        assert password not in str(table.get_row_at(0))
+        await pilot.press("escape")
 
 
 async def test_dead_letter_screen_inspects_replays_and_purges(

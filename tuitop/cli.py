@@ -576,10 +576,15 @@ def command_notify(args: argparse.Namespace) -> int:
 
 
 def command_dead_letters(args: argparse.Namespace) -> int:
-    return _with_queue(args, lambda queue: _dead_letters(queue, args))
+    settings = _settings_or_exit(args.config)
+    if isinstance(settings, int):
+        return settings
+    return _on_queue(settings, lambda queue: _dead_letters(queue, args, settings.mask))
 
 
-def _dead_letters(queue: QueueAdmin, args: argparse.Namespace) -> int:
+def _dead_letters(queue: QueueAdmin, args: argparse.Namespace, mask: Callable[[str], str]) -> int:
+    """``mask``: the passwords in force masked, as the log masks them (a message, a
+    reason or a traceback may hold one)."""
     if args.action == "purge":
         print(f"purged {queue.purge_dead_letters()} dead letter(s)")
         return EXIT_OK
@@ -599,16 +604,18 @@ def _dead_letters(queue: QueueAdmin, args: argparse.Namespace) -> int:
             replayed = queue.replay(letter)
             print("replayed 1 dead letter" if replayed else "it was already gone")
             return EXIT_OK
-        print(f"reason:  {letter.reason}\ntopic:   {letter.topic}\nworker:  {letter.worker}")
+        print(f"reason:  {mask(letter.reason)}\ntopic:   {letter.topic}")
+        print(f"worker:  {letter.worker}")
         print(f"at:      {datetime.fromtimestamp(letter.at).isoformat(timespec='seconds')}")
-        print(f"tries:   {letter.tries}\nmessage: {letter.message.decode('utf-8', 'replace')}")
+        message = letter.message.decode("utf-8", "replace")
+        print(f"tries:   {letter.tries}\nmessage: {mask(message)}")
         if letter.traceback:
-            print(letter.traceback)
+            print(mask(letter.traceback))
         return EXIT_OK
     letters = queue.dead_letters(0, 100)
     for index, letter in enumerate(letters):
         stamp = datetime.fromtimestamp(letter.at).isoformat(timespec="seconds")
-        print(f"{index:>4}  {stamp}  {letter.topic or '-':<28} {letter.reason}")
+        print(f"{index:>4}  {stamp}  {letter.topic or '-':<28} {mask(letter.reason)}")
     print(f"{len(letters)} dead letter(s) shown")
     return EXIT_OK
 

@@ -72,8 +72,10 @@ MASK = "***"
 
 _ENV_REFERENCE = re.compile(rb"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PHP_TRIM = b" \t\n\r\0\x0b"
-_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNORECASE)
-"""Names of variables whose values are never shown: masking too much is harmless."""
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|credential|auth(?!_type$)", re.IGNORECASE)
+"""Names of variables whose values are never shown: masking too much is harmless, but
+for a kind of authentication (``$email_relayhost_smtp_auth_type``: ``plain``, ``login``),
+which can be no secret."""
 
 
 def is_secret_variable(name: str) -> bool:

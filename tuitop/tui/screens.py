@@ -77,7 +77,8 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-def _letter_detail(letter: DeadLetter) -> Text:
+def _letter_detail(letter: DeadLetter, mask: Callable[[str], str]) -> Text:
+    """A dead letter whole, the passwords in force masked (``mask``), as the log does."""
     try:
         message = json.dumps(json.loads(letter.message), indent=2, ensure_ascii=False)
     except (ValueError, RecursionError):
@@ -85,7 +86,7 @@ def _letter_detail(letter: DeadLetter) -> Text:
     at = datetime.fromtimestamp(letter.at).isoformat(sep=" ", timespec="seconds")
     text = Text()
     for label, value in (
-        ("reason", letter.reason),
+        ("reason", mask(letter.reason)),
         ("topic", letter.topic or "—"),
         ("worker", letter.worker or "—"),
         ("at", at),
@@ -94,10 +95,10 @@ def _letter_detail(letter: DeadLetter) -> Text:
         text.append(f"{label:<8}", style="bold")
         text.append(f"{value}\n")
     text.append("message\n", style="bold")
-    text.append(f"{message}\n")
+    text.append(f"{mask(message)}\n")
     if letter.traceback:
         text.append("traceback\n", style="bold")
-        text.append(letter.traceback, style="red")
+        text.append(mask(letter.traceback), style="red")
     return text
 
 
@@ -203,7 +204,8 @@ class DeadLettersScreen(Screen[None]):
         for index, letter in enumerate(letters):
             at = datetime.fromtimestamp(letter.at).strftime("%m-%d %H:%M:%S")
             # Text, not str: a str cell is read as markup, and a topic may be "[/x]".
-            cells = (str(index), at, letter.topic or "—", str(letter.tries), letter.reason)
+            reason = self.source.settings.mask(letter.reason)
+            cells = (str(index), at, letter.topic or "—", str(letter.tries), reason)
             table.add_row(*(Text(cell) for cell in cells))
         shown = f"{len(loaded)} newest read" if len(loaded) < total else "all read"
         title = Text(f"Dead letters: {total:,} ({shown}) · newest first")
@@ -226,7 +228,9 @@ class DeadLettersScreen(Screen[None]):
 
     def _detail(self, row: int) -> None:
         if 0 <= row < len(self.letters):
-            self.query_one("#letter-detail", Static).update(_letter_detail(self.letters[row]))
+            self.query_one("#letter-detail", Static).update(
+                _letter_detail(self.letters[row], self.source.settings.mask)
+            )
 
     def _selected(self) -> DeadLetter | None:
         row = self.query_one("#letters", DataTable).cursor_row
