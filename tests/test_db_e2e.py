@@ -208,6 +208,30 @@ def test_a_topic_opted_back_into_retries_is_cut_and_retried(
     assert pool.stop() == 0
 
 
+def test_a_job_longer_than_the_servers_wait_timeout_is_no_database_outage(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    mariadb_factory: Callable[[], EmbeddedMariaDB],
+) -> None:
+    """The server closes a connection silent for its wait_timeout: a worker's, while its
+    job runs longer (issue 22: each such job logged the database unreachable, then back).
+    The worker's session connects anew before its next statement: nothing is said."""
+    server = mariadb_factory()
+    with server.connect() as admin, admin.cursor() as cursor:
+        cursor.execute("SET GLOBAL wait_timeout = 2")
+    database = fresh_database(server)
+    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
+    enqueue(database, "tuleap.fts.index-item", {"id": "long", "standin": {"sleep": 3.5}})
+    wait_until(lambda: tuleap.runs_of("long", "end"), 30, "the long job")
+    enqueue(database, "tuleap.fts.index-item", {"id": "after"})
+    wait_until(lambda: tuleap.runs_of("after", "end"), 30, "the next job")
+    wait_until(lambda: everything_done(database), 10, "both acked")
+    assert pool.stop() == 0
+    log = pool.log()
+    assert " is back" not in log and "unreachable" not in log, log[-3000:]
+
+
 def test_a_mariadb_restart_loses_nothing(
     tmp_path: Path,
     pools: list[Pool],
