@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.pool import Pool, run_tuitop, wait_until
+from tests.pool import REPO, Pool, run_tuitop, wait_until
 from tests.test_tasks_e2e import TASK, Tuleap
 from tests.tuleapdb import connect, count, enqueue, fresh_database
 from tuitop.config import DatabaseSettings, load_config
@@ -230,6 +230,38 @@ def test_a_job_longer_than_the_servers_wait_timeout_is_no_database_outage(
     assert pool.stop() == 0
     log = pool.log()
     assert " is back" not in log and "unreachable" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("offset", [3600, -3600], ids=["host-ahead", "host-behind"])
+def test_a_host_clock_an_hour_off_the_databases_neither_delays_a_retry_nor_spins(
+    tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings, offset: int
+) -> None:
+    """A retry's due time is the database's clock; the pool used to compare it with the
+    host's (issue 22): an hour behind, a retry due in seconds waited an hour; an hour
+    ahead, the pool's loop spun while one waited. Now the store says "in so many
+    seconds" and the pool counts them on its own monotonic clock."""
+    skew = tmp_path / "skew"
+    skew.mkdir()
+    (skew / "sitecustomize.py").write_text(
+        f"import time\n_time = time.time\ntime.time = lambda: _time() + {offset}\n"
+    )
+    pool = Pool(
+        tmp_path,
+        database_inc(tmp_path, database, workers=1),
+        *TASK, "--task-dir", str(tuleap.root), "--retry-delay", "4",
+        env={**tuleap.env, "PYTHONPATH": f"{skew}:{REPO}"},
+    )  # fmt: skip
+    pools.append(pool.start())
+    pool.wait_for_log(r"Start service")
+    enqueue(database, "tuleap.fts.index-item", {"id": "once", "standin": {"fail_times": 1}})
+    wait_until(lambda: tuleap.runs_of("once", "end"), 20, "the first run")
+    pool.wait_for_log(r"will be retried")
+    parent = psutil.Process(pool.pid)
+    before = sum(parent.cpu_times()[:2])
+    time.sleep(2.5)  # the retry waits its 4 s
+    assert sum(parent.cpu_times()[:2]) - before < 0.5  # no loop spinning meanwhile
+    wait_until(lambda: len(tuleap.runs_of("once", "end")) == 2, 15, "the retry, in seconds")
+    assert pool.stop() == 0
 
 
 def test_a_mariadb_restart_loses_nothing(

@@ -731,12 +731,14 @@ class Queue:
         moment: float | str = "now" if now is None else now
         return int(cast(int, self._move_due(keys=[keys.DELAYED, keys.QUEUE], args=[moment, limit])))
 
-    def next_due(self) -> float | None:
-        """When the next delayed message is due (Unix time), or None."""
-        first = cast(
-            list[tuple[bytes, float]], self.redis.zrange(keys.DELAYED, 0, 0, withscores=True)
-        )
-        return first[0][1] if first else None
+    def due_in(self) -> float | None:
+        """Seconds until the next delayed message is due, by Redis' clock (read in the
+        same round trip), or None."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.DELAYED, 0, 0, withscores=True)
+        pipe.time()
+        first, (seconds, microseconds) = pipe.execute()
+        return float(first[0][1]) - (seconds + microseconds / 1e6) if first else None
 
     # --- dead letters --------------------------------------------------------------------
 

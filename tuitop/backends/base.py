@@ -297,8 +297,9 @@ class PoolStore(Protocol):
         """Moves the retries whose time has come (by the store's clock) to the head of the
         queue; returns how many."""
 
-    def next_due(self) -> float | None:
-        """When the next retry falls due (Unix time), or None."""
+    def due_in(self) -> float | None:
+        """Seconds until the next retry falls due, by the store's clock (0 or less: due
+        now), or None: the host's clock never enters (it may be off from the store's)."""
 
     def silent_workers(self, ours: set[str]) -> list[str]:
         """Registered workers not in ``ours`` whose heartbeat expired."""

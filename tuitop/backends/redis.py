@@ -311,8 +311,8 @@ class RedisPoolStore:
     def move_due(self) -> int:
         return self.queue.move_due()
 
-    def next_due(self) -> float | None:
-        return self.queue.next_due()
+    def due_in(self) -> float | None:
+        return self.queue.due_in()
 
     def silent_workers(self, ours: set[str]) -> list[str]:
         raw_members = cast(set[bytes], self.client.smembers(keys.WORKERS))

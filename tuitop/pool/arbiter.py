@@ -108,7 +108,8 @@ class Supervisor:
         self._mailbox: MailboxWatch | None = None
         """Watches the mailbox on the Redis in force (:mod:`.mailbox`)."""
         self._next_due: float | None = None
-        """When the next retry is due (Unix time, the store's clock), as last read."""
+        """When the next retry is due on this host's monotonic clock (from the store's "in so
+        many seconds", as last read)."""
         self._retried_seen = 0.0
         """Its workers' count of retries scheduled when it last read ``_next_due``."""
         self._stop_signals = 0
@@ -196,7 +197,7 @@ class Supervisor:
                     # when one of its workers scheduled a retry (due maybe before the
                     # next heartbeat).
                     self._retried_seen = retried
-                    self._next_due = link.store.next_due()
+                    self._next_due = _due_at(link.store.due_in())
                 if self._mailbox_due(link.store, published):
                     self._obey(link.store)
                 self._move_due()
@@ -222,7 +223,7 @@ class Supervisor:
         if self._drain_until is not None:
             timeout = min(timeout, self._drain_until - now)
         if self.link.ok and self._next_due is not None:
-            timeout = min(timeout, self._next_due - time.time())
+            timeout = min(timeout, self._next_due - now)
         self.wakeups.wait(self.workers.sentinels(), max(self.service.cap_sleep(timeout), 0.0))
 
     def _handle_wakeups(self) -> None:
@@ -499,10 +500,10 @@ class Supervisor:
         """Moves the retries due back to the queue, when one is (``_next_due`` is read
         with each heartbeat, and after each move)."""
         store = self.link.store
-        if store is None or self._next_due is None or self._next_due > time.time():
+        if store is None or self._next_due is None or self._next_due > time.monotonic():
             return
         store.move_due()
-        self._next_due = store.next_due()
+        self._next_due = _due_at(store.due_in())
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -603,3 +604,9 @@ class Supervisor:
                 ", ".join(sorted(served)),
             )
         self.logger.info("Pool %s stopped", self.options.pool_name)
+
+
+def _due_at(due_in: float | None) -> float | None:
+    """When a retry falls due on this host's monotonic clock, from the store's "in so many
+    seconds" (by its own clock: the host's wall clock may be hours off from it)."""
+    return None if due_in is None else time.monotonic() + due_in

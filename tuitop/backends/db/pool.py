@@ -228,8 +228,8 @@ class DbPoolStore:
     def move_due(self) -> int:
         return self.queue.move_due()
 
-    def next_due(self) -> float | None:
-        return self.queue.next_due()
+    def due_in(self) -> float | None:
+        return self.queue.due_in()
 
     def silent_workers(self, ours: set[str]) -> list[str]:
         """Workers whose heartbeat expired, and whoever holds messages with no live row

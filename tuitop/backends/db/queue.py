@@ -776,9 +776,11 @@ class DbQueue:
 
         return self.session.run(ask)
 
-    def next_due(self) -> float | None:
+    def due_in(self) -> float | None:
+        """Seconds until the next retry falls due, by the database's clock, or None."""
+
         def ask(cursor: Cursor) -> float | None:
-            cursor.execute("SELECT MIN(due_at) FROM tuitop_delayed")
+            cursor.execute(f"SELECT MIN(due_at) - {NOW} FROM tuitop_delayed")
             row = cursor.fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
