@@ -17,6 +17,10 @@ the server's own settings:
   of the workers it wants: WARNING;
 - a live pool keeping its last good config because a save was refused: WARNING;
 - dead letters made in the last 15 minutes (the stats' memory): WARNING;
+- on the database queue, the server's ``max_connections`` (and the account's
+  ``max_user_connections``) leaving less room than the pools still want (a worker each
+  and one a pool; a pool not running yet: the config's count and one) plus a margin for
+  Tuleap's front ends (a tenth of the limit, at least 10): WARNING;
 - Redis older than 6.2 (tuitop needs LMOVE): CRITICAL; the seed's two demands, a password
   of at least 30 characters (the one tuitop sends; and a Redis that answers without one)
   and ``appendonly yes``: WARNING; those settings unreadable (INFO and CONFIG GET refused):
@@ -34,7 +38,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -44,6 +48,9 @@ from tuitop.keys import QUEUE, STATS_KEEP_SECONDS
 from tuitop.lanes import DEFAULT_LANE, latency_target
 from tuitop.redisconn import connect
 from tuitop.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from tuitop.backends.db.view import ConnectionRoom
 
 OLDEST_WARNING = 120.0
 """Tuleap's SYSTEM_CHECK warns past this age of the oldest waiting message."""
@@ -184,15 +191,23 @@ def run_check(settings: Settings, limits: Limits) -> Report:
     except store_errors(store) as error:
         report.add(Status.CRITICAL, "store", describe_store_error(store, error))
         return report
+    room: ConnectionRoom | None = None
     try:
         snapshot = view.snapshot(time.time())
         recent_dead = view.stats(snapshot.taken_at, STATS_KEEP_SECONDS).counts.get("dead", 0)
+        if settings.queue == DB_QUEUE:
+            from tuitop.backends.db.view import DbView  # the backend only when used
+
+            assert isinstance(view, DbView)
+            room = view.connection_room()
     except view.errors as error:
         report.add(Status.CRITICAL, "store", f"{where}: {view.describe(error)}")
         return report
     finally:
         view.close()
     assess_snapshot(report, snapshot, recent_dead, limits)
+    if room is not None:
+        assess_connections(report, room, snapshot, settings.backend_workers)
     if settings.queue != DB_QUEUE and limits.redis_settings:
         assess_redis(report, settings.redis)
     return report
@@ -355,6 +370,47 @@ def _assess_pools(report: Report, snapshot: Snapshot) -> None:
                 f"pool {pool.name} keeps its last good config, a save was refused: "
                 f"{pool.config_error}",
             )
+
+
+CONNECTION_MARGIN = 0.1
+"""The share of a database's connection limit kept free for Tuleap's front ends."""
+CONNECTION_MARGIN_MIN = 10
+
+
+def assess_connections(
+    report: Report, room: ConnectionRoom, snapshot: Snapshot, configured: int
+) -> None:
+    """Whether the database has room for what the pools still want, and a margin."""
+    pools = [pool for pool in snapshot.pools if not pool.stopping]
+    if pools:
+        wanted = sum(max(pool.wanted - pool.running, 0) for pool in pools)
+        why = "the workers the pools still want"
+    else:
+        wanted = configured + 1
+        why = f"a pool of {configured} worker(s) starting"
+    limits = [("max_connections", room.allowed, room.in_use)]
+    if room.account_allowed:
+        limits.append(("max_user_connections", room.account_allowed, room.account_in_use))
+    tight = False
+    for name, allowed, in_use in limits:
+        margin = max(math.ceil(allowed * CONNECTION_MARGIN), CONNECTION_MARGIN_MIN)
+        free = allowed - in_use
+        if free < wanted + margin:
+            tight = True
+            report.add(
+                Status.WARNING,
+                "connections",
+                f"the database's {name} ({allowed}) leaves room for {max(free, 0)} more "
+                f"connection(s) ({in_use} in use): {why} take {wanted} (one a worker, one a "
+                f"pool) and Tuleap's front ends need a margin of {margin}; raise {name} or "
+                "lower $sys_nb_backend_workers",
+            )
+    if not tight:
+        report.add(
+            Status.OK,
+            "connections",
+            f"{room.in_use} of the database's {room.allowed} connections in use",
+        )
 
 
 def assess_redis(report: Report, settings: RedisSettings, timeout: float = 5.0) -> None:

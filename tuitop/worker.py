@@ -308,20 +308,16 @@ class Worker:
 
     def connect(self) -> None:
         """Opens the worker's channel to the queue (nothing is sent yet)."""
-        self.channel = self.open_channel(f"tuitop:{self.id}", self.options.block_timeout + 10)
-        self.errors = self.channel.errors
-        self._not_the_jobs: ErrorTypes = (_Interrupted, KeyboardInterrupt, *self.errors)
-
-    def open_channel(self, name: str, socket_timeout: float) -> WorkerChannel:
-        """A new conversation with the queue's store (one per thread)."""
-        return worker_channel(
+        self.channel = worker_channel(
             self.options.settings,
             serves=self.options.serves,
             retry=self.options.retry,
-            client_name=name,
-            socket_timeout=socket_timeout,
+            client_name=f"tuitop:{self.id}",
+            socket_timeout=self.options.block_timeout + 10,
             bell=self.bell,
         )
+        self.errors = self.channel.errors
+        self._not_the_jobs: ErrorTypes = (_Interrupted, KeyboardInterrupt, *self.errors)
 
     def _finish(self) -> None:
         self._set_state(STOPPING)
@@ -926,7 +922,7 @@ class _BatchGuard:
 
 
 class _Heartbeat(threading.Thread):
-    """Beats every ``heartbeat_interval`` on its own connection until the process ends;
+    """Beats every ``heartbeat_interval`` on its channel's companion until the process ends;
     gives back a slow job's batch tail; starts a warm stop when the supervisor is gone;
     lets go of a worker_log logrotate moved."""
 
@@ -934,7 +930,7 @@ class _Heartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{worker.id}", daemon=True)
         self.worker = worker
         self._stopped = threading.Event()
-        self._channel = worker.open_channel(f"tuitop:{worker.id}:hb", HEARTBEAT_SOCKET_TIMEOUT)
+        self._channel = worker.channel.companion(f"tuitop:{worker.id}:hb", HEARTBEAT_SOCKET_TIMEOUT)
         self._process = ProcessTree(psutil.Process())
 
     def run(self) -> None:

@@ -102,13 +102,25 @@ def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:
     return RedisAdmin(store, connect(store, client_name=client_name))
 
 
-def open_view(store: StoreSettings, lanes: LaneSet, client_name: str) -> StoreView:
+def open_view(
+    store: StoreSettings,
+    lanes: LaneSet,
+    client_name: str,
+    *,
+    beside: PoolStore | None = None,
+) -> StoreView:
     """What a view reads from ``store`` (``lanes``: the lane of each topic, for the
-    database, where a lane is no place of its own)."""
+    database, where a lane is no place of its own). ``beside``: the pool's own store,
+    whose connection a view of the same database shares (one connection fewer on the
+    forge's database; Redis' views have their own)."""
     if isinstance(store, DatabaseSettings):
+        from tuitop.backends.db.pool import DbPoolStore
         from tuitop.backends.db.view import DbView
 
-        return DbView(store, lanes, client_name)
+        shared = beside.session if isinstance(beside, DbPoolStore) else None
+        if shared is not None and shared.settings != store:
+            shared = None
+        return DbView(store, lanes, client_name, shared)
     from tuitop.backends.redis import RedisView
 
     return RedisView(store, client_name)

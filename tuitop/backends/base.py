@@ -242,6 +242,12 @@ class WorkerChannel(Protocol):
 
     def close(self) -> None: ...
 
+    def companion(self, client_name: str, socket_timeout: float) -> WorkerChannel:
+        """A channel for another thread of the same worker (its heartbeat), which never
+        takes: on Redis a connection of its own (a beat must not wait behind a blocking
+        wait); on the database this channel's own connection, shared under a lock (no
+        statement of a worker blocks, and the forge's ``max_connections`` counts each)."""
+
     def describe(self, error: BaseException) -> str:
         """One line an operator can act on; no password in it."""
 

@@ -69,6 +69,17 @@ class RedisChannel:
         self.settings = settings
         self.client = connect(settings, client_name=client_name, socket_timeout=socket_timeout)
         self.queue = Queue(self.client, retry, TakePlan.for_lanes(lanes, serves))
+        self._lanes, self._serves, self._retry = lanes, serves, retry
+
+    def companion(self, client_name: str, socket_timeout: float) -> RedisChannel:
+        return RedisChannel(
+            self.settings,
+            lanes=self._lanes,
+            serves=self._serves,
+            retry=self._retry,
+            client_name=client_name,
+            socket_timeout=socket_timeout,
+        )
 
     def start(self, worker_id: str) -> None:
         self.client.ping()

@@ -29,8 +29,10 @@ from setproctitle import setproctitle
 
 from tuitop import control
 from tuitop.backends.base import PoolStore, TimedOut
+from tuitop.backends.db.connection import Session
 from tuitop.backends.db.doorbell import Doorbell
-from tuitop.config import DB_QUEUE, DatabaseSettings, RedisSettings, Settings
+from tuitop.backends.db.pool import DbPoolStore
+from tuitop.config import DB_QUEUE, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
@@ -262,10 +264,13 @@ class Supervisor:
         if ended and not self.draining:
             self.reload()
 
-    def _database(self) -> DatabaseSettings | None:
-        """The database the doorbell looks at: the one in force while the pool serves it."""
-        settings = self.config.settings
-        return settings.database if settings.queue == DB_QUEUE and self.link.ok else None
+    def _database(self) -> Session | None:
+        """The connection the doorbell looks on: the pool's own, while it serves the
+        database."""
+        store = self.link.store
+        if self.config.settings.queue != DB_QUEUE or not self.link.ok:
+            return None
+        return store.session if isinstance(store, DbPoolStore) else None
 
     def _our_ids(self) -> set[str]:
         return {record.worker_id for record in self.workers}

@@ -117,7 +117,7 @@ class Exporter(PoolMetrics):
 
     def serve(self, workers: WorkerSet, config: Configuration, link: StoreLink) -> None:
         registry = CollectorRegistry(auto_describe=False)
-        self._store = StoreReader(lambda: config.settings, self.pool_name)
+        self._store = StoreReader(lambda: config.settings, self.pool_name, lambda: link.store)
         registry.register(_Collector(self, workers, config, link, self._store))
         address, port = self.options.address, self.options.port
         try:

@@ -2,9 +2,11 @@
 is, the dead letters and the retries waiting — the same figures for every pool of a store.
 
 Read from the views' own snapshot (:meth:`~tuitop.backends.base.StoreView.snapshot`, at a
-cost that does not grow with the queue), on a connection of the exporter's own (scrapes
-run in threads of their own, never on the pool's loop), and kept for a second: several
-scrapers, or several pools scraped at once, cost one read each a second at most.
+cost that does not grow with the queue), in the scrape's thread, never on the pool's loop —
+on the database over the pool's own connection, shared under its lock (the forge's
+``max_connections`` counts each), on Redis over a connection of its own — and kept for a
+second: several scrapers, or several pools scraped at once, cost one read each a second
+at most.
 """
 
 from __future__ import annotations
@@ -24,22 +26,29 @@ from tuitop.lanes import LaneSet
 from tuitop.snapshot import Snapshot
 
 if TYPE_CHECKING:
-    from tuitop.backends.base import StoreView
+    from tuitop.backends.base import PoolStore, StoreView
 
 SNAPSHOT_KEPT = 1.0
 """Seconds a snapshot of the store serves scrapes."""
 
 
 class StoreReader:
-    """Snapshots of the store in force, for the store-wide series: on a connection of
-    its own (scrapes run in threads of their own), one read a second at most."""
+    """Snapshots of the store in force, for the store-wide series, one read a second at
+    most."""
 
-    def __init__(self, settings: Callable[[], Settings], pool_name: str) -> None:
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        pool_name: str,
+        pool_store: Callable[[], PoolStore | None] = lambda: None,
+    ) -> None:
+        """``pool_store``: the pool's store now, whose database connection it shares."""
         self._settings = settings
+        self._pool_store = pool_store
         self._client_name = f"tuitop:{pool_name}:metrics"
         self._lock = threading.Lock()
         self._view: StoreView | None = None
-        self._opened_for: tuple[StoreSettings, LaneSet] | None = None
+        self._opened_for: tuple[StoreSettings, LaneSet, PoolStore | None] | None = None
         self._snapshot: Snapshot | None = None
         self._read_at = 0.0
 
@@ -48,13 +57,16 @@ class StoreReader:
         answer (the series are then left out: unknown, not zero)."""
         with self._lock:
             settings = self._settings()
-            wanted = (settings.store, settings.lanes)
+            beside = self._pool_store()
+            wanted = (settings.store, settings.lanes, beside)
             if self._opened_for != wanted:
                 self._close()
                 self._snapshot = None
                 if not settings.store.configured:
                     return None
-                self._view = open_view(settings.store, settings.lanes, self._client_name)
+                self._view = open_view(
+                    settings.store, settings.lanes, self._client_name, beside=beside
+                )
                 self._opened_for = wanted
             now = time.monotonic()
             if self._snapshot is not None and now - self._read_at < SNAPSHOT_KEPT:

@@ -29,6 +29,12 @@ from tuitop.stats import StatsBatch
 
 ALONE_POLL = 0.5
 """How often a worker with no doorbell looks at the queue while idle."""
+STATEMENT_TIMEOUT = 5.0
+"""Seconds a worker waits for the answer to one statement (none of its statements
+blocks: the doorbell is a pipe) — its heartbeat shares the connection and waits as long."""
+LOCK_WAIT = 2
+"""Seconds a worker's statement waits for a row lock (error 1205 after: the worker
+backs off and tries again) — never as long as a lease lives, since its heartbeat waits."""
 
 
 class DbChannel:
@@ -50,13 +56,32 @@ class DbChannel:
         client_name: str,
         socket_timeout: float,
         bell: Any = None,
+        queue: DbQueue | None = None,
     ) -> None:
-        """``bell``: the read end of the pool's doorbell (a multiprocessing Connection)."""
+        """``bell``: the read end of the pool's doorbell (a multiprocessing Connection);
+        ``queue``: another channel's, whose connection this one shares."""
         self.settings = settings
-        self.queue = DbQueue(settings, retry, program=client_name, read_timeout=socket_timeout)
+        self.queue = queue or DbQueue(
+            settings,
+            retry,
+            program=client_name,
+            read_timeout=min(socket_timeout, STATEMENT_TIMEOUT),
+            lock_wait=LOCK_WAIT,
+        )
         self.plan = TakePlan(lanes, serves)
         self._bell = bell
-        self._pool = client_name
+        self._lanes, self._serves, self._retry = lanes, serves, retry
+
+    def companion(self, client_name: str, socket_timeout: float) -> DbChannel:
+        return DbChannel(
+            self.settings,
+            lanes=self._lanes,
+            serves=self._serves,
+            retry=self._retry,
+            client_name=client_name,
+            socket_timeout=socket_timeout,
+            queue=self.queue,
+        )
 
     def start(self, worker_id: str) -> None:
         self.queue.ping()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -203,7 +204,12 @@ def _text(error: BaseException) -> str:
 
 
 class Session:
-    """One connection to the database, made at first use and again after an error."""
+    """One connection to the database, made at first use and again after an error.
+
+    Thread-safe: the threads of one process share it (a worker's loop and its heartbeat,
+    a pool's loop, its doorbell and its ``/metrics``), one statement or transaction at a
+    time, so that a pool holds one connection a worker and one of its own — the forge's
+    ``max_connections`` is sized for Tuleap's workers and its front ends."""
 
     def __init__(
         self,
@@ -221,10 +227,15 @@ class Session:
         self._dialect: Dialect | None = None
         self._silence_allowed = float("inf")
         self._used_at = 0.0
+        self._lock = threading.RLock()
 
     def connection(self) -> pymysql.connections.Connection[Cursor]:
         """The session's connection: made now if there is none, or if it was silent for
         so long that the server has closed it or is about to."""
+        with self._lock:
+            return self._connection_now()
+
+    def _connection_now(self) -> pymysql.connections.Connection[Cursor]:
         now = time.monotonic()
         if (
             self._connection is not None
@@ -261,6 +272,10 @@ class Session:
         transaction itself). With ``again_after_deadlock``, ``body`` — a whole transaction
         — runs again when InnoDB rolled it back for a deadlock
         (SKIP LOCKED takes of several workers at once can meet on the queue's index)."""
+        with self._lock:
+            return self._run(body, again_after_deadlock)
+
+    def _run(self, body: Callable[[Cursor], T], again_after_deadlock: bool) -> T:
         for attempt in range(RETRIES + 1):
             try:
                 with self.connection().cursor() as cursor:
@@ -274,11 +289,20 @@ class Session:
                     continue
                 self.close()
                 raise
+            except BaseException:
+                # A signal's exception cut a statement short: what is left of its answer
+                # must not be read as the next statement's (another thread's) answer.
+                self.close()
+                raise
         raise AssertionError("unreachable")
 
     def transaction(self, body: Callable[[Cursor], T]) -> T:
         """``body`` in one transaction, committed; run again whole after a deadlock. Any
         error rolls it back (a connection lost: the server rolls it back)."""
+        with self._lock:
+            return self._transaction(body)
+
+    def _transaction(self, body: Callable[[Cursor], T]) -> T:
         for attempt in range(RETRIES + 1):
             connection = self.connection()
             try:
@@ -301,10 +325,11 @@ class Session:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+                self._connection = None
 
 
 def placeholders(count: int) -> str:

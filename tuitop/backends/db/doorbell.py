@@ -12,7 +12,9 @@ workers is idle — one index lookup, no lock, no transaction:
 wakes from ``select`` and takes. It looks every 10 ms while the answers change (messages
 are coming: they wait no longer than that), twice as long after each look that found
 nothing new, up to ``interval`` (0.1 s) when the queue is quiet: a quiet pool sends ten
-cheap statements a second, whatever its number of workers.
+cheap statements a second, whatever its number of workers. It looks on the pool's own
+connection, shared with the pool's loop under the session's lock (a look waits at most
+for the loop's statement in flight): a pool holds no connection for its doorbell.
 
 The bell counter is bumped by whoever puts an old id back where workers take (a retry
 falling due, a give-back), which the newest id would not show; the count catches a row
@@ -34,7 +36,6 @@ from pymysql.cursors import Cursor
 
 from tuitop.backends.db.connection import ERRORS, Session, describe_error
 from tuitop.backends.db.schema import QUEUE_NAME
-from tuitop.config import DatabaseSettings
 
 DEFAULT_INTERVAL = 0.1
 FASTEST = 0.01
@@ -56,25 +57,25 @@ def ring(descriptor: int) -> None:
 
 
 class Doorbell(threading.Thread):
-    """Looks at the queue of the database ``settings()`` names while ``any_idle()``, and
-    has ``ring_idle()`` ring the idle workers when it changed."""
+    """Looks at the queue on the session ``session()`` gives (None: the pool serves no
+    database now) while ``any_idle()``, and has ``ring_idle()`` ring the idle workers
+    when it changed."""
 
     def __init__(
         self,
-        settings: Callable[[], DatabaseSettings | None],
+        session: Callable[[], Session | None],
         any_idle: Callable[[], bool],
         ring_idle: Callable[[], None],
         logger: logging.Logger,
         interval: float = DEFAULT_INTERVAL,
     ) -> None:
         super().__init__(name="doorbell", daemon=True)
-        self._settings = settings
+        self._session = session
         self._any_idle = any_idle
         self._ring_idle = ring_idle
         self.logger = logger
         self.interval = interval
         self._stopped = threading.Event()
-        self._session: Session | None = None
         self._last: Any = None
         self.looks = 0
         """How many looks it made (the benchmark's idle cost)."""
@@ -89,16 +90,13 @@ class Doorbell(threading.Thread):
 
     def _look_and_ring(self) -> bool:
         """One look; True when it found something new (and rang)."""
-        settings = self._settings()
-        if settings is None:
+        session = self._session()
+        if session is None:
             return False
-        if self._session is None or self._session.settings != settings:
-            self._close()
-            self._session = Session(settings, program="tuitop:doorbell", read_timeout=3.0)
         try:
-            now = self._session.run(self._look)
+            now = session.run(self._look)
         except ERRORS as error:
-            self.logger.debug("Doorbell: %s", describe_error(error, settings))
+            self.logger.debug("Doorbell: %s", describe_error(error, session.settings))
             self._stopped.wait(RETRY_AFTER_ERROR)
             return False
         if now == self._last:
@@ -112,12 +110,6 @@ class Doorbell(threading.Thread):
         cursor.execute(_LOOK, (QUEUE_NAME, QUEUE_NAME))
         return cursor.fetchone()
 
-    def _close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
-
     def stop(self) -> None:
         self._stopped.set()
         self.join(timeout=5)
-        self._close()

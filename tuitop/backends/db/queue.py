@@ -295,7 +295,8 @@ def _count(outcome: str, count: int, dialect: Dialect) -> Statement | None:
 
 
 class DbQueue:
-    """The queue's moves on one session. Not thread-safe: one per thread."""
+    """The queue's moves on one session, which threads may share (each move is one
+    statement or transaction under the session's lock); :meth:`take` is one thread's."""
 
     def __init__(
         self,
@@ -305,10 +306,12 @@ class DbQueue:
         program: str = "tuitop",
         read_timeout: float | None = 30.0,
         lock_wait: int | None = None,
+        session: Session | None = None,
     ) -> None:
+        """``session``: another's to share (the other arguments then unused)."""
         self.settings = settings
         self.retry_policy = retry or RetryPolicy()
-        self.session = Session(
+        self.session = session or Session(
             settings, program=program, read_timeout=read_timeout, lock_wait=lock_wait
         )
         self._routed: set[str] = set()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pymysql.cursors import Cursor
 
-from tuitop.backends.db.connection import ERRORS, describe_error
+from tuitop.backends.db.connection import ERRORS, Session, describe_error
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, create_tables
 from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
@@ -28,8 +29,11 @@ class DbAdmin(DbQueue):
 
     errors = ERRORS
 
-    def __init__(self, settings: DatabaseSettings, program: str) -> None:
-        super().__init__(settings, program=program, read_timeout=10.0)
+    def __init__(
+        self, settings: DatabaseSettings, program: str, session: Session | None = None
+    ) -> None:
+        """``session``: another's to share (a pool's: its ``/metrics`` reads on it)."""
+        super().__init__(settings, program=program, read_timeout=10.0, session=session)
         self._tables_made = False
 
     def _ready(self, cursor: Cursor) -> None:
@@ -85,15 +89,45 @@ class DbAdmin(DbQueue):
         return self.session.run(read)
 
 
+@dataclass(frozen=True)
+class ConnectionRoom:
+    """How many connections the server lets in, and how many are in use (the one that
+    asked left out): for the whole server (``max_connections``), and for Tuleap's
+    account, which the front ends and the workers share (``max_user_connections``, 0
+    when the account has no limit of its own)."""
+
+    allowed: int
+    in_use: int
+    account_allowed: int
+    account_in_use: int
+
+
+_LIMITS = (
+    "SELECT @@GLOBAL.max_connections, @@SESSION.max_user_connections, "
+    "(SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+    "WHERE USER = SUBSTRING_INDEX(CURRENT_USER(), '@', 1))"
+)
+"""The server's limit; the account's (its own, else the global one: the session's value);
+the account's connections (a user without the PROCESS privilege sees only its own)."""
+
+
 class DbView:
     """Snapshots of the database, ``lanes`` naming the lane of each topic."""
 
     errors = ERRORS
 
-    def __init__(self, settings: DatabaseSettings, lanes: LaneSet, program: str) -> None:
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        lanes: LaneSet,
+        program: str,
+        session: Session | None = None,
+    ) -> None:
+        """``session``: another's to share, left open by :meth:`close`."""
         self.settings = settings
         self.lanes = lanes
-        self.admin = DbAdmin(settings, program)
+        self.admin = DbAdmin(settings, program, session)
+        self._shared = session is not None
 
     def snapshot(self, now: float) -> Snapshot:
         def read(cursor: Cursor) -> Snapshot:
@@ -108,8 +142,27 @@ class DbView:
     def queue(self) -> DbAdmin:
         return self.admin
 
+    def connection_room(self) -> ConnectionRoom:
+        """The server's connection limits and use now (``tuitop check``)."""
+
+        def read(cursor: Cursor) -> ConnectionRoom:
+            # Both flavours (MySQL 8 has no status table in information_schema).
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+            _, in_use = cursor.fetchone() or ("", 0)
+            cursor.execute(_LIMITS)
+            allowed, account, account_in_use = cursor.fetchone() or (0, 0, 0)
+            return ConnectionRoom(
+                allowed=int(allowed),
+                in_use=max(int(in_use) - 1, 0),
+                account_allowed=max(int(account), 0),
+                account_in_use=max(int(account_in_use) - 1, 0),
+            )
+
+        return self.admin.session.run(read)
+
     def describe(self, error: BaseException) -> str:
         return describe_error(error, self.settings)
 
     def close(self) -> None:
-        self.admin.close()
+        if not self._shared:
+            self.admin.close()
