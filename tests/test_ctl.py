@@ -4,9 +4,13 @@ the pool's log say who asked what; hostile mailboxes harm nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -168,10 +172,61 @@ def test_a_pool_that_is_not_there_gives_no_reply(
     code, out = ctl(config, "reload")
     assert code == 1 and "no live pool" in out
     code, out = ctl(config, "reload", "--pool", "ghost", "--timeout", "0.5")
-    assert code == 1 and "ghost: no reply within 0.5 s" in out
-    # Unread, the command expires: a pool of that name starting later will not obey it.
-    ttl = redis_client.ttl(keys.control("ghost"))
-    assert 0 < ttl <= 60
+    assert code == 1 and "no live pool named ghost: nothing sent" in out
+    assert not redis_client.exists(keys.control("ghost"))
+
+
+@contextlib.contextmanager
+def frozen(pool: Pool) -> Iterator[None]:
+    """While in the block, ``pool``'s process is stopped (SIGSTOP): it reads no command."""
+    pool.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        pool.signal(signal.SIGCONT)
+
+
+def test_an_unanswered_command_is_withdrawn_and_its_retry_obeyed_once(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    pool = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    with frozen(pool):
+        code, out = ctl(config, "scale", "+1", "--timeout", "1")
+        assert code == 1 and "alpha: no reply within 1 s: withdrawn unread" in out, out
+        assert not redis_client.exists(keys.control("alpha"))
+    # The operator tries again: one worker more, not two.
+    code, out = ctl(config, "scale", "+1")
+    assert code == 0 and "workers 2 → 3" in out, out
+    running(redis_client, "alpha", 3)
+    time.sleep(2.5)  # two ticks: an order left in the mailbox would be obeyed by now
+    assert beat(redis_client, "alpha")["wanted"] == "3"
+    assert pool.log().count("Command from") == 1
+
+
+def test_a_stop_to_a_dead_pools_name_does_not_stop_the_next_pool_of_that_name(
+    tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
+) -> None:
+    first = start(pools, tmp_path, config, "alpha")
+    running(redis_client, "alpha", 2)
+    first.signal(signal.SIGKILL)  # its heartbeat lives on for a while: ctl still sees it
+    sender = subprocess.Popen(
+        [sys.executable, "-m", "tuitop", "--config", str(config), "ctl", "stop", "--pool",
+         "alpha", "--timeout", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: redis_client.llen(keys.control("alpha")) == 1, what="the stop sent")
+    finally:
+        sender.kill()  # killed while it waits: it never withdraws its command
+        sender.wait()
+    second = start(pools, tmp_path, config, "alpha2", "--pool-name", "alpha")
+    second.wait_for_log(r"was sent to another run of pool alpha \(.*\): not obeyed", timeout=30)
+    running(redis_client, "alpha", 2)
+    assert second.process.poll() is None and "stopping warm" not in second.log()
+    code, out = ctl(config, "stop")
+    assert code == 0 and "stopping warm" in out, out
+    assert second.wait(30) == 0
 
 
 def test_usage_errors(config: Path) -> None:
@@ -447,3 +502,21 @@ def test_a_mailbox_watch_cut_off_loses_no_command(
     running(redis_client, "alpha", 1)
     assert "Unexpected error" not in pool.log(), pool.log()
     assert pool.stop() == 0
+
+
+def test_an_unanswered_command_is_withdrawn_on_the_database_too(
+    tmp_path: Path, pools: list[Pool], database_server: DatabaseServer
+) -> None:
+    database = fresh_database(database_server)
+    config = database_inc(tmp_path, database, workers=1)
+    pool = start_db_pool(pools, tmp_path, Tuleap(tmp_path), config, "--pool-name", "dbpool")
+    wait_until(lambda: ctl(config, "scale", "+0")[0] == 0, what="the pool answering")
+    with frozen(pool):
+        code, out = ctl(config, "scale", "+1", "--timeout", "1")
+        assert code == 1 and "withdrawn unread, nothing was done" in out, out
+        assert count(database, "tuitop_control") == 0
+    code, out = ctl(config, "scale", "+1")
+    assert code == 0 and "workers 1 → 2" in out, out
+    time.sleep(2.5)
+    code, out = ctl(config, "scale", "+0")
+    assert "workers stay 2" in out, out

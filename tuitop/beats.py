@@ -171,6 +171,9 @@ class PoolBeat(_Beat):
     workers: tuple[str, ...] = ()
     """The ids of its workers alive now: while this hash lives, each of them is alive
     whether or not it wrote its own hash lately (an idle worker writes nothing)."""
+    instance: str = ""
+    """Which run of the pool this is (its name's claim): a command names it, and a pool
+    started later under the same name refuses what was sent to this one."""
 
 
 def json_fields(text: str | bytes | None) -> dict[bytes, bytes]:

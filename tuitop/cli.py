@@ -671,17 +671,24 @@ def command_ctl(args: argparse.Namespace) -> int:
     if not store.configured:
         print(f"tuitop: {NOT_CONFIGURED}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    targets = args.pool
-    if not targets:
+    # The live pools, each by the run it is (its heartbeat's instance): a command names
+    # it, so that a pool started later under the same name does not obey it.
+    try:
+        view = open_view(store, settings.lanes, "tuitop:ctl")
         try:
-            view = open_view(store, settings.lanes, "tuitop:ctl")
-            try:
-                live = [p.name for p in view.snapshot(time.time()).pools if not p.stopping]
-            finally:
-                view.close()
-        except store_errors(store) as error:
-            print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+            live = {p.name: p.instance for p in view.snapshot(time.time()).pools if not p.stopping}
+        finally:
+            view.close()
+    except store_errors(store) as error:
+        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    targets = args.pool
+    if targets:
+        gone = [pool for pool in targets if pool not in live]
+        if gone:
+            print(f"tuitop: no live pool named {', '.join(gone)}: nothing sent", file=sys.stderr)
             return EXIT_FAILURE
+    else:
         if not live:
             print("tuitop: no live pool to command", file=sys.stderr)
             return EXIT_FAILURE
@@ -692,19 +699,18 @@ def command_ctl(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG_ERROR
-        targets = live
+        targets = list(live)
 
     def send_all(queue: QueueAdmin) -> int:
         status = EXIT_OK
         for pool in targets:
             # A command of its own for each pool: a reply answers one id.
-            each = control.new_command(command.action, command.value, command.lane, "tuitop ctl")
+            each = control.new_command(
+                command.action, command.value, command.lane, "tuitop ctl", to=live[pool]
+            )
             reply = control.send(queue, pool, each, args.timeout)
-            if reply is None:
-                print(
-                    f"{pool}: no reply within {args.timeout:g} s (is it running? a pool reads "
-                    "its commands every second)"
-                )
+            if isinstance(reply, control.NoReply):
+                print(f"{pool}: {reply.describe()}")
                 status = EXIT_FAILURE
                 continue
             print(f"{pool}: {reply.said if reply.ok else 'refused: ' + reply.said}")

@@ -6,8 +6,16 @@ database: rows of ``tuitop_control``). A sender puts one JSON command there and 
 the reply under the command's id (Redis: the list ``tuitop:control:reply:<id>``, kept a
 minute; the database: a row of ``tuitop_control_replies``). The pool reads its mailbox once
 a tick (1 s), before it plans its workers, obeys, logs who asked what and when, and
-replies what it did or why it refused. A command is taken by one pool once: a pool that
-is gone leaves it unread and its sender without a reply (said as such); it expires.
+replies what it did or why it refused.
+
+Exactly once: a command is taken from the mailbox by one pool once (Redis' LPOP; the
+database's rows locked, then deleted). A sender that got no reply in time *withdraws* it
+(LREM; DELETE): withdrawn, it was never taken and nothing was done — the operator may send
+it again, and it is not obeyed twice; not withdrawn, the pool took it, and the sender waits
+a little longer for its reply, then says it may have been obeyed. A command names the run
+of the pool it is for (``to``: the pool's ``instance``, read from its heartbeat): a pool
+started later under the same name refuses what was sent to the one before (a ``stop`` to a
+dead pool never stops its successor).
 
 Anyone who can write to the store can send these, as anyone who can write there can
 already push, delete or reorder the queue itself: the store's password is the boundary.
@@ -33,6 +41,9 @@ if TYPE_CHECKING:
 ACTIONS = ("scale", "workers", "pause", "resume", "reload", "stop")
 """scale ±N (for the session, as + and -), workers N (the session's count), pause and
 resume (the pool, or one lane of it), reload (the config files), stop (warm)."""
+REPLY_GRACE = 5.0
+"""Seconds a sender waits on for the reply to a command it could not withdraw (taken
+by the pool just then): a pool replies within its tick."""
 COMMAND_TTL = 60
 """Seconds an unread command, and a reply, are kept: a pool gone for longer must not obey
 an old order when it comes back."""
@@ -58,6 +69,8 @@ class Command:
     """Who sent it: ``user@host (program)``."""
     at: float = 0.0
     id: str = ""
+    to: str = ""
+    """The run of the pool it is for (its heartbeat's ``instance``); '' for any run."""
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -74,10 +87,11 @@ class Command:
 
 
 def new_command(
-    action: str, value: int | None = None, lane: str = "", program: str = ""
+    action: str, value: int | None = None, lane: str = "", program: str = "", to: str = ""
 ) -> Command:
-    """A command from this process, with a fresh id; CommandError for one that is wrong."""
-    command = Command(action, value, lane, who(program), time.time(), uuid.uuid4().hex)
+    """A command from this process, with a fresh id, for the run ``to`` of a pool;
+    CommandError for one that is wrong."""
+    command = Command(action, value, lane, who(program), time.time(), uuid.uuid4().hex, to)
     check(command)
     return command
 
@@ -130,7 +144,7 @@ def parse(raw: bytes) -> Command:
     value = document.get("value")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise CommandError("a command whose value is not a whole number")
-    texts = {name: document.get(name, "") for name in ("action", "lane", "by", "id")}
+    texts = {name: document.get(name, "") for name in ("action", "lane", "by", "id", "to")}
     if not all(isinstance(text, str) for text in texts.values()):
         raise CommandError("a command whose fields are not text")
     if texts["id"] and not COMMAND_ID.fullmatch(texts["id"]):
@@ -145,6 +159,7 @@ def parse(raw: bytes) -> Command:
         by=_printable(texts["by"]),
         at=float(at),
         id=texts["id"],
+        to=_printable(texts["to"]),
     )
     check(command)
     return command
@@ -190,9 +205,38 @@ class Reply:
             raise CommandError("a reply that is not one a pool writes") from error
 
 
-def send(queue: QueueAdmin, pool: str, command: Command, timeout: float) -> Reply | None:
-    """Sends ``command`` to ``pool`` and waits for its reply (None: none within
-    ``timeout`` seconds). Raises the store's errors."""
-    queue.send_command(pool, command.encode())
+@dataclass(frozen=True)
+class NoReply:
+    """No reply came to a command: ``withdrawn`` (never taken, nothing was done), or
+    taken by the pool, which may have obeyed it."""
+
+    withdrawn: bool
+    waited: float
+    command: Command
+
+    def describe(self) -> str:
+        if self.withdrawn:
+            return (
+                f"no reply within {self.waited:g} s: withdrawn unread, nothing was done (is "
+                "the pool running? it reads its commands every second)"
+            )
+        return (
+            f"no reply within {self.waited:g} s, but the pool took the command: it may have "
+            f"been obeyed (its log says; command {self.command.id})"
+        )
+
+
+def send(queue: QueueAdmin, pool: str, command: Command, timeout: float) -> Reply | NoReply:
+    """Sends ``command`` to ``pool`` and waits for its reply; with none within ``timeout``
+    seconds, withdraws it or, taken meanwhile, waits :data:`REPLY_GRACE` more. Raises the
+    store's errors (a command then may be in the mailbox: it expires unanswered)."""
+    body = command.encode()
+    queue.send_command(pool, body)
     raw = queue.wait_reply(command.id, timeout)
-    return None if raw is None else Reply.parse(raw)
+    waited = timeout
+    if raw is None:
+        if queue.withdraw_command(pool, body):
+            return NoReply(True, waited, command)
+        raw = queue.wait_reply(command.id, REPLY_GRACE)
+        waited += REPLY_GRACE
+    return NoReply(False, waited, command) if raw is None else Reply.parse(raw)

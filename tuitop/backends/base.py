@@ -394,6 +394,10 @@ class QueueAdmin(Protocol):
     def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
         """The reply to ``command_id`` once there, None after ``timeout`` seconds."""
 
+    def withdraw_command(self, pool: str, body: bytes) -> bool:
+        """Takes the command ``body`` back out of the mailbox of ``pool``, atomically
+        against the pool's take: True when it was there (the pool never saw it)."""
+
     def live_pools(self) -> list[str]:
         """Pools and workers that show a sign of life ("pool NAME", "worker ID")."""
 

@@ -442,6 +442,14 @@ class RedisAdmin(Queue):
         pipe.expire(keys.control(pool), COMMAND_TTL)
         pipe.execute()
 
+    def withdraw_command(self, pool: str, body: bytes) -> bool:
+        try:
+            return bool(self.redis.lrem(keys.control(pool), 1, body))  # type: ignore[arg-type]
+        except redis.ResponseError as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            return False  # not a list (the pool's read clears it): no command is there
+
     def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
         # A client of its own: the admin's socket timeout may be shorter than the wait.
         waiter = connect(self.settings, client_name="tuitop:ctl", socket_timeout=timeout + 5)

@@ -378,6 +378,11 @@ class Supervisor:
                 raise control.CommandError(
                     f"{command.describe()} sent {now - command.at:.0f} s ago expired unread"
                 )
+            if command.to and command.to != self.presence.token:
+                raise control.CommandError(
+                    f"{command.describe()} was sent to another run of pool {name} "
+                    f"({command.to}): not obeyed"
+                )
         except control.CommandError as error:
             self.logger.warning("A command sent to this pool is refused: %s", error)
             return control.reply_to(raw), control.Reply(name, False, str(error), time.time())

@@ -136,6 +136,7 @@ class Presence:
             paused_lanes=tuple(sorted(config.paused_lanes)),
             held=config.held,
             workers=tuple(sorted(workers)),
+            instance=self.token,
             beat=time.time(),
         )
         said = (beat.fields() | {"beat": 0}, frozenset(served))

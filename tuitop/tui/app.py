@@ -313,7 +313,7 @@ class TuitopApp(App[int]):
         if toggle and pool.paused:
             action = "resume"
         try:
-            command = control.new_command(action, value, "", remote.PROGRAM)
+            command = control.new_command(action, value, "", remote.PROGRAM, to=pool.instance)
         except control.CommandError as error:
             self.notify(str(error), severity="error", markup=False)
             return

@@ -42,10 +42,6 @@ def send(
             queue.close()
     except source.errors() as error:
         return Outcome(False, source.describe(error))
-    if reply is None:
-        return Outcome(
-            False,
-            f"no reply within {timeout:g} s (is it running? a pool reads its commands "
-            "every second)",
-        )
+    if isinstance(reply, control.NoReply):
+        return Outcome(False, reply.describe())
     return Outcome(reply.ok, reply.said if reply.ok else f"refused: {reply.said}")

@@ -249,10 +249,11 @@ class DbPoolStore:
 
     def take_commands(self, name: str, limit: int) -> list[bytes]:
         def take(cursor: Cursor) -> list[bytes]:
-            # No lock: only the pool holding the name reads its mailbox.
+            # Locked: a sender withdrawing its command (no reply in time) waits for this
+            # take, then finds it gone — a command is obeyed, or withdrawn, never both.
             cursor.execute(
                 f"SELECT seq, body, at > {NOW} - %s FROM tuitop_control WHERE pool = %s "
-                "ORDER BY seq LIMIT %s",
+                "ORDER BY seq LIMIT %s FOR UPDATE",
                 (COMMAND_TTL, name, limit),
             )
             rows = cursor.fetchall()
@@ -265,7 +266,7 @@ class DbPoolStore:
             )
             return [str(body).encode() for _, body, fresh in rows if fresh]
 
-        return self.session.run(take)
+        return self.session.transaction(take)
 
     def reply(self, command_id: str, body: bytes) -> None:
         def write(cursor: Cursor) -> None:

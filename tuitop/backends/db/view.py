@@ -63,6 +63,17 @@ class DbAdmin(DbQueue):
 
         self.session.run(write)
 
+    def withdraw_command(self, pool: str, body: bytes) -> bool:
+        # The pool takes with its rows locked: this waits for its take and finds none.
+        return bool(
+            self.session.run(
+                lambda cursor: cursor.execute(
+                    "DELETE FROM tuitop_control WHERE pool = %s AND body = %s",
+                    (pool, body.decode()),
+                )
+            )
+        )
+
     def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
         def read(cursor: Cursor) -> bytes | None:
             cursor.execute("SELECT body FROM tuitop_control_replies WHERE id = %s", (command_id,))
