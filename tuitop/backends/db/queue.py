@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +45,7 @@ from tuitop.backends.base import (
 from tuitop.backends.db.connection import Session, execute_all, placeholders
 from tuitop.backends.db.dialect import NEW_ROW, Dialect
 from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
+from tuitop.backends.db.placement import placed_ids
 from tuitop.backends.db.schema import (
     MESSAGE_COLUMNS,
     NOW,
@@ -196,28 +197,33 @@ def copy_rows(
     select: str = _REST,
     args: Sequence[Any] = (),
     extra: str = "",
+    ids_to: Mapping[bytes, bytes] | None = None,
 ) -> Copied:
     """Copies the rows ``ids`` of ``source`` into ``target`` (``select``: the expressions
     of the columns after ``id``, then of ``extra`` ones, with ``args``), in one statement
     when it can. One row never fails the move of the others: a row whose id ``target``
     holds already (a row of Tuleap's table written by hand, a restored dump) is copied
     under a new id; one ``target`` refuses (Tuleap's table checks its payload is JSON
-    MariaDB can read) is left where it is, said in what is returned. The caller holds the
-    rows' locks."""
+    MariaDB can read) is left where it is, said in what is returned. ``ids_to``: the new
+    id of each row that gets one (:mod:`.placement`). The caller holds the rows' locks."""
     columns = f"{MESSAGE_COLUMNS}, {extra}" if extra else MESSAGE_COLUMNS
     statement = f"INSERT INTO {target} ({columns}) SELECT %s, {select} FROM {source} "
-
+    ids_to = ids_to or {}
+    new_id, id_args = _renaming(ids_to)
     try:
-        cursor.execute(statement.replace("%s", "id", 1) + f"WHERE {_in(ids)}", (*args, *ids))
-        return Copied()
+        cursor.execute(
+            statement.replace("%s", new_id, 1) + f"WHERE {_in(ids)}", (*id_args, *args, *ids)
+        )
+        return Copied(renamed=dict(ids_to))
     except pymysql.MySQLError as error:
         if _code(error) not in (DUPLICATE_KEY, *JSON_REFUSED):
             raise
     # InnoDB rolled the statement back, not the transaction: one row at a time.
-    copied = Copied()
+    copied = Copied(renamed=dict(ids_to))
     for row_id in ids:
         try:
-            cursor.execute(statement + "WHERE id = %s", (row_id, *args, row_id))
+            placed = ids_to.get(bytes(row_id), row_id)
+            cursor.execute(statement + "WHERE id = %s", (placed, *args, row_id))
         except pymysql.MySQLError as error:
             if _code(error) in JSON_REFUSED:
                 copied.refused.append(bytes(row_id))
@@ -229,8 +235,30 @@ def copy_rows(
     return copied
 
 
+def _renaming(ids_to: Mapping[bytes, bytes]) -> tuple[str, list[bytes]]:
+    """The expression of a row's new id in a statement reading its ``id``, and its
+    arguments (``id`` itself when none is renamed)."""
+    if not ids_to:
+        return "id", []
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids_to))
+    return f"CASE id {cases} ELSE id END", [value for pair in ids_to.items() for value in pair]
+
+
 def _code(error: BaseException) -> int | None:
     return error.args[0] if error.args and isinstance(error.args[0], int) else None
+
+
+def _placed_back(cursor: Cursor, source: str, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+    """New ids for the rows ``ids`` of ``source`` going back to their own ``queue_name``
+    of Tuleap's table (:func:`~.placement.placed_ids`, for each queue they go to)."""
+    cursor.execute(f"SELECT id, queue_name FROM {source} WHERE {_in(ids)}", ids)
+    by_queue: dict[str, list[bytes]] = {}
+    for row_id, queue_name in cursor.fetchall():
+        by_queue.setdefault(str(queue_name), []).append(bytes(row_id))
+    placed: dict[bytes, bytes] = {}
+    for queue_name, queued in sorted(by_queue.items()):
+        placed.update(placed_ids(cursor, queue_name, queued))
+    return placed
 
 
 def _locked(cursor: Cursor, table: str, worker_id: str, ids: Sequence[bytes]) -> list[bytes]:
@@ -540,9 +568,9 @@ class DbQueue:
         return not ids or counts[0] == len(ids)
 
     def give_back(self, worker_id: str, messages: Sequence[Message]) -> None:
-        """Puts messages taken and never started back where they were (their ids keep
-        their place: taken next), try count unchanged; one no longer in the worker's
-        hands stays where it is."""
+        """Puts messages taken and never started back where they were, taken next (new
+        ids where no lock waits: :mod:`.placement`), try count unchanged; one no longer
+        in the worker's hands stays where it is."""
         ids = _ids(messages)
         if not ids:
             return
@@ -551,8 +579,10 @@ class DbQueue:
             held = _locked(cursor, "tuitop_processing", worker_id, ids)
             if not held:
                 return
+            placed = _placed_back(cursor, "tuitop_processing", held)
             # One Tuleap's table refuses stays in the worker's hands: recovered with it.
-            moved = copy_rows(cursor, "async_events", "tuitop_processing", held).moved(held)
+            copied = copy_rows(cursor, "async_events", "tuitop_processing", held, ids_to=placed)
+            moved = copied.moved(held)
             if moved:
                 cursor.execute(f"DELETE FROM tuitop_processing WHERE {_in(moved)}", moved)
 
@@ -726,7 +756,7 @@ class DbQueue:
 
     def move_due(self, limit: int = 1000, *, all_of_them: bool = False) -> int:
         """Moves the retries whose time has come (by the database's clock; every one with
-        ``all_of_them``) back to Tuleap's table, where their ids put them first."""
+        ``all_of_them``) back to Tuleap's table, taken next (:mod:`.placement`)."""
 
         if not all_of_them and not self._any_due():
             return 0  # one statement, no transaction: the pool asks every second
@@ -748,6 +778,7 @@ class DbQueue:
                 ids,
                 select=_REST_REQUEUED,
                 args=(QUEUE_NAME,),
+                ids_to=placed_ids(cursor, QUEUE_NAME, ids),
             )
             for row_id in copied.refused:  # never to be taken: given up, with why
                 cursor.execute(
@@ -836,19 +867,29 @@ class DbQueue:
 
     def move_lane_back(self, lane: str, limit: int = 0) -> int:
         """Moves a lane's rows back to Tuleap's queue (``limit`` at most, 0: all, a
-        thousand a transaction); returns how many."""
+        thousand a transaction), taken next (:mod:`.placement`); returns how many."""
         moved = 0
         while True:
             chunk = 1000 if not limit else min(1000, limit - moved)
-            count = self._atomic(
-                [
-                    (
-                        "UPDATE async_events SET queue_name = %s WHERE queue_name = %s "
-                        "ORDER BY id LIMIT %s",
-                        (QUEUE_NAME, lane_queue(lane), chunk),
-                    ),
-                ]
-            )[0]
+
+            def move(cursor: Cursor, chunk: int = chunk) -> int:
+                cursor.execute(
+                    "SELECT id FROM async_events WHERE queue_name = %s ORDER BY id LIMIT %s "
+                    "FOR UPDATE",
+                    (lane_queue(lane), chunk),
+                )
+                ids = [bytes(row_id) for (row_id,) in cursor.fetchall()]
+                if not ids:
+                    return 0
+                new_id, id_args = _renaming(placed_ids(cursor, QUEUE_NAME, ids))
+                return int(
+                    cursor.execute(
+                        f"UPDATE async_events SET queue_name = %s, id = {new_id} WHERE {_in(ids)}",
+                        (QUEUE_NAME, *id_args, *ids),
+                    )
+                )
+
+            count = self.session.transaction(move)
             moved += count
             if count < chunk or (limit and moved >= limit):
                 if moved:
