@@ -14,16 +14,17 @@ tuitop's own marked push, as a front end using the Notifier would) and, meanwhil
 
 Then the producer stops, the pools drain everything, and the campaign counts, by each
 notification's artifact id: pushed, delivered (mails received), duplicates, dead-lettered,
-and lost — anything pushed that is neither delivered nor a dead letter, nor a mail handed
-over whole to the relay as it went down (the pool logs it, and counts it as sent rather
-than send it twice: that one is the relay's to keep, and said apart).
+resent after the relay's answer was lost, and lost — anything pushed that is neither
+delivered nor a dead letter.
 
-A duplicate is explained only by workers killed or frozen while they held that very
-message after it was mailed — one for each delivery beyond the first: each kill and freeze
-first stops the processes (SIGSTOP), reads their processing lists, then kills. A dead
-letter is explained only when each of its tries was cut short by a kill of a worker
-holding it or by the relay being down (the pool logs each such try). Exits 1 when anything is lost,
-or a duplicate or a dead letter is not explained.
+A duplicate is explained only by what may run or send a mail twice, one for each delivery
+beyond the first: a worker killed or frozen while it held that very message after it was
+mailed (each kill and freeze first stops the processes (SIGSTOP), reads their processing
+lists, then kills), or the pool sending the mail again after the relay went down between
+the mail's end and its answer (the pool logs each: "it may come twice"). A dead letter is
+explained only when each of its tries was cut short by a kill of a worker holding it or by
+the relay being down (the pool logs each such try). Exits 1 when anything is lost, or a
+duplicate or a dead letter is not explained.
 
 Run: ``python -m bench.chaos`` (``--messages``, ``--rate``); writes bench/results/chaos.json.
 """
@@ -44,6 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,8 +64,11 @@ from tuitop.smtpserver import SmtpServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "chaos.json"
-UNCONFIRMED = re.compile(r"artifact #(\d+) changeset #\d+: mail to .*; counted as sent")
-"""The pool's log line for a mail handed over whole as the relay went down."""
+MAY_COME_TWICE = re.compile(r"artifact #(\d+) changeset #\d+: mail to .*: it may come twice")
+"""The pool's log line for a mail sent again (on the retry) because the relay went down
+after the mail's end, before its answer: the relay may have stored the first."""
+RESENT = "sent again after the relay's answer was lost (logged: it may come twice)"
+"""What explains a duplicate the pool said may come."""
 GIVEN_UP = re.compile(r"given up after (\d+) tries")
 RELAY_FAILED = re.compile(r"artifact #(\d+) changeset #\d+: .*; \d+ mail\(s\) left for a retry")
 """The pool's log line for a try cut short by the relay (down, or refusing for now)."""
@@ -80,12 +85,13 @@ class Report:
     pushed: int
     delivered: int
     duplicates: dict[int, list[str]]
-    """Artifact id → the kills or freezes of a worker that held it (none: unexplained)."""
+    """Artifact id → what explains its deliveries beyond the first (:func:`explain_duplicates`;
+    empty: unexplained)."""
     dead: int
     lost: list[int]
-    unconfirmed: list[int] = field(default_factory=list)
-    """Not received, but handed over whole to a relay that went down before it answered:
-    counted as sent by the pool (logged), never sent twice — the relay's to keep."""
+    resent: dict[int, int] = field(default_factory=dict)
+    """Artifact id → how many times the pool sent its mail again after the relay's answer
+    was lost (each logged "it may come twice")."""
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
     dead_reasons: dict[int, str] = field(default_factory=dict)
@@ -96,7 +102,8 @@ class Report:
 
     @property
     def unexplained(self) -> list[int]:
-        """Duplicates of messages no worker held as it was killed or frozen."""
+        """Duplicates that neither kills nor freezes of a worker holding the message, nor
+        the pool's resends after a lost answer, account for."""
         return [artifact for artifact, why in self.duplicates.items() if not why]
 
     @property
@@ -447,41 +454,53 @@ class Campaign:
                 dead_ids.add(int(payload["artifact_id"]))
                 dead_reasons[int(payload["artifact_id"])] = letter.reason
         client.close()
-        # A duplicate is explained by the kills or freezes of a worker that held the
-        # message after it was mailed (mailed, not yet acked): at least one for each
-        # delivery beyond the first. Anything else is unexplained.
         deliveries: dict[int, list[float]] = {}
         for message in self.smtp.messages:
             artifact = int(str(message.message["X-Tuleap-Artifact-Id"]))
             deliveries.setdefault(artifact, []).append(message.received_at)
-        duplicates: dict[int, list[str]] = {}
-        for artifact, times in deliveries.items():
-            if len(times) < 2:
-                continue
-            after = [what for at, what in self.held.get(artifact, []) if at >= min(times)]
-            duplicates[artifact] = after if len(after) >= len(times) - 1 else []
-        # The mails a pool handed over whole and counted as sent when the relay's answer
-        # was lost (it logs each): the relay's to keep, not lost by tuitop.
-        handed = set()
+        # The mails a pool sent again after the relay's answer was lost (it logs each).
+        resent: Counter[int] = Counter()
         relay_failed: Counter[int] = Counter()
         for pool in self.pools:
             if pool.log.exists():
                 log = pool.log.read_text()
-                handed |= {int(n) for n in UNCONFIRMED.findall(log)}
+                resent.update(int(n) for n in MAY_COME_TWICE.findall(log))
                 relay_failed.update(int(n) for n in RELAY_FAILED.findall(log))
-        missing = [n for n in range(self.messages) if n not in received and n not in dead_ids]
         return Report(
             pushed=self.messages,
             delivered=len(received),
-            duplicates=duplicates,
+            duplicates=explain_duplicates(deliveries, self.held, resent),
             dead=len(dead_ids - set(received)),
             dead_reasons=dead_reasons,
             held={artifact: len(strikes) for artifact, strikes in self.held.items()},
             relay_failed=dict(relay_failed),
-            lost=[n for n in missing if n not in handed],
-            unconfirmed=[n for n in missing if n in handed],
+            lost=[n for n in range(self.messages) if n not in received and n not in dead_ids],
+            resent=dict(resent),
             events=self.events,
         )
+
+
+def explain_duplicates(
+    deliveries: dict[int, list[float]],
+    held: dict[int, list[tuple[float, str]]],
+    resent: Mapping[int, int],
+) -> dict[int, list[str]]:
+    """Artifact id → what explains each delivery beyond the first, for every mail received
+    more than once (``deliveries``: the times it was received); an empty list when that
+    is fewer than the deliveries beyond the first (unexplained).
+
+    What explains one: a kill or freeze of a worker that held the message after it was
+    first mailed (``held``: wall time and what, per artifact: mailed, not yet acked), or
+    a resend of its mail after the relay's answer was lost (``resent``: how many the pool
+    logged)."""
+    duplicates: dict[int, list[str]] = {}
+    for artifact, times in deliveries.items():
+        if len(times) < 2:
+            continue
+        why = [what for at, what in held.get(artifact, []) if at >= min(times)]
+        why += [RESENT] * resent.get(artifact, 0)
+        duplicates[artifact] = why if len(why) >= len(times) - 1 else []
+    return duplicates
 
 
 def run_campaign(messages: int, rate: float, seed: int = 7) -> Report:
@@ -497,13 +516,14 @@ def main() -> int:
     args = parser.parse_args()
     report = run_campaign(args.messages, args.rate, args.seed)
     explained = len(report.duplicates) - len(report.unexplained)
+    twice = sum(artifact in report.duplicates for artifact in report.resent)
     rows = [
         ("pushed", f"{report.pushed:,}"),
         ("delivered (mails received, once or more)", f"{report.delivered:,}"),
         (
             "duplicates",
-            f"{len(report.duplicates):,} ({explained:,} held by a worker as it was killed "
-            "or frozen)",
+            f"{len(report.duplicates):,} ({explained:,} explained: held by a worker as it "
+            "was killed or frozen, or sent again after a lost answer)",
         ),
         (
             "dead-lettered",
@@ -511,8 +531,9 @@ def main() -> int:
             "cut by a kill or the relay down)",
         ),
         (
-            "handed over whole, the relay down before its answer",
-            f"{len(report.unconfirmed):,} (counted as sent, not sent twice)",
+            "sent again after a lost answer",
+            f"{len(report.resent):,} (the relay down between a mail's end and its 250; "
+            f"logged 'it may come twice'; {twice:,} received twice)",
         ),
         ("lost", f"{len(report.lost):,}"),
         ("events", f"{len(report.events):,} in {report.seconds:.0f} s"),
@@ -534,7 +555,7 @@ def main() -> int:
         "duplicates": {str(k): v for k, v in report.duplicates.items()},
         "dead": report.dead,
         "dead_reasons": {str(k): v for k, v in report.dead_reasons.items()},
-        "unconfirmed": report.unconfirmed,
+        "resent": {str(k): v for k, v in report.resent.items()},
         "lost": report.lost,
         "events": [{"at": round(e.at, 2), "what": e.what} for e in report.events],
         "seconds": report.seconds,

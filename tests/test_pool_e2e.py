@@ -28,6 +28,7 @@ from tuitop.queue import Queue, alive_in, parse_dead_letter
 from tuitop.redisserver import EmbeddedRedis
 from tuitop.smtpserver import SmtpServer
 from tuitop.snapshot import take_snapshot
+from tuitop.stats import read_buckets, summarize
 
 FAST_RETRY = ("--retry-delay", "0.05")
 
@@ -122,6 +123,34 @@ def test_worker_killed_mid_job_its_message_is_delivered_after_all(
     assert "Recovered 1 message(s) of worker" in log
     wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
     assert redis_client.llen(keys.DEAD_LETTERS) == 0
+    assert pool.stop() == 0
+
+
+def test_a_mail_whose_relay_hung_up_before_answering_is_sent_again(
+    tmp_path: Path,
+    pools: list[Pool],
+    redis_server: EmbeddedRedis,
+    redis_client: redis.Redis,
+    smtp_server: SmtpServer,
+) -> None:
+    """Issue 22: the relay loses the line after the whole mail, before its 250. The pool
+    retries it (it was counted as sent: lost when the relay had not stored it), counts the
+    try ``unanswered`` and logs that the mail may come twice."""
+    smtp_server.hang_up(times=1)
+    config = write_config(tmp_path, port=redis_server.port, workers=1, smtp_port=smtp_server.port)
+    pool = start_pool(pools, tmp_path, config, *FAST_RETRY)
+    push_all(redis_client, [notification(7)])
+    [delivered] = smtp_server.wait_for(1, timeout=20)
+    assert delivered.subject == "artifact #7 updated"
+    # The relay's copy before it hung up: a real relay may deliver that one too.
+    assert [message.subject for message in smtp_server.hung_up] == ["artifact #7 updated"]
+    wait_until(lambda: nothing_pending(redis_client), what="an empty queue")
+    counts = summarize(read_buckets(redis_client, time.time(), 120), 120).counts
+    assert counts.get("unanswered") == 1 and counts.get("retried") == 1
+    assert not counts.get("failed") and not counts.get("dead")
+    log = pool.log()
+    assert "artifact #7 changeset #1007: mail to user7@example.com" in log
+    assert "it may come twice" in log
     assert pool.stop() == 0
 
 

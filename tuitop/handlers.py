@@ -43,7 +43,8 @@ class RetryLater(Exception):
     """The job should be tried again; ``payload`` (if given) replaces the original's.
 
     ``detail`` is kept with the message if it ends in the dead letters (a task's stderr,
-    say); ``outcome`` is the stats counter it adds to (``failed``, or ``timedout``)."""
+    say); ``outcome`` is the stats counter it adds to: ``failed``, ``timedout`` (a task
+    past the time limit) or ``unanswered`` (a mail sent whole, the relay's answer lost)."""
 
     def __init__(
         self, reason: str, payload: Any = None, *, detail: str = "", outcome: str = "failed"

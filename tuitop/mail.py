@@ -1,8 +1,10 @@
 """Sending mail as Tuleap's config says: ``sendmail`` (a pipe) or ``smtp`` (a relay).
 
 Failures are sorted so the worker knows what to do: :class:`TransientMailError` (try
-again later: 4xx answers, a relay that cannot be reached, sendmail failing) and
-:class:`PermanentMailError` (trying again will not help: 5xx answers, no usable transport).
+again later: 4xx answers, a relay that cannot be reached, sendmail failing),
+:class:`PermanentMailError` (trying again will not help: 5xx answers, no usable transport)
+and :class:`UncertainMailError` (the mail went out whole and the relay's answer was lost:
+try again later, and it may come twice).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ class PermanentMailError(MailError):
 
 class UncertainMailError(MailError):
     """The mail went out whole, but the relay's answer was lost (the line closed, or no
-    answer in time): the relay may well have it. Sending it again could send it twice."""
+    answer in time): the relay may have it, or may have died before storing it.
+
+    Only the relay's 250 takes the mail off the sender's hands (RFC 5321 §6.1): it is
+    still the sender's to send again, as MTAs do, and sent again it may come twice."""
 
 
 class _MailEndWatch:
@@ -137,7 +142,8 @@ class SmtpTransport:
 
     def send(self, message: EmailMessage) -> list[str]:
         """Sends once: a mail whose end went out is never sent again here, whatever
-        happens to the answer (UncertainMailError)."""
+        happens to the answer (UncertainMailError: whether to send it again, and when, is
+        the caller's)."""
         for attempt in (1, 2):
             if self._client is None:
                 self._client = self._connect()

@@ -27,6 +27,9 @@ TOPIC = "tuleap.tracker.artifact"
 NOTIFICATION_TOPICS = frozenset({TOPIC, "tuleap.pullrequest.notification"})
 """The topics whose latency is the notifications' (the UI's Notification latency)."""
 LOG_KEY = "Notification"
+UNANSWERED = "unanswered"
+"""The stats counter of a try cut short after a whole mail, before the relay's answer
+(the outcome of its RetryLater): that mail is sent again on the retry, and may come twice."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,12 @@ def send_notification(
     notification: Notification, transport: MailTransport, sender: str, job_logger: Any
 ) -> None:
     """Sends every mail in order; raises RetryLater / PermanentFailure with a payload that
-    holds only the mails not sent, so that a retry never sends a mail twice."""
+    holds only the mails the relay did not take, so that a retry never sends again a mail
+    the relay answered 250 to.
+
+    A mail that went out whole but whose answer was lost is not taken (RFC 5321 §6.1):
+    it stays in the retry's payload (RetryLater with the outcome UNANSWERED), and, logged
+    as such, it may come twice."""
     logger = job_logger
     started = time.monotonic()
     logger.info("[%s] Start notification %s", LOG_KEY, notification.describe())
@@ -172,15 +180,24 @@ def send_notification(
         try:
             refused = transport.send(build_email(mail, sender, notification))
         except UncertainMailError as error:
-            # The relay may have it: sent again, it could arrive twice. Counted as sent.
+            # Without its 250 the mail is still ours: a relay that died before storing it
+            # would lose it. Sent again; if the relay had stored it, it comes twice.
+            left = tuple(rejected) + notification.mails[index:]
             logger.warning(
-                "[%s] %s: mail to %s: %s; counted as sent, not sent again",
+                "[%s] %s: mail to %s: %s; %d mail(s) left for a retry, that one included: "
+                "it may come twice",
                 LOG_KEY,
                 notification.describe(),
-                mail.to,
+                ", ".join(mail.to),
                 error,
+                len(left),
             )
-            continue
+            raise RetryLater(
+                f"mail to {', '.join(mail.to)}: {error}; sent again on the retry: "
+                "it may come twice",
+                notification.to_payload(left),
+                outcome=UNANSWERED,
+            ) from None
         except TransientMailError as error:
             left = tuple(rejected) + notification.mails[index:]
             logger.warning(

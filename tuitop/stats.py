@@ -2,8 +2,10 @@
 
 Workers add to a hash per 10-second bucket (``keys.stats_bucket``), pipelined with their
 acks so that recording costs no round trip of its own. A hash holds counters (``done``,
-``failed``, ``retried``, ``dead``, ``timedout``, ``enqueued``), one gauge (``depth``, the
-queue's length as a pool last sampled it in that bucket) and two log-scale histograms:
+``failed``, ``retried``, ``dead``, ``timedout``, ``unanswered``, ``enqueued``; a job that
+fails in its worker counts once under ``failed``, ``timedout`` or ``unanswered``, as its
+handler says, and once under ``retried`` or ``dead``), one gauge (``depth``, the queue's
+length as a pool last sampled it in that bucket) and two log-scale histograms:
 ``w:<i>`` for the wait (enqueue → start) and ``e:<i>`` for end to end (enqueue → done), with
 8 buckets per power of two of microseconds (each within 9 % of the true value). A view reads
 the last 5 minutes with one pipelined HGETALL per bucket — 31 commands whatever the load.
@@ -42,7 +44,7 @@ WAIT = "w"
 RUN = "r"
 """Run time (start → end), per topic only."""
 END_TO_END = "e"
-OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "enqueued")
+OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "unanswered", "enqueued")
 TOPIC_PREFIX = "t#"
 MAX_TOPICS = 40
 """Topic names one worker writes per bucket, and topics a window keeps (Tuleap has ~30)."""
