@@ -4,6 +4,7 @@ Tuleap's ``async_events``, filled the way Tuleap's front end fills it."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -16,9 +17,9 @@ from tuitop.backends.base import RetryPolicy, TimedOut
 from tuitop.backends.db.channel import DbChannel
 from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue, uuid7
-from tuitop.backends.db.schema import REASON_BYTES, create_tables, fit
+from tuitop.backends.db.schema import REASON_BYTES, create_tables, fit, fit_json
 from tuitop.backends.db.view import DbView
-from tuitop.beats import WorkerBeat
+from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import encode, job_key
@@ -557,3 +558,50 @@ def test_a_worker_beats_while_it_holds_its_lease(database: DatabaseSettings) -> 
     assert pool == "host-a" and json.loads(beat)["state"] == "idle"
     channel.leave(WORKER)
     assert not channel.leased(WORKER) and not channel.beat(WORKER, WorkerBeat(), 10)
+
+
+def test_fit_json_cuts_the_longest_texts_until_the_object_fits() -> None:
+    fields = {"ids": ",".join(str(n) for n in range(40_000)), "name": "é\x01" * 30_000, "n": 7}
+    text = fit_json(fields, 65_535)
+    assert len(text) <= 65_535
+    document = json.loads(text)
+    assert document["n"] == 7 and document["ids"].startswith("0,1,2,")
+    assert "cut to fit the column" in document["ids"] + document["name"]
+    assert fit_json({"a": "short"}) == '{"a": "short"}'
+    chance = random.Random(22)
+    alphabet = 'a,é\x01\u2028😀\udcff"\\'
+    for _ in range(200):
+        fields = {
+            f"f{n}": "".join(chance.choices(alphabet, k=chance.randrange(0, 30_000)))
+            for n in range(chance.randrange(1, 6))
+        }
+        limit = chance.randrange(1_000, 70_000)
+        text = fit_json(fields, limit)
+        assert len(text) <= limit and set(json.loads(text)) == set(fields)
+
+
+def test_a_heartbeat_and_a_config_past_their_column_are_cut_not_refused(
+    database: DatabaseSettings,
+) -> None:
+    """A forge's $sys_async_emails of 30,000 projects, a pool of a thousand workers on a
+    long host name: the pool's beat and published config pass 64 KiB (TEXT), which strict
+    mode refused at every tick."""
+    from tuitop.backends.db.pool import DbPoolStore
+
+    store = DbPoolStore(database, pool_name="big", retry=RetryPolicy(), socket_timeout=3)
+    store.ping()
+    assert store.claim_name("big", "token", 10)
+    scope = ",".join(str(n) for n in range(100_000, 130_000))
+    host = "forge-" + "x" * 58
+    workers = tuple(f"{host}/{slot}#{100000 + slot}" for slot in range(1024))
+    beat = PoolBeat(host=host, pid=1, wanted=1024, running=1024, async_scope=scope,
+                    workers=workers, beat=time.time())  # fmt: skip
+    store.publish("big", beat, 10, set(), False)
+    store.publish_config({"async_scope": scope, "workers": 1024})
+    store.reply("c1", json.dumps({"pool": "big", "ok": False, "said": "x" * 70_000}).encode())
+    snapshot = DbView(database, LaneSet.parse(""), "test").snapshot(time.time())
+    [pool] = snapshot.pools
+    assert pool.running == 1024 and pool.async_scope.startswith("100000,100001,")
+    queue = DbQueue(database)
+    queue.register(WORKER, "big", {}, 10)
+    assert queue.beat(WORKER, {"topic": "t" * 70_000, "state": "busy"}, 10)

@@ -25,7 +25,7 @@ from tuitop.backends.db.connection import (
 from tuitop.backends.db.dialect import NEW_ROW
 from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
-from tuitop.backends.db.schema import NOW, QUEUE_NAME, create_tables
+from tuitop.backends.db.schema import NOW, QUEUE_NAME, TEXT_BYTES, create_tables, fit_json
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.control import COMMAND_TTL
@@ -158,7 +158,7 @@ class DbPoolStore:
         def write(cursor: Cursor) -> None:
             cursor.execute(
                 f"UPDATE tuitop_pools SET expires_at = {NOW} + %s, beat = %s WHERE name = %s",
-                (ttl, json.dumps(beat.fields()), name),
+                (ttl, fit_json(beat.fields()), name),
             )
             lanes = sorted(served - {DEFAULT_LANE})
             if lanes and not stopping:
@@ -194,7 +194,7 @@ class DbPoolStore:
                     "INSERT INTO tuitop_config (one, version, fields) VALUES (1, 1, %s) "
                     f"ON DUPLICATE KEY UPDATE version = version + 1, fields = {NEW_ROW}.fields"
                 ),
-                (json.dumps(dict(fields)),),
+                (fit_json(fields),),
             )
         )
 
@@ -269,13 +269,17 @@ class DbPoolStore:
         return self.session.transaction(take)
 
     def reply(self, command_id: str, body: bytes) -> None:
+        text = body.decode()
+        if len(body) > TEXT_BYTES:  # what a pool said of a config that does not load
+            text = fit_json(json.loads(text))
+
         def write(cursor: Cursor) -> None:
             cursor.execute(
                 f"DELETE FROM tuitop_control_replies WHERE at < {NOW} - %s", (COMMAND_TTL,)
             )
             cursor.execute(
                 f"REPLACE INTO tuitop_control_replies (id, body, at) VALUES (%s, %s, {NOW})",
-                (command_id, body.decode()),
+                (command_id, text),
             )
 
         self.session.run(write)

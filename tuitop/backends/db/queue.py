@@ -53,6 +53,7 @@ from tuitop.backends.db.schema import (
     REASON_BYTES,
     TRACEBACK_BYTES,
     fit,
+    fit_json,
 )
 from tuitop.config import DatabaseSettings
 from tuitop.message import Message, decode
@@ -654,7 +655,7 @@ class DbQueue:
                     f"VALUES (%s, %s, {NOW} + %s, %s) ON DUPLICATE KEY UPDATE "
                     f"expires_at = {NEW_ROW}.expires_at, beat = {NEW_ROW}.beat"
                 ),
-                (worker_id, pool, ttl, json.dumps(fields)),
+                (worker_id, pool, ttl, fit_json(fields)),
             )
         )
 
@@ -663,7 +664,7 @@ class DbQueue:
         found = self.session.run(
             lambda cursor: cursor.execute(
                 f"UPDATE tuitop_workers SET expires_at = {NOW} + %s, beat = %s WHERE id = %s",
-                (ttl, json.dumps(fields), worker_id),
+                (ttl, fit_json(fields), worker_id),
             )
         )
         return bool(found)

@@ -22,6 +22,9 @@ see an old id come back, not only new rows).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 from pymysql.cursors import Cursor
 
 QUEUE_NAME = "app_user_events"
@@ -135,6 +138,10 @@ long exception, is cut to it (:func:`fit`) — strict mode refuses a longer valu
 move would fail at every try, the message stuck in a live worker's hands."""
 TRACEBACK_BYTES = 16_777_215
 """What ``tuitop_dead_letters.traceback`` holds (MEDIUMTEXT)."""
+TEXT_BYTES = 65_535
+"""What the other TEXT columns hold: a heartbeat (a pool's lists its workers and its
+``$sys_async_emails``: a forge's thousands of project ids), the config a pool publishes,
+a reply to a command (:func:`fit_json`)."""
 _CUT = "\n… ({} bytes cut to fit the column)"
 
 
@@ -148,6 +155,44 @@ def fit(text: str, limit: int) -> str:
     note_room = len(_CUT.format(len(data)).encode())
     kept = data[: limit - note_room].decode("utf-8", "ignore")
     return kept + _CUT.format(len(data) - len(kept.encode("utf-8", "surrogateescape")))
+
+
+def fit_json(fields: Mapping[str, object], limit: int = TEXT_BYTES) -> str:
+    """``fields`` as the JSON object a column of ``limit`` bytes takes: whole when it fits,
+    else with its longest text values cut (:func:`fit`) to one common length, so that
+    each keeps as much as the others — still an object every view reads, never a write
+    strict mode refuses at every try."""
+    document = dict(fields)
+    text = json.dumps(document)  # ASCII: its length is its size in bytes
+    margin = 0
+    while len(text) > limit:
+        texts = {name: value for name, value in document.items() if isinstance(value, str)}
+        texts = {name: value for name, value in texts.items() if value}
+        if not texts:
+            raise ValueError(f"no text of these fields can be cut to {limit} bytes")
+        sizes = {name: len(json.dumps(value)) for name, value in texts.items()}
+        room = limit - (len(text) - sum(sizes.values())) - margin - 64 * len(texts)
+        level = _water_level(sorted(sizes.values(), reverse=True), room)
+        for name, value in texts.items():
+            if sizes[name] > level:
+                # JSON's escapes: a value's bytes are cut in the share its text is.
+                size = len(value.encode("utf-8", "surrogateescape"))
+                kept = size * level // sizes[name]
+                document[name] = fit(value, kept) if kept > len(_CUT.format(size)) else ""
+        text = json.dumps(document)
+        margin = 2 * margin + 64
+    return text
+
+
+def _water_level(sizes: list[int], room: int) -> int:
+    """The length ``L`` to cut the largest of ``sizes`` (descending) to, so that the sum
+    of each cut to ``L`` at most is within ``room``."""
+    for count in range(1, len(sizes) + 1):
+        rest = sum(sizes[count:])
+        level = (room - rest) // count
+        if count == len(sizes) or level >= sizes[count]:
+            return max(level, 0)
+    return 0
 
 
 NOW = "UNIX_TIMESTAMP(NOW(6))"
