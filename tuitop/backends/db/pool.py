@@ -65,7 +65,8 @@ def waiting(cursor: Cursor) -> int:
 
 
 class DbPoolStore:
-    """A pool's session with the database (its own connection: the pool's loop only)."""
+    """A pool's session with the database: its one connection, which its loop, its doorbell
+    and its ``/metrics`` scrapes share (:class:`~.connection.Session` is thread-safe)."""
 
     errors = ERRORS
 
