@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -445,6 +446,40 @@ def test_a_setsid_env_i_daemon_of_a_task_lives_until_its_worker_exits_then_is_en
     )
     client.close()
     assert pool.stop() == 0
+
+
+def test_a_setsid_env_i_daemon_of_a_killed_worker_is_ended_by_the_pool(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The worker SIGKILLed mid-task: its task dies with it, and the daemon the task had
+    started, adopted by the worker, is re-parented to the forkserver (a subreaper too),
+    whose children that are no workers the pool ends as it reaps the worker."""
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, "--grace", "1", port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "k", "standin": {"detached": 300, "hang": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("k"), 20, "the task to start")
+    daemon = detached_daemon(run)
+    worker = psutil.Process(int(str(run["ppid"])))
+    assert daemon.ppid() == worker.pid
+    worker.kill()
+    wait_until(lambda: not alive(daemon.pid), 10, "the daemon of the killed worker ended")
+    pool.wait_for_log(
+        rf"Killed \d+ process\(es\) the tasks of worker {re.escape(worker_id_in(run))} "
+        rf"left running: .*sleep \(pid {daemon.pid}\)"
+    )
+    assert "unexpected pid" not in pool.output()  # the forkserver reaps them quietly
+    client.close()
+    assert pool.stop() == 0  # before its retry is due (5 s); else --grace, and a kill
+
+
+def worker_id_in(run: dict[str, object]) -> str:
+    env = run["env"]
+    assert isinstance(env, dict)
+    return str(env["TUITOP_WORKER"])
 
 
 def test_the_orphans_of_tasks_that_ended_are_reaped_by_their_worker(
