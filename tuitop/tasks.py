@@ -15,11 +15,25 @@ does the same, and keeps promises Tuleap's does not:
   exec'd in front of the command where it has ``--pdeathsig``, else between fork and exec,
   which costs a fork instead of a vfork: six times the start of a small program): a worker
   killed by any means leaves no task running; what the task started itself is still in its
-  group, which the
-  pool kills when it reaps the worker (:func:`kill_group`), and every process of the tree
-  carries ``TUITOP_WORKER`` in its environment, so a pool that was killed whole finds
-  what its tasks left at its next start (:func:`sweep_leftovers`);
+  group, which the pool kills when it reaps the worker (:func:`kill_group`);
 * processes a task leaves in its group when it exits are stopped with it;
+* what a task leaves running outside its group — a daemon in a session of its own, its
+  environment reset (``setsid env -i``, sudo's ``env_reset``) — is found by the one thing
+  it cannot shed, its parent: the worker is the child subreaper of its tasks' trees
+  (``PR_SET_CHILD_SUBREAPER``), so such an orphan is re-parented to the worker, not to
+  init. It runs on while the worker does (a ``git gc --auto`` finishes), is reaped when
+  a task ends after it did (a zombie until then), and is ended when the worker exits
+  (:meth:`TaskRunner.end_orphans`). A killed worker's children go to the forkserver, a
+  subreaper too (:mod:`tuitop.forkserver_subreaper`), whose children that are no workers
+  the pool ends as it reaps the worker (:func:`end_adopted`);
+* every process of the tree carries ``TUITOP_WORKER`` in its environment unless it resets
+  it, so a pool that was killed whole (pool, forkserver and workers) finds at its next
+  start what its tasks left that kept it (:func:`sweep_leftovers`). What it left without
+  it went to init and is not found: under systemd, the unit's cgroup ends it as the unit
+  stops (``KillMode=mixed``); elsewhere it escapes. So do processes of another user (the
+  kill is refused), those a worker leaves when it is killed after its forkserver died,
+  and jobs a task hands to another service (``systemd-run``, ``at``, ssh), never its
+  descendants;
 * its output goes to the worker_log line by line, at most ``log_limit`` bytes a job, and
   the last ``tail_limit`` bytes of its stderr are kept for the dead letter: memory stays
   bounded whatever the task writes.
