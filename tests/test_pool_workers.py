@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes.util
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,3 +70,41 @@ def test_a_forkserver_start_does_not_look_for_libc_again(
         assert called == []
     finally:
         osutil._prctl.cache_clear()
+
+
+FORKSERVER_PROBE = """
+import ctypes, multiprocessing.forkserver, subprocess, sys
+import psutil
+import tuitop.forkserver_subreaper
+from tuitop.pool.workers import new_context
+
+flag = ctypes.c_int(-1)
+ctypes.CDLL("libc.so.6").prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+worker = new_context().Process(
+    target=subprocess.run, args=(["sh", "-c", "sleep 30 & echo $! > " + sys.argv[1]],)
+)
+worker.start()
+worker.join()
+orphan = psutil.Process(int(open(sys.argv[1]).read()))
+try:
+    print(flag.value, orphan.ppid() == multiprocessing.forkserver._forkserver._forkserver_pid)
+finally:
+    orphan.kill()
+"""
+
+
+def test_the_forkserver_adopts_what_its_children_leave_and_only_it(tmp_path: Path) -> None:
+    """A worker's shell leaves a background sleep: its parent becomes the forkserver (which
+    the pool asks about as it reaps a killed worker), not init. The process that imports
+    tuitop.forkserver_subreaper itself is left as it was (else it would adopt every
+    orphan below it, and keep them as zombies)."""
+    repo = Path(__file__).resolve().parent.parent
+    probe = subprocess.run(
+        [sys.executable, "-c", FORKSERVER_PROBE, str(tmp_path / "orphan.pid")],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        timeout=60,
+    )
+    assert probe.stdout.split() == ["0", "True"], probe.stderr

@@ -8,10 +8,13 @@ pushes them: LPUSH of PHP's json_encode output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -50,10 +53,27 @@ class Tuleap:
     def runs_of(self, message_id: str, kind: str = "start") -> list[dict[str, object]]:
         return [r for r in self.runs(kind) if r["id"] == message_id]
 
+    def kill_detached(self) -> None:
+        """Kills the ``setsid env -i sleep`` daemons its runs started (``detached``) that
+        still run: one that escaped its worker and the pool is no child of theirs."""
+        for run in self.runs():
+            if "detached_pid" not in run:
+                continue
+            with contextlib.suppress(psutil.Error):
+                daemon = psutil.Process(int(str(run["detached_pid"])))
+                # Started by that run, not a process that took its pid since.
+                if daemon.name() == "sleep" and daemon.create_time() >= float(str(run["at"])) - 1:
+                    daemon.kill()
+
 
 @pytest.fixture
-def tuleap(tmp_path: Path) -> Tuleap:
-    return Tuleap(tmp_path)
+def tuleap(tmp_path: Path, pools: list[Pool]) -> Iterator[Tuleap]:
+    """The stand-in; after the test, whatever its outcome, the daemons its runs left."""
+    tuleap = Tuleap(tmp_path)
+    yield tuleap
+    for pool in pools:
+        pool.kill_all()  # no run starts after this
+    tuleap.kill_detached()
 
 
 def start_pool(
@@ -378,12 +398,109 @@ def test_a_daemon_a_task_started_ends_when_its_worker_does(
     payload = json.dumps({"id": "d", "standin": {"daemon": True}})
     push_all(client, [php_message("tuleap.git.hooks.post-receive", payload, time.time())])
     [run] = wait_until(lambda: tuleap.runs_of("d", "end") and tuleap.runs_of("d"), 20, "the task")
-    assert int(run["pgid"]) != os.getpgid(int(run["daemon_pid"]))  # it left the task's group
+    assert run["pgid"] != run["daemon_pgid"]  # it left the task's group
     wait_until(
         lambda: not alive(int(run["daemon_pid"])),  # type: ignore[arg-type]
         15,
         "the daemon to be ended with its worker",
     )
+    client.close()
+    assert pool.stop() == 0
+
+
+def detached_daemon(run: dict[str, object]) -> psutil.Process:
+    """The ``setsid env -i sleep`` a run started, once it runs sleep, its environment reset
+    and in a session of its own (the ``tuleap`` fixture kills it after the test)."""
+    daemon = psutil.Process(int(str(run["detached_pid"])))
+    wait_until(lambda: daemon.name() == "sleep", 10, "the daemon to run sleep")
+    assert daemon.environ() == {}  # no TUITOP_WORKER to find it by
+    assert os.getsid(daemon.pid) == daemon.pid
+    return daemon
+
+
+def test_a_setsid_env_i_daemon_of_a_task_lives_until_its_worker_exits_then_is_ended(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A task's background job (``setsid env -i …&``, as a git hook's ``git gc --auto``)
+    is adopted by its worker: it may finish while the worker runs other jobs, and is
+    ended when the worker exits (here recycled after two messages). It escaped before:
+    re-parented to init, nothing named its worker in its environment."""
+    client = redis_server.client()
+    pool = start_pool(
+        pools, tmp_path, tuleap, "--max-messages", "2", port=redis_server.port, workers=1
+    )
+    payload = json.dumps({"id": "gc", "standin": {"detached": 300}})
+    push_all(client, [php_message("tuleap.git.hooks.post-receive", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("gc", "end") and tuleap.runs_of("gc"), 20, "the task")
+    daemon = detached_daemon(run)
+    assert daemon.ppid() == run["ppid"]  # its worker's, not init's
+    pool.wait_for_log("Message processed")
+    assert alive(daemon.pid)  # the job is over, the worker is not: it runs on
+    push_all(client, [php_message("tuleap.git.hooks.post-receive", '{"id":"next"}', time.time())])
+    wait_until(lambda: not alive(daemon.pid), 10, "the daemon ended as its worker exits")
+    pool.wait_for_log(
+        rf"Stopped 1 process\(es\) its tasks left running: sleep \(pid {daemon.pid}\)"
+    )
+    client.close()
+    assert pool.stop() == 0
+
+
+def test_a_setsid_env_i_daemon_of_a_killed_worker_is_ended_by_the_pool(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The worker SIGKILLed mid-task: its task dies with it, and the daemon the task had
+    started, adopted by the worker, is re-parented to the forkserver (a subreaper too),
+    whose children that are no workers the pool ends as it reaps the worker."""
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, "--grace", "1", port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "k", "standin": {"detached": 300, "hang": True}})
+    push_all(client, [php_message("tuleap.tracker.creation.jira", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("k"), 20, "the task to start")
+    daemon = detached_daemon(run)
+    worker = psutil.Process(int(str(run["ppid"])))
+    assert daemon.ppid() == worker.pid
+    worker.kill()
+    wait_until(lambda: not alive(daemon.pid), 10, "the daemon of the killed worker ended")
+    pool.wait_for_log(
+        rf"Killed \d+ process\(es\) the tasks of worker {re.escape(worker_id_in(run))} "
+        rf"left running: .*sleep \(pid {daemon.pid}\)"
+    )
+    assert "unexpected pid" not in pool.output()  # the forkserver reaps them quietly
+    client.close()
+    assert pool.stop() == 0  # before its retry is due (5 s); else --grace, and a kill
+
+
+def worker_id_in(run: dict[str, object]) -> str:
+    env = run["env"]
+    assert isinstance(env, dict)
+    return str(env["TUITOP_WORKER"])
+
+
+def test_the_orphans_of_tasks_that_ended_are_reaped_by_their_worker(
+    tmp_path: Path,
+    pools: list[Pool],
+    tuleap: Tuleap,
+    redis_server: EmbeddedRedis,
+) -> None:
+    """A worker adopts its tasks' orphans, so it must wait for them: one that ended is
+    a zombie under its worker until the worker's next job ends, not for the rest of its
+    life."""
+    client = redis_server.client()
+    pool = start_pool(pools, tmp_path, tuleap, port=redis_server.port, workers=1)
+    payload = json.dumps({"id": "brief", "standin": {"detached": 1}})
+    push_all(client, [php_message("tuleap.git.hooks.post-receive", payload, time.time())])
+    [run] = wait_until(lambda: tuleap.runs_of("brief"), 20, "the task to start")
+    orphan = psutil.Process(int(str(run["detached_pid"])))
+    wait_until(lambda: orphan.status() == psutil.STATUS_ZOMBIE, 10, "the orphan to end")
+    assert orphan.ppid() == run["ppid"]  # adopted by the worker, which has not reaped it yet
+    push_all(client, [php_message("tuleap.git.hooks.post-receive", '{"id":"next"}', time.time())])
+    wait_until(lambda: not orphan.is_running(), 10, "the zombie reaped after the next job")
     client.close()
     assert pool.stop() == 0
 

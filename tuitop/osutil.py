@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import glob
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from typing import Any
 import psutil
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _libc_names() -> Iterator[str | None]:
@@ -48,6 +51,33 @@ def set_parent_death_signal(signum: int = signal.SIGTERM) -> bool:
     """
     prctl = _prctl()
     return prctl is not None and int(prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
+
+
+def become_child_subreaper() -> bool:
+    """Makes this process the child subreaper of its descendants (Linux 3.4 and later): a
+    descendant whose parent dies is re-parented to the nearest such ancestor instead of
+    init, whatever session, group or environment it took on the way — found again as a
+    child. The process must then reap what it adopts, pid by pid (``os.waitpid``), or
+    they stay zombies. Returns False where that is not available."""
+    prctl = _prctl()
+    return prctl is not None and int(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def child_pids() -> list[int]:
+    """The pids of this process's children now, zombies included: read from
+    ``/proc/self/task/*/children`` (each thread's own list; no scan of every process on
+    the host), or found by psutil where the kernel has no such file."""
+    pids: list[int] = []
+    lists = glob.glob(f"/proc/{os.getpid()}/task/*/children")
+    if not lists:
+        return [child.pid for child in psutil.Process().children()]
+    for path in lists:
+        try:
+            with open(path) as children:
+                pids.extend(int(pid) for pid in children.read().split())
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return pids
 
 
 def process_running(pid: int, create_time: float | None = None) -> bool:

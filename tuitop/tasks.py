@@ -15,11 +15,25 @@ does the same, and keeps promises Tuleap's does not:
   exec'd in front of the command where it has ``--pdeathsig``, else between fork and exec,
   which costs a fork instead of a vfork: six times the start of a small program): a worker
   killed by any means leaves no task running; what the task started itself is still in its
-  group, which the
-  pool kills when it reaps the worker (:func:`kill_group`), and every process of the tree
-  carries ``TUITOP_WORKER`` in its environment, so a pool that was killed whole finds
-  what its tasks left at its next start (:func:`sweep_leftovers`);
+  group, which the pool kills when it reaps the worker (:func:`kill_group`);
 * processes a task leaves in its group when it exits are stopped with it;
+* what a task leaves running outside its group — a daemon in a session of its own, its
+  environment reset (``setsid env -i``, sudo's ``env_reset``) — is found by the one thing
+  it cannot shed, its parent: the worker is the child subreaper of its tasks' trees
+  (``PR_SET_CHILD_SUBREAPER``), so such an orphan is re-parented to the worker, not to
+  init. It runs on while the worker does (a ``git gc --auto`` finishes), is reaped when
+  a task ends after it did (a zombie until then), and is ended when the worker exits
+  (:meth:`TaskRunner.end_orphans`). A killed worker's children go to the forkserver, a
+  subreaper too (:mod:`tuitop.forkserver_subreaper`), whose children that are no workers
+  the pool ends as it reaps the worker (:func:`end_adopted`);
+* every process of the tree carries ``TUITOP_WORKER`` in its environment unless it resets
+  it, so a pool that was killed whole (pool, forkserver and workers) finds at its next
+  start what its tasks left that kept it (:func:`sweep_leftovers`). What it left without
+  it went to init and is not found: under systemd, the unit's cgroup ends it as the unit
+  stops (``KillMode=mixed``); elsewhere it escapes. So do processes of another user (the
+  kill is refused), those a worker leaves when it is killed after its forkserver died,
+  and jobs a task hands to another service (``systemd-run``, ``at``, ssh), never its
+  descendants;
 * its output goes to the worker_log line by line, at most ``log_limit`` bytes a job, and
   the last ``tail_limit`` bytes of its stderr are kept for the dead letter: memory stays
   bounded whatever the task writes.
@@ -39,7 +53,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +61,12 @@ import psutil
 
 from tuitop.config import MASK, mask_spans, secret_spans
 from tuitop.handlers import Handler, Job, RetryLater
-from tuitop.osutil import parent_death_signal_available, set_parent_death_signal
+from tuitop.osutil import (
+    become_child_subreaper,
+    child_pids,
+    parent_death_signal_available,
+    set_parent_death_signal,
+)
 
 TULEAP_CLI = "/usr/bin/tuleap"
 TULEAP_SOURCE_ROOT = "/usr/share/tuleap"
@@ -65,6 +84,9 @@ TAIL_LIMIT = 4 * 1024
 """Bytes of the end of a task's stderr kept for the dead letter."""
 LEFTOVER_WAIT = 0.2
 """Seconds the processes a finished task left behind get between SIGTERM and SIGKILL."""
+ADOPTED_ROUNDS = 5
+"""Times :func:`end_adopted` looks again for what the processes it ended left to their
+adopter (their own children, re-parented to it as they die)."""
 _MASK = MASK.encode()
 _READ_SIZE = 64 * 1024
 _POLL = 0.25
@@ -306,10 +328,16 @@ class TaskRunner:
         tail_limit: int = TAIL_LIMIT,
         wrapper: tuple[str, ...] | None = None,
         secrets: Callable[[], Sequence[str]] = tuple,
+        adopt_orphans: bool = False,
     ) -> None:
         """``wrapper``: what is exec'd in front of the command to arm its death signal
         (default: :func:`death_signal_wrapper`; ``()``: armed between fork and exec).
-        ``secrets``: the values masked in what the task writes (the passwords in force)."""
+        ``secrets``: the values masked in what the task writes (the passwords in force).
+        ``adopt_orphans`` (a worker's): this process becomes the child subreaper of its
+        tasks' trees, so that what a task leaves running outside its group — a daemon in
+        a session of its own, its environment reset — is re-parented to it; such orphans
+        are reaped as they end, after each task, and :meth:`end_orphans` ends those still
+        running."""
         self.command = command
         self.time_limit = time_limit
         self.logger = logger
@@ -327,6 +355,8 @@ class TaskRunner:
         parent_death_signal_available()  # resolved here, not in the child after fork
         self._wrapper = death_signal_wrapper() if wrapper is None else wrapper
         self._secrets = secrets
+        self.adopts = adopt_orphans and become_child_subreaper()
+        """Whether this process is the child subreaper of its tasks' trees."""
         self._lock = threading.Lock()
         self._limit: _Limit | None = None
         """The running task's deadline (None when no task runs)."""
@@ -389,6 +419,8 @@ class TaskRunner:
                 kill_group(process.pid)
                 process.wait()
             self._stop_leftovers(process.pid, quietly=killed is not None)
+            if self.adopts:
+                self._reap_orphans()
             output.close()
         return TaskOutcome(
             returncode=int(process.returncode),
@@ -496,6 +528,7 @@ class TaskRunner:
     def _stop_leftovers(self, pgid: int, *, quietly: bool) -> None:
         """Stops what the task left running in its group (it is over: they are orphans);
         ``quietly`` after a kill, where the group's last processes are merely slower to go."""
+        _reap_group(pgid)
         if not kill_group(pgid, 0):
             return
         if not quietly:
@@ -504,7 +537,31 @@ class TaskRunner:
         deadline = time.monotonic() + LEFTOVER_WAIT
         while time.monotonic() < deadline and kill_group(pgid, 0):
             time.sleep(0.01)
+            _reap_group(pgid)
         kill_group(pgid, signal.SIGKILL)
+
+    def _reap_orphans(self) -> None:
+        """Waits for the adopted orphans that ended (a subreaper's zombies otherwise): the
+        children outside this process's own group. A task and all it starts run in groups
+        of their own; what a handler starts stays in the worker's, its own to wait for."""
+        own_group = os.getpgrp()
+        for pid in child_pids():
+            with contextlib.suppress(OSError):  # ended and reaped meanwhile
+                if os.getpgid(pid) != own_group:
+                    os.waitpid(pid, os.WNOHANG)
+
+    def end_orphans(self) -> None:
+        """Ends every child this process has left (SIGTERM, then SIGKILL), with all they
+        started, and logs what it ended: called as the worker exits, when what its tasks
+        left running — a daemon such as ``git gc --auto`` starts — is an orphan for good.
+        Does nothing unless it adopts orphans."""
+        if not self.adopts:
+            return
+        ended = end_adopted(psutil.Process())
+        if ended:
+            self.logger.warning(
+                "Stopped %d process(es) its tasks left running: %s", len(ended), ", ".join(ended)
+            )
 
 
 def task_handler(runner: TaskRunner) -> Handler:
@@ -529,6 +586,15 @@ def task_handler(runner: TaskRunner) -> Handler:
         )
 
     return run_task
+
+
+def _reap_group(pgid: int) -> None:
+    """Waits for this process's children in the group ``pgid`` that ended: a task's
+    orphans re-parented to its worker (a child subreaper) are zombies until then, and a
+    zombie still counts as a member of the group."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-pgid, os.WNOHANG)[0]:
+            pass
 
 
 def _pidfd(pid: int) -> int | None:
@@ -560,3 +626,76 @@ def sweep_leftovers(worker_ids_alive: Callable[[str], bool], logger: logging.Log
     if killed:
         logger.warning("Killed %d task process(es) left by workers that are gone", killed)
     return killed
+
+
+def end_adopted(adopter: psutil.Process, spare: Collection[int] = ()) -> list[str]:
+    """Ends what the child subreaper ``adopter`` adopted: its children but the ``spare``
+    pids, each with everything it started — SIGTERM, up to ``LEFTOVER_WAIT`` s for them to
+    go, then SIGKILL — and again what their ends re-parented to it, up to
+    ``ADOPTED_ROUNDS`` times. A process of another user refuses the signal and is left
+    alone. When ``adopter`` is this process, its children that ended are reaped. Returns
+    what it signalled, each as ``name (pid N)``."""
+    ended: dict[int, str] = {}
+    mine = adopter.pid == os.getpid()
+    children: list[psutil.Process] = []
+    for _ in range(ADOPTED_ROUNDS):
+        try:
+            children = [child for child in adopter.children() if child.pid not in spare]
+        except psutil.Error:  # the adopter is gone
+            break
+        if mine:
+            _reap(children)
+        tree = list(children)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                tree.extend(child.children(recursive=True))
+        running = {process: _describe(process) for process in tree if _running(process)}
+        signalled = [process for process in running if _signal(process, signal.SIGTERM)]
+        if not signalled:
+            break  # all ended, or another user's
+        ended.update((process.pid, running[process]) for process in signalled)
+        for process in _still_running(signalled, LEFTOVER_WAIT):
+            _signal(process, signal.SIGKILL)
+    if mine:
+        _reap(children)
+    return list(ended.values())
+
+
+def _still_running(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    """Those of ``processes`` still running after up to ``seconds`` (a zombie has ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        processes = [process for process in processes if _running(process)]
+        if not processes or time.monotonic() >= deadline:
+            return processes
+        time.sleep(0.01)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _signal(process: psutil.Process, signum: int) -> bool:
+    """Sends ``signum``; False when the process is gone or refuses it (another user's)."""
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
+        return False
+    return True
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return f"{process.name()} (pid {process.pid})"
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+def _reap(children: Sequence[psutil.Process]) -> None:
+    """Waits for those of this process's ``children`` that ended (no wait for the rest)."""
+    for child in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, os.WNOHANG)

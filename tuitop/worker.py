@@ -276,6 +276,7 @@ class Worker:
                 logger=self.logger,
                 worker_id=self.id,
                 secrets=settings.secrets,
+                adopt_orphans=True,
             )
         try:
             self.registry: HandlerRegistry = build_registry(
@@ -301,6 +302,8 @@ class Worker:
         try:
             self._loop()
         finally:
+            if self.tasks is not None:
+                self.tasks.end_orphans()  # what its tasks left would outlive it
             self._finish()
             heartbeat.stop()
             self.mail.close()

@@ -35,7 +35,7 @@ from tuitop.osutil import process_running
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import describe_exit
 from tuitop.pool.stacks import StackDumps
-from tuitop.tasks import KILL_GRACE, kill_group, sweep_leftovers
+from tuitop.tasks import KILL_GRACE, end_adopted, kill_group, sweep_leftovers
 from tuitop.worker import (
     ALIVE,
     BUSY,
@@ -98,6 +98,9 @@ class WorkerRecord:
     serves: tuple[str, ...] = (DEFAULT_LANE,)
     bell: Any = None
     """The write end of its doorbell pipe (the database queue), or None."""
+    forkserver: psutil.Process | None = None
+    """Its parent, the forkserver, which adopts what the worker leaves when it is killed
+    (:mod:`tuitop.forkserver_subreaper`); None when it could not be read at the start."""
 
     @property
     def idle(self) -> bool:
@@ -119,6 +122,8 @@ class Exit:
 
 WORKER_PRELOAD = (
     "tuitop.worker",
+    # Not a speed-up: makes the forkserver adopt what a killed worker leaves running.
+    "tuitop.forkserver_subreaper",
     # What a worker imports before its first command (its channel, the lease's token,
     # unpickling its status array and process, a host name's encoding at connect): each
     # new worker would pay them again, ~40 ms in all, while its slot serves nothing (a
@@ -239,6 +244,7 @@ class WorkerSet:
             lane=lane,
             serves=serves,
             bell=bell_writer,
+            forkserver=_parent_of(process.pid),
         )
         self.logger.debug("Started worker %s for lane %s", worker_id, lane)
 
@@ -403,12 +409,25 @@ class WorkerSet:
 
     def _end_tasks_of(self, record: WorkerRecord) -> None:
         """Once a worker is gone, however it ended: its task's group, and every process
-        its tasks started that left the group (a daemon in a session of its own), found
-        by the worker's id in their environment — as systemd ends what a Tuleap worker's
-        unit leaves behind when it restarts."""
+        its tasks started that left the group (a daemon in a session of its own) — as
+        systemd ends what a Tuleap worker's unit leaves behind when it restarts. A worker
+        that exits ends those itself; those of a killed one were re-parented to the
+        forkserver, whose children that are no workers are ended here, whatever their
+        environment; and the processes that still name the worker in theirs
+        (``TUITOP_WORKER``) are swept, wherever they went."""
         if self.options.task is None:
             return
         self._kill_task_group(record)
+        if record.forkserver is not None:
+            workers = {r.process.pid for r in self.records.values() if r.process.pid}
+            ended = end_adopted(record.forkserver, spare=workers)
+            if ended:
+                self.logger.warning(
+                    "Killed %d process(es) the tasks of worker %s left running: %s",
+                    len(ended),
+                    record.worker_id,
+                    ", ".join(ended),
+                )
         sweep_leftovers(lambda worker_id: worker_id != record.worker_id, self.logger)
 
     def alive(self, worker_id: str) -> bool:
@@ -423,3 +442,10 @@ class WorkerSet:
     def sweep_leftovers(self) -> None:
         """What the tasks of an earlier run of a pool killed whole left behind."""
         sweep_leftovers(self.alive, self.logger)
+
+
+def _parent_of(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid).parent()
+    except psutil.Error:
+        return None
