@@ -522,8 +522,11 @@ class DbQueue:
         trip; the rows as they are held (a colliding id renamed: :func:`copy_rows`)."""
         ids = [row[0] for row in rows]
         select = f"{_REST}, %s, {NOW}"
+        # One row a statement: ``id IN (…)`` may be read by a scan of the table (the
+        # optimizer's pick for a few rows), which locks — waits for — each row it reads,
+        # Tuleap's worker's too (DELETE has no semi-consistent read); ``id =`` reads one.
         delete: list[Statement] = [
-            (f"DELETE FROM async_events WHERE {_in(ids)}", ids),
+            *(("DELETE FROM async_events WHERE id = %s", (row_id,)) for row_id in ids),
             ("COMMIT", ()),
         ]
         try:
