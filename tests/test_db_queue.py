@@ -605,3 +605,19 @@ def test_a_heartbeat_and_a_config_past_their_column_are_cut_not_refused(
     queue = DbQueue(database)
     queue.register(WORKER, "big", {}, 10)
     assert queue.beat(WORKER, {"topic": "t" * 70_000, "state": "busy"}, 10)
+
+
+def test_a_failure_reason_holding_lone_surrogates_is_written_escaped(
+    queue: DbQueue, database: DatabaseSettings
+) -> None:
+    """A handler's exception quoting a payload's ``"\\ud800"`` (JSON lets a lone surrogate
+    through), a task's stderr decoded with surrogateescape: no UTF-8 can say them, and the
+    driver's encoding failed the move at every try. They are written as escapes."""
+    enqueue(database, "tuleap.tracker.artifact", {"id": 1})
+    [message] = take(queue)
+    reason = "bad address '\ud800' in payload; stderr: \udcff"
+    assert queue.fail(WORKER, message, reason, traceback="at \udfff", retryable=False) == "dead"
+    [letter] = queue.dead_letters()
+    assert letter.reason == "bad address '\\ud800' in payload; stderr: \\udcff"
+    assert letter.traceback == "at \\udfff"
+    assert len(fit_json({"a": "\ud800" * 40_000}, 1000)) <= 1000

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.pool import REPO, Pool, run_tuitop, write_config
 from tests.test_db_beside_tuleap import WORKER, TuleapWorker, fill, queue, topics_taken, tuleap
 from tuitop.backends.db.queue import DbQueue
@@ -60,11 +58,6 @@ def skewed_env(tmp_path: Path, offset: float) -> dict[str, str]:
     return {"PYTHONPATH": f"{skew}:{REPO}"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Redis: a command's age is the sender's wall clock against the pool's; the fix: "
-    "stamp and judge it by Redis' TIME (control.send, the arbiter's by_age)",
-)
 def test_a_pool_whose_clock_is_ahead_of_the_senders_obeys_ctl_on_redis(
     tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
 ) -> None:

@@ -23,6 +23,7 @@ already push, delete or reorder the queue itself: the store's password is the bo
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -30,7 +31,7 @@ import re
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from tuitop.config import MAX_WORKERS
@@ -229,10 +230,17 @@ class NoReply:
 def send(queue: QueueAdmin, pool: str, command: Command, timeout: float) -> Reply | NoReply:
     """Sends ``command`` to ``pool`` and waits for its reply; with none within ``timeout``
     seconds, withdraws it or, taken meanwhile, waits :data:`REPLY_GRACE` more. Raises the
-    store's errors (a command then may be in the mailbox: it expires unanswered)."""
+    store's errors (the command withdrawn if it can be: it may have been obeyed). Its
+    ``at`` is stamped by the store's clock, which the pool judges its age by."""
+    command = replace(command, at=queue.clock())
     body = command.encode()
     queue.send_command(pool, body)
-    raw = queue.wait_reply(command.id, timeout)
+    try:
+        raw = queue.wait_reply(command.id, timeout)
+    except queue.errors:
+        with contextlib.suppress(*queue.errors):
+            queue.withdraw_command(pool, body)
+        raise
     waited = timeout
     if raw is None:
         if queue.withdraw_command(pool, body):

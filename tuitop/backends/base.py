@@ -307,6 +307,10 @@ class PoolStore(Protocol):
         """Seconds until the next retry falls due, by the store's clock (0 or less: due
         now), or None: the host's clock never enters (it may be off from the store's)."""
 
+    def clock(self) -> float:
+        """The store's clock now, in epoch seconds (Redis' TIME, the database's NOW):
+        what a command's age is judged by, whatever the hosts' clocks say."""
+
     def silent_workers(self, ours: set[str]) -> list[str]:
         """Registered workers not in ``ours`` whose heartbeat expired."""
 
@@ -393,6 +397,9 @@ class QueueAdmin(Protocol):
 
     def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
         """The reply to ``command_id`` once there, None after ``timeout`` seconds."""
+
+    def clock(self) -> float:
+        """The store's clock now, in epoch seconds (a command's ``at`` is stamped by it)."""
 
     def withdraw_command(self, pool: str, body: bytes) -> bool:
         """Takes the command ``body`` back out of the mailbox of ``pool``, atomically

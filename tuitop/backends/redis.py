@@ -47,6 +47,12 @@ ERRORS: ErrorTypes = (redis.RedisError,)
 NAME_LISTED_EVERY = 60.0
 
 
+def redis_clock(client: redis.Redis) -> float:
+    """Redis' TIME, in epoch seconds."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
 class RedisChannel:
     """A worker's conversation with Redis: one client, the take plan of its lanes."""
 
@@ -337,6 +343,9 @@ class RedisPoolStore:
         alive = alive_in(self.client, candidates)
         return [w for w, live in zip(candidates, alive, strict=True) if not live]
 
+    def clock(self) -> float:
+        return redis_clock(self.client)
+
     def take_commands(self, name: str, limit: int) -> list[bytes]:
         mailbox = keys.control(name)
         try:
@@ -441,6 +450,9 @@ class RedisAdmin(Queue):
         pipe.rpush(keys.control(pool), body)
         pipe.expire(keys.control(pool), COMMAND_TTL)
         pipe.execute()
+
+    def clock(self) -> float:
+        return redis_clock(self.redis)
 
     def withdraw_command(self, pool: str, body: bytes) -> bool:
         try:

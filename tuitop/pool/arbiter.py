@@ -357,24 +357,24 @@ class Supervisor:
         before the first reply is written: a store that fails then loses replies, never
         an order."""
         # The database drops rows older than a minute by its own clock; a Redis mailbox
-        # lives as long as commands keep coming: there, the sender's time says.
-        by_age = store.settings.kind != DB_QUEUE
+        # lives as long as commands keep coming: there, the time the sender stamped by
+        # Redis' clock says, against Redis' clock (the hosts' clocks may differ).
         commands = store.take_commands(self.options.pool_name, COMMANDS_PER_TICK)
         if self._mailbox is not None:
             self._mailbox.read()  # read: it may block again (more left: it rings at once)
-        replies = [self._answer(raw, by_age) for raw in commands]
+        now = store.clock() if commands and store.settings.kind != DB_QUEUE else None
+        replies = [self._answer(raw, now) for raw in commands]
         for command_id, reply in replies:
             if command_id:
                 store.reply(command_id, reply.encode())
 
-    def _answer(self, raw: bytes, by_age: bool) -> tuple[str, control.Reply]:
-        """Reads and carries out one command (``by_age``: unless it expired): (its id, or
-        '' for none; the reply)."""
+    def _answer(self, raw: bytes, now: float | None) -> tuple[str, control.Reply]:
+        """Reads and carries out one command (unless it expired by the store's clock
+        ``now``; None: not judged here): (its id, or '' for none; the reply)."""
         name = self.options.pool_name
         try:
             command = control.parse(raw)
-            now = time.time()
-            if by_age and control.expired(command, now):
+            if now is not None and control.expired(command, now):
                 raise control.CommandError(
                     f"{command.describe()} sent {now - command.at:.0f} s ago expired unread"
                 )

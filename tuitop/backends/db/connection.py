@@ -332,6 +332,17 @@ class Session:
                 self._connection = None
 
 
+def database_clock(session: Session) -> float:
+    """The database's clock now, in epoch seconds (sessions run in UTC)."""
+
+    def ask(cursor: Cursor) -> float:
+        cursor.execute("SELECT UNIX_TIMESTAMP(NOW(6))")
+        row = cursor.fetchone()
+        return float(row[0]) if row else 0.0
+
+    return session.run(ask)
+
+
 def placeholders(count: int) -> str:
     """``%s, %s, …`` for an ``IN (…)`` of ``count`` values."""
     return ", ".join(["%s"] * count)

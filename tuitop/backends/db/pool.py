@@ -17,6 +17,7 @@ from pymysql.cursors import Cursor
 from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy, TimedOut
 from tuitop.backends.db.connection import (
     ERRORS,
+    database_clock,
     describe_error,
     execute_all,
     is_refusal,
@@ -247,6 +248,9 @@ class DbPoolStore:
             return sorted(silent - ours)
 
         return self.session.run(ask)
+
+    def clock(self) -> float:
+        return database_clock(self.session)
 
     def take_commands(self, name: str, limit: int) -> list[bytes]:
         def take(cursor: Cursor) -> list[bytes]:

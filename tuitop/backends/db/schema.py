@@ -148,13 +148,22 @@ _CUT = "\n… ({} bytes cut to fit the column)"
 def fit(text: str, limit: int) -> str:
     """``text`` as a column of ``limit`` bytes takes it: whole when its UTF-8 fits, else
     its beginning, cut at a character's boundary, with how much was cut said at its
-    end."""
-    data = text.encode("utf-8", "surrogateescape")
+    end. A lone surrogate (a JSON payload's ``"\ud800"`` quoted by a handler, stderr
+    decoded with surrogateescape), which no UTF-8 can say and the driver refuses to
+    send, is written as its escape, ``\ud800``."""
+    text = storable(text)
+    data = text.encode("utf-8")
     if len(data) <= limit:
         return text
     note_room = len(_CUT.format(len(data)).encode())
     kept = data[: limit - note_room].decode("utf-8", "ignore")
-    return kept + _CUT.format(len(data) - len(kept.encode("utf-8", "surrogateescape")))
+    return kept + _CUT.format(len(data) - len(kept.encode("utf-8")))
+
+
+def storable(text: str) -> str:
+    """``text`` with its lone surrogates written as escapes (``\udcff``): text every
+    UTF-8 column takes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def fit_json(fields: Mapping[str, object], limit: int = TEXT_BYTES) -> str:
@@ -176,7 +185,7 @@ def fit_json(fields: Mapping[str, object], limit: int = TEXT_BYTES) -> str:
         for name, value in texts.items():
             if sizes[name] > level:
                 # JSON's escapes: a value's bytes are cut in the share its text is.
-                size = len(value.encode("utf-8", "surrogateescape"))
+                size = len(storable(value).encode("utf-8"))
                 kept = size * level // sizes[name]
                 document[name] = fit(value, kept) if kept > len(_CUT.format(size)) else ""
         text = json.dumps(document)

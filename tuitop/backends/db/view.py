@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from pymysql.cursors import Cursor
 
-from tuitop.backends.db.connection import ERRORS, Session, describe_error
+from tuitop.backends.db.connection import ERRORS, Session, database_clock, describe_error
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, create_tables
 from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
@@ -62,6 +62,9 @@ class DbAdmin(DbQueue):
             )
 
         self.session.run(write)
+
+    def clock(self) -> float:
+        return database_clock(self.session)
 
     def withdraw_command(self, pool: str, body: bytes) -> bool:
         # The pool takes with its rows locked: this waits for its take and finds none.
