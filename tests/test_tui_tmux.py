@@ -147,11 +147,7 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path, queue: str) -
         f"mv {shlex.quote(str(tmp_path / 'exit.tmp'))} {shlex.quote(str(exit_file))}; "
         "sleep 30"
     )
-    # No REDIS_* of this environment leaks in, and no outer tmux is in sight.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TMUX"))} | {
-        "PYTHONPATH": str(REPO)
-    }
-    terminal.start(["sh", "-c", f"cd {shlex.quote(str(REPO))} && {script}"], env)
+    terminal.start(["sh", "-c", f"cd {shlex.quote(str(REPO))} && {script}"], clean_env())
 
     # Every panel, the header and the footer.
     terminal.wait_for(
@@ -205,10 +201,15 @@ def test_demo_ui_in_a_terminal(terminal: Terminal, tmp_path: Path, queue: str) -
 
 
 def clean_env() -> dict[str, str]:
-    """No REDIS_* of this environment leaks in, and no outer tmux is in sight."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "TMUX"))} | {
-        "PYTHONPATH": str(REPO)
-    }
+    """No REDIS_* of this environment leaks in, no outer tmux is in sight, and no outer
+    terminal's size (COLUMNS, LINES: pytest-xdist's workers have them, and Textual takes
+    them over the terminal's own)."""
+    dropped = ("REDIS_", "TMUX")
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(dropped) and k not in ("COLUMNS", "LINES")
+    } | {"PYTHONPATH": str(REPO)}
 
 
 KEY_COLUMNS = re.compile(r"\bid +state +done +failed +cpu +rss\b")
