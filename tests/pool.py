@@ -178,3 +178,14 @@ def processing_lists(client: redis.Redis) -> dict[str, int]:
         for key in client.scan_iter(match=keys.PROCESSING_PATTERN)
         if client.llen(key)
     }
+
+
+def skewed_env(tmp_path: Path, offset: float) -> dict[str, str]:
+    """The environment of a process whose wall clock runs ``offset`` s off this host's
+    (another host's, as a test can make one: a ``sitecustomize``)."""
+    skew = tmp_path / "skew"
+    skew.mkdir(exist_ok=True)
+    (skew / "sitecustomize.py").write_text(
+        f"import time\n_time = time.time\ntime.time = lambda: _time() + {offset}\n"
+    )
+    return {"PYTHONPATH": f"{skew}:{REPO}"}

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServerFactory
-from tests.pool import Pool, run_tuitop, wait_until, write_config
+from tests.pool import Pool, run_tuitop, skewed_env, wait_until, write_config
 from tests.test_db_e2e import database_inc
 from tests.test_db_e2e import start_pool as start_db_pool
 from tests.test_tasks_e2e import Tuleap
@@ -520,3 +520,19 @@ def test_an_unanswered_command_is_withdrawn_on_the_database_too(
     time.sleep(2.5)
     code, out = ctl(config, "scale", "+0")
     assert "workers stay 2" in out, out
+
+
+def test_a_pool_whose_clock_is_ahead_of_the_senders_obeys_ctl_on_redis(
+    tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
+) -> None:
+    """On Redis, where the pool judged a command's age by the sender's wall
+    clock against its own: a pool on a host a few minutes ahead refused every command."""
+    config = write_config(tmp_path, port=redis_server.port, workers=1)
+    pool = Pool(
+        tmp_path, config, "--pool-name", "skewed", "--handlers", "tests.handlers_for_tests",
+        env=skewed_env(tmp_path, 300),
+    )  # fmt: skip
+    pools.append(pool.start())
+    pool.wait_for_log(r"Start service")
+    done = run_tuitop("--config", str(config), "ctl", "scale", "+1")
+    assert done.returncode == 0 and "workers 1 → 2" in done.stdout, done.stdout + done.stderr

@@ -154,3 +154,36 @@ def test_a_pools_retry_runs_while_tuleaps_loop_holds_a_row(
     finally:
         worker.close()
     wait_until(lambda: tuleap_cli.runs_of("held", "end"), 20, "the held row, once let go")
+
+
+def test_a_retry_placed_beside_rows_placed_before_waits_for_no_lock(
+    queue: DbQueue, tuleap: TuleapWorker, database: DatabaseSettings
+) -> None:
+    """Placed rows get consecutive ids: Tuleap's worker then holds the first of them,
+    and the next placement lands right before the second — on the held row's own id."""
+    fill(database, "a", "b", "c", "tail")
+    first = queue.take(WORKER, 2)[0]
+    for message in first:
+        assert queue.fail(WORKER, message, "boom") == "retried"
+    [c], _, _ = queue.take(WORKER, 1)
+    time.sleep(0.05)
+    assert queue.move_due() == 2  # a, b: just before "tail", consecutive ids
+    tuleap.take()  # "a": Tuleap's task runs
+    assert queue.fail(WORKER, c, "boom") == "retried"
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert queue.move_due() == 1
+    assert time.monotonic() - started < 1.0  # no lock waited for
+    assert topics_taken(queue) == ["c", "b", "tail"]
+
+
+def test_a_take_of_the_rows_behind_one_tuleaps_worker_holds_waits_for_no_lock(
+    queue: DbQueue, tuleap: TuleapWorker, database: DatabaseSettings
+) -> None:
+    """A take's DELETE of the rows it locked reads them by a plan the optimizer picks:
+    a scan of a small table reads (and waits for) the row Tuleap's worker holds."""
+    fill(database, "held", "a", "b", "c")
+    tuleap.take()
+    started = time.monotonic()
+    assert topics_taken(queue) == ["a", "b", "c"]
+    assert time.monotonic() - started < 1.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.pool import REPO, Pool, run_tuitop, wait_until
+from tests.pool import Pool, run_tuitop, skewed_env, wait_until
 from tests.test_tasks_e2e import TASK, Tuleap
 from tests.tuleapdb import connect, count, enqueue, fresh_database
 from tuitop.config import DatabaseSettings, load_config
@@ -240,16 +240,11 @@ def test_a_host_clock_an_hour_off_the_databases_neither_delays_a_retry_nor_spins
     host's (issue 22): an hour behind, a retry due in seconds waited an hour; an hour
     ahead, the pool's loop spun while one waited. Now the store says "in so many
     seconds" and the pool counts them on its own monotonic clock."""
-    skew = tmp_path / "skew"
-    skew.mkdir()
-    (skew / "sitecustomize.py").write_text(
-        f"import time\n_time = time.time\ntime.time = lambda: _time() + {offset}\n"
-    )
     pool = Pool(
         tmp_path,
         database_inc(tmp_path, database, workers=1),
         *TASK, "--task-dir", str(tuleap.root), "--retry-delay", "4",
-        env={**tuleap.env, "PYTHONPATH": f"{skew}:{REPO}"},
+        env={**tuleap.env, **skewed_env(tmp_path, offset)},
     )  # fmt: skip
     pools.append(pool.start())
     pool.wait_for_log(r"Start service")

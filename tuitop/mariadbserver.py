@@ -83,10 +83,16 @@ class EmbeddedMariaDB:
             raise MariaDBServerError("no mariadbd / mariadb-install-db (Debian: mariadb-server)")
         user = getpass.getuser()
         self.directory.mkdir(parents=True, exist_ok=True)
+        # A temporary directory of its own: a server starting removes the "#sql…" files
+        # it finds in its tmpdir — another private server's, starting at the same time
+        # (two test processes), failed its bootstrap ("Could not remove temporary table").
+        tmpdir = self.directory / "tmp"
+        tmpdir.mkdir(exist_ok=True)
         if not self.data.exists():
             done = subprocess.run(
                 [install, "--no-defaults", f"--user={user}", f"--datadir={self.data}",
-                 "--auth-root-authentication-method=normal", "--skip-test-db"],
+                 "--auth-root-authentication-method=normal", "--skip-test-db",
+                 f"--tmpdir={tmpdir}"],
                 capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             if done.returncode != 0:
@@ -94,7 +100,7 @@ class EmbeddedMariaDB:
         self.process = subprocess.Popen(
             [server, "--no-defaults", f"--user={user}", f"--datadir={self.data}",
              f"--socket={self.socket}", f"--port={self.port}", f"--bind-address={HOST}",
-             "--skip-name-resolve", "--innodb-buffer-pool-size=16M",
+             "--skip-name-resolve", "--innodb-buffer-pool-size=16M", f"--tmpdir={tmpdir}",
              f"--pid-file={self.directory / 'mariadb.pid'}", f"--log-error={self.log}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL),

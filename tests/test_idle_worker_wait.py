@@ -1,6 +1,7 @@
-"""The second reading of the idle worker's wait without a take (an idle worker of the
-default lane waits again at once after an empty wait): what its reviewer found, and what
-it checked and found sound. Real Redis, in-process workers (tests.test_worker)."""
+"""The idle worker's wait without a take (an idle worker of the default lane waits again
+at once after an empty wait): a stranded message still given back, lane bursts routed in
+batches, stats written within a second, back after a Redis restart. Real Redis,
+in-process workers (tests.test_worker)."""
 
 from __future__ import annotations
 

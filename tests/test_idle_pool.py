@@ -1,5 +1,6 @@
-"""Second reading of the idle-pool change (workers write their hash when it changed, the
-pool lists its live workers): real pools, a real Redis, no mocks."""
+"""An idle pool (its workers write their hash only when it changed, the pool lists its
+live workers): thawed workers, a frozen pool, views after a Redis restart, retries moved
+back when due. Real pools, a real Redis, no mocks."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The second reader's attacks on the database queue (issue 11): each test states a promise
-of the README or a docstring; each failed before its fix. Real MariaDB, real tuitop code,
+"""The database queue against races (a recovery and a take, a give-back and a recovery,
+two pools across an outage) and hostile rows (colliding ids, garbage in tuitop's tables,
+rows of other queues): each test states a promise of the README or a docstring, and
+failed before its fix (found by the second reader of issue 11). Real MariaDB, real tuitop code,
 no mocks: extra plain connections only widen timing windows or write hostile rows."""
 
 from __future__ import annotations

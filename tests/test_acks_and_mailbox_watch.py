@@ -1,5 +1,6 @@
-"""Second reader's findings on 8cb3866..80c8406 (acks with the next take, the mailbox watch,
-the recycle jitter), each against real servers."""
+"""Acks sent with the next take (never taken for a recovery when the take failed), the
+pool's mailbox watch (no watch left on a Redis the pool left), and a trickle counted
+within a second: each against real servers, each a finding of a second reader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The second reader, round 2 (lanes as queue_names): each test failed before its fix.
+"""Lanes on the database (each a ``queue_name`` of Tuleap's table) against frozen and
+slow clients, forgotten lanes, a link that flaps, refused rows: each test failed before
+its fix (found by the second reader of the lanes' work).
 Real MariaDB, real tuitop code; the only helper is a TCP proxy that delays one request (a
 frozen or slow client), and plain connections that write hostile rows."""
 
