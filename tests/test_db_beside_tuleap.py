@@ -3,8 +3,8 @@ runs both): Tuleap's worker takes in REPEATABLE READ and keeps its transaction o
 through its task — up to 15 minutes — with a next-key lock on its row and the gap before
 it. A row tuitop puts back (a retry falling due, a give-back, a lane moved back) must
 never wait behind that lock: each move here runs while such a worker holds a row, on a
-session that waits 2 s for a lock at most (error 1205 after), and the message put back
-is still the next one taken."""
+session that waits 2 s for a lock at most — a move that waited raises error 1205, which
+fails the test — and the message put back is still the next one taken."""
 
 from __future__ import annotations
 
@@ -88,9 +88,7 @@ def test_a_retry_falls_due_while_tuleaps_worker_holds_a_row(
     assert queue.fail(WORKER, message, "boom") == "retried"
     tuleap.take()  # "held": Tuleap's task runs
     time.sleep(0.05)
-    started = time.monotonic()
     assert queue.move_due() == 1
-    assert time.monotonic() - started < 1.0  # no lock waited for
     assert topics_taken(queue) == ["old", "new"]  # the retry first, as before
 
 
@@ -100,9 +98,7 @@ def test_a_give_back_while_tuleaps_worker_holds_a_row(
     fill(database, "first", "held", "later")
     [message], _, _ = queue.take(WORKER, 1)
     tuleap.take()
-    started = time.monotonic()
     queue.give_back(WORKER, [message])
-    assert time.monotonic() - started < 1.0
     assert count(database, "tuitop_processing") == 0
     assert topics_taken(queue) == ["first", "later"]
 
@@ -116,9 +112,7 @@ def test_a_lane_moved_back_while_tuleaps_worker_holds_a_row(
             "UPDATE async_events SET queue_name = %s ORDER BY id LIMIT 1", (lane_queue("bulk"),)
         )
     tuleap.take()
-    started = time.monotonic()
     assert queue.move_lane_back("bulk") == 1
-    assert time.monotonic() - started < 1.0
     assert topics_taken(queue) == ["laned", "later"]
 
 
@@ -171,9 +165,7 @@ def test_a_retry_placed_beside_rows_placed_before_waits_for_no_lock(
     tuleap.take()  # "a": Tuleap's task runs
     assert queue.fail(WORKER, c, "boom") == "retried"
     time.sleep(0.05)
-    started = time.monotonic()
     assert queue.move_due() == 1
-    assert time.monotonic() - started < 1.0  # no lock waited for
     assert topics_taken(queue) == ["c", "b", "tail"]
 
 
@@ -184,6 +176,4 @@ def test_a_take_of_the_rows_behind_one_tuleaps_worker_holds_waits_for_no_lock(
     a scan of a small table reads (and waits for) the row Tuleap's worker holds."""
     fill(database, "held", "a", "b", "c")
     tuleap.take()
-    started = time.monotonic()
     assert topics_taken(queue) == ["a", "b", "c"]
-    assert time.monotonic() - started < 1.0
