@@ -128,3 +128,18 @@ def mariadb_factory() -> Iterator[Callable[[], EmbeddedMariaDB]]:
     yield make
     for server in servers:
         server.close()
+
+
+E2E_FIXTURES = frozenset({"pools", "terminal"})
+"""A test that asks for one of these runs real pools (``tuitop --no-ui``) or the real UI in
+a terminal, and waits on them and on the wall clock."""
+E2E_MODULES = frozenset({"test_chaos"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``e2e`` the tests that wait on real pools, terminals and clocks: ``pytest -m
+    "not e2e" -n 4`` is a developer's fast loop, ``.ci/run`` runs everything."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) or module in E2E_MODULES:
+            item.add_marker(pytest.mark.e2e)
