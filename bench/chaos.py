@@ -55,12 +55,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue, parse_dead_letter
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import decode, encode
 from tuitop.notification import TOPIC, Mail, Notification
-from tuitop.queue import Queue, parse_dead_letter
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "chaos.json"

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 
 REPO = Path(__file__).resolve().parent.parent
 

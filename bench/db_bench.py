@@ -41,8 +41,8 @@ from bench.stamp_handler import STAMP_FILE, record_wait
 from tuitop.backends.db.queue import uuid7
 from tuitop.backends.db.schema import QUEUE_NAME, create_tables
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import EmbeddedMariaDB, create_tuleap_database
-from tuitop.redisserver import EmbeddedRedis
+from tuitop.embedded.mariadbserver import EmbeddedMariaDB, create_tuleap_database
+from tuitop.embedded.redisserver import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "db.json"

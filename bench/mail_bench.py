@@ -46,12 +46,12 @@ import redis
 from bench.common import config_path, start_pool, stop, wait_for_workers
 from bench.fresh_mail_handler import FreshConnectionTransport
 from bench.smtp_sink import SmtpSink
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import MailSettings, load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.mail import MailTransport, SmtpTransport
 from tuitop.message import encode
 from tuitop.notification import TOPIC, Mail, Notification, build_email
-from tuitop.redisserver import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "mail.json"

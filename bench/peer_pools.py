@@ -30,7 +30,7 @@ import redis
 from bench.common import pool_command, wait_for_workers, write_config
 from bench.peer_tasks import bare_tasks
 from bench.peer_venvs import SPECS, VenvSpec
-from tuitop import keys
+from tuitop.backends.redis import keys
 
 Command = tuple[str, ...]
 

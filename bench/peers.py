@@ -40,7 +40,7 @@ from bench.peer_scale import run_scale, scale_tables
 from bench.peer_session import NOTES, Meter, Session
 from bench.peer_tasks.peer_jobs import JOBS
 from bench.peer_venvs import cache_dir, ensure
-from tuitop.redisserver import EmbeddedRedis, find_redis_server
+from tuitop.embedded.redisserver import EmbeddedRedis, find_redis_server
 
 RESULTS = REPO / "bench" / "results"
 

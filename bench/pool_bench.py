@@ -37,9 +37,9 @@ from bench.common import (
     write_config,
 )
 from bench.stamp_handler import STARTS_KEY
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 
 RESULTS = REPO / "bench" / "results" / "pool.json"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import redis
 
-from tuitop import keys
-from tuitop.redisserver import EmbeddedRedis
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "reload.json"

@@ -1,7 +1,7 @@
 """An SMTP server for the mail benchmark: aiosmtpd in a process of its own, which counts.
 
 A benchmark's harness must not share its GIL with the server it measures against (as
-:class:`tuitop.smtpserver.SmtpServer` does: a thread of the caller's process), so the sink
+:class:`tuitop.embedded.smtpserver.SmtpServer` does: a thread of the caller's process), so the sink
 runs aiosmtpd's protocol on an event loop in a child process (``spawn``: nothing of the
 harness is inherited). Its handler does the least a server can: it counts the mail and
 its recipients and answers 250; nothing is parsed or kept. The counts are in shared memory,

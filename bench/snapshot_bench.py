@@ -25,13 +25,13 @@ from typing import Any
 import redis
 
 from bench.common import command_count, percentile
-from tuitop import keys
 from tuitop.backends.base import RetryPolicy
-from tuitop.backends.redis import RedisChannel, RedisPoolStore
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.store import RedisChannel, RedisPoolStore
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LaneSet
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
 from tuitop.stats import MAX_TOPICS, StatsBatch, read_buckets, summarize
 

@@ -8,8 +8,8 @@ import os
 import time
 from typing import Any
 
+from tuitop.backends.redis.connection import connect
 from tuitop.handlers import HandlerRegistry, Job
-from tuitop.redisconn import connect
 
 STARTS_KEY = "bench:starts"
 STAMP_FILE = "BENCH_STAMP_FILE"

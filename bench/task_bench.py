@@ -38,11 +38,11 @@ from typing import Any
 import redis
 
 from bench.common import config_path, percentile, start_pool, stop, wait_for_workers
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import TOPIC, Mail, Notification
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 from tuitop.tasks import _die_with_parent, death_signal_wrapper
 
 REPO = Path(__file__).resolve().parent.parent

@@ -40,9 +40,9 @@ from bench.common import (
     write_config,
 )
 from bench.pool_bench import bench_drain
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
 
 REPO = Path(__file__).resolve().parent.parent

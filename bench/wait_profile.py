@@ -30,9 +30,9 @@ import redis
 from bench.common import REPO, percentile, start_pool, stop, wait_for_workers, write_config
 from bench.peer_machine import newest_redis_server
 from bench.wait_probe_handler import PROBE_ENV, TOPIC
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis, find_redis_server
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis, find_redis_server
 
 RECYCLE_WINDOW = 0.1
 

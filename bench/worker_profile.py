@@ -23,11 +23,11 @@ from typing import Any
 import redis
 
 from bench.common import write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.pool.options import PoolOptions
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.worker import STATUS_SLOTS, Worker
 
 PARTS = {

@@ -17,9 +17,9 @@ import redis
 from tests.pool import Pool
 from tests.tuleapdb import SERVER_VARIABLE, external_server, fresh_database
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import DatabaseServer, EmbeddedMariaDB
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
+from tuitop.embedded.mariadbserver import DatabaseServer, EmbeddedMariaDB
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 SmtpServerFactory = Callable[..., SmtpServer]

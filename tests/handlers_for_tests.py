@@ -8,8 +8,8 @@ import threading
 import time
 from typing import Any
 
+from tuitop.backends.redis.connection import connect
 from tuitop.handlers import HandlerRegistry, Job
-from tuitop.redisconn import connect
 
 RUNS_KEY = "test:runs"
 

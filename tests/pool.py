@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import redis
 
-from tuitop import keys
-from tuitop.queue import alive_in
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import alive_in
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from tests.conftest import RedisServerFactory
 from tests.pool import Pool, wait_until, write_config
 from tests.test_ctl import ctl, running, start
 from tests.test_worker import make_worker, take
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 
 
 def test_acks_made_before_a_take_that_failed_are_not_taken_for_a_recovery(

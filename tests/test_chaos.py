@@ -24,14 +24,14 @@ from bench.chaos import (
     run_campaign,
 )
 from tests.proxy import ReplyLosingProxy
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import MailSettings
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.handlers import RetryLater
 from tuitop.mail import SmtpTransport
 from tuitop.message import decode
 from tuitop.notification import parse_notification, send_notification
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 
 
 @pytest.mark.timeout(600)

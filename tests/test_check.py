@@ -21,10 +21,10 @@ from tests.test_db_e2e import database_inc
 from tests.test_db_e2e import start_pool as start_db_pool
 from tests.test_tasks_e2e import Tuleap
 from tests.tuleapdb import enqueue, fresh_database
-from tuitop import keys
-from tuitop.mariadbserver import DatabaseServer
+from tuitop.backends.redis import keys
+from tuitop.embedded.mariadbserver import DatabaseServer
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 
 STRONG = "correct-horse-battery-staple-0123456789"
 """A password of at least 30 characters, as the seed asks."""

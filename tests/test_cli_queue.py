@@ -9,11 +9,11 @@ import redis
 
 from tests.conftest import RedisServerFactory
 from tests.pool import run_tuitop, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import dead_letter_entry
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import decode
-from tuitop.queue import dead_letter_entry
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 
 
 def test_enqueue_pushes_a_tuleap_message(
@@ -179,7 +179,7 @@ def test_a_tuleap_worker_is_running_when_its_pid_file_names_a_live_process(
 ) -> None:
     import os
 
-    from tuitop.tuleapworkers import running_pid
+    from tuitop.backends.redis.tuleapworkers import running_pid
 
     (tmp_path / "worker.pid").write_text(f"{os.getpid()}\n")
     (tmp_path / "worker_2.pid").write_text("999999999\n")
@@ -235,7 +235,7 @@ def test_processing_lists_named_with_other_digits_are_not_tuleaps(
     redis_client: redis.Redis,
 ) -> None:
     """Not Tuleap's: "²".isdigit() is true, and int() reads an Arabic-Indic one as 1."""
-    from tuitop import tuleapworkers
+    from tuitop.backends.redis import tuleapworkers
 
     redis_client.lpush(keys.processing_list("\u00b2"), b"x")
     redis_client.lpush(keys.processing_list("\u0661"), b"y")

@@ -17,7 +17,7 @@ from tests.test_metrics import free_port, scrape
 from tests.test_tasks_e2e import Tuleap
 from tests.tuleapdb import ExternalServer, connect, enqueue
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import DatabaseServer, create_tuleap_database
+from tuitop.embedded.mariadbserver import DatabaseServer, create_tuleap_database
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tests.tuleapdb import fresh_database
 from tuitop.backends.db.connection import Session, dialect_of
 from tuitop.backends.db.dialect import Dialect
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.embedded.mariadbserver import EmbeddedMariaDB
 
 UPSERT = (
     "INSERT INTO t (a, b) VALUES (%s, %s) ON DUPLICATE KEY UPDATE "

@@ -17,7 +17,7 @@ from tests.pool import Pool, run_tuitop, skewed_env, wait_until
 from tests.test_tasks_e2e import TASK, Tuleap
 from tests.tuleapdb import connect, count, enqueue, fresh_database
 from tuitop.config import DatabaseSettings, load_config
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.embedded.mariadbserver import EmbeddedMariaDB
 from tuitop.procmeter import ProcessMeter
 from tuitop.tui.source import SnapshotSource
 

@@ -422,7 +422,7 @@ def test_a_save_switching_redis_and_the_database_live_serves_each_in_turn(
     workers one by one after their job; and back."""
     from tests.pool import write_config
     from tests.test_tasks_e2e import php_message
-    from tuitop import keys
+    from tuitop.backends.redis import keys
 
     local = write_config(tmp_path, port=redis_server.port, workers=2,
                          extra="$tuitop_queue = 'redis';")  # fmt: skip

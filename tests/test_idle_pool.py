@@ -16,10 +16,10 @@ import redis
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, wait_until, worker_heartbeats, write_config
 from tests.test_pool_e2e import FAST_RETRY, nothing_pending, push_all, start_pool
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue, alive_in
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.queue import Queue, alive_in
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
 
 

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from tests.test_worker import make_worker
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.mail import NoTransport
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.registry import build_registry
 from tuitop.worker import VAIN_WAITS_PER_TAKE
 

@@ -15,9 +15,9 @@ from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.pool import Pool, wait_until, worker_heartbeats, write_config
 from tests.test_pool_e2e import nothing_pending, notification, push_all
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE
-from tuitop.redisserver import EmbeddedRedis
 
 JIRA = "tuleap.tracker.creation.jira"
 

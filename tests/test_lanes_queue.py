@@ -7,10 +7,10 @@ import time
 
 import redis
 
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue, TakePlan, Waited
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, encode
-from tuitop.queue import Queue, TakePlan, Waited
 from tuitop.stats import POOL_TICK_SCRIPT, pool_tick
 
 D = DEFAULT_LANE

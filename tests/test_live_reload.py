@@ -18,12 +18,12 @@ import redis
 from tests.conftest import RedisServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import QUEUED, NotificationError, Notifier
-from tuitop.redisserver import EmbeddedRedis
 
 
 def start(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:

@@ -1,4 +1,4 @@
-"""The embedded MariaDB server (tuitop.mariadbserver), with Tuleap's queue table in it:
+"""The embedded MariaDB server (tuitop.embedded.mariadbserver), with Tuleap's queue table in it:
 the ground the database queue (issue 11) stands on, checked against a real server."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from tuitop.mariadbserver import EmbeddedMariaDB
+from tuitop.embedded.mariadbserver import EmbeddedMariaDB
 
 # Tuleap's DDL (src/common/Queue/DB/), as its installer creates the table.
 ASYNC_EVENTS = """

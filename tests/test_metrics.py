@@ -33,8 +33,9 @@ from tests.test_db_e2e import database_inc
 from tests.test_pool_e2e import nothing_pending, push_all
 from tests.test_tasks_e2e import FAST_RETRY, TASK, Tuleap, php_message
 from tests.tuleapdb import enqueue
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import DatabaseSettings
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import Message, encode
 from tuitop.metrics import (
     MAX_TOPIC_LENGTH,
@@ -44,7 +45,6 @@ from tuitop.metrics import (
     fold_into_archive,
     open_counting,
 )
-from tuitop.redisserver import EmbeddedRedis
 
 QUEUE = "app_user_events"
 DEFAULT_LANE, LONG_LANE = "latency_10s", "latency_15m"

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import SmtpServerFactory
 from tuitop.config import MailSettings, Secret, Settings
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import (
     MailTransport,
@@ -43,7 +44,6 @@ from tuitop.notification import (
     send_notification,
 )
 from tuitop.registry import build_registry
-from tuitop.smtpserver import SmtpServer
 
 SENDER = '"Tuleap" <noreply@tuleap.example>'
 SENDER_ADDRESS = "noreply@tuleap.example"

@@ -14,19 +14,19 @@ import redis
 
 from tests.pool import wait_until
 from tests.proxy import ReplyLosingProxy
-from tuitop import keys
-from tuitop.backends.redis import RedisAdmin
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.connection import connect
+from tuitop.backends.redis.queue import Queue
+from tuitop.backends.redis.store import RedisAdmin
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.handlers import Job
 from tuitop.mail import SmtpTransport
 from tuitop.message import decode
 from tuitop.notification import TOPIC, Mail, Notification
 from tuitop.notify import QUEUED, SENT, NotificationError, Notifier
-from tuitop.queue import Queue
-from tuitop.redisconn import connect
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.registry import build_registry
-from tuitop.smtpserver import SmtpServer
 from tuitop.stats import read_buckets, summarize
 
 NOREPLY = "noreply@tuleap.example"

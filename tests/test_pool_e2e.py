@@ -21,12 +21,12 @@ import redis
 from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue, alive_in, parse_dead_letter
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import TOPIC
-from tuitop.queue import Queue, alive_in, parse_dead_letter
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 from tuitop.snapshot import take_snapshot
 from tuitop.stats import read_buckets, summarize
 

@@ -11,10 +11,10 @@ import redis
 
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, wait_until, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.poolprocess import PoolProcess
-from tuitop.redisserver import EmbeddedRedis
 
 
 @pytest.fixture

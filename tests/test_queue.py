@@ -18,17 +18,17 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuitop import keys
 from tuitop.backends.base import MAX_REQUEUES, Recovery, RetryPolicy, TimedOut
-from tuitop.message import decode, encode, job_key, with_payload
-from tuitop.queue import (
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import (
     Queue,
     Taken,
     Waited,
     dead_letter_entry,
     parse_dead_letter,
 )
-from tuitop.redisserver import EmbeddedRedis
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.message import decode, encode, job_key, with_payload
 from tuitop.stats import read_buckets, summarize
 
 TOPIC = "tuitop.test"

@@ -20,8 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import tuitop.redisserver
-from tuitop.redisserver import (
+import tuitop.embedded.redisserver
+from tuitop.embedded.redisserver import (
     EmbeddedRedis,
     RedisServerError,
     find_redis_server,
@@ -272,7 +272,7 @@ def test_a_free_port_taken_before_redis_binds_it_is_replaced(
         squatter.listen()
         taken = squatter.getsockname()[1]
         offered: list[int] = []
-        real_free_port = tuitop.redisserver.free_port
+        real_free_port = tuitop.embedded.redisserver.free_port
 
         def racy_free_port(host: str = "127.0.0.1") -> int:
             # The first port offered is taken by the time redis-server tries to bind it.
@@ -280,7 +280,7 @@ def test_a_free_port_taken_before_redis_binds_it_is_replaced(
             offered.append(port)
             return port
 
-        monkeypatch.setattr(tuitop.redisserver, "free_port", racy_free_port)
+        monkeypatch.setattr(tuitop.embedded.redisserver, "free_port", racy_free_port)
         with EmbeddedRedis() as server:
             assert offered[0] == taken
             assert server.port == offered[1] != taken
@@ -294,7 +294,7 @@ def test_server_dies_when_its_owner_is_sigkilled() -> None:
     owner = run_python(
         """
         import time
-        from tuitop.redisserver import EmbeddedRedis
+        from tuitop.embedded.redisserver import EmbeddedRedis
         server = EmbeddedRedis().start()
         print(server.pid, server.directory, flush=True)
         time.sleep(60)
@@ -317,7 +317,7 @@ def test_server_dies_when_its_owner_is_sigkilled() -> None:
 def test_server_is_stopped_when_its_owner_exits_without_stopping_it() -> None:
     owner = run_python(
         """
-        from tuitop.redisserver import EmbeddedRedis
+        from tuitop.embedded.redisserver import EmbeddedRedis
         server = EmbeddedRedis().start()
         print(server.pid, server.directory, flush=True)
         """
@@ -333,7 +333,7 @@ def test_a_forked_child_exiting_does_not_stop_its_parents_server() -> None:
     owner = run_python(
         """
         import os, sys
-        from tuitop.redisserver import EmbeddedRedis
+        from tuitop.embedded.redisserver import EmbeddedRedis
         server = EmbeddedRedis().start()
         child = os.fork()
         if child == 0:

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tuitop.smtpserver import SmtpServer
+from tuitop.embedded.smtpserver import SmtpServer
 
 SENDER = "noreply@tuleap.example"
 RECIPIENTS = ["alice@example.org", "bob@example.org"]

@@ -10,12 +10,12 @@ import pytest
 import redis
 
 from tests.pool import Pool, wait_until, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
 from tuitop.procmeter import ProcessMeter
-from tuitop.queue import Queue
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.snapshot import take_snapshot
 from tuitop.stats import StatsBatch, bucket_start
 from tuitop.tui.widgets import clock_time

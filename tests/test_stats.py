@@ -10,7 +10,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.stats import (
     END_TO_END,
     MAX_TOPICS,

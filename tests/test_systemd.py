@@ -43,12 +43,12 @@ from tests.pool import REPO, Pool, run_tuitop, wait_until, worker_heartbeats, wr
 from tests.test_db_e2e import database_inc
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
 from tests.tuleapdb import enqueue
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat
 from tuitop.config import DatabaseSettings
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.pool.service import PoolState, settled, status_line
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.sdnotify import (
     SystemdNotifier,
     monotonic_usec,

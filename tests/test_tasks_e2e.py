@@ -24,9 +24,9 @@ import redis
 from tests.conftest import SmtpServerFactory
 from tests.pool import REPO, Pool, wait_until, write_config
 from tests.test_pool_e2e import nothing_pending, notification, push_all
-from tuitop import keys
-from tuitop.queue import parse_dead_letter
-from tuitop.redisserver import EmbeddedRedis
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import parse_dead_letter
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.stats import read_buckets, summarize
 
 TASK = ("--task-command", "tuleap queue:task-worker-process")

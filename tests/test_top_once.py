@@ -12,10 +12,10 @@ import redis
 from tests.conftest import RedisServerFactory
 from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
 from tests.test_tasks_e2e import TASK, Tuleap, php_message
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import DatabaseSettings
+from tuitop.embedded.redisserver import EmbeddedRedis, free_port
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis, free_port
 from tuitop.stats import MAX_TOPIC_LENGTH
 
 

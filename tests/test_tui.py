@@ -16,12 +16,12 @@ from textual.widgets import DataTable, Input, Static
 from tests.conftest import RedisServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, Pool, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.config import load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
 from tuitop.poolprocess import PoolProcess
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.tui.app import TuitopApp
 from tuitop.tui.logtail import FileTail, LogSource
 from tuitop.tui.screens import ConfirmScreen, DeadLettersScreen, HelpScreen
@@ -208,7 +208,7 @@ async def test_the_dead_letter_screen_masks_the_passwords_as_the_log_does(
 ) -> None:
     """A dead letter's message, reason or traceback may hold a password in force: the
     screen masks it, as the log and `tuitop dead-letters` do (issue 22)."""
-    from tuitop.queue import dead_letter_entry
+    from tuitop.backends.redis.queue import dead_letter_entry
 
     password = "s3cret-redis-password-of-thirty-chars"
     server = redis_server_factory(password=password)
@@ -238,7 +238,7 @@ async def test_the_dead_letter_screen_masks_the_passwords_as_the_log_does(
 async def test_dead_letter_screen_inspects_replays_and_purges(
     tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis
 ) -> None:
-    from tuitop.queue import Queue, dead_letter_entry
+    from tuitop.backends.redis.queue import Queue, dead_letter_entry
 
     queue = Queue(redis_client)
     for n in range(3):
@@ -395,7 +395,7 @@ async def test_markup_written_by_anyone_is_shown_as_text_everywhere(
 ) -> None:
     """Names, topics and reasons come from Redis; a str given to Rich or Textual is read as
     markup, and "[/x]" ends the app with a MarkupError."""
-    from tuitop.queue import dead_letter_entry
+    from tuitop.backends.redis.queue import dead_letter_entry
 
     config = write_config(tmp_path, port=redis_server.port, workers=0)
     mark = "[/x]"

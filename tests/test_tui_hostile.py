@@ -12,10 +12,10 @@ import redis
 from tests.pool import run_tuitop, write_config
 from tests.test_tui import until
 from tests.test_tui_views import SMALL, app_for
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import dead_letter_entry
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.queue import dead_letter_entry
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.stats import bucket_start
 from tuitop.tui.screens import DeadLettersScreen
 from tuitop.tui.topics import TopicsScreen

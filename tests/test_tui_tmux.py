@@ -30,9 +30,9 @@ import redis
 
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, Pool, wait_until, write_config
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.redisserver import EmbeddedRedis
 
 SESSION = "demo"
 TIMEOUT = 30.0

@@ -16,11 +16,11 @@ from textual.widgets import DataTable, Sparkline, Static
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, write_config
 from tests.test_tui import text_of, until
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import dead_letter_entry
 from tuitop.config import load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.queue import dead_letter_entry
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.tui.app import READ_ONLY, TuitopApp
 from tuitop.tui.logtail import FileTail
 from tuitop.tui.screens import ConfirmScreen, DeadLettersScreen

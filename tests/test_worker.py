@@ -12,13 +12,13 @@ import pytest
 import redis
 
 from tests.conftest import RedisServerFactory
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import Queue
 from tuitop.config import RedisSettings, Settings
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.log import SettableLevel
 from tuitop.mail import NoTransport
 from tuitop.message import Message, decode, encode
-from tuitop.queue import Queue
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.registry import build_registry
 from tuitop.worker import (
     DONE,

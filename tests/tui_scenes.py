@@ -22,12 +22,12 @@ import redis
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.queue import dead_letter_entry
 from tuitop.config import load_config
+from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LONG_LANE
 from tuitop.message import encode
-from tuitop.queue import dead_letter_entry
-from tuitop.redisserver import EmbeddedRedis
 from tuitop.stats import StatsBatch, bucket_start
 from tuitop.tui.app import TuitopApp
 from tuitop.tui.logtail import FileTail

@@ -23,7 +23,7 @@ import pymysql
 
 from tuitop.backends.db.schema import QUEUE_NAME
 from tuitop.config import DatabaseSettings
-from tuitop.mariadbserver import DatabaseServer, create_tuleap_database
+from tuitop.embedded.mariadbserver import DatabaseServer, create_tuleap_database
 
 USER = "tuleapadm"
 PASSWORD = "db-s3cret-password-for-the-tests"
@@ -44,7 +44,7 @@ SERVER_VARIABLE = "TUITOP_TEST_DB"
 
 class ExternalServer:
     """The server ``TUITOP_TEST_DB`` names (``mysql://USER:PASSWORD@HOST:PORT/``): a
-    :class:`~tuitop.mariadbserver.DatabaseServer` the tests neither start nor stop; the
+    :class:`~tuitop.embedded.mariadbserver.DatabaseServer` the tests neither start nor stop; the
     databases made on it are dropped by :meth:`close`."""
 
     def __init__(self, url: str) -> None:

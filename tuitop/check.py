@@ -43,10 +43,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from tuitop.backends import describe_store_error, open_view, store_errors
+from tuitop.backends.redis.connection import connect
+from tuitop.backends.redis.keys import QUEUE, STATS_KEEP_SECONDS
 from tuitop.config import DB_QUEUE, RedisSettings, Settings
-from tuitop.keys import QUEUE, STATS_KEEP_SECONDS
 from tuitop.lanes import DEFAULT_LANE, latency_target
-from tuitop.redisconn import connect
 from tuitop.snapshot import Snapshot
 
 if TYPE_CHECKING:

@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
-from tuitop import __version__, control, keys
+from tuitop import __version__, control
 from tuitop.backends import describe_store_error, open_queue, open_view, store_errors
 from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.tuleapworkers import HOLD_LIMIT
 from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
 from tuitop.config import (
     DEFAULT_CONFIG_FILES,
@@ -37,7 +39,6 @@ from tuitop.tasks import (
     TaskCommand,
     default_task_command,
 )
-from tuitop.tuleapworkers import HOLD_LIMIT
 
 if TYPE_CHECKING:
     from tuitop.check import Report
@@ -741,8 +742,8 @@ def _ctl_command(action: str, argument: str | None) -> control.Command:
 
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
-    from tuitop.backends.redis import RedisAdmin
-    from tuitop.tuleapworkers import running_pid, tuleap_lists
+    from tuitop.backends.redis.store import RedisAdmin
+    from tuitop.backends.redis.tuleapworkers import running_pid, tuleap_lists
 
     def adopt(queue: QueueAdmin) -> int:
         if not isinstance(queue, RedisAdmin):

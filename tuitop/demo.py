@@ -27,16 +27,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuitop import keys
 from tuitop.backends import open_queue, open_view
+from tuitop.backends.redis import keys
 from tuitop.config import DB_QUEUE, Settings, load_config
-from tuitop.mariadbserver import EmbeddedMariaDB, MariaDBServerError, create_tuleap_database
+from tuitop.embedded.mariadbserver import (
+    EmbeddedMariaDB,
+    MariaDBServerError,
+    create_tuleap_database,
+)
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
 from tuitop.pool import PoolOptions, Supervisor
-from tuitop.redisserver import EmbeddedRedis
-from tuitop.smtpserver import SmtpServer
 from tuitop.tasks import TaskCommand
 
 DEMO_POOL = "demo"

@@ -25,7 +25,8 @@ class ConfigError(Exception):
 
 
 class RedisServerError(Exception):
-    """An embedded Redis server (:mod:`tuitop.redisserver`) that cannot be found or started.
+    """An embedded Redis server (:mod:`tuitop.embedded.redisserver`) that cannot be found
+    or started.
 
     The message says which binary, port and directory were involved and, when the server
     did not start, ends with the tail of its log. It never contains the server's password.

@@ -9,7 +9,7 @@ GoodJob's queue pools, kept on Tuleap's wire format:
   list is Tuleap's own ``app_user_events``, where front ends still LPUSH everything;
 * every other lane has a list of its own; a worker that takes from ``app_user_events`` a
   message of a lane it does not serve moves it to that lane's list, in the same atomic
-  script (:mod:`tuitop.queue`), so a message is always in exactly one list;
+  script (:mod:`tuitop.backends.redis.queue`), so a message is always in exactly one list;
 * a lane's workers take from their lane first, then help the default lane when their own is
   empty; every worker waits on ``app_user_events``, where every message arrives, so that an
   idle worker of any lane takes a notification at once (capacity is never idle while
@@ -222,7 +222,7 @@ class LaneSet:
 
     def routes(self) -> tuple[tuple[str, str], ...]:
         """(Lua pattern, lane) for each topic pattern, in order: how the take script finds
-        a message's lane (tuitop.queue)."""
+        a message's lane (tuitop.backends.redis.queue)."""
         return tuple(
             (_lua_pattern(pattern), lane.name) for lane in self.lanes for pattern in lane.topics
         )

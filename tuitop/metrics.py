@@ -47,7 +47,7 @@ from prometheus_client import Counter, Histogram, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.message import Message
 
 TULEAP_NAMESPACE = "tuleap"

@@ -21,7 +21,7 @@ from typing import cast
 
 import redis
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.message import decode

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 from redis.client import Pipeline
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 
 SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"

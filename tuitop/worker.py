@@ -43,9 +43,10 @@ from typing import Any, Protocol, TextIO
 import psutil
 from setproctitle import setproctitle
 
-from tuitop import keys
 from tuitop.backends import worker_channel
 from tuitop.backends.base import NOT_RETRIED_PAST_LIMIT, ErrorTypes, RetryPolicy, WorkerChannel
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.connection import CONNECT_TIMEOUT
 from tuitop.beats import WorkerBeat
 from tuitop.config import Settings
 from tuitop.handlers import (
@@ -63,7 +64,6 @@ from tuitop.metrics import TIMEDOUT, Counting, CountingTarget, open_counting
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
-from tuitop.redisconn import CONNECT_TIMEOUT
 from tuitop.registry import build_registry
 from tuitop.stats import END_TO_END, MAX_TOPIC_LENGTH, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler

@@ -12,7 +12,7 @@ import redis
 
 from bench.peer_tasks import peer_jobs
 from bench.peer_tasks.listpush import lpush_chunked
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.message import encode
 
 TOPIC = "bench.peers"

@@ -42,7 +42,7 @@ def worker_channel(
             socket_timeout=socket_timeout,
             bell=bell,
         )
-    from tuitop.backends.redis import RedisChannel
+    from tuitop.backends.redis.store import RedisChannel
 
     return RedisChannel(
         settings.redis,
@@ -62,7 +62,7 @@ def pool_store(
         from tuitop.backends.db import DbPoolStore
 
         return DbPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
-    from tuitop.backends.redis import RedisPoolStore
+    from tuitop.backends.redis.store import RedisPoolStore
 
     return RedisPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
 
@@ -73,7 +73,7 @@ def store_errors(store: StoreSettings) -> ErrorTypes:
         from tuitop.backends.db import ERRORS as DB_ERRORS
 
         return DB_ERRORS
-    from tuitop.backends.redis import ERRORS as REDIS_ERRORS
+    from tuitop.backends.redis.store import ERRORS as REDIS_ERRORS
 
     return REDIS_ERRORS
 
@@ -84,7 +84,7 @@ def describe_store_error(store: StoreSettings, error: BaseException) -> str:
         from tuitop.backends.db import describe_error as describe_db_error
 
         return describe_db_error(error, store)
-    from tuitop.redisconn import describe_error
+    from tuitop.backends.redis.connection import describe_error
 
     return describe_error(error, store)
 
@@ -96,8 +96,8 @@ def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:
         from tuitop.backends.db.view import DbAdmin
 
         return DbAdmin(store, client_name).prepare()
-    from tuitop.backends.redis import RedisAdmin
-    from tuitop.redisconn import connect
+    from tuitop.backends.redis.connection import connect
+    from tuitop.backends.redis.store import RedisAdmin
 
     return RedisAdmin(store, connect(store, client_name=client_name))
 
@@ -121,6 +121,6 @@ def open_view(
         if shared is not None and shared.settings != store:
             shared = None
         return DbView(store, lanes, client_name, shared)
-    from tuitop.backends.redis import RedisView
+    from tuitop.backends.redis.store import RedisView
 
     return RedisView(store, client_name)

@@ -32,13 +32,13 @@ from tuitop.backends.base import PoolStore, TimedOut
 from tuitop.backends.db.connection import Session
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.backends.db.pool import DbPoolStore
+from tuitop.backends.redis.mailbox import MailboxWatch
 from tuitop.config import DB_QUEUE, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.exporter import open_metrics
 from tuitop.pool.link import StoreLink
-from tuitop.pool.mailbox import MailboxWatch
 from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import ConfigChange, Seat, free_slots, plan_scale
 from tuitop.pool.presence import Presence

@@ -7,8 +7,8 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-from tuitop import tuleapworkers
 from tuitop.backends.base import RetryPolicy
+from tuitop.backends.redis import tuleapworkers
 from tuitop.config import Settings
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.metrics import CountingTarget
@@ -58,7 +58,7 @@ class PoolOptions:
     """Tuleap's task process, for every message no built-in handler takes."""
     tuleap_hold_limit: float = tuleapworkers.HOLD_LIMIT
     """A Tuleap worker's list unchanged this long (and no pid file of it here) is
-    recovered: its worker is gone (tuitop.tuleapworkers.left_behind)."""
+    recovered: its worker is gone (tuitop.backends.redis.tuleapworkers.left_behind)."""
     tick: float = 1.0
     doorbell_interval: float = 0.1
     """How often the pool looks at Tuleap's database queue for its idle workers

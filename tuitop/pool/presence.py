@@ -23,8 +23,8 @@ import os
 import socket
 import time
 
-from tuitop import keys
 from tuitop.backends.base import PoolStore
+from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.link import StoreLink

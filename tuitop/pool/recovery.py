@@ -9,7 +9,7 @@ dead-lettered past the tries — when:
   beat again meanwhile; not in the first heartbeat's life after the pool reached the
   store, when every heartbeat may have expired only because the store was away);
 * it is one of Tuleap's own workers' lists, unchanged for ``tuleap_hold_limit`` while no
-  Tuleap worker of that number runs here (:mod:`tuitop.tuleapworkers`).
+  Tuleap worker of that number runs here (:mod:`tuitop.backends.redis.tuleapworkers`).
 
 The same scan moves back the lanes no pool serves any more and forgets pools long gone.
 What each step does in Redis or in the database is the store's (:mod:`tuitop.backends`).
@@ -21,8 +21,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from tuitop import keys
 from tuitop.backends.base import PoolStore, TimedOut
+from tuitop.backends.redis import keys
 from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
 
 LANE_PREFIX = keys.LANE_PREFIX
@@ -46,7 +46,7 @@ def lane_of_queue(queue_name: str) -> str | None:
 @dataclass(frozen=True)
 class TakePlan:
     """Where a worker takes from, in order, and which messages it moves to another lane
-    (the database's :class:`tuitop.queue.TakePlan`)."""
+    (the database's :class:`tuitop.backends.redis.queue.TakePlan`)."""
 
     lanes: LaneSet = field(default_factory=LaneSet)
     serves: tuple[str, ...] = (DEFAULT_LANE,)

@@ -1,8 +1,8 @@
 """The reliable queue in Tuleap's database: push, take, ack, retry, dead-letter, recover.
 
-The same promise as in Redis (:mod:`tuitop.queue`): a message is at every moment in exactly
-one place — a row of Tuleap's ``async_events`` (waiting), of ``tuitop_processing`` (in
-one worker's hands), of ``tuitop_delayed`` (waiting for its retry), of
+The same promise as in Redis (:mod:`tuitop.backends.redis.queue`): a message is at
+every moment in exactly one place — a row of Tuleap's ``async_events`` (waiting), of
+``tuitop_processing`` (in one worker's hands), of ``tuitop_delayed`` (waiting for its retry), of
 ``tuitop_dead_letters`` — or it is done (deleted). Every move is one transaction: the row
 is copied and deleted together, so a crash of a worker, of a pool or of the server at any
 point leaves it in one of those places (InnoDB rolls back what was not committed).

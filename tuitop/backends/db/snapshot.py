@@ -14,10 +14,10 @@ from typing import Any
 
 from pymysql.cursors import Cursor
 
-from tuitop import keys
 from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.pool import DEPTH_CAP, capped_count_sql
 from tuitop.backends.db.schema import NOW
+from tuitop.backends.redis import keys
 from tuitop.beats import json_fields
 from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
 from tuitop.snapshot import (

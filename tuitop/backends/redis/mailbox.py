@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import redis
 
-from tuitop import keys
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.connection import connect, describe_error
 from tuitop.config import RedisSettings
 from tuitop.pool.plan import backoff
-from tuitop.redisconn import connect, describe_error
 
 BLOCK_SECONDS = 30
 """How long one BLMOVE waits: an idle watch costs a command (and redis-py's health-check

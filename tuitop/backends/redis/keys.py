@@ -65,7 +65,7 @@ def lane_list(lane: str) -> str:
 
 TULEAP_LISTS = "tuitop:tuleap-lists"
 """Hash: each processing list of a Tuleap worker → what it held and since when (Redis
-time), to tell a list left by a worker that is gone (tuitop.tuleapworkers)."""
+time), to tell a list left by a worker that is gone (tuitop.backends.redis.tuleapworkers)."""
 
 LANES = "tuitop:lanes"
 """Sorted set of the lanes pools serve; score: when a pool last said it serves it (Redis

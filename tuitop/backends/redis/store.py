@@ -1,7 +1,7 @@
 """The Redis backend: Tuleap's ``app_user_events`` list and tuitop's keys beside it.
 
-The moves themselves are :mod:`tuitop.queue`'s (Lua scripts and MULTI/EXEC on the key
-names of :mod:`tuitop.keys`); this module fits them to the seam of
+The moves themselves are :mod:`tuitop.backends.redis.queue`'s (Lua scripts and MULTI/EXEC on the key
+names of :mod:`tuitop.backends.redis.keys`); this module fits them to the seam of
 :mod:`tuitop.backends.base`: a worker's channel and the pool's store.
 """
 
@@ -15,7 +15,6 @@ from typing import Any, cast
 import redis
 from redis.client import Pipeline
 
-from tuitop import keys, tuleapworkers
 from tuitop.backends.base import (
     HELD_SHOWN,
     Batch,
@@ -25,13 +24,14 @@ from tuitop.backends.base import (
     RetryPolicy,
     TimedOut,
 )
+from tuitop.backends.redis import keys, tuleapworkers
+from tuitop.backends.redis.connection import connect, describe_error, is_auth_error
+from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
-from tuitop.queue import Queue, Taken, TakePlan, alive_in
-from tuitop.redisconn import connect, describe_error, is_auth_error
 from tuitop.snapshot import Snapshot, take_snapshot
 from tuitop.stats import (
     POOL_TICK_SCRIPT,

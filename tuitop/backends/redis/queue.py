@@ -25,7 +25,6 @@ from typing import Any, cast
 from redis import Redis, WatchError
 from redis.client import Pipeline
 
-from tuitop import keys
 from tuitop.backends.base import (
     DeadLetter,
     HandBack,
@@ -34,6 +33,7 @@ from tuitop.backends.base import (
     TimedOut,
     recovery_fates,
 )
+from tuitop.backends.redis import keys
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
 from tuitop.stats import StatsBatch

@@ -17,7 +17,7 @@ from typing import cast
 
 import redis
 
-from tuitop import keys
+from tuitop.backends.redis import keys
 from tuitop.osutil import process_running
 
 PID_DIRECTORY = "/var/run/tuleap"

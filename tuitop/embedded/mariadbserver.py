@@ -27,8 +27,8 @@ import pymysql
 
 from tuitop.backends.db.schema import create_tuleap_queue
 from tuitop.config import DatabaseSettings, Secret
+from tuitop.embedded.redisserver import HOST, free_port
 from tuitop.osutil import set_parent_death_signal
-from tuitop.redisserver import HOST, free_port
 
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_NAMES = ("mariadb-install-db", "mysql_install_db")
