@@ -26,14 +26,14 @@ import redis
 
 from bench.common import command_count, percentile
 from tuitop.backends.base import RetryPolicy
-from tuitop.backends.redis import keys
+from tuitop.backends.redis.snapshot import take_snapshot
+from tuitop.backends.redis.stats import flush_into, read_buckets
 from tuitop.backends.redis.store import RedisChannel, RedisPoolStore
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LaneSet
-from tuitop.snapshot import take_snapshot
-from tuitop.stats import MAX_TOPICS, StatsBatch, read_buckets, summarize
+from tuitop.stats import MAX_TOPICS, STATS_BUCKET_SECONDS, StatsBatch, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "snapshot.json"
@@ -95,14 +95,14 @@ def register_fleet(server: EmbeddedRedis, pools: int, per_pool: int) -> None:
 
 def fill_topics(client: redis.Redis, now: float) -> None:
     """Every bucket of the window at the cap of topic names, each with waits and runs."""
-    for age in range(0, WINDOW + 10, keys.STATS_BUCKET_SECONDS):
+    for age in range(0, WINDOW + 10, STATS_BUCKET_SECONDS):
         batch = StatsBatch()
         for number in range(MAX_TOPICS):
             topic = f"tuleap.plugin-{number:02d}.event"
             for sample in range(5):
                 batch.topic(topic, wait=0.001 * (sample + 1), run=0.01 * (sample + 1))
         pipe = client.pipeline(transaction=False)
-        batch.flush_into(pipe, now - age)
+        flush_into(batch, pipe, now - age)
         pipe.execute()
 
 

@@ -41,9 +41,9 @@ from bench.common import (
 )
 from bench.pool_bench import bench_drain
 from tuitop.backends.redis import keys
+from tuitop.backends.redis.snapshot import take_snapshot
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.snapshot import take_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "ui.json"

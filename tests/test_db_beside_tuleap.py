@@ -19,10 +19,10 @@ from tests.test_db_e2e import database_inc, start_pool
 from tests.test_tasks_e2e import Tuleap
 from tests.tuleapdb import connect, count, enqueue
 from tuitop.backends.base import RetryPolicy
-from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import QUEUE_NAME, create_tables
 from tuitop.config import DatabaseSettings
+from tuitop.lanes import lane_queue
 
 WORKER = "host-a/0#100"
 

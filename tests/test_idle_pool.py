@@ -18,9 +18,9 @@ from tests.pool import Pool, wait_until, worker_heartbeats, write_config
 from tests.test_pool_e2e import FAST_RETRY, nothing_pending, push_all, start_pool
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue, alive_in
+from tuitop.backends.redis.snapshot import take_snapshot
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.snapshot import take_snapshot
 
 
 def _idle_worker(client: redis.Redis) -> tuple[str, int]:

@@ -9,9 +9,9 @@ import redis
 
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue, TakePlan, Waited
+from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, pool_tick
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, encode
-from tuitop.stats import POOL_TICK_SCRIPT, pool_tick
 
 D = DEFAULT_LANE
 LANES = LaneSet.parse("long(1): tuleap.tracker.creation.jira, tuleap.mediawiki-standalone.*")

@@ -17,6 +17,7 @@ from tests.proxy import ReplyLosingProxy
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.connection import connect
 from tuitop.backends.redis.queue import Queue
+from tuitop.backends.redis.stats import read_buckets
 from tuitop.backends.redis.store import RedisAdmin
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
@@ -27,7 +28,7 @@ from tuitop.message import decode
 from tuitop.notification import TOPIC, Mail, Notification
 from tuitop.notify import QUEUED, SENT, NotificationError, Notifier
 from tuitop.registry import build_registry
-from tuitop.stats import read_buckets, summarize
+from tuitop.stats import summarize
 
 NOREPLY = "noreply@tuleap.example"
 FALLBACK = "[Notification] Unable to queue notification for 42, fallback to online notif"

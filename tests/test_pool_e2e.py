@@ -23,12 +23,13 @@ from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue, alive_in, parse_dead_letter
+from tuitop.backends.redis.snapshot import take_snapshot
+from tuitop.backends.redis.stats import read_buckets
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import TOPIC
-from tuitop.snapshot import take_snapshot
-from tuitop.stats import read_buckets, summarize
+from tuitop.stats import summarize
 
 FAST_RETRY = ("--retry-delay", "0.05")
 

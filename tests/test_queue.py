@@ -27,9 +27,10 @@ from tuitop.backends.redis.queue import (
     dead_letter_entry,
     parse_dead_letter,
 )
+from tuitop.backends.redis.stats import read_buckets
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import decode, encode, job_key, with_payload
-from tuitop.stats import read_buckets, summarize
+from tuitop.stats import summarize
 
 TOPIC = "tuitop.test"
 WORKER = "host-a/1"

@@ -12,12 +12,13 @@ import redis
 from tests.pool import Pool, wait_until, write_config
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue
+from tuitop.backends.redis.snapshot import take_snapshot
+from tuitop.backends.redis.stats import flush_into
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE
 from tuitop.message import encode
 from tuitop.procmeter import ProcessMeter
-from tuitop.snapshot import take_snapshot
-from tuitop.stats import StatsBatch, bucket_start
+from tuitop.stats import STATS_BUCKET_SECONDS, StatsBatch, bucket_start
 from tuitop.tui.widgets import clock_time
 
 
@@ -100,12 +101,12 @@ def test_a_live_pool_seen_whole(
 
 def test_rates_come_from_the_last_complete_ten_seconds(redis_client: redis.Redis) -> None:
     now = time.time()
-    previous = bucket_start(now) - keys.STATS_BUCKET_SECONDS
+    previous = bucket_start(now) - STATS_BUCKET_SECONDS
     batch = StatsBatch()
     batch.outcome("done", 50)
     batch.outcome("enqueued", 60)
     pipe = redis_client.pipeline()
-    batch.flush_into(pipe, previous + 1)
+    flush_into(batch, pipe, previous + 1)
     pipe.execute()
     snapshot = take_snapshot(redis_client, now=now)
     assert snapshot.last_ten_seconds.rate("done") == 5.0

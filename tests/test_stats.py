@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuitop.backends.redis import keys
+from tuitop.backends.redis.stats import flush_into, read_buckets
 from tuitop.stats import (
     END_TO_END,
     MAX_TOPICS,
     OTHER_TOPIC,
+    STATS_BUCKET_SECONDS,
+    STATS_KEEP_SECONDS,
     WAIT,
     Percentiles,
     StatsBatch,
@@ -22,7 +25,6 @@ from tuitop.stats import (
     bucket_value,
     latency_bucket,
     percentiles,
-    read_buckets,
     summarize,
 )
 
@@ -160,7 +162,7 @@ def test_percentiles_match_the_samples(samples: list[float]) -> None:
 
 def flush(client: redis.Redis, batch: StatsBatch, now: float) -> None:
     pipe = client.pipeline(transaction=False)
-    batch.flush_into(pipe, now)
+    flush_into(batch, pipe, now)
     pipe.execute()
 
 
@@ -178,7 +180,7 @@ def test_flush_then_read_back(redis_client: redis.Redis) -> None:
     assert not batch.fields  # reset after the flush
 
     buckets = read_buckets(redis_client, now, WINDOW)
-    assert len(buckets) == WINDOW // keys.STATS_BUCKET_SECONDS + 1
+    assert len(buckets) == WINDOW // STATS_BUCKET_SECONDS + 1
     window = summarize(buckets, WINDOW)
     assert window.seconds == WINDOW
     assert window.counts == {"done": 8, "failed": 2}
@@ -227,8 +229,8 @@ def test_buckets_expire(redis_client: redis.Redis) -> None:
     batch.outcome("enqueued")
     flush(redis_client, batch, now)
     ttl = int(redis_client.ttl(keys.stats_bucket(bucket_start(now))))
-    assert keys.STATS_KEEP_SECONDS - 5 <= ttl <= keys.STATS_KEEP_SECONDS
-    assert keys.STATS_KEEP_SECONDS > WINDOW  # what a view reads is still there
+    assert STATS_KEEP_SECONDS - 5 <= ttl <= STATS_KEEP_SECONDS
+    assert STATS_KEEP_SECONDS > WINDOW  # what a view reads is still there
 
 
 def test_an_empty_batch_writes_nothing(redis_client: redis.Redis) -> None:
@@ -306,7 +308,7 @@ def test_endless_topic_names_cost_a_bounded_number_of_fields(redis_client: redis
     assert topics[OTHER_TOPIC].count == MAX_TOPICS * 4
 
     # A new bucket counts names afresh; a window folds past MAX_TOPICS into (other).
-    later = now + keys.STATS_BUCKET_SECONDS
+    later = now + STATS_BUCKET_SECONDS
     for n in range(MAX_TOPICS):
         batch.topic(f"other.{n:04d}", wait=None, run=0.001)
     flush(redis_client, batch, later)

@@ -26,8 +26,9 @@ from tests.pool import REPO, Pool, wait_until, write_config
 from tests.test_pool_e2e import nothing_pending, notification, push_all
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import parse_dead_letter
+from tuitop.backends.redis.stats import read_buckets
 from tuitop.embedded.redisserver import EmbeddedRedis
-from tuitop.stats import read_buckets, summarize
+from tuitop.stats import summarize
 
 TASK = ("--task-command", "tuleap queue:task-worker-process")
 FAST_RETRY = ("--retry-delay", "0.05")

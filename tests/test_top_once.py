@@ -16,7 +16,7 @@ from tuitop.backends.redis import keys
 from tuitop.config import DatabaseSettings
 from tuitop.embedded.redisserver import EmbeddedRedis, free_port
 from tuitop.message import encode
-from tuitop.stats import MAX_TOPIC_LENGTH
+from tuitop.stats import MAX_TOPIC_LENGTH, STATS_BUCKET_SECONDS
 
 
 def test_once_json_is_one_snapshot_of_a_live_pool(
@@ -104,7 +104,7 @@ def test_once_leaves_out_stats_fields_it_never_writes(
     # Anything that can write to the store can write to its stats buckets: a count that
     # is no number, a latency bucket that is no index or past any float, a topic's bucket
     # in digits int() refuses. Each is left out; what tuitop wrote is still read.
-    bucket = keys.stats_bucket(int(time.time()) - int(time.time()) % keys.STATS_BUCKET_SECONDS)
+    bucket = keys.stats_bucket(int(time.time()) - int(time.time()) % STATS_BUCKET_SECONDS)
     redis_client.hset(
         bucket,
         mapping={

@@ -16,7 +16,7 @@ from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import dead_letter_entry
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
-from tuitop.stats import bucket_start
+from tuitop.stats import STATS_BUCKET_SECONDS, bucket_start
 from tuitop.tui.screens import DeadLettersScreen
 from tuitop.tui.topics import TopicsScreen
 from tuitop.tui.worker_screen import WorkerScreen
@@ -65,7 +65,7 @@ def hostile_store(client: redis.Redis) -> None:
             "loaded_at": "inf",
         },
     )
-    bucket = keys.stats_bucket(bucket_start(now) - keys.STATS_BUCKET_SECONDS)
+    bucket = keys.stats_bucket(bucket_start(now) - STATS_BUCKET_SECONDS)
     client.hset(
         bucket,
         mapping={

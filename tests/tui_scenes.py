@@ -24,6 +24,7 @@ from textual.widgets import DataTable
 
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import dead_letter_entry
+from tuitop.backends.redis.stats import flush_into
 from tuitop.config import load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, DEFAULT_SPEC, LONG_LANE
@@ -170,7 +171,7 @@ def _history(client: redis.Redis, *, busy: bool) -> None:
             batch.latency("w", wait, LONG_LANE)
             batch.topic(JIRA, wait=wait, run=chance.uniform(60, 190))
         pipe = client.pipeline()
-        batch.flush_into(pipe, start)
+        flush_into(batch, pipe, start)
         depth = 0
         if busy and age < 120:
             depth = (120 - age) * 11 + chance.randint(0, 40)

@@ -40,14 +40,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from tuitop.backends import describe_store_error, open_view, store_errors
-from tuitop.backends.redis.connection import connect
-from tuitop.backends.redis.keys import QUEUE, STATS_KEEP_SECONDS
+from tuitop.backends.redis import probe
 from tuitop.config import DB_QUEUE, RedisSettings, Settings
-from tuitop.lanes import DEFAULT_LANE, latency_target
+from tuitop.lanes import DEFAULT_LANE, TULEAP_QUEUE, latency_target
 from tuitop.snapshot import Snapshot
+from tuitop.stats import STATS_KEEP_SECONDS
 
 if TYPE_CHECKING:
     from tuitop.backends.db.view import ConnectionRoom
@@ -275,7 +273,7 @@ def _assess_lanes(report: Report, snapshot: Snapshot, limits: Limits) -> None:
         status = Status.CRITICAL if age > limits.critical else Status.WARNING
         if lane.name == DEFAULT_LANE:
             text = TULEAP_SENTENCE.format(count=count)
-            text += f" The oldest in {QUEUE} waits since {_duration(age)}."
+            text += f" The oldest in {TULEAP_QUEUE} waits since {_duration(age)}."
         else:
             text = (
                 f"Lane {lane.name}: {lane.waiting:,} message(s) waiting, the oldest since "
@@ -431,66 +429,38 @@ def assess_redis(report: Report, settings: RedisSettings, timeout: float = 5.0) 
             "seed asks for",
         )
     else:
-        _assess_open_door(report, settings, timeout)
-    client = connect(settings, client_name="tuitop:check", socket_timeout=timeout)
-    try:
-        _assess_server(report, settings, client)
-    finally:
-        client.close()
+        _assess_door(report, probe.door(settings, timeout))
+    _assess_server(report, probe.server_facts(settings, timeout))
 
 
-def _assess_open_door(report: Report, settings: RedisSettings, timeout: float) -> None:
-    """Does the server answer a client that sends no password? (Readable where CONFIG
-    is renamed away, as hardening guides advise.)"""
-    anonymous = redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        ssl=settings.tls,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-    )
-    try:
-        anonymous.ping()
-    except redis.AuthenticationError:
+def _assess_door(report: Report, door: probe.Door) -> None:
+    if door.closed:
         report.add(Status.OK, "redis", "Redis refuses clients without the password")
-        return
-    except redis.ResponseError as error:
-        if "NOAUTH" in str(error).upper():
-            report.add(Status.OK, "redis", "Redis refuses clients without the password")
-        else:
-            report.add(Status.UNKNOWN, "redis", f"could not tell whether Redis asks for a "
-                       f"password: {error}")  # fmt: skip
-        return
-    except redis.RedisError as error:
+    elif door.closed is None:
         report.add(Status.UNKNOWN, "redis", f"could not tell whether Redis asks for a "
-                   f"password: {type(error).__name__}")  # fmt: skip
-        return
-    finally:
-        anonymous.close()
-    report.add(
-        Status.WARNING,
-        "redis",
-        "Redis answers clients that send no password (requirepass is not set): anyone who "
-        "reaches its port can read and change the queue",
-    )
+                   f"password: {door.why}")  # fmt: skip
+    else:
+        report.add(
+            Status.WARNING,
+            "redis",
+            "Redis answers clients that send no password (requirepass is not set): anyone "
+            "who reaches its port can read and change the queue",
+        )
 
 
-def _assess_server(report: Report, settings: RedisSettings, client: redis.Redis) -> None:
-    errors = store_errors(settings)
-    try:
-        info = _server_info(client)
-    except errors as error:
-        if isinstance(error, redis.ResponseError):
-            report.add(
-                Status.UNKNOWN,
-                "redis",
-                "cannot read Redis's version and persistence (INFO and CONFIG GET refused: "
-                f"{describe_store_error(settings, error)}); --no-redis-settings skips this",
-            )
-        else:
-            report.add(Status.CRITICAL, "store", describe_store_error(settings, error))
+def _assess_server(report: Report, facts: probe.ServerFacts) -> None:
+    if facts.unreachable:
+        report.add(Status.CRITICAL, "store", facts.unreachable)
         return
-    version_text, appendonly = info
+    if facts.refused:
+        report.add(
+            Status.UNKNOWN,
+            "redis",
+            "cannot read Redis's version and persistence (INFO and CONFIG GET refused: "
+            f"{facts.refused}); --no-redis-settings skips this",
+        )
+        return
+    version_text, appendonly = facts.version, facts.appendonly
     version = _version(version_text)
     if version is not None and version < REDIS_MIN_VERSION:
         report.add(
@@ -513,20 +483,6 @@ def _assess_server(report: Report, settings: RedisSettings, client: redis.Redis)
         )
     else:
         report.add(Status.OK, "redis", f"Redis {version_text or '?'} keeps an append-only file")
-
-
-def _server_info(client: redis.Redis) -> tuple[str, bool | None]:
-    """Redis's version and whether appendonly is on: from INFO (allowed where CONFIG is
-    renamed away), else CONFIG GET; a ResponseError when both are refused."""
-    try:
-        info: dict[str, Any] = client.info("server")
-        info.update(client.info("persistence"))
-    except redis.ResponseError:
-        reply: dict[str, str] = client.config_get("appendonly")  # type: ignore[assignment]
-        value = reply.get("appendonly")
-        return "", None if value is None else value == "yes"
-    aof = info.get("aof_enabled")
-    return str(info.get("redis_version", "")), None if aof is None else bool(int(aof))
 
 
 def _version(text: str) -> tuple[int, ...] | None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuitop.backends import open_queue, open_view
-from tuitop.backends.redis import keys
 from tuitop.config import DB_QUEUE, Settings, load_config
 from tuitop.embedded.mariadbserver import (
     EmbeddedMariaDB,
@@ -41,6 +40,7 @@ from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
 from tuitop.pool import PoolOptions, Supervisor
+from tuitop.stats import STATS_KEEP_SECONDS
 from tuitop.tasks import TaskCommand
 
 DEMO_POOL = "demo"
@@ -265,7 +265,7 @@ def _say_what_was_done(settings: Settings, producer: Producer, mails: int) -> No
         now = time.time()
         queue = view.snapshot(now).queue
         # The stats keep 15 minutes: a demo run longer than that counts only those.
-        done = view.stats(now, keys.STATS_KEEP_SECONDS).counts.get("done", 0)
+        done = view.stats(now, STATS_KEEP_SECONDS).counts.get("done", 0)
     finally:
         view.close()
     left = queue.waiting + queue.delayed + queue.processing

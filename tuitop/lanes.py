@@ -31,6 +31,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_LANE = "latency_10s"
+TULEAP_QUEUE = "app_user_events"
+"""Tuleap's queue (wire format): the Redis list its front ends push into, the
+``queue_name`` of its database's rows; the default lane's messages wait there."""
+LANE_PREFIX = f"{TULEAP_QUEUE}-lane-"
+
+
+def lane_queue(lane: str) -> str:
+    """The queue a lane's messages wait in: Tuleap's own for the default lane (front ends
+    push everything there), ``app_user_events-lane-<name>`` for the others (a Redis list,
+    the ``queue_name`` of the database's rows)."""
+    return TULEAP_QUEUE if lane == DEFAULT_LANE else f"{LANE_PREFIX}{lane}"
+
+
+def lane_of_queue(queue_name: str) -> str | None:
+    """The lane whose messages wait in ``queue_name`` (None: not a lane's)."""
+    if queue_name == TULEAP_QUEUE:
+        return DEFAULT_LANE
+    if queue_name.startswith(LANE_PREFIX) and len(queue_name) > len(LANE_PREFIX):
+        return queue_name[len(LANE_PREFIX) :]
+    return None
+
+
 """The lane of every topic no other lane names: Tuleap's ``app_user_events``."""
 LONG_LANE = "latency_15m"
 LONG_TOPICS = (

@@ -47,7 +47,7 @@ from prometheus_client import Counter, Histogram, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tuitop.backends.redis import keys
+from tuitop.lanes import TULEAP_QUEUE
 from tuitop.message import Message
 
 TULEAP_NAMESPACE = "tuleap"
@@ -56,7 +56,6 @@ TULEAP_EVENTS_HELP = "Total number of queue events"
 TULEAP_DURATION = "queue_events_duration"
 TULEAP_DURATION_HELP = "Duration of background worker events (from enqueue to done) in seconds"
 TULEAP_DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 60, 120)
-TULEAP_QUEUE = keys.QUEUE
 DEQUEUED, DONE, REQUEUED, DISCARDED, TIMEDOUT = (
     "dequeued",
     "done",

@@ -1,31 +1,19 @@
 """What every view reads: one consistent picture of the queue, the pools and the workers.
 
-A snapshot costs two pipelined round trips to Redis and a number of commands that depends
-on how many workers and pools are registered, never on how many messages are queued: LLEN
-rather than LRANGE, LINDEX of the one message taken next for the age of the oldest waiting
-one (Tuleap's SYSTEM_CHECK looks at the newest by mistake), the latency histograms of the
-last five minutes as 31 small hashes (each with the fields of at most
-:data:`~tuitop.stats.MAX_TOPICS` topics, so that hostile topic names cannot make a view
-slow).
-Views only read; a snapshot is plain frozen data that
-a UI thread can hold without touching Redis again.
+Each store reads its own (:mod:`tuitop.backends.redis.snapshot`,
+:mod:`tuitop.backends.db.snapshot`) at a cost that depends on how many workers and pools
+are registered, never on how many messages are queued, and builds it here
+(:func:`build_snapshot`). Views only read; a snapshot is plain frozen data that a UI
+thread can hold without touching the store again.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
-import redis
-
-from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat, WorkerBeat
-from tuitop.lanes import DEFAULT_LANE
-from tuitop.message import decode
-from tuitop.stats import WindowStats, bucket_keys, summarize
+from tuitop.stats import STATS_BUCKET_SECONDS, WindowStats, summarize
 
 MINUTE = 60
 FIVE_MINUTES = 300
@@ -100,86 +88,6 @@ class Snapshot:
     """The default lane first, then every lane a pool serves or served lately."""
 
 
-def take_snapshot(client: redis.Redis, now: float | None = None) -> Snapshot:
-    """Reads everything a view shows; raises redis.RedisError when Redis does not answer."""
-    moment = time.time() if now is None else now
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(keys.QUEUE)
-    pipe.lindex(keys.QUEUE, -1)
-    pipe.zcard(keys.DELAYED)
-    pipe.zrange(keys.DELAYED, 0, 0, withscores=True)
-    pipe.llen(keys.DEAD_LETTERS)
-    pipe.smembers(keys.WORKERS)
-    pipe.smembers(keys.POOLS)
-    pipe.hgetall(keys.CONFIG)
-    pipe.zrange(keys.LANES, 0, -1)
-    for key in bucket_keys(moment, FIVE_MINUTES):
-        pipe.hgetall(key)
-    (waiting, oldest, delayed, first_due, dead, workers, pools, config, lane_names, *buckets) = (
-        pipe.execute()
-    )
-
-    worker_ids = keys.names_in(cast(set[bytes], workers))
-    pool_names = keys.names_in(cast(set[bytes], pools))
-    pipe = client.pipeline(transaction=False)
-    for worker_id in worker_ids:
-        pipe.hgetall(keys.heartbeat(worker_id))
-        pipe.llen(keys.processing_list(worker_id))
-        # A worker that left cleanly between the two round trips is gone, not dead.
-        pipe.sismember(keys.WORKERS, worker_id)
-        pipe.exists(keys.worker_alive(worker_id))
-    for name in pool_names:
-        pipe.hgetall(keys.pool(name))
-    other_lanes = keys.names_in(cast(list[bytes], lane_names))
-    for lane in other_lanes:
-        pipe.llen(keys.lane_list(lane))
-        pipe.lindex(keys.lane_list(lane), -1)
-    replies = pipe.execute() if worker_ids or pool_names or other_lanes else []
-    lane_replies = replies[len(replies) - 2 * len(other_lanes) :]
-    replies = replies[: len(replies) - 2 * len(other_lanes)]
-
-    per_worker = 4
-    pool_views = [
-        pool_view(name, fields)
-        for name, fields in zip(pool_names, replies[per_worker * len(worker_ids) :], strict=True)
-        if fields
-    ]
-    listed = {worker_id for view in pool_views for worker_id in view.workers}
-    worker_views = []
-    for index, worker_id in enumerate(worker_ids):
-        beat, holding, registered, said_alive = replies[
-            per_worker * index : per_worker * index + per_worker
-        ]
-        if not registered:
-            continue
-        if not (said_alive or worker_id in listed):
-            # Registered but silent (no live pool lists it, its own beat expired): dead,
-            # its list recovered soon. What its hash last said stays shown.
-            beat = {**beat, **DEAD}
-        worker_views.append(worker_view(worker_id, beat, int(holding)))
-    lists = [(DEFAULT_LANE, int(waiting), _age(oldest, moment))]
-    for index, lane in enumerate(other_lanes):
-        depth, lane_oldest = lane_replies[2 * index : 2 * index + 2]
-        lists.append((lane, int(depth), _age(lane_oldest, moment)))
-    next_retry = None
-    if first_due and math.isfinite(due := float(first_due[0][1])):
-        # A score of +inf (no tuitop's: anyone may ZADD) is due never: no time to say.
-        next_retry = max(due - moment, 0.0)
-    return build_snapshot(
-        moment,
-        lists=lists,
-        delayed=int(delayed),
-        next_retry_in=next_retry,
-        dead_letters=int(dead),
-        workers=worker_views,
-        pools=pool_views,
-        buckets=buckets,
-        config={
-            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in config.items()
-        },
-    )
-
-
 def build_snapshot(
     moment: float,
     *,
@@ -209,7 +117,7 @@ def build_snapshot(
     )
     ages = [view.oldest_age for view in lane_views if view.oldest_age is not None]
     processing = sum(worker.holding for worker in workers)
-    minute_buckets = buckets[: MINUTE // keys.STATS_BUCKET_SECONDS + 1]
+    minute_buckets = buckets[: MINUTE // STATS_BUCKET_SECONDS + 1]
     return Snapshot(
         taken_at=moment,
         queue=QueueView(
@@ -223,19 +131,15 @@ def build_snapshot(
         ),
         workers=tuple(workers),
         pools=tuple(pools),
-        last_ten_seconds=summarize(buckets[1:2], keys.STATS_BUCKET_SECONDS),
+        last_ten_seconds=summarize(buckets[1:2], STATS_BUCKET_SECONDS),
         last_minute=summarize(minute_buckets, MINUTE),
         last_five_minutes=summarize(buckets, FIVE_MINUTES, topics=True),
         history=tuple(
-            summarize([bucket], keys.STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
+            summarize([bucket], STATS_BUCKET_SECONDS) for bucket in reversed(buckets[1:])
         ),
         config=dict(config),
         lanes=lane_views,
     )
-
-
-def _age(oldest: bytes | None, moment: float) -> float | None:
-    return None if oldest is None else decode(oldest).age(moment)
 
 
 DEAD = {b"state": b"dead"}

@@ -1,7 +1,8 @@
-"""Latency histograms and outcome counters in Redis, readable by any view at a fixed cost.
+"""Latency histograms and outcome counters in the store, readable by any view at a fixed cost.
 
-Workers add to a hash per 10-second bucket (``keys.stats_bucket``), pipelined with their
-acks so that recording costs no round trip of its own. A hash holds counters (``done``,
+Workers add to a bucket per 10 seconds (Redis: a hash, :mod:`tuitop.backends.redis.stats`;
+the database: rows, :mod:`tuitop.backends.db`), with their acks so that recording costs
+no round trip of its own. A hash holds counters (``done``,
 ``failed``, ``retried``, ``dead``, ``timedout``, ``unanswered``, ``enqueued``; a job that
 fails in its worker counts once under ``failed``, ``timedout`` or ``unanswered``, as its
 handler says, and once under ``retried`` or ``dead``), one gauge (``depth``, the queue's
@@ -34,11 +35,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from redis import Redis
-from redis.client import Pipeline
-
-from tuitop.backends.redis import keys
-
+STATS_BUCKET_SECONDS = 10
+"""The span of one bucket of counters and histograms."""
+STATS_KEEP_SECONDS = 15 * 60
+"""How long a stats bucket lives: the views read the last 5 minutes; keep some margin."""
 SUBBUCKETS_PER_OCTAVE = 8
 WAIT = "w"
 RUN = "r"
@@ -54,37 +54,6 @@ MAX_TOPIC_LENGTH = 120
 """Longer topic names are cut (the database's stats row names are VARCHAR(191))."""
 DEPTH = "depth"
 """A gauge, not a counter: a window's depth is its newest bucket's."""
-
-POOL_TICK_SCRIPT = """
-local now = tonumber(redis.call('TIME')[1])
-for i = 4, #ARGV do
-  redis.call('ZADD', KEYS[3], now, ARGV[i])
-end
-if ARGV[3] == '1' then
-  local depth = redis.call('LLEN', KEYS[1])
-  for _, lane in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    depth = depth + redis.call('LLEN', ARGV[2] .. lane)
-  end
-  redis.call('HSET', KEYS[2], 'depth', depth)
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-"""
-"""A pool's bookkeeping with its heartbeat, in one command: says which lanes it serves
-(ARGV[4]..., with Redis' time), and, when ARGV[3] is '1', samples the number of messages
-waiting (Tuleap's list and every lane's) into the current bucket (several pools overwrite
-each other's nearly equal samples)."""
-
-
-def pool_tick(
-    serves: Iterable[str], now: float, *, sample: bool
-) -> tuple[list[str], list[str | int]] | None:
-    """KEYS and ARGV of POOL_TICK_SCRIPT for a pool serving the lanes ``serves`` (and
-    sampling the depth, with ``sample``); None when it has nothing to do."""
-    lanes = sorted(lane for lane in serves if keys.lane_list(lane) != keys.QUEUE)
-    if not lanes and not sample:
-        return None
-    script_keys = [keys.QUEUE, keys.stats_bucket(bucket_start(now)), keys.LANES]
-    return script_keys, [keys.STATS_KEEP_SECONDS, keys.LANE_PREFIX, int(sample), *lanes]
 
 
 def latency_bucket(seconds: float) -> int:
@@ -121,7 +90,7 @@ def bucket_value(index: int) -> float:
 
 
 def bucket_start(now: float) -> int:
-    return int(now) - int(now) % keys.STATS_BUCKET_SECONDS
+    return int(now) - int(now) % STATS_BUCKET_SECONDS
 
 
 def _lane_kind(kind: str, lane: str | None) -> str:
@@ -129,7 +98,7 @@ def _lane_kind(kind: str, lane: str | None) -> str:
 
 
 class StatsBatch:
-    """What a worker observed since its last flush, added to Redis in one go."""
+    """What a worker observed since its last flush, added to the store in one go."""
 
     def __init__(self) -> None:
         self.fields: Counter[str] = Counter()
@@ -191,51 +160,6 @@ class StatsBatch:
             else:
                 plain[name] = count
         return plain, dict(sorted(topics.items()))
-
-    def flush_into(self, pipe: Pipeline, now: float) -> None:
-        """Queues the HINCRBYs on ``pipe`` (the caller's ack pipeline) and resets; the
-        topics' fields through TOPICS_SCRIPT, which keeps the bucket's cap."""
-        if not self.fields:
-            return
-        key = keys.stats_bucket(bucket_start(now))
-        plain, topics = self.split()
-        for name, count in plain.items():
-            pipe.hincrby(key, name, count)
-        if topics:
-            args: list[str | int] = [MAX_TOPICS]
-            for topic, heads in topics.items():
-                args += [topic, len(heads)]
-                for head, count in heads.items():
-                    args += [head, count]
-            pipe.eval(TOPICS_SCRIPT, 1, key, *args)
-        pipe.expire(key, keys.STATS_KEEP_SECONDS)
-        self.written(now)
-
-
-TOPICS_SCRIPT = """
-local cap = tonumber(ARGV[1])
-local i = 2
-while i <= #ARGV do
-  local topic, fields = ARGV[i], tonumber(ARGV[i + 1])
-  local name = topic
-  if redis.call('HEXISTS', KEYS[1], 't#n|' .. topic) == 0 and topic ~= '(other)' then
-    if tonumber(redis.call('HINCRBY', KEYS[1], 't#names', 0)) < cap then
-      redis.call('HINCRBY', KEYS[1], 't#names', 1)
-    else
-      name = '(other)'
-    end
-  end
-  for j = 0, fields - 1 do
-    local at = i + 2 + 2 * j
-    redis.call('HINCRBY', KEYS[1], 't#' .. ARGV[at] .. '|' .. name, ARGV[at + 1])
-  end
-  i = i + 2 + 2 * fields
-end
-"""
-"""Adds each topic's fields (ARGV: the cap, then per topic its name, its number of fields
-and those as head, count) to the bucket KEYS[1], under the topic's name while the bucket
-holds fewer than the cap (counted in ``t#names``) or already holds it, else under
-OTHER_TOPIC: a cap per bucket whatever the number of workers writing to it."""
 
 
 @dataclass(frozen=True)
@@ -306,21 +230,6 @@ def percentiles(histogram: Mapping[int, int]) -> Percentiles:
         return bucket_value(ordered[-1][0])
 
     return Percentiles(total, at(0.50), at(0.95), at(0.99), bucket_value(ordered[-1][0]))
-
-
-def bucket_keys(now: float, seconds: int) -> list[str]:
-    """The keys of the buckets covering the last ``seconds``, newest first."""
-    newest = bucket_start(now)
-    count = seconds // keys.STATS_BUCKET_SECONDS + 1
-    return [keys.stats_bucket(newest - i * keys.STATS_BUCKET_SECONDS) for i in range(count)]
-
-
-def read_buckets(redis: Redis, now: float, seconds: int) -> list[dict[bytes, bytes]]:
-    """The raw buckets covering the last ``seconds``, newest first (one round trip)."""
-    pipe = redis.pipeline(transaction=False)
-    for key in bucket_keys(now, seconds):
-        pipe.hgetall(key)
-    return list(pipe.execute())
 
 
 def summarize(

@@ -24,8 +24,8 @@ import socket
 import time
 
 from tuitop.backends.base import PoolStore
-from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat
+from tuitop.lanes import TULEAP_QUEUE
 from tuitop.pool.configuration import Configuration
 from tuitop.pool.link import StoreLink
 
@@ -185,7 +185,7 @@ class Presence:
             self.logger.warning(
                 "Could not move this pool's lanes back to %s on %s: %s (the next pool to "
                 "start there does it)",
-                keys.QUEUE,
+                TULEAP_QUEUE,
                 where.address,
                 store.describe(error),
             )
@@ -196,5 +196,5 @@ class Presence:
                 lane,
                 where.address,
                 count,
-                keys.QUEUE,
+                TULEAP_QUEUE,
             )

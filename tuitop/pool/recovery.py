@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from tuitop.backends.base import PoolStore, TimedOut
-from tuitop.backends.redis import keys
+from tuitop.lanes import TULEAP_QUEUE
 from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
 
@@ -158,7 +158,7 @@ class Recovery:
                 "No pool serves lane %s any more: %d message(s) moved back to %s",
                 lane,
                 moved,
-                keys.QUEUE,
+                TULEAP_QUEUE,
             )
 
     def _recover_silent_workers(self, store: PoolStore, ours: set[str]) -> None:

@@ -22,25 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tuitop.backends.redis import keys
-from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
-
-LANE_PREFIX = keys.LANE_PREFIX
-"""The ``queue_name`` of a lane's rows is this and the lane's name."""
-
-
-def lane_queue(lane: str) -> str:
-    """The ``queue_name`` a lane's rows carry: Tuleap's own for the default lane."""
-    return keys.lane_list(lane)
-
-
-def lane_of_queue(queue_name: str) -> str | None:
-    """The lane whose rows carry ``queue_name`` (None: not a lane's)."""
-    if queue_name == keys.QUEUE:
-        return DEFAULT_LANE
-    if queue_name.startswith(LANE_PREFIX) and len(queue_name) > len(LANE_PREFIX):
-        return queue_name[len(LANE_PREFIX) :]
-    return None
+from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name, lane_of_queue, lane_queue
 
 
 @dataclass(frozen=True)

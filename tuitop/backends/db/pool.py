@@ -24,13 +24,12 @@ from tuitop.backends.db.connection import (
     placeholders,
 )
 from tuitop.backends.db.dialect import NEW_ROW
-from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, TEXT_BYTES, create_tables, fit_json
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.control import COMMAND_TTL
-from tuitop.lanes import DEFAULT_LANE, is_lane_name
+from tuitop.lanes import DEFAULT_LANE, is_lane_name, lane_queue
 from tuitop.stats import DEPTH, bucket_start
 
 DEPTH_CAP = 100_000

@@ -44,7 +44,7 @@ from tuitop.backends.base import (
 )
 from tuitop.backends.db.connection import Session, execute_all, placeholders
 from tuitop.backends.db.dialect import NEW_ROW, Dialect
-from tuitop.backends.db.lanes import LANE_PREFIX, TakePlan, lane_names, lane_queue
+from tuitop.backends.db.lanes import TakePlan, lane_names
 from tuitop.backends.db.placement import placed_ids
 from tuitop.backends.db.schema import (
     MESSAGE_COLUMNS,
@@ -56,6 +56,7 @@ from tuitop.backends.db.schema import (
     fit_json,
 )
 from tuitop.config import DatabaseSettings
+from tuitop.lanes import LANE_PREFIX, lane_queue
 from tuitop.message import Message, decode
 from tuitop.phpjson import PhpJsonError, task_input
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, TOPIC_PREFIX, StatsBatch, bucket_start

@@ -14,12 +14,10 @@ from typing import Any
 
 from pymysql.cursors import Cursor
 
-from tuitop.backends.db.lanes import lane_queue
 from tuitop.backends.db.pool import DEPTH_CAP, capped_count_sql
 from tuitop.backends.db.schema import NOW
-from tuitop.backends.redis import keys
 from tuitop.beats import json_fields
-from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name
+from tuitop.lanes import DEFAULT_LANE, LaneSet, is_lane_name, lane_queue
 from tuitop.snapshot import (
     DEAD,
     FIVE_MINUTES,
@@ -30,7 +28,7 @@ from tuitop.snapshot import (
     pool_view,
     worker_view,
 )
-from tuitop.stats import WindowStats, bucket_start, summarize
+from tuitop.stats import STATS_BUCKET_SECONDS, WindowStats, bucket_start, summarize
 
 _END = (
     "SELECT enqueue_timestamp + enqueue_timestamp_microsecond / 1000000 FROM async_events "
@@ -139,10 +137,10 @@ def _buckets(
 ) -> list[Mapping[bytes, bytes]]:
     """The stats rows as Redis' bucket hashes, newest first."""
     newest = bucket_start(moment)
-    count = seconds // keys.STATS_BUCKET_SECONDS + 1
+    count = seconds // STATS_BUCKET_SECONDS + 1
     buckets: list[dict[bytes, bytes]] = [{} for _ in range(count)]
     for bucket, name, value in rows:
-        index = (newest - int(bucket)) // keys.STATS_BUCKET_SECONDS
+        index = (newest - int(bucket)) // STATS_BUCKET_SECONDS
         if 0 <= index < count:
             buckets[index][str(name).encode()] = str(int(value)).encode()
     return list(buckets)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
-from tuitop.lanes import DEFAULT_LANE
+from tuitop.lanes import LANE_PREFIX as LANE_PREFIX
+from tuitop.lanes import TULEAP_QUEUE, lane_queue
 
 # --- Tuleap's (wire-compatible) ------------------------------------------------------
-QUEUE = "app_user_events"
+QUEUE = TULEAP_QUEUE
 """The list producers LPUSH into and workers take from (at the right end)."""
 
 
@@ -54,13 +55,8 @@ def not_names_in(members: Iterable[bytes]) -> list[bytes]:
 # --- tuitop's --------------------------------------------------------------------------
 
 
-LANE_PREFIX = f"{QUEUE}-lane-"
-
-
-def lane_list(lane: str) -> str:
-    """The list a lane's messages wait in: Tuleap's own ``QUEUE`` for the default lane
-    (front ends push everything there), ``app_user_events-lane-<name>`` for the others."""
-    return QUEUE if lane == DEFAULT_LANE else f"{LANE_PREFIX}{lane}"
+lane_list = lane_queue
+"""The list a lane's messages wait in is named after the lane's queue."""
 
 
 TULEAP_LISTS = "tuitop:tuleap-lists"
@@ -151,8 +147,3 @@ PUSH_MARKER_SECONDS = 300
 def stats_bucket(bucket_start: int) -> str:
     """Hash of counters and latency histograms for the 10 s starting at ``bucket_start``."""
     return f"tuitop:stats:{bucket_start}"
-
-
-STATS_BUCKET_SECONDS = 10
-STATS_KEEP_SECONDS = 15 * 60
-"""How long a stats bucket lives: the views read the last 5 minutes; keep some margin."""

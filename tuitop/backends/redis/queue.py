@@ -34,6 +34,7 @@ from tuitop.backends.base import (
     recovery_fates,
 )
 from tuitop.backends.redis import keys
+from tuitop.backends.redis.stats import flush_into
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
 from tuitop.stats import StatsBatch
@@ -832,4 +833,4 @@ class Queue:
 def _count(pipe: Pipeline, outcome: str, count: int) -> None:
     batch = StatsBatch()
     batch.outcome(outcome, count)
-    batch.flush_into(pipe, time.time())
+    flush_into(batch, pipe, time.time())

@@ -27,21 +27,15 @@ from tuitop.backends.base import (
 from tuitop.backends.redis import keys, tuleapworkers
 from tuitop.backends.redis.connection import connect, describe_error, is_auth_error
 from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
+from tuitop.backends.redis.snapshot import take_snapshot
+from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, flush_into, pool_tick, read_buckets
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
-from tuitop.snapshot import Snapshot, take_snapshot
-from tuitop.stats import (
-    POOL_TICK_SCRIPT,
-    StatsBatch,
-    WindowStats,
-    bucket_start,
-    pool_tick,
-    read_buckets,
-    summarize,
-)
+from tuitop.snapshot import Snapshot
+from tuitop.stats import StatsBatch, WindowStats, bucket_start, summarize
 
 ERRORS: ErrorTypes = (redis.RedisError,)
 NAME_LISTED_EVERY = 60.0
@@ -131,7 +125,7 @@ class RedisChannel:
         """A pipeline holding the acks of ``messages`` (its first reply), then ``stats``."""
         pipe = self.client.pipeline(transaction=False)
         self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
-        stats.flush_into(pipe, time.time())
+        flush_into(stats, pipe, time.time())
         return pipe
 
     def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
@@ -321,7 +315,7 @@ class RedisPoolStore:
         if timed_out is not None:
             batch = StatsBatch()
             batch.outcome("timedout")
-            batch.flush_into(pipe, time.time())
+            flush_into(batch, pipe, time.time())
         pipe.execute()
         return recovery
 
