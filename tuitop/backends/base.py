@@ -18,6 +18,7 @@ retry policy) are defined here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -254,6 +255,34 @@ class WorkerChannel(Protocol):
     def is_auth_error(self, error: BaseException) -> bool: ...
 
 
+class Watch(Protocol):
+    """A thread a store runs beside the pool's loop, to wake someone sooner than a tick."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None:
+        """Ends the thread (within seconds), cutting any wait short."""
+        ...
+
+
+class MailboxWatch(Watch, Protocol):
+    """Wakes the pool's loop when a command lands in its mailbox."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether it watches now; False: the loop reads the mailbox every tick."""
+        ...
+
+    @property
+    def rung(self) -> bool:
+        """A command is waiting (or may be: the loop reads the mailbox to know)."""
+        ...
+
+    def read(self) -> None:
+        """For the loop, after it read the mailbox: the watch waits again."""
+        ...
+
+
 class PoolStore(Protocol):
     """What a pool does on the store its queue is on. Not thread-safe: the pool's loop only.
     Every method raises one of ``errors`` when the store does not answer."""
@@ -341,6 +370,28 @@ class PoolStore(Protocol):
 
     def holds(self) -> tuple[int, int]:
         """Messages waiting and delayed: what a store the pool leaves still holds."""
+
+    def watch_mailbox(
+        self, name: str, wake: Callable[[], None], logger: logging.Logger
+    ) -> MailboxWatch | None:
+        """A watch (not started), on a connection of its own, that calls ``wake`` when a
+        command lands in pool ``name``'s mailbox; None: this store cannot be waited on,
+        the loop reads the mailbox every tick."""
+        ...
+
+    def doorbell(
+        self,
+        in_force: Callable[[], bool],
+        any_idle: Callable[[], bool],
+        ring_idle: Callable[[], None],
+        logger: logging.Logger,
+        interval: float,
+    ) -> Watch | None:
+        """A thread (not started) that has ``ring_idle()`` ring the pool's idle workers
+        when the queue changed, looking every ``interval`` at most while ``any_idle()``
+        and ``in_force()`` (this store is the pool's, and answers); None: this store's
+        workers wait on the store itself."""
+        ...
 
     def away(self, error: BaseException) -> bool:
         """Whether ``error`` says the server does not answer (tried again after a back-off)

@@ -28,12 +28,8 @@ from typing import Any
 from setproctitle import setproctitle
 
 from tuitop import control
-from tuitop.backends.base import PoolStore, TimedOut
-from tuitop.backends.db.connection import Session
-from tuitop.backends.db.doorbell import Doorbell
-from tuitop.backends.db.pool import DbPoolStore
-from tuitop.backends.redis.mailbox import MailboxWatch
-from tuitop.config import DB_QUEUE, RedisSettings, Settings
+from tuitop.backends.base import MailboxWatch, PoolStore, TimedOut, Watch
+from tuitop.config import DB_QUEUE, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
 from tuitop.pool.configuration import Configuration
@@ -105,10 +101,13 @@ class Supervisor:
         )
         """systemd's notifications; made before any worker starts (see its module)."""
         self.wakeups = Wakeups(options.control_fd)
-        self.doorbell: Doorbell | None = None
-        """Started once the queue is the database's (its idle workers wait on it)."""
+        self.doorbell: Watch | None = None
+        """Rings idle workers when the queue changed, for a store whose workers cannot
+        wait on it (the database); made for the store in force (``_doorbell_of``)."""
+        self._doorbell_of: PoolStore | None = None
         self._mailbox: MailboxWatch | None = None
-        """Watches the mailbox on the Redis in force (:mod:`.mailbox`)."""
+        """Watches the mailbox on the store in force, where it can be waited on."""
+        self._mailbox_of: PoolStore | None = None
         self._next_due: float | None = None
         """When the next retry is due on this host's monotonic clock (from the store's "in so
         many seconds", as last read)."""
@@ -170,15 +169,7 @@ class Supervisor:
             self.logger.exception("Unexpected error in the pool's loop")
 
     def _cycle_once(self) -> None:
-        if self.doorbell is None and self.config.settings.queue == DB_QUEUE:
-            self.doorbell = Doorbell(
-                self._database,
-                self.workers.any_idle,
-                self.workers.ring_idle,
-                self.logger,
-                self.options.doorbell_interval,
-            )
-            self.doorbell.start()
+        self._tend_doorbell()
         self._check_store()
         self._watch_upgrade()
         self._reap()
@@ -264,13 +255,24 @@ class Supervisor:
         if ended and not self.draining:
             self.reload()
 
-    def _database(self) -> Session | None:
-        """The connection the doorbell looks on: the pool's own, while it serves the
-        database."""
+    def _tend_doorbell(self) -> None:
+        """The doorbell of the store in force, if it has one (made when the config names
+        another store; it looks only while that store is in force and answers)."""
         store = self.link.store
-        if self.config.settings.queue != DB_QUEUE or not self.link.ok:
-            return None
-        return store.session if isinstance(store, DbPoolStore) else None
+        if store is None or store is self._doorbell_of:
+            return
+        if self.doorbell is not None:
+            self.doorbell.stop()
+        self._doorbell_of = store
+        self.doorbell = store.doorbell(
+            lambda: self.link.ok and self.link.store is store,
+            self.workers.any_idle,
+            self.workers.ring_idle,
+            self.logger,
+            self.options.doorbell_interval,
+        )
+        if self.doorbell is not None:
+            self.doorbell.start()
 
     def _our_ids(self) -> set[str]:
         return {record.worker_id for record in self.workers}
@@ -340,15 +342,16 @@ class Supervisor:
         """Whether to read the mailbox now: a command came (the watch rang), or at the
         heartbeat's pace whatever it says; every tick while it does not watch (the
         database, a Redis it cannot reach on its own connection)."""
-        settings = store.settings
+        if store is not self._mailbox_of:
+            if self._mailbox is not None:
+                self._mailbox.stop()
+            self._mailbox_of = store
+            self._mailbox = store.watch_mailbox(
+                self.options.pool_name, self.wakeups.wake, self.logger
+            )
+            if self._mailbox is not None:
+                self._mailbox.start()
         watch = self._mailbox
-        if watch is not None and watch.settings != settings:
-            watch.stop()
-            watch = self._mailbox = None
-        if watch is None and isinstance(settings, RedisSettings):
-            watch = MailboxWatch(settings, self.options.pool_name, self.wakeups.wake, self.logger)
-            watch.start()
-            self._mailbox = watch
         return watch is None or published or watch.rung or not watch.connected
 
     def _obey(self, store: PoolStore) -> None:

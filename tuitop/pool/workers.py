@@ -28,7 +28,6 @@ from typing import Any, cast
 
 import psutil
 
-from tuitop.backends.db.doorbell import ring
 from tuitop.config import DB_QUEUE, RedisSettings, Settings, StoreSettings
 from tuitop.lanes import DEFAULT_LANE
 from tuitop.osutil import process_running
@@ -69,6 +68,13 @@ EXIT_REASONS = {
     EXIT_STORE_UNREACHABLE: "{store} was unreachable",
     EXIT_HANDLERS: "its handler modules could not be loaded",
 }
+
+
+def ring(descriptor: int) -> None:
+    """Writes one byte on a worker's doorbell pipe; never blocks (a full pipe already
+    holds a ring) and never fails (a worker gone is reaped by the pool)."""
+    with contextlib.suppress(OSError):
+        os.write(descriptor, b"\x01")
 
 
 @dataclass

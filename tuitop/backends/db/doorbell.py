@@ -25,9 +25,7 @@ rung: it takes again as its job ends. A worker also looks on its own every few s
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -47,13 +45,6 @@ _LOOK = (
     "(SELECT COUNT(*) FROM (SELECT 1 FROM async_events WHERE queue_name = %s LIMIT 100) "
     "AS waiting), (SELECT bell FROM tuitop_bell WHERE one = 1)"
 )
-
-
-def ring(descriptor: int) -> None:
-    """Writes one byte on a worker's doorbell pipe; never blocks (a full pipe already
-    holds a ring) and never fails (a worker gone is reaped by the pool)."""
-    with contextlib.suppress(OSError):
-        os.write(descriptor, b"\x01")
 
 
 class Doorbell(threading.Thread):

@@ -9,7 +9,8 @@ lane no pool serves any more goes back to Tuleap's ``app_user_events``, as in Re
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 
 import pymysql
 from pymysql.cursors import Cursor
@@ -24,6 +25,7 @@ from tuitop.backends.db.connection import (
     placeholders,
 )
 from tuitop.backends.db.dialect import NEW_ROW
+from tuitop.backends.db.doorbell import Doorbell
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, TEXT_BYTES, create_tables, fit_json
 from tuitop.beats import PoolBeat, json_fields
@@ -411,6 +413,21 @@ class DbPoolStore:
 
     def describe(self, error: BaseException) -> str:
         return describe_error(error, self.settings)
+
+    def watch_mailbox(self, name: str, wake: Callable[[], None], logger: logging.Logger) -> None:
+        return None  # no wait on a table: the loop reads the mailbox every tick
+
+    def doorbell(
+        self,
+        in_force: Callable[[], bool],
+        any_idle: Callable[[], bool],
+        ring_idle: Callable[[], None],
+        logger: logging.Logger,
+        interval: float,
+    ) -> Doorbell:
+        return Doorbell(
+            lambda: self.session if in_force() else None, any_idle, ring_idle, logger, interval
+        )
 
     def close(self) -> None:
         self.queue.close()

@@ -7,9 +7,10 @@ names of :mod:`tuitop.backends.redis.keys`); this module fits them to the seam o
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -26,6 +27,7 @@ from tuitop.backends.base import (
 )
 from tuitop.backends.redis import keys, tuleapworkers
 from tuitop.backends.redis.connection import connect, describe_error, is_auth_error
+from tuitop.backends.redis.mailbox import MailboxWatch
 from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
 from tuitop.backends.redis.snapshot import take_snapshot
 from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, flush_into, pool_tick, read_buckets
@@ -401,6 +403,21 @@ class RedisPoolStore:
         return self.queue.move_lanes_back(orphans) if orphans else {}
 
     # --- the rest ------------------------------------------------------------------------
+
+    def watch_mailbox(
+        self, name: str, wake: Callable[[], None], logger: logging.Logger
+    ) -> MailboxWatch:
+        return MailboxWatch(self.settings, name, wake, logger)
+
+    def doorbell(
+        self,
+        in_force: Callable[[], bool],
+        any_idle: Callable[[], bool],
+        ring_idle: Callable[[], None],
+        logger: logging.Logger,
+        interval: float,
+    ) -> None:
+        return None  # an idle worker waits in BLMOVE: Redis itself wakes it
 
     def away(self, error: BaseException) -> bool:
         return True
