@@ -44,6 +44,7 @@ from tuitop.backends import describe_store_error, open_view, store_errors
 from tuitop.backends.redis import probe
 from tuitop.config import DB_QUEUE, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, TULEAP_QUEUE, latency_target
+from tuitop.outcome import Outcome
 from tuitop.snapshot import Snapshot
 from tuitop.stats import STATS_KEEP_SECONDS
 
@@ -192,7 +193,7 @@ def run_check(settings: Settings, limits: Limits) -> Report:
     room: ConnectionRoom | None = None
     try:
         snapshot = view.snapshot(time.time())
-        recent_dead = view.stats(snapshot.taken_at, STATS_KEEP_SECONDS).counts.get("dead", 0)
+        recent_dead = view.stats(snapshot.taken_at, STATS_KEEP_SECONDS).counts.get(Outcome.DEAD, 0)
         if settings.queue == DB_QUEUE:
             from tuitop.backends.db.view import DbView  # the backend only when used
 
@@ -242,7 +243,7 @@ def assess_snapshot(report: Report, snapshot: Snapshot, recent_dead: int, limits
             Perf("pools", sum(1 for pool in snapshot.pools if not pool.stopping)),
             Perf("workers", len(live)),
             Perf("workers_wanted", sum(p.wanted for p in snapshot.pools if not p.stopping)),
-            Perf("done_last_minute", snapshot.last_minute.counts.get("done", 0)),
+            Perf("done_last_minute", snapshot.last_minute.counts.get(Outcome.DONE, 0)),
         ]
     )
     for lane in snapshot.lanes:

@@ -39,6 +39,7 @@ from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import Mail, Notification
 from tuitop.notify import Notifier
+from tuitop.outcome import Outcome
 from tuitop.pool import PoolOptions, Supervisor
 from tuitop.stats import STATS_KEEP_SECONDS
 from tuitop.tasks import TaskCommand
@@ -265,7 +266,7 @@ def _say_what_was_done(settings: Settings, producer: Producer, mails: int) -> No
         now = time.time()
         queue = view.snapshot(now).queue
         # The stats keep 15 minutes: a demo run longer than that counts only those.
-        done = view.stats(now, STATS_KEEP_SECONDS).counts.get("done", 0)
+        done = view.stats(now, STATS_KEEP_SECONDS).counts.get(Outcome.DONE, 0)
     finally:
         view.close()
     left = queue.waiting + queue.delayed + queue.processing

@@ -25,6 +25,7 @@ from typing import Any
 
 from tuitop.config import Settings
 from tuitop.mail import MailTransport
+from tuitop.outcome import Outcome
 
 
 class PayloadError(Exception):
@@ -47,7 +48,12 @@ class RetryLater(Exception):
     past the time limit) or ``unanswered`` (a mail sent whole, the relay's answer lost)."""
 
     def __init__(
-        self, reason: str, payload: Any = None, *, detail: str = "", outcome: str = "failed"
+        self,
+        reason: str,
+        payload: Any = None,
+        *,
+        detail: str = "",
+        outcome: Outcome = Outcome.FAILED,
     ) -> None:
         super().__init__(reason)
         self.payload = payload

@@ -49,6 +49,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tuitop.lanes import TULEAP_QUEUE
 from tuitop.message import Message
+from tuitop.outcome import Outcome
 
 TULEAP_NAMESPACE = "tuleap"
 TULEAP_EVENTS = "queue_events"
@@ -63,7 +64,7 @@ DEQUEUED, DONE, REQUEUED, DISCARDED, TIMEDOUT = (
     "discarded",
     "timedout",
 )
-STATUS_OF_RESULT = {"retried": REQUEUED, "dead": DISCARDED}
+STATUS_OF_RESULT = {Outcome.RETRIED: REQUEUED, Outcome.DEAD: DISCARDED}
 """A failed or recovered message's fate (the store's word) as Tuleap's status."""
 
 LATENCY_BUCKETS = (
@@ -119,12 +120,12 @@ class Counting:
     def ended(self, message: Message, at: float) -> None:
         """Its job ended, done or failed (Tuleap's duration)."""
 
-    def failed(self, message: Message, result: str, outcome: str) -> None:
+    def failed(self, message: Message, result: Outcome, outcome: Outcome) -> None:
         """It failed: ``result`` is where it went (``retried``, ``dead``, or ``gone``:
         recovered meanwhile by the pool, which counted it), ``outcome`` how it failed
         (``timedout`` for a task past the time limit)."""
 
-    def recovered(self, outcomes: Sequence[tuple[str, str]], timed_out: bool) -> None:
+    def recovered(self, outcomes: Sequence[tuple[str, Outcome]], timed_out: bool) -> None:
         """The pool recovered a gone worker's messages: (topic, ``retried``/``dead``) of
         each, oldest first; ``timed_out``: the first was cut at the time limit."""
 
@@ -216,17 +217,17 @@ class Counts(Counting):
         if message.enqueue_ts > 0:
             self._duration.observe(max(at - message.enqueue_ts, 0.0))
 
-    def failed(self, message: Message, result: str, outcome: str) -> None:
-        self._fate(message.topic, result, timed_out=outcome == TIMEDOUT)
+    def failed(self, message: Message, result: Outcome, outcome: Outcome) -> None:
+        self._fate(message.topic, result, timed_out=outcome is Outcome.TIMEDOUT)
 
-    def recovered(self, outcomes: Sequence[tuple[str, str]], timed_out: bool) -> None:
+    def recovered(self, outcomes: Sequence[tuple[str, Outcome]], timed_out: bool) -> None:
         for index, (topic, result) in enumerate(outcomes):
             self._fate(topic, result, timed_out=timed_out and index == 0)
 
-    def _fate(self, topic: str, result: str, *, timed_out: bool) -> None:
+    def _fate(self, topic: str, result: Outcome, *, timed_out: bool) -> None:
         status = STATUS_OF_RESULT.get(result)
         if status is None:
-            return  # 'gone': recovered meanwhile, and counted by whoever recovered it
+            return  # GONE: recovered meanwhile, and counted by whoever recovered it
         label = self._topic(topic)
         self._count(label, status)
         if timed_out:

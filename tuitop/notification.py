@@ -22,12 +22,13 @@ from typing import Any
 
 from tuitop.handlers import Job, PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, PermanentMailError, TransientMailError, UncertainMailError
+from tuitop.outcome import Outcome
 
 TOPIC = "tuleap.tracker.artifact"
 NOTIFICATION_TOPICS = frozenset({TOPIC, "tuleap.pullrequest.notification"})
 """The topics whose latency is the notifications' (the UI's Notification latency)."""
 LOG_KEY = "Notification"
-UNANSWERED = "unanswered"
+UNANSWERED = Outcome.UNANSWERED
 """The stats counter of a try cut short after a whole mail, before the relay's answer
 (the outcome of its RetryLater): that mail is sent again on the retry, and may come twice."""
 

@@ -35,6 +35,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from tuitop.outcome import Outcome
+
 STATS_BUCKET_SECONDS = 10
 """The span of one bucket of counters and histograms."""
 STATS_KEEP_SECONDS = 15 * 60
@@ -44,7 +46,6 @@ WAIT = "w"
 RUN = "r"
 """Run time (start → end), per topic only."""
 END_TO_END = "e"
-OUTCOMES = ("done", "failed", "retried", "dead", "timedout", "unanswered", "enqueued")
 TOPIC_PREFIX = "t#"
 MAX_TOPICS = 40
 """Topic names one worker writes per bucket, and topics a window keeps (Tuleap has ~30)."""
@@ -274,7 +275,7 @@ def summarize(
             elif kind == END_TO_END and index is not None:
                 end_to_end[index] += count
             elif lane:
-                if kind == "done":
+                if kind == Outcome.DONE:
                     lane_done[lane] += count
             else:
                 counts[kind] += count

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from tuitop.durations import seconds
+from tuitop.outcome import Outcome
 from tuitop.snapshot import Snapshot
 from tuitop.stats import Percentiles, WindowStats
 
@@ -57,7 +58,10 @@ def snapshot_json(snapshot: Snapshot, store: str) -> dict[str, Any]:
             "oldest_age": queue.oldest_age,
             "next_retry_in": queue.next_retry_in,
         },
-        "rates": {outcome: recent.rate(outcome) for outcome in ("enqueued", "done", "failed")},
+        "rates": {
+            outcome: recent.rate(outcome)
+            for outcome in (Outcome.ENQUEUED, Outcome.DONE, Outcome.FAILED)
+        },
         "lanes": [dataclasses.asdict(lane) for lane in snapshot.lanes],
         "pools": [dataclasses.asdict(pool) for pool in snapshot.pools],
         "workers": [dataclasses.asdict(worker) for worker in snapshot.workers],

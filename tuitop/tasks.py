@@ -67,6 +67,7 @@ from tuitop.osutil import (
     parent_death_signal_available,
     set_parent_death_signal,
 )
+from tuitop.outcome import Outcome
 
 TULEAP_CLI = "/usr/bin/tuleap"
 TULEAP_SOURCE_ROOT = "/usr/share/tuleap"
@@ -582,7 +583,7 @@ def task_handler(runner: TaskRunner) -> Handler:
         raise RetryLater(
             reason,
             detail=outcome.stderr_tail,
-            outcome="timedout" if outcome.timed_out else "failed",
+            outcome=Outcome.TIMEDOUT if outcome.timed_out else Outcome.FAILED,
         )
 
     return run_task

@@ -60,10 +60,11 @@ from tuitop.lanes import DEFAULT_LANE, latency_target
 from tuitop.log import LevelSource, reopen_log_files, setup_logging, sync_level
 from tuitop.mail import DEFAULT_SENDMAIL, MailTransport, transport_for
 from tuitop.message import Message, job_key, php_json
-from tuitop.metrics import TIMEDOUT, Counting, CountingTarget, open_counting
+from tuitop.metrics import Counting, CountingTarget, open_counting
 from tuitop.notification import NOTIFICATION_TOPICS
 from tuitop.notification import TOPIC as NOTIFICATION_TOPIC
 from tuitop.osutil import ProcessTree, process_running, set_parent_death_signal
+from tuitop.outcome import Outcome
 from tuitop.registry import build_registry
 from tuitop.stats import END_TO_END, MAX_TOPIC_LENGTH, WAIT, StatsBatch
 from tuitop.tasks import TaskCommand, TaskRunner, task_handler
@@ -191,7 +192,7 @@ class _Failure:
     payload: Any
     """What to retry instead of the message's payload (None: the message as it is)."""
     trace: str
-    outcome: str
+    outcome: Outcome
 
 
 class _Interrupted(Exception):
@@ -576,8 +577,9 @@ class Worker:
             self._fail(message, str(error), retryable=False, payload=error.payload)
         except RetryLater as error:
             reason, retryable = str(error), True
-            if error.outcome == TIMEDOUT and not self.options.settings.retries_past_time_limit(
-                message.topic
+            if (
+                error.outcome is Outcome.TIMEDOUT
+                and not self.options.settings.retries_past_time_limit(message.topic)
             ):
                 reason, retryable = reason + NOT_RETRIED_PAST_LIMIT, False
             self._fail(
@@ -642,7 +644,7 @@ class Worker:
         retryable: bool = True,
         payload: Any = None,
         trace: str = "",
-        outcome: str = "failed",
+        outcome: Outcome = Outcome.FAILED,
     ) -> None:
         self.status[FAILED] += 1
         settings = self.options.settings

@@ -23,28 +23,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tuitop.backends.retry import MAX_REQUEUES as MAX_REQUEUES
+from tuitop.backends.retry import RetryPolicy as RetryPolicy
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import StoreSettings
 from tuitop.message import Message, job_key
+from tuitop.outcome import Outcome
 from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch, WindowStats
 
-MAX_REQUEUES = 3
-"""Tuleap's limit: a message may come back this many times, then it is given up."""
 HELD_SHOWN = 20
 """The most of a worker's held messages an admin reads (:meth:`QueueAdmin.held`)."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long a returning message waits, and how many returns it gets."""
-
-    base_delay: float = 5.0
-    max_requeues: int = MAX_REQUEUES
-
-    def delay(self, queued_total: int) -> float:
-        """Seconds to wait before try ``queued_total`` + 1 (Tuleap: 5, 10, 20, 40 s)."""
-        return float(self.base_delay * 2 ** min(max(queued_total - 1, 0), 3))
 
 
 NOT_RETRIED_PAST_LIMIT = (
@@ -108,8 +97,8 @@ class Recovery:
 
     requeued: int
     dead_lettered: int
-    outcomes: tuple[tuple[str, str], ...] = field(default=(), compare=False)
-    """(topic, ``'retried'`` or ``'dead'``) of each message, the oldest first: what the
+    outcomes: tuple[tuple[str, Outcome], ...] = field(default=(), compare=False)
+    """(topic, RETRIED or DEAD) of each message, the oldest first: what the
     pool counts for its metrics (the counts above say what a recovery did; equal counts
     are equal recoveries)."""
 
@@ -213,11 +202,12 @@ class WorkerChannel(Protocol):
         traceback: str = "",
         retryable: bool = True,
         payload: Any = None,
-        outcome: str = "failed",
-    ) -> str:
+        outcome: Outcome = Outcome.FAILED,
+    ) -> Outcome:
         """Moves a failed message out of the worker's hands into the delayed retries or
         the dead letters, atomically; ``payload`` (when not None) is what to retry instead.
-        Returns ``'retried'``, ``'dead'``, or ``'gone'`` (no longer in its hands)."""
+        Returns where it went (:meth:`RetryPolicy.decide`: RETRIED or DEAD), or GONE
+        (no longer in its hands: nothing moved)."""
 
     @property
     def beats_when_changed(self) -> bool:

@@ -25,6 +25,7 @@ from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
 from tuitop.message import Message
+from tuitop.outcome import Outcome
 from tuitop.stats import StatsBatch
 
 ALONE_POLL = 0.5
@@ -136,8 +137,8 @@ class DbChannel:
         traceback: str = "",
         retryable: bool = True,
         payload: Any = None,
-        outcome: str = "failed",
-    ) -> str:
+        outcome: Outcome = Outcome.FAILED,
+    ) -> Outcome:
         return self.queue.fail(
             worker_id,
             message,

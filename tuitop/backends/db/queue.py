@@ -58,6 +58,7 @@ from tuitop.backends.db.schema import (
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LANE_PREFIX, lane_queue
 from tuitop.message import Message, decode
+from tuitop.outcome import Outcome
 from tuitop.phpjson import PhpJsonError, task_input
 from tuitop.stats import MAX_TOPICS, OTHER_TOPIC, TOPIC_PREFIX, StatsBatch, bucket_start
 
@@ -369,7 +370,7 @@ class DbQueue:
     def push(self, raw: bytes) -> None:
         """Inserts one message as Tuleap's front end does (a row of ``async_events``);
         ``raw`` is tuitop's wire format (its topic, payload, enqueue time and tries)."""
-        self._atomic([self._insert(raw), _count("enqueued", 1, self.session.dialect)])
+        self._atomic([self._insert(raw), _count(Outcome.ENQUEUED, 1, self.session.dialect)])
 
     def push_marked(self, raw: bytes, token: str) -> None:
         """As ``push``, with the marker of ``token`` in the same transaction: whoever lost
@@ -383,7 +384,7 @@ class DbQueue:
             (PUSH_MARKER_SECONDS,),
         )
         self._atomic(
-            [self._insert(raw), marker, prune, _count("enqueued", 1, self.session.dialect)]
+            [self._insert(raw), marker, prune, _count(Outcome.ENQUEUED, 1, self.session.dialect)]
         )
 
     def was_pushed(self, token: str) -> bool:
@@ -603,13 +604,14 @@ class DbQueue:
         traceback: str = "",
         retryable: bool = True,
         payload: Any = None,
-        outcome: str = "failed",
-    ) -> str:
+        outcome: Outcome = Outcome.FAILED,
+    ) -> Outcome:
         """Moves a failed message out of the worker's hands into the delayed retries or
-        the dead letters, atomically. Returns ``'retried'``, ``'dead'``, or ``'gone'``."""
+        the dead letters, atomically. Returns RETRIED, DEAD, or GONE (no longer held:
+        nothing moved)."""
         replacement = None if payload is None else payload_text(payload)
 
-        def move(cursor: Cursor) -> str:
+        def move(cursor: Cursor) -> Outcome:
             cursor.execute(
                 f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing "
                 "WHERE id = %s AND worker_id = %s FOR UPDATE",
@@ -617,7 +619,7 @@ class DbQueue:
             )
             row = cursor.fetchone()
             if row is None:
-                return "gone"
+                return Outcome.GONE
             result = self._reschedule(
                 cursor,
                 row_message(row),
@@ -634,7 +636,7 @@ class DbQueue:
             return result
 
         result = self.session.transaction(move)
-        if result != "gone":
+        if result is not Outcome.GONE:
             self._count_after([(outcome, 1), (result, 1)])
         return result
 
@@ -680,12 +682,13 @@ class DbQueue:
 
         return self.session.run(ask)
 
-    def held(self, worker_id: str) -> list[Message]:
-        """What the worker holds, oldest first."""
+    def held(self, worker_id: str, limit: int | None = None) -> list[Message]:
+        """What the worker holds, oldest first (the ``limit`` oldest, when given)."""
 
         def read(cursor: Cursor) -> list[Row]:
             cursor.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing WHERE worker_id = %s ORDER BY id",
+                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_processing WHERE worker_id = %s ORDER BY id"
+                + ("" if limit is None else f" LIMIT {int(limit)}"),
                 (worker_id,),
             )
             return list(cursor.fetchall())
@@ -736,8 +739,8 @@ class DbQueue:
                     cursor, message, why, worker_id, traceback=traceback, retryable=retryable
                 )
                 outcomes.append((message.topic, result))
-            requeued = sum(result == "retried" for _, result in outcomes)
-            dead = sum(result == "dead" for _, result in outcomes)
+            requeued = sum(result is Outcome.RETRIED for _, result in outcomes)
+            dead = sum(result is Outcome.DEAD for _, result in outcomes)
             # Only the rows read and moved here: a take by that worker (thawed meanwhile)
             # may have committed another one, which no gap lock keeps out in READ
             # COMMITTED; it stays its own, to give back, or for the next recovery.
@@ -754,8 +757,8 @@ class DbQueue:
 
         recovery = self.session.transaction(move)
         self._count_after(
-            [("retried", recovery.requeued), ("dead", recovery.dead_lettered),
-             ("timedout", int(timed_out is not None))]
+            [(Outcome.RETRIED, recovery.requeued), (Outcome.DEAD, recovery.dead_lettered),
+             (Outcome.TIMEDOUT, int(timed_out is not None))]
         )  # fmt: skip
         return recovery
 
@@ -1002,20 +1005,15 @@ class DbQueue:
         traceback: str = "",
         retryable: bool = True,
         replacement: str | None = None,
-    ) -> str:
+    ) -> Outcome:
         """Copies a message coming back from the worker's hands (its row locked) to where
-        it goes — a retry with one try more, or the dead letters with why; returns
-        ``'retried'`` or ``'dead'``. The caller deletes the row it came from."""
-        tries = message.queued_total + 1
-        if not retryable:
-            why = reason
-        elif message.problem is not None:
-            why = f"{reason}; unusable message: {message.problem}"
-        elif tries > self.retry_policy.max_requeues:
-            why = f"{reason}; given up after {tries} tries"
-        else:
-            payload = "payload" if replacement is None else "%s"
-            args: list[Any] = [] if replacement is None else [replacement]
+        :meth:`RetryPolicy.decide` sends it — a retry with one try more, or the dead
+        letters with why — with ``replacement`` for its payload when given; returns that
+        outcome (RETRIED or DEAD). The caller deletes the row it came from."""
+        decision = self.retry_policy.decide(message, reason, retryable=retryable)
+        payload = "payload" if replacement is None else "%s"
+        args: list[Any] = [] if replacement is None else [replacement]
+        if decision.retried:
             copy_rows(
                 cursor,
                 "tuitop_delayed",
@@ -1026,22 +1024,26 @@ class DbQueue:
                     "enqueue_timestamp_microsecond, LEAST(nb_added_in_queue + 1, 255), "
                     f"{NOW} + %s"
                 ),
-                args=(*args, self.retry_policy.delay(tries)),
+                args=(*args, decision.delay),
                 extra="due_at",
             )
-            return "retried"
+            return Outcome.RETRIED
+        # The replacement is what a replay sends (a notification without the mails
+        # already delivered), as in a retry.
+        columns = MESSAGE_COLUMNS.replace("payload", payload)
         cursor.execute(
             f"INSERT INTO tuitop_dead_letters ({MESSAGE_COLUMNS}, reason, worker, at, "
-            f"traceback) SELECT {MESSAGE_COLUMNS}, %s, %s, {NOW}, %s FROM tuitop_processing "
+            f"traceback) SELECT {columns}, %s, %s, {NOW}, %s FROM tuitop_processing "
             "WHERE id = %s",
             (
-                fit(why, REASON_BYTES),
+                *args,
+                fit(decision.why, REASON_BYTES),
                 worker_id,
                 fit(traceback, TRACEBACK_BYTES),
                 message.row_id,
             ),
         )
-        return "dead"
+        return Outcome.DEAD
 
 
 def _dead_letter(row: Row) -> DeadLetter:

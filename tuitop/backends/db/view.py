@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from pymysql.cursors import Cursor
 
+from tuitop.backends.base import HELD_SHOWN
 from tuitop.backends.db.connection import ERRORS, Session, database_clock, describe_error
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, create_tables
@@ -16,6 +17,7 @@ from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
 from tuitop.beats import json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
+from tuitop.message import Message
 from tuitop.snapshot import Snapshot
 from tuitop.stats import WindowStats
 
@@ -45,6 +47,11 @@ class DbAdmin(DbQueue):
         """Makes tuitop's tables where they are missing; returns itself."""
         self.session.run(self._ready)
         return self
+
+    def held(self, worker_id: str, limit: int | None = HELD_SHOWN) -> list[Message]:
+        """At most HELD_SHOWN of what a worker holds, oldest first: an admin reads a
+        view's worth, whatever a batch holds."""
+        return super().held(worker_id, limit)
 
     def describe(self, error: BaseException) -> str:
         return describe_error(error, self.settings)

@@ -35,8 +35,10 @@ from tuitop.backends.base import (
 )
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.stats import flush_into
+from tuitop.backends.retry import not_written_back
 from tuitop.lanes import DEFAULT_LANE, LaneSet
 from tuitop.message import decode, with_queued_total
+from tuitop.outcome import Outcome
 from tuitop.stats import StatsBatch
 
 ROUTING_DECODE_LIMIT = 65536
@@ -449,7 +451,7 @@ class Queue:
         """LPUSH one message, as Tuleap's front end does, and count it."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.lpush(keys.QUEUE, raw)
-        _count(pipe, "enqueued", 1)
+        _count(pipe, Outcome.ENQUEUED, 1)
         pipe.execute()
 
     def push_marked(self, raw: bytes, token: str) -> None:
@@ -459,7 +461,7 @@ class Queue:
         pipe = self.redis.pipeline(transaction=True)
         pipe.lpush(keys.QUEUE, raw)
         pipe.set(keys.push_marker(token), 1, ex=keys.PUSH_MARKER_SECONDS)
-        _count(pipe, "enqueued", 1)
+        _count(pipe, Outcome.ENQUEUED, 1)
         pipe.execute()
 
     def was_pushed(self, token: str) -> bool:
@@ -637,12 +639,12 @@ class Queue:
         traceback: str = "",
         retryable: bool = True,
         replacement: bytes | None = None,
-        outcome: str = "failed",
-    ) -> str:
+        outcome: Outcome = Outcome.FAILED,
+    ) -> Outcome:
         """Takes a message that failed out of the processing list, atomically into the
         delayed set (for a retry) or the dead-letter list. ``replacement`` is what to retry
-        instead (e.g. a notification without the mails already sent). Returns ``'retried'``
-        or ``'dead'``, or ``'gone'`` when the message was no longer in the processing list
+        instead (e.g. a notification without the mails already sent). Returns RETRIED or
+        DEAD, or GONE when the message was no longer in the processing list
         (a supervisor recovered it meanwhile): then nothing is written."""
         processing = keys.processing_list(worker_id)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -650,7 +652,7 @@ class Queue:
                 try:
                     pipe.watch(processing)  # type: ignore[no-untyped-call]
                     if pipe.lpos(processing, raw) is None:  # type: ignore[arg-type]
-                        return "gone"
+                        return Outcome.GONE
                     pipe.multi()
                     pipe.lrem(processing, 1, raw)  # type: ignore[arg-type]  # bytes are fine
                     result = self._reschedule(
@@ -711,16 +713,16 @@ class Queue:
                             pipe, raw, why, worker_id, traceback=traceback, retryable=retryable
                         )
                         outcomes.append((message.topic, done))
-                    requeued = sum(done == "retried" for _, done in outcomes)
+                    requeued = sum(done is Outcome.RETRIED for _, done in outcomes)
                     dead = len(outcomes) - requeued
                     pipe.delete(processing, keys.worker_lease(worker_id), alive)
                     if forget_worker:
                         pipe.srem(keys.WORKERS, worker_id)
                         pipe.delete(keys.heartbeat(worker_id))
                     if requeued:
-                        _count(pipe, "retried", requeued)
+                        _count(pipe, Outcome.RETRIED, requeued)
                     if dead:
-                        _count(pipe, "dead", dead)
+                        _count(pipe, Outcome.DEAD, dead)
                     pipe.execute()
                     return Recovery(requeued, dead, tuple(outcomes))
                 except WatchError:
@@ -797,27 +799,24 @@ class Queue:
         *,
         traceback: str = "",
         retryable: bool = True,
-    ) -> str:
+    ) -> Outcome:
+        """Queues on ``pipe`` the move of ``raw`` (out of a worker's hands) to where
+        :meth:`RetryPolicy.decide` sends it; returns that outcome (RETRIED or DEAD)."""
         message = decode(raw)
-        tries = message.queued_total + 1
-        if not retryable:
-            why = reason
-        elif message.problem is not None:
-            why = f"{reason}; unusable message: {message.problem}"
-        elif tries > self.retry_policy.max_requeues:
-            why = f"{reason}; given up after {tries} tries"
-        else:
+        decision = self.retry_policy.decide(message, reason, retryable=retryable)
+        why = decision.why
+        if decision.retried:
             try:
-                retry = with_queued_total(raw, tries)
+                retry = with_queued_total(raw, decision.tries)
             except (ValueError, TypeError) as error:
                 # Never raise here (the caller is mid-transaction): keep it, with why.
-                why = f"{reason}; cannot be written back for a retry: {error}"
+                why = not_written_back(reason, error)
             else:
                 # Due by Redis' clock, the one move_due reads: a host whose clock is off
                 # must not spend a retry early, nor hold it for hours.
                 member = uuid.uuid4().hex.encode() + b"|" + retry
-                pipe.eval(_SCHEDULE_SCRIPT, 1, keys.DELAYED, self.retry_policy.delay(tries), member)
-                return "retried"
+                pipe.eval(_SCHEDULE_SCRIPT, 1, keys.DELAYED, decision.delay, member)
+                return Outcome.RETRIED
         entry = dead_letter_entry(
             raw,
             why,
@@ -827,7 +826,7 @@ class Queue:
             traceback=traceback,
         )
         pipe.lpush(keys.DEAD_LETTERS, entry)
-        return "dead"
+        return Outcome.DEAD
 
 
 def _count(pipe: Pipeline, outcome: str, count: int) -> None:

@@ -36,11 +36,14 @@ from tuitop.config import RedisSettings
 from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
+from tuitop.outcome import Outcome
 from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch, WindowStats, bucket_start, summarize
 
 ERRORS: ErrorTypes = (redis.RedisError,)
 NAME_LISTED_EVERY = 60.0
+STRANDED_SCAN_EVERY = 60.0
+"""How often a pool looks for lists no registered worker holds (a SCAN of the keys)."""
 
 
 def redis_clock(client: redis.Redis) -> float:
@@ -142,8 +145,8 @@ class RedisChannel:
         traceback: str = "",
         retryable: bool = True,
         payload: Any = None,
-        outcome: str = "failed",
-    ) -> str:
+        outcome: Outcome = Outcome.FAILED,
+    ) -> Outcome:
         replacement = None if payload is None else with_payload(message.raw, payload)
         return self.queue.fail(
             worker_id,
@@ -239,6 +242,8 @@ class RedisPoolStore:
         view reads)."""
         self._listed_at = -math.inf
         """When (monotonic) it last added its name to the set of pools."""
+        self._stranded_at = -math.inf
+        """When (monotonic) it last looked for lists no registered worker holds."""
 
     def ping(self) -> None:
         self.client.ping()
@@ -316,7 +321,7 @@ class RedisPoolStore:
         pipe.delete(keys.heartbeat(worker_id))
         if timed_out is not None:
             batch = StatsBatch()
-            batch.outcome("timedout")
+            batch.outcome(Outcome.TIMEDOUT)
             flush_into(batch, pipe, time.time())
         pipe.execute()
         return recovery
@@ -334,10 +339,45 @@ class RedisPoolStore:
         candidates = [
             worker_id for worker_id in keys.names_in(raw_members) if worker_id not in ours
         ]
-        if not candidates:
-            return []
         alive = alive_in(self.client, candidates)
-        return [w for w, live in zip(candidates, alive, strict=True) if not live]
+        silent = [w for w, live in zip(candidates, alive, strict=True) if not live]
+        return silent + [w for w in self._stranded(ours) if w not in silent]
+
+    def _stranded(self, ours: set[str]) -> list[str]:
+        """The workers, every STRANDED_SCAN_EVERY s, whose processing list holds messages
+        though they are neither registered nor leased: a worker recovered while frozen
+        whose still-pending BLMOVE then moved a message into its list (Redis does it,
+        not the worker), or that took once thawed, and was killed before it could give
+        them back. No recovery would look there again (it unregistered them); the
+        database's finds them as rows without a live worker row."""
+        now = time.monotonic()
+        if now - self._stranded_at < STRANDED_SCAN_EVERY:
+            return []
+        self._stranded_at = now
+        prefix = keys.processing_list("").encode()
+        found = []
+        for key in self.client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
+            try:
+                worker_id = bytes(key).removeprefix(prefix).decode()
+            except UnicodeDecodeError:
+                continue  # not a tuitop's (its ids are text): nobody's list to recover
+            if worker_id.isascii() and worker_id.isdigit():
+                continue  # a Tuleap worker's (left_behind sees to those)
+            if worker_id and worker_id not in ours:
+                found.append(worker_id)
+        if not found:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in found:
+            pipe.sismember(keys.WORKERS, worker_id)
+            pipe.exists(keys.worker_lease(worker_id))
+            pipe.llen(keys.processing_list(worker_id))
+        replies = pipe.execute()
+        return [
+            worker_id
+            for index, worker_id in enumerate(found)
+            if not any(replies[3 * index : 3 * index + 2]) and replies[3 * index + 2]
+        ]
 
     def clock(self) -> float:
         return redis_clock(self.client)
