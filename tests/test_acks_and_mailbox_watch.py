@@ -14,6 +14,7 @@ from tests.conftest import RedisServerFactory
 from tests.pool import Pool, wait_until, write_config
 from tests.test_ctl import ctl, running, start
 from tests.test_worker import make_worker, take
+from tuitop.backends.errors import StoreError
 from tuitop.backends.redis import keys
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
@@ -35,7 +36,7 @@ def test_acks_made_before_a_take_that_failed_are_not_taken_for_a_recovery(
     left = redis_client.lrange(keys.QUEUE, 0, -1)
     redis_client.delete(keys.QUEUE)
     redis_client.set(keys.QUEUE, "not a list")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+    with pytest.raises(StoreError, match="WRONGTYPE"):  # tuitop's own, said by Redis
         worker._next_batch()
     redis_client.delete(keys.QUEUE)
     redis_client.rpush(keys.QUEUE, *left)

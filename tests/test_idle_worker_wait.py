@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from tests.test_worker import make_worker
+from tuitop.backends.errors import StoreUnavailable
 from tuitop.backends.redis import keys
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.mail import NoTransport
@@ -93,7 +94,7 @@ def test_an_idle_worker_is_back_after_a_redis_restart(redis_server: EmbeddedRedi
     assert worker._next_batch()[0] == []
     assert worker._vain_waits
     redis_server.stop()
-    with pytest.raises(redis.RedisError):
+    with pytest.raises(StoreUnavailable):
         worker._next_batch()
     redis_server.start()
     client = redis_server.client()

@@ -743,7 +743,7 @@ def _ctl_command(action: str, argument: str | None) -> control.Command:
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
     from tuitop.backends.redis.store import RedisAdmin
-    from tuitop.backends.redis.tuleapworkers import running_pid, tuleap_lists
+    from tuitop.backends.redis.tuleapworkers import running_pid
 
     def adopt(queue: QueueAdmin) -> int:
         if not isinstance(queue, RedisAdmin):
@@ -752,7 +752,7 @@ def command_adopt_tuleap(args: argparse.Namespace) -> int:
                 "their transaction, which the server rolls back when one stops"
             )
             return EXIT_OK
-        lists = list(tuleap_lists(queue.redis))
+        lists = queue.tuleap_lists()
         if not lists:
             print("no processing list of Tuleap's workers holds a message")
             return EXIT_OK

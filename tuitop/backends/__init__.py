@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tuitop.backends.errors import STORE_ERRORS
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings, StoreSettings
 from tuitop.lanes import LaneSet
 
@@ -68,25 +69,20 @@ def pool_store(
 
 
 def store_errors(store: StoreSettings) -> ErrorTypes:
-    """The errors a store of this kind raises when it does not answer."""
-    if isinstance(store, DatabaseSettings):
-        from tuitop.backends.db import ERRORS as DB_ERRORS
-
-        return DB_ERRORS
-    from tuitop.backends.redis.store import ERRORS as REDIS_ERRORS
-
-    return REDIS_ERRORS
+    """The errors a store of this kind raises when it fails: tuitop's own, whatever the
+    store (:mod:`tuitop.backends.errors`)."""
+    return STORE_ERRORS
 
 
 def describe_store_error(store: StoreSettings, error: BaseException) -> str:
     """One line an operator can act on, for an error of ``store``; no password in it."""
     if isinstance(store, DatabaseSettings):
-        from tuitop.backends.db import describe_error as describe_db_error
+        from tuitop.backends.db.connection import describe as describe_db_error
 
         return describe_db_error(error, store)
-    from tuitop.backends.redis.connection import describe_error
+    from tuitop.backends.redis.connection import describe
 
-    return describe_error(error, store)
+    return describe(error, store)
 
 
 def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:

@@ -31,6 +31,12 @@ from pymysql.cursors import Cursor
 
 from tuitop.backends.base import ErrorTypes
 from tuitop.backends.db.dialect import Dialect
+from tuitop.backends.errors import (
+    CredentialsRefused,
+    MaybeWritten,
+    StoreError,
+    StoreUnavailable,
+)
 from tuitop.config import DatabaseSettings, mask_secrets
 
 CONNECT_TIMEOUT = 5
@@ -50,6 +56,9 @@ CONNECTION_LOST = (2002, 2006, 2013, 2055, 4031)
 """The connection is gone: refused or never made (2002), the server gone away or lost
 mid-query, or (MySQL ≥ 8.0.24, 4031) closed by the server for the client's silence."""
 AUTH_ERRORS = (1045, 1698)
+SENT_AND_LOST = (2006, 2013, 2055)
+"""The connection lost, or the reply late, once the request was sent: a commit may be
+running still."""
 """Access denied: for the user and password, for the auth plugin."""
 NO_DATABASE = (1044, 1049)
 """Access denied to the database (MariaDB's answer for one that does not exist too, to a
@@ -185,6 +194,26 @@ def describe_error(error: BaseException, settings: DatabaseSettings) -> str:
         )
     text = f"the database at {where}: {type(error).__name__}: {_text(error)}"
     return mask_secrets(text, _secret(settings))
+
+
+def translate(error: BaseException, settings: DatabaseSettings) -> StoreError:
+    """tuitop's own error for a database error (:mod:`tuitop.backends.errors`): a
+    statement refused (the link stays up), refused credentials, a connection lost after
+    the request went (a commit may have landed), or the server away."""
+    text = describe_error(error, settings)
+    if is_auth_error(error):
+        return CredentialsRefused(text)
+    if _code(error) in SENT_AND_LOST:
+        return MaybeWritten(text)
+    if is_refusal(error):
+        return StoreError(text)
+    return StoreUnavailable(text)
+
+
+def describe(error: BaseException, settings: DatabaseSettings) -> str:
+    """What ``error`` says to an operator: tuitop's own says it already; a driver's
+    (one not translated yet) is described, its password masked."""
+    return str(error) if isinstance(error, StoreError) else describe_error(error, settings)
 
 
 def _secret(settings: DatabaseSettings) -> list[str]:

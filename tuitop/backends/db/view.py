@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import HELD_SHOWN
-from tuitop.backends.db.connection import ERRORS, Session, database_clock, describe_error
+from tuitop.backends.db.connection import ERRORS, Session, database_clock, describe, translate
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, create_tables
 from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
+from tuitop.backends.errors import STORE_ERRORS, MaybeWritten, at_the_edge
 from tuitop.beats import json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
@@ -25,11 +26,12 @@ REPLY_POLL = 0.1
 """Seconds between two looks for a pool's reply (the database has no blocking read)."""
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class DbAdmin(DbQueue):
     """The queue as the CLI, the producers and the dead-letter screen use it: tuitop's
     tables are made at the first use (a CLI may come before any pool)."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
 
     def __init__(
         self, settings: DatabaseSettings, program: str, session: Session | None = None
@@ -54,11 +56,10 @@ class DbAdmin(DbQueue):
         return super().held(worker_id, limit)
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def may_still_land(self, error: BaseException) -> bool:
-        # Sent, and the line lost or timed out: the commit may be running still.
-        return bool(error.args) and error.args[0] in (2006, 2013, 2055)
+        return isinstance(error, MaybeWritten)
 
     def send_command(self, pool: str, body: bytes) -> None:
         def write(cursor: Cursor) -> None:
@@ -132,10 +133,11 @@ _LIMITS = (
 the account's connections (a user without the PROCESS privilege sees only its own)."""
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class DbView:
     """Snapshots of the database, ``lanes`` naming the lane of each topic."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
 
     def __init__(
         self,
@@ -182,7 +184,7 @@ class DbView:
         return self.admin.session.run(read)
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def close(self) -> None:
         if not self._shared:

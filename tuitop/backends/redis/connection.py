@@ -9,6 +9,12 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tuitop.backends.errors import (
+    CredentialsRefused,
+    MaybeWritten,
+    StoreError,
+    StoreUnavailable,
+)
 from tuitop.config import RedisSettings, mask_secrets
 
 CONNECT_TIMEOUT = 5.0
@@ -75,3 +81,21 @@ def describe_error(error: BaseException, settings: RedisSettings) -> str:
         return f"Redis at {where} is unreachable: {error}"
     text = f"Redis at {where}: {type(error).__name__}: {error}"
     return mask_secrets(text, [settings.password.reveal()])
+
+
+def translate(error: BaseException, settings: RedisSettings) -> StoreError:
+    """tuitop's own error for a Redis error (:mod:`tuitop.backends.errors`): every one is
+    Redis being away (a pool backs off), but refused credentials, and a reply that did
+    not come in time, after which a write may have landed."""
+    text = describe_error(error, settings)
+    if is_auth_error(error):
+        return CredentialsRefused(text)
+    if isinstance(error, redis.TimeoutError):
+        return MaybeWritten(text)
+    return StoreUnavailable(text)
+
+
+def describe(error: BaseException, settings: RedisSettings) -> str:
+    """What ``error`` says to an operator: tuitop's own says it already; a driver's
+    (one not translated yet) is described, its password masked."""
+    return str(error) if isinstance(error, StoreError) else describe_error(error, settings)

@@ -25,8 +25,15 @@ from tuitop.backends.base import (
     RetryPolicy,
     TimedOut,
 )
+from tuitop.backends.errors import (
+    STORE_ERRORS,
+    CredentialsRefused,
+    MaybeWritten,
+    StoreUnavailable,
+    at_the_edge,
+)
 from tuitop.backends.redis import keys, tuleapworkers
-from tuitop.backends.redis.connection import connect, describe_error, is_auth_error
+from tuitop.backends.redis.connection import connect, describe, translate
 from tuitop.backends.redis.mailbox import MailboxWatch
 from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
 from tuitop.backends.redis.snapshot import take_snapshot
@@ -52,10 +59,11 @@ def redis_clock(client: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisChannel:
     """A worker's conversation with Redis: one client, the take plan of its lanes."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
     inbox = keys.QUEUE
     beats_when_changed = True
     wait_takes = True
@@ -191,10 +199,10 @@ class RedisChannel:
         self.client.close()
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def is_auth_error(self, error: BaseException) -> bool:
-        return is_auth_error(error)
+        return isinstance(error, CredentialsRefused)
 
 
 def _batch(taken: Taken) -> Batch:
@@ -223,10 +231,11 @@ def _owner_key(name: str) -> str:
     return keys.pool(name) + ":owner"
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisPoolStore:
     """What a pool does in one Redis (:class:`~tuitop.backends.base.PoolStore`)."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
 
     def __init__(
         self, settings: RedisSettings, *, pool_name: str, retry: RetryPolicy, socket_timeout: float
@@ -460,7 +469,7 @@ class RedisPoolStore:
         return None  # an idle worker waits in BLMOVE: Redis itself wakes it
 
     def away(self, error: BaseException) -> bool:
-        return True
+        return isinstance(error, StoreUnavailable)
 
     def holds(self) -> tuple[int, int]:
         lanes = keys.names_in(cast(list[bytes], self.client.zrange(keys.LANES, 0, -1)))
@@ -472,17 +481,18 @@ class RedisPoolStore:
         return sum(depths), int(delayed)
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def close(self) -> None:
         self.client.close()
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisAdmin(Queue):
     """The queue as the CLI, the producers and the dead-letter screen use it
     (:class:`~tuitop.backends.base.QueueAdmin`)."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
 
     def __init__(self, settings: RedisSettings, client: redis.Redis) -> None:
         super().__init__(client)
@@ -523,7 +533,11 @@ class RedisAdmin(Queue):
         return None if found is None else cast(tuple[bytes, bytes], found)[1]
 
     def may_still_land(self, error: BaseException) -> bool:
-        return isinstance(error, redis.TimeoutError)
+        return isinstance(error, MaybeWritten)
+
+    def tuleap_lists(self) -> list[tuleapworkers.TuleapList]:
+        """The processing lists of Tuleap's own workers that hold messages."""
+        return list(tuleapworkers.tuleap_lists(self.redis))
 
     def published_config(self) -> Mapping[str, str]:
         fields = cast(dict[bytes, bytes], self.redis.hgetall(keys.CONFIG))
@@ -532,16 +546,17 @@ class RedisAdmin(Queue):
         }
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def close(self) -> None:
         self.redis.close()
 
 
+@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisView:
     """What a view reads from one Redis (:class:`~tuitop.backends.base.StoreView`)."""
 
-    errors = ERRORS
+    errors = STORE_ERRORS
 
     def __init__(self, settings: RedisSettings, client_name: str) -> None:
         self.settings = settings
@@ -557,7 +572,7 @@ class RedisView:
         return RedisAdmin(self.settings, self.client)
 
     def describe(self, error: BaseException) -> str:
-        return describe_error(error, self.settings)
+        return describe(error, self.settings)
 
     def close(self) -> None:
         self.client.close()
