@@ -40,7 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tuitop.backends import describe_store_error, open_view, store_errors
+from tuitop.backends import open_view
+from tuitop.backends.errors import StoreError
 from tuitop.backends.redis import probe
 from tuitop.config import DB_QUEUE, RedisSettings, Settings
 from tuitop.lanes import DEFAULT_LANE, TULEAP_QUEUE, latency_target
@@ -187,8 +188,8 @@ def run_check(settings: Settings, limits: Limits) -> Report:
     where = "the database" if settings.queue == DB_QUEUE else "Redis"
     try:
         view = open_view(store, settings.lanes, "tuitop:check")
-    except store_errors(store) as error:
-        report.add(Status.CRITICAL, "store", describe_store_error(store, error))
+    except StoreError as error:
+        report.add(Status.CRITICAL, "store", str(error))
         return report
     room: ConnectionRoom | None = None
     try:
@@ -199,8 +200,8 @@ def run_check(settings: Settings, limits: Limits) -> Report:
 
             assert isinstance(view, DbView)
             room = view.connection_room()
-    except view.errors as error:
-        report.add(Status.CRITICAL, "store", f"{where}: {view.describe(error)}")
+    except StoreError as error:
+        report.add(Status.CRITICAL, "store", f"{where}: {error!s}")
         return report
     finally:
         view.close()

@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from tuitop import __version__, control
-from tuitop.backends import describe_store_error, open_queue, open_view, store_errors
+from tuitop.backends import open_queue, open_view
 from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
+from tuitop.backends.errors import StoreError
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.tuleapworkers import HOLD_LIMIT
 from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
@@ -530,8 +531,8 @@ def _on_queue(settings: Settings, action: Callable[[QueueAdmin], int]) -> int:
             return action(queue)
         finally:
             queue.close()
-    except store_errors(store) as error:
-        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+    except StoreError as error:
+        print(f"tuitop: {error!s}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -680,8 +681,8 @@ def command_ctl(args: argparse.Namespace) -> int:
             live = {p.name: p.instance for p in view.snapshot(time.time()).pools if not p.stopping}
         finally:
             view.close()
-    except store_errors(store) as error:
-        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+    except StoreError as error:
+        print(f"tuitop: {error!s}", file=sys.stderr)
         return EXIT_FAILURE
     targets = args.pool
     if targets:
@@ -1022,8 +1023,8 @@ def _top_once(settings: Settings, *, as_json: bool) -> int:
             snapshot = view.snapshot(time.time())
         finally:
             view.close()
-    except store_errors(store) as error:
-        print(f"tuitop: {describe_store_error(store, error)}", file=sys.stderr)
+    except StoreError as error:
+        print(f"tuitop: {error!s}", file=sys.stderr)
         return EXIT_FAILURE
     where = f"{'db' if isinstance(store, DatabaseSettings) else 'redis'} {store.address}"
     if as_json:

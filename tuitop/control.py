@@ -34,6 +34,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
+from tuitop.backends.errors import StoreError
 from tuitop.config import MAX_WORKERS
 
 if TYPE_CHECKING:
@@ -237,8 +238,8 @@ def send(queue: QueueAdmin, pool: str, command: Command, timeout: float) -> Repl
     queue.send_command(pool, body)
     try:
         raw = queue.wait_reply(command.id, timeout)
-    except queue.errors:
-        with contextlib.suppress(*queue.errors):
+    except StoreError:
+        with contextlib.suppress(StoreError):
             queue.withdraw_command(pool, body)
         raise
     waited = timeout

@@ -16,8 +16,9 @@ import time
 import uuid
 from typing import Any
 
-from tuitop.backends import describe_store_error, open_queue, store_errors
+from tuitop.backends import open_queue
 from tuitop.backends.base import QueueAdmin
+from tuitop.backends.errors import MaybeWritten, StoreError
 from tuitop.config import AsyncScope, Settings
 from tuitop.handlers import PayloadError, PermanentFailure, RetryLater
 from tuitop.mail import MailTransport, transport_for
@@ -82,7 +83,6 @@ class Notifier:
         is lost is asked about (its marker, on a fresh connection): queued, it is not also
         sent inline — the mail would go out twice."""
         store = self.settings.store
-        errors = store_errors(store)
         if not store.configured:
             reason = "$redis_server is empty, and no database is configured"
         else:
@@ -92,9 +92,9 @@ class Notifier:
                 queue = self._connection()
                 queue.push_marked(encode(TOPIC, notification.to_payload()), token)
                 return True
-            except errors as error:
-                reason = describe_store_error(store, error)
-                timed_out = queue is not None and queue.may_still_land(error)
+            except StoreError as error:
+                reason = str(error)
+                timed_out = queue is not None and isinstance(error, MaybeWritten)
                 self._drop()
             try:
                 if self._connection().was_pushed(token):
@@ -108,7 +108,7 @@ class Notifier:
                 if timed_out:
                     # Still on its way, the push may land after this question: both then.
                     reason += "; the push timed out and may still land: it may come twice"
-            except errors:
+            except StoreError:
                 self._drop()
                 reason += "; whether it reached the queue cannot be told: it may come twice"
         self.logger.warning(
@@ -131,7 +131,7 @@ class Notifier:
             return self._scope
         try:
             published = self._connection().published_config().get("async_scope")
-        except store_errors(store):
+        except StoreError:
             self._drop()
             return self._scope
         if published is not None:

@@ -29,6 +29,7 @@ from setproctitle import setproctitle
 
 from tuitop import control
 from tuitop.backends.base import MailboxWatch, PoolStore, TimedOut, Watch
+from tuitop.backends.errors import StoreError
 from tuitop.config import DB_QUEUE, Settings
 from tuitop.lanes import DEFAULT_LANE, Staffing
 from tuitop.log import reopen_log_files, setup_logging
@@ -196,7 +197,7 @@ class Supervisor:
                 self._move_due()
                 if link.ok and link.store is not None:
                     self.recovery.scan(self._our_ids())
-            except link.errors as error:
+            except StoreError as error:
                 link.trouble(error)
         if not self.draining:
             self._scale()  # what a command just asked, at once
@@ -452,7 +453,7 @@ class Supervisor:
         try:
             link.open(self.config.settings.store)
             claimed = self.presence.claim()
-        except link.errors as error:
+        except StoreError as error:
             link.trouble(error)
             return
         if not claimed:
@@ -472,7 +473,7 @@ class Supervisor:
                     lane,
                 )
             self.recovery.scan(self._our_ids(), force=True)
-        except link.errors as error:
+        except StoreError as error:
             link.trouble(error)
 
     def _name_lost(self) -> None:
@@ -584,7 +585,7 @@ class Supervisor:
         if self.link.ok:
             try:
                 self._publish()  # at once: other pools must not count on its lanes
-            except self.link.errors as error:
+            except StoreError as error:
                 self.link.trouble(error)
 
     def _finish(self) -> None:

@@ -13,8 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from tuitop.backends import describe_store_error, pool_store, store_errors
-from tuitop.backends.base import ErrorTypes, PoolStore, RetryPolicy
+from tuitop.backends import pool_store
+from tuitop.backends.base import PoolStore, RetryPolicy
+from tuitop.backends.errors import StoreError, StoreUnavailable
 from tuitop.config import RedisSettings, StoreSettings
 from tuitop.pool.plan import backoff, same_server
 
@@ -47,14 +48,6 @@ class StoreLink:
         self._backoff = 0.0
         self.left: dict[StoreSettings, PoolStore] = {}
         """Servers the pool left for another, while some of its old workers finish there."""
-
-    @property
-    def errors(self) -> ErrorTypes:
-        """What any store the link holds raises when its server does not answer."""
-        found: ErrorTypes = store_errors(self.settings)
-        for store in self.left.values():
-            found += store.errors
-        return found
 
     def due(self, settings: StoreSettings) -> bool:
         """Whether to try (again) now to reach ``settings``' server: it is configured,
@@ -93,27 +86,25 @@ class StoreLink:
     def _name(self) -> str:
         return "The database" if self.settings.kind == "db" else "Redis"
 
-    def failed(self, error: BaseException) -> None:
+    def failed(self, error: StoreError) -> None:
         """It did not answer: logged (masked), retried after the back-off."""
         self.ok = False
         self._backoff = backoff(self._backoff, STORE_BACKOFF_MAX)
         self._retry_at = time.monotonic() + self._backoff
         if not self._down_since:
             self._down_since = time.monotonic()
-        self.logger.error(
-            "%s; retrying in %.0f s", describe_store_error(self.settings, error), self._backoff
-        )
+        self.logger.error("%s; retrying in %.0f s", error, self._backoff)
         if self.store is not None:
             self.store.close()  # a fresh connection at the next try
 
-    def trouble(self, error: BaseException) -> None:
+    def trouble(self, error: StoreError) -> None:
         """An error of the store in force: :meth:`failed` when its server does not answer;
         one statement it refused is logged (once a minute for the same words) and the
         loop goes on, its link up."""
-        if self.store is None or self.store.away(error):
+        if self.store is None or isinstance(error, StoreUnavailable):
             self.failed(error)
             return
-        said = self.store.describe(error)
+        said = str(error)
         now = time.monotonic()
         if self._refused.get(said, -REFUSAL_LOG_EVERY) + REFUSAL_LOG_EVERY <= now:
             self._refused[said] = now
@@ -163,12 +154,12 @@ class StoreLink:
                 if not still and moved_on:
                     release_lanes(store)
                     self._report_left(store)
-            except store.errors as error:
+            except StoreError as error:
                 if not still:
                     self.logger.warning(
                         "Left %s; could not check what it still holds: %s",
                         settings.address,
-                        store.describe(error),
+                        str(error),
                     )
             if not still:
                 del self.left[settings]

@@ -24,6 +24,7 @@ import socket
 import time
 
 from tuitop.backends.base import PoolStore
+from tuitop.backends.errors import StoreError
 from tuitop.beats import PoolBeat
 from tuitop.lanes import TULEAP_QUEUE
 from tuitop.pool.configuration import Configuration
@@ -95,7 +96,7 @@ class Presence:
         store = self.link.store
         if not (self.owns_name and store is not None):
             return
-        with contextlib.suppress(*store.errors):  # else it expires on its own
+        with contextlib.suppress(StoreError):  # else it expires on its own
             store.release_name(self.name, self.token)
         self.owns_name = False
 
@@ -181,13 +182,13 @@ class Presence:
         where = store.settings
         try:
             moved = store.release_lanes(self.name, self.served_lanes)
-        except store.errors as error:
+        except StoreError as error:
             self.logger.warning(
                 "Could not move this pool's lanes back to %s on %s: %s (the next pool to "
                 "start there does it)",
                 TULEAP_QUEUE,
                 where.address,
-                store.describe(error),
+                str(error),
             )
             return
         for lane, count in moved.items():

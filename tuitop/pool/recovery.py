@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from tuitop.backends.base import PoolStore, TimedOut
+from tuitop.backends.errors import StoreError
 from tuitop.lanes import TULEAP_QUEUE
 from tuitop.metrics import Counting
 from tuitop.pool.link import StoreLink
@@ -79,7 +80,7 @@ class Recovery:
                 traceback=traceback,
                 timed_out=timed_out,
             )
-        except store.errors as error:
+        except StoreError as error:
             link.trouble(error)
             return
         except Exception:
@@ -102,12 +103,12 @@ class Recovery:
         where = store.settings.address
         try:
             recovery = store.recover(worker_id, reason)
-        except store.errors as error:
+        except StoreError as error:
             self.logger.error(
                 "Could not recover worker %s's messages on the store left behind (%s): %s",
                 worker_id,
                 where,
-                store.describe(error),
+                str(error),
             )
             return
         self.counts.recovered(recovery.outcomes, timed_out=False)
@@ -141,7 +142,7 @@ class Recovery:
         for part in parts:
             try:
                 part()
-            except store.errors:
+            except StoreError:
                 raise
             except Exception:
                 self.logger.exception("Recovery scan: one part failed; the others went on")

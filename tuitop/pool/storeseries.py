@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from tuitop.backends import open_view
+from tuitop.backends.errors import StoreError
 from tuitop.config import Settings, StoreSettings
 from tuitop.lanes import LaneSet
 from tuitop.snapshot import Snapshot
@@ -74,7 +75,7 @@ class StoreReader:
             assert self._view is not None
             try:
                 self._snapshot = self._view.snapshot(time.time())
-            except self._view.errors:
+            except StoreError:
                 self._close()  # a fresh connection next time
                 return None
             self._read_at = now

@@ -160,7 +160,7 @@ class TuitopApp(App[int]):
             reading = self.source.take()
         except Exception as error:  # a bug must not end the UI (and with it the pool)
             address = self.source.redis_settings.address
-            reading = Reading(None, address, f"unexpected: {self.source.describe(error)}")
+            reading = Reading(None, address, f"unexpected: {error!s}")
         self.post_message(self.SnapshotTaken(reading))
 
     def on_tuitop_app_snapshot_taken(self, message: SnapshotTaken) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from tuitop import control
 from tuitop.backends import open_queue
+from tuitop.backends.errors import StoreError
 from tuitop.tui.source import SnapshotSource
 
 REPLY_TIMEOUT = 5.0
@@ -40,8 +41,8 @@ def send(
             reply = control.send(queue, pool, command, timeout)
         finally:
             queue.close()
-    except source.errors() as error:
-        return Outcome(False, source.describe(error))
+    except StoreError as error:
+        return Outcome(False, str(error))
     if isinstance(reply, control.NoReply):
         return Outcome(False, reply.describe())
     return Outcome(reply.ok, reply.said if reply.ok else f"refused: {reply.said}")

@@ -16,6 +16,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, Static
 
 from tuitop.backends.base import DeadLetter, QueueAdmin
+from tuitop.backends.errors import StoreError
 from tuitop.tui.source import SnapshotSource
 
 SHOWN_LETTERS = 500
@@ -181,11 +182,11 @@ class DeadLettersScreen(Screen[None]):
             letters = queue.dead_letters(0, SHOWN_LETTERS)
             return said, letters, queue.dead_letter_count()
 
-        failures: tuple[type[BaseException], ...] = (*self.source.errors(), ValueError)
+        failures: tuple[type[BaseException], ...] = (StoreError, ValueError)
         try:
             said, letters, total = self.source.with_queue(act)
         except failures as error:
-            message = "" if isinstance(error, ValueError) else self.source.describe(error)
+            message = "" if isinstance(error, ValueError) else str(error)
             title = "the database" if self.source.settings.queue == "db" else "Redis"
             self.app.call_from_thread(
                 self.notify, message or str(error), title=title, severity="error", markup=False

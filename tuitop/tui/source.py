@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tuitop.backends import describe_store_error, open_view
+from tuitop.backends import open_view
 from tuitop.backends.base import QueueAdmin, StoreView
+from tuitop.backends.errors import StoreError
 from tuitop.config import ConfigError, Settings, StoreSettings
 from tuitop.procmeter import ProcessMeter
 from tuitop.snapshot import Snapshot
@@ -107,9 +108,9 @@ class SnapshotSource:
             snapshot = view.snapshot(self.clock())
         except ValueError as error:
             return Reading(None, "", str(error))
-        except self.errors() as error:
+        except StoreError as error:
             self.close()
-            return Reading(None, address, self.describe(error))
+            return Reading(None, address, str(error))
         if self.meter is not None:
             snapshot = self.meter.measure(snapshot)
         return Reading(snapshot, address)
@@ -122,19 +123,9 @@ class SnapshotSource:
             view = self.view()
             try:
                 return action(view.queue())
-            except self.errors():
+            except StoreError:
                 self.close()
                 raise
-
-    def errors(self) -> tuple[type[BaseException], ...]:
-        """What the store in force raises when it does not answer."""
-        from tuitop.backends import store_errors
-
-        return store_errors(self.settings.store)
-
-    def describe(self, error: BaseException) -> str:
-        """A store's error as the UI says it (the password masked)."""
-        return describe_store_error(self.settings.store, error)
 
     def close(self) -> None:
         if self._view is not None:

@@ -18,6 +18,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from tuitop.backends.errors import StoreError
 from tuitop.durations import seconds
 from tuitop.message import Message
 from tuitop.snapshot import Snapshot, WorkerView
@@ -260,7 +261,7 @@ class WorkerScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="worker-held")
     def _read_held(self, worker_id: str) -> None:
-        failures: tuple[type[BaseException], ...] = (*self.source.errors(), ValueError)
+        failures: tuple[type[BaseException], ...] = (StoreError, ValueError)
         try:
             held = self.source.with_queue(lambda queue: queue.held(worker_id))
         except failures:
