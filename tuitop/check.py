@@ -185,7 +185,7 @@ def run_check(settings: Settings, limits: Limits) -> Report:
             "Redis is not configured ($redis_server is empty), nor is a database: nothing to check",
         )
         return report
-    where = "the database" if settings.queue == DB_QUEUE else "Redis"
+    where = store.noun
     try:
         view = open_view(store, settings.lanes, "tuitop:check")
     except StoreError as error:

@@ -17,10 +17,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from tuitop import __version__, control
 from tuitop.backends import open_queue, open_view
-from tuitop.backends.base import MAX_REQUEUES, QueueAdmin, RetryPolicy
+from tuitop.backends.base import MAX_REQUEUES, TULEAP_HOLD_LIMIT, QueueAdmin, RetryPolicy
 from tuitop.backends.errors import StoreError
-from tuitop.backends.redis import keys
-from tuitop.backends.redis.tuleapworkers import HOLD_LIMIT
 from tuitop.check import OLDEST_CRITICAL, OLDEST_WARNING
 from tuitop.config import (
     DEFAULT_CONFIG_FILES,
@@ -30,6 +28,7 @@ from tuitop.config import (
     Settings,
     load_config,
 )
+from tuitop.lanes import TULEAP_QUEUE
 from tuitop.log import DEFAULT_LOG_FILE
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.message import encode
@@ -150,7 +149,7 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
         "--tuleap-list-timeout",
         metavar="S",
         type=float,
-        default=HOLD_LIMIT,
+        default=TULEAP_HOLD_LIMIT,
         help="a processing list of Tuleap's own workers unchanged this long, with no pid "
         "file on this host saying its worker runs, is recovered (default: %(default)g: "
         "Tuleap's 15-minute task limit and a minute)",
@@ -743,27 +742,23 @@ def _ctl_command(action: str, argument: str | None) -> control.Command:
 
 
 def command_adopt_tuleap(args: argparse.Namespace) -> int:
-    from tuitop.backends.redis.store import RedisAdmin
-    from tuitop.backends.redis.tuleapworkers import running_pid
-
     def adopt(queue: QueueAdmin) -> int:
-        if not isinstance(queue, RedisAdmin):
+        lists = queue.tuleap_left()
+        if lists is None:
             print(
                 "nothing to adopt: Tuleap's database workers hold a message only inside "
                 "their transaction, which the server rolls back when one stops"
             )
             return EXIT_OK
-        lists = queue.tuleap_lists()
         if not lists:
             print("no processing list of Tuleap's workers holds a message")
             return EXIT_OK
         status = EXIT_OK
         for found in lists:
-            name = f"{keys.processing_list(found.worker_id)} (Tuleap's worker {found.number})"
-            pid = running_pid(found.number)
-            if pid is not None:
+            name = f"{found.where} (Tuleap's worker {found.number})"
+            if found.pid is not None:
                 print(
-                    f"tuitop: {name}: the worker still runs (pid {pid}); stop "
+                    f"tuitop: {name}: the worker still runs (pid {found.pid}); stop "
                     "tuleap-workers.service first",
                     file=sys.stderr,
                 )
@@ -783,14 +778,12 @@ def command_adopt_tuleap(args: argparse.Namespace) -> int:
 
 
 def command_hand_back(args: argparse.Namespace) -> int:
-    from tuitop.backends.db.view import DbAdmin
-
     def hand_back(queue: QueueAdmin) -> int:
-        where = "database" if isinstance(queue, DbAdmin) else "Redis"
         live = queue.live_pools()
         if live:
             print(
-                f"tuitop: {', '.join(live)} still run(s) on this {where}: stop them first "
+                f"tuitop: {', '.join(live)} still run(s) on this "
+                f"{queue.settings.noun.removeprefix('the ')}: stop them first "
                 "(a pool's heartbeat lasts 10 s after it is gone)",
                 file=sys.stderr,
             )
@@ -798,13 +791,13 @@ def command_hand_back(args: argparse.Namespace) -> int:
         handed = queue.hand_back("handed back to Tuleap's workers")
         lanes = ", ".join(f"{lane} {count}" for lane, count in handed.lanes.items()) or "none"
         print(
-            f"handed back to {keys.QUEUE}: {handed.recovered} message(s) tuitop's workers "
+            f"handed back to {TULEAP_QUEUE}: {handed.recovered} message(s) tuitop's workers "
             f"held, {sum(handed.lanes.values())} from lanes ({lanes}), {handed.retries} "
             "retries"
         )
         dead = queue.dead_letter_count()
         if dead:
-            where = "tuitop_dead_letters" if isinstance(queue, DbAdmin) else keys.DEAD_LETTERS
+            where = queue.dead_letters_at
             print(
                 f"{dead} dead letter(s) stay in {where}, which only tuitop reads: "
                 "'tuitop dead-letters' lists them, 'replay --all' puts them back in the queue"

@@ -173,6 +173,8 @@ class RedisSettings:
     tls: bool = False
 
     kind = REDIS_QUEUE
+    noun = "Redis"
+    """What a sentence calls it."""
 
     @property
     def configured(self) -> bool:
@@ -210,6 +212,8 @@ class DatabaseSettings:
     """``$sys_db_ssl_verify_cert`` is '1': the certificate's host name is checked too."""
 
     kind = DB_QUEUE
+    noun = "the database"
+    """What a sentence calls it."""
 
     @property
     def configured(self) -> bool:

@@ -388,7 +388,7 @@ class Worker:
 
     @property
     def _store_name(self) -> str:
-        return "the database" if self.options.settings.queue == "db" else "Redis"
+        return self.options.settings.store.noun
 
     def _next_batch(self) -> tuple[list[Message], str]:
         """Messages taken (oldest first) and where they came from."""

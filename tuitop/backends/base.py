@@ -142,7 +142,15 @@ class LeftBehind:
     worker_id: str
     number: int
     messages: int
+    where: str = ""
+    """Where they are, for an operator (a Redis list's name)."""
+    pid: int | None = None
+    """The pid of Tuleap's worker of that number, when one runs on this host."""
 
+
+TULEAP_HOLD_LIMIT = 16 * 60.0
+"""Tuleap's worker stops a task at 15 minutes and removes its message: what one of its
+workers holds unchanged for longer (a minute's margin) belongs to a worker that is gone."""
 
 ErrorTypes = tuple[type[BaseException], ...]
 
@@ -399,6 +407,25 @@ class QueueAdmin(Protocol):
 
     @property
     def errors(self) -> ErrorTypes: ...
+
+    @property
+    def settings(self) -> StoreSettings: ...
+
+    def recover(self, worker_id: str, reason: str) -> Recovery:
+        """What ``worker_id`` holds, back to the queue with one try more (or to the dead
+        letters past the last), as a pool recovers a gone worker's (``tuitop
+        adopt-tuleap``)."""
+        ...
+
+    @property
+    def dead_letters_at(self) -> str:
+        """Where the dead letters are kept, for an operator (a Redis list, a table)."""
+        ...
+
+    def tuleap_left(self) -> list[LeftBehind] | None:
+        """What Tuleap's own workers hold (to adopt once they are stopped); None: this
+        store's Tuleap workers hold nothing outside their transaction."""
+        ...
 
     def push(self, raw: bytes) -> None:
         """Queues one message (tuitop's wire format), as Tuleap's front end does."""

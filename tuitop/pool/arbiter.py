@@ -285,7 +285,7 @@ class Supervisor:
                 "Pool %s starting: %d worker(s) wanted, %s at %s",
                 self.options.pool_name,
                 settings.backend_workers,
-                "the database queue" if settings.queue == "db" else "Redis",
+                f"{settings.store.noun} queue" if settings.queue == "db" else "Redis",
                 settings.store.address,
             )
         else:

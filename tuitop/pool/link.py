@@ -84,7 +84,7 @@ class StoreLink:
 
     @property
     def _name(self) -> str:
-        return "The database" if self.settings.kind == "db" else "Redis"
+        return self.settings.noun.capitalize()
 
     def failed(self, error: StoreError) -> None:
         """It did not answer: logged (masked), retried after the back-off."""
@@ -171,7 +171,7 @@ class StoreLink:
             logging.WARNING if waiting or delayed else logging.INFO,
             "Left %s %s: it still holds %d queued and %d delayed message(s), which this "
             "pool no longer serves",
-            "the database" if store.settings.kind == "db" else "Redis",
+            store.settings.noun,
             store.settings.address,
             waiting,
             delayed,

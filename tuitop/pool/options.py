@@ -7,8 +7,7 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-from tuitop.backends.base import RetryPolicy
-from tuitop.backends.redis import tuleapworkers
+from tuitop.backends.base import TULEAP_HOLD_LIMIT, RetryPolicy
 from tuitop.config import Settings
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.metrics import CountingTarget
@@ -56,7 +55,7 @@ class PoolOptions:
     sendmail: str = DEFAULT_SENDMAIL
     task: TaskCommand | None = None
     """Tuleap's task process, for every message no built-in handler takes."""
-    tuleap_hold_limit: float = tuleapworkers.HOLD_LIMIT
+    tuleap_hold_limit: float = TULEAP_HOLD_LIMIT
     """A Tuleap worker's list unchanged this long (and no pid file of it here) is
     recovered: its worker is gone (tuitop.backends.redis.tuleapworkers.left_behind)."""
     tick: float = 1.0

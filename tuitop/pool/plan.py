@@ -116,7 +116,7 @@ def config_change(old: Settings, new: Settings) -> ConfigChange:
     said: list[str] = []
     leave = False
     before, after = old.store, new.store
-    name = "the database" if after.kind == "db" else "Redis"
+    name = after.noun
     if after != before and not before.configured:
         said.append(f"{name} at {after.address}")
     elif after != before and same_server(after, before):

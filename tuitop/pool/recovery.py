@@ -114,10 +114,10 @@ class Recovery:
         self.counts.recovered(recovery.outcomes, timed_out=False)
         if recovery.total:
             self.logger.warning(
-                "Recovered %d message(s) of worker %s on the %s left behind (%s)",
+                "Recovered %d message(s) of worker %s on %s left behind (%s)",
                 recovery.total,
                 worker_id,
-                "database" if store.settings.kind == "db" else "Redis",
+                store.settings.noun,
                 where,
             )
 

@@ -394,9 +394,7 @@ class WorkerSet:
                 record.worker_id,
                 how,
                 lived,
-                EXIT_REASONS.get(code or 0, "see the lines above").format(
-                    store="the database" if record.store.kind == "db" else "Redis"
-                ),
+                EXIT_REASONS.get(code or 0, "see the lines above").format(store=record.store.noun),
                 delay,
             )
         else:

@@ -187,7 +187,7 @@ class DeadLettersScreen(Screen[None]):
             said, letters, total = self.source.with_queue(act)
         except failures as error:
             message = "" if isinstance(error, ValueError) else str(error)
-            title = "the database" if self.source.settings.queue == "db" else "Redis"
+            title = self.source.settings.store.noun
             self.app.call_from_thread(
                 self.notify, message or str(error), title=title, severity="error", markup=False
             )

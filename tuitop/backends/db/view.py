@@ -55,6 +55,11 @@ class DbAdmin(DbQueue):
         view's worth, whatever a batch holds."""
         return super().held(worker_id, limit)
 
+    dead_letters_at = "tuitop_dead_letters"
+
+    def tuleap_left(self) -> None:
+        return None  # Tuleap's database workers hold a message only in their transaction
+
     def describe(self, error: BaseException) -> str:
         return describe(error, self.settings)
 
@@ -182,6 +187,11 @@ class DbView:
             )
 
         return self.admin.session.run(read)
+
+    dead_letters_at = "tuitop_dead_letters"
+
+    def tuleap_left(self) -> None:
+        return None  # Tuleap's database workers hold a message only in their transaction
 
     def describe(self, error: BaseException) -> str:
         return describe(error, self.settings)

@@ -535,9 +535,19 @@ class RedisAdmin(Queue):
     def may_still_land(self, error: BaseException) -> bool:
         return isinstance(error, MaybeWritten)
 
-    def tuleap_lists(self) -> list[tuleapworkers.TuleapList]:
-        """The processing lists of Tuleap's own workers that hold messages."""
-        return list(tuleapworkers.tuleap_lists(self.redis))
+    dead_letters_at = keys.DEAD_LETTERS
+
+    def tuleap_left(self) -> list[LeftBehind]:
+        return [
+            LeftBehind(
+                found.worker_id,
+                found.number,
+                found.messages,
+                where=keys.processing_list(found.worker_id),
+                pid=tuleapworkers.running_pid(found.number),
+            )
+            for found in tuleapworkers.tuleap_lists(self.redis)
+        ]
 
     def published_config(self) -> Mapping[str, str]:
         fields = cast(dict[bytes, bytes], self.redis.hgetall(keys.CONFIG))

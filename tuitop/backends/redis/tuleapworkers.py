@@ -17,13 +17,12 @@ from typing import cast
 
 import redis
 
+from tuitop.backends.base import TULEAP_HOLD_LIMIT
 from tuitop.backends.redis import keys
 from tuitop.osutil import process_running
 
 PID_DIRECTORY = "/var/run/tuleap"
-HOLD_LIMIT = 16 * 60.0
-"""Tuleap's worker stops a task at 15 minutes and removes its message: a list of one of
-its workers unchanged for longer (a minute's margin) belongs to a worker that is gone."""
+HOLD_LIMIT = TULEAP_HOLD_LIMIT
 
 
 @dataclass(frozen=True)
