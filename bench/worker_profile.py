@@ -1,4 +1,4 @@
-"""Where one worker's time goes per message: a real worker (tuitop.worker.Worker) run in
+"""Where one worker's time goes per message: a real worker (tuitop.worker.loop.Worker) run in
 this process on a private Redis over N pre-queued messages, once plain (its rate) and once
 under cProfile (how that time splits between taking a batch, running each message, the
 watchdog's guard and acking).
@@ -28,7 +28,8 @@ from tuitop.config import load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.pool.options import PoolOptions
-from tuitop.worker import STATUS_SLOTS, Worker
+from tuitop.worker.loop import Worker
+from tuitop.worker.status import WorkerStatus
 
 PARTS = {
     "ack the last batch and take the next (one round trip; decode)": "_next_batch",
@@ -64,7 +65,7 @@ def run_worker(directory: Path, port: int, count: int, job: str, profile: bool) 
         supervisor_started=None,
         traceback_file=str(directory / "tracebacks"),
     )
-    status = multiprocessing.RawArray("d", STATUS_SLOTS)
+    status = WorkerStatus.create(multiprocessing.get_context())  # shared memory, as a pool's
     worker = Worker(options, status, multiprocessing.RawValue("i", 30))
     done = threading.Event()
     times: dict[str, float] = {}

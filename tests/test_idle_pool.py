@@ -36,7 +36,7 @@ def test_a_worker_thawed_after_its_list_was_recovered_does_not_run_what_it_held(
     """A worker frozen (SIGSTOP) while blocked in its wait: a message pushed meanwhile is
     moved into its list by Redis. Its pool stops listing it a TTL after its last beat,
     another pool recovers its list (the message retried), it thaws. Its pool had vouched
-    for it (status[LISTED]) up to that moment, on the strength of a beat a TTL old: the
+    for it (status.listed_at) up to that moment, on the strength of a beat a TTL old: the
     worker took that for a recent sign of life, skipped the lease check, and ran the
     message that the retry ran again."""
     config = write_config(tmp_path, port=redis_server.port, workers=1)
@@ -96,7 +96,7 @@ def test_views_see_the_pool_and_its_idle_workers_soon_after_redis_restarted_empt
     tmp_path: Path, pools: list[Pool], redis_server: EmbeddedRedis
 ) -> None:
     """Redis restarted without persistence, quickly: every hash, the set of pools and of
-    workers are gone. Idle workers write nothing unless asked (status[REBEAT]), the pool
+    workers are gone. Idle workers write nothing unless asked (status.rebeat), the pool
     says its name once a minute: views must show them again within a few heartbeats."""
     config = write_config(tmp_path, port=redis_server.port, workers=2)
     pool = start_pool(pools, tmp_path, config)

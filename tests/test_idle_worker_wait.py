@@ -17,7 +17,7 @@ from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.mail import NoTransport
 from tuitop.message import encode
 from tuitop.registry import build_registry
-from tuitop.worker import VAIN_WAITS_PER_TAKE
+from tuitop.worker.loop import VAIN_WAITS_PER_TAKE
 
 
 def calls(client: redis.Redis, *names: str) -> int:

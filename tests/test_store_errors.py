@@ -55,7 +55,6 @@ def test_a_store_that_does_not_answer_raises_store_unavailable(settings: StoreSe
         store.ping()
     assert not isinstance(raised.value, CredentialsRefused)
     assert str(away.port) in str(raised.value)  # where: the operator can act on it
-    assert store.away(raised.value)
     assert type(raised.value.__cause__).__module__.split(".")[0] in ("redis", "pymysql")
 
 
@@ -69,7 +68,6 @@ def test_a_refused_password_is_credentials_refused_and_never_printed(
     said = str(raised.value)
     assert "password" in said
     assert PASSWORD[::-1] not in said and PASSWORD not in said
-    assert view.describe(raised.value) == said
 
 
 def test_a_refused_statement_leaves_the_database_link_up(database: DatabaseSettings) -> None:

@@ -20,15 +20,12 @@ from tuitop.log import SettableLevel
 from tuitop.mail import NoTransport
 from tuitop.message import Message, decode, encode
 from tuitop.registry import build_registry
-from tuitop.worker import (
-    DONE,
-    GIVE_BACK_AFTER,
-    STATUS_SLOTS,
-    Worker,
-    WorkerOptions,
-    _Heartbeat,
-    worker_id_of,
-)
+from tuitop.worker import watchdog as watchdog_module
+from tuitop.worker.heartbeat import Heartbeat
+from tuitop.worker.loop import Worker
+from tuitop.worker.options import WorkerOptions, worker_id_of
+from tuitop.worker.status import WorkerStatus
+from tuitop.worker.watchdog import GIVE_BACK_AFTER, BatchGuard
 
 
 def make_worker(server: EmbeddedRedis) -> Worker:
@@ -41,7 +38,7 @@ def make_worker(server: EmbeddedRedis) -> Worker:
         supervisor_pid=os.getpid(),
         block_timeout=0.2,
     )
-    worker = Worker(options, [0.0] * STATUS_SLOTS, SettableLevel(logging.DEBUG))
+    worker = Worker(options, WorkerStatus.create(), SettableLevel(logging.DEBUG))
     worker.connect()
     return worker
 
@@ -63,7 +60,7 @@ def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
     redis_client.lpush(keys.QUEUE, *raws)
     batch = take(worker, 4)
     assert [message.raw for message in batch] == raws
-    watchdog = _Heartbeat(worker)
+    watchdog = Heartbeat(worker)
     watchdog.start()
     try:
         # The first job "runs" (this thread waits) past the give-back deadline.
@@ -81,7 +78,7 @@ def test_a_slow_job_has_the_rest_of_its_batch_given_back_while_it_runs(
 
 def test_a_fast_job_keeps_its_batch(redis_server: EmbeddedRedis) -> None:
     worker = make_worker(redis_server)
-    watchdog = _Heartbeat(worker)
+    watchdog = Heartbeat(worker)
     watchdog.start()
     try:
         worker.batch.arm([decode(b"tail")], time.monotonic() + 5.0, keys.QUEUE)
@@ -168,7 +165,7 @@ def test_a_worker_whose_list_was_recovered_runs_none_of_what_it_held(
     worker.last_beat = time.monotonic() - 60  # it is thawed a minute later
     with caplog.at_level(logging.ERROR, logger="tuitop.worker"):
         worker._run_batch(batch, keys.QUEUE)
-    assert worker.status[DONE] == 0  # none run here: they wait for their retry elsewhere
+    assert worker.status.done == 0  # none run here: they wait for their retry elsewhere
     assert redis_client.zcard(keys.DELAYED) == 10
     assert worker.stop_requested and "runs none of the 10 it held" in caplog.text
 
@@ -190,7 +187,7 @@ def test_what_finished_before_a_long_job_is_acked_while_it_runs(
     """Issue 10, case 4: fast jobs finished before a slow one stayed unacked until it
     ended (up to --job-timeout): a time-limit kill ran them again."""
     worker, raws, batch = worker_holding_four(redis_server)
-    watchdog = _Heartbeat(worker)
+    watchdog = Heartbeat(worker)
     watchdog.start()
     try:
         # Three finished, not yet acked (acks go by the batch); the fourth runs long.
@@ -211,7 +208,7 @@ def test_acks_the_watchdog_could_not_make_stay_the_workers_to_make(
     would go back to the queue at its end and run again (the review's case)."""
     server = redis_server_factory(appendonly=True)
     worker, _, batch = worker_holding_four(server)
-    watchdog = _Heartbeat(worker)
+    watchdog = Heartbeat(worker)
     watchdog.start()
     try:
         server.kill()  # the watchdog's ack cannot go through
@@ -230,10 +227,8 @@ def test_acks_still_under_way_when_the_job_ends_stay_the_workers(
     """The job's end waits for the watchdog's ack only so long; an ack still under way
     then is the worker's to make, and its late fate must not touch the next job's count
     (it went negative: the next job's acks were dropped, and ran twice)."""
-    from tuitop import worker as worker_module
-
-    monkeypatch.setattr(worker_module, "ACK_WAIT", 0.05)
-    guard = worker_module._BatchGuard()
+    monkeypatch.setattr(watchdog_module, "ACK_WAIT", 0.05)
+    guard = BatchGuard()
     guard.arm([], 0.0, keys.QUEUE, [b"a", b"b", b"c"])
     assert guard.claim_if_late(1.0)[2] == [b"a", b"b", b"c"]
     assert guard.disarm() == (False, 0)  # not settled in time: none counted as made
@@ -253,7 +248,7 @@ def test_what_was_counted_before_a_long_job_is_written_while_it_runs(
     worker = make_worker(redis_server)
     for n in range(3):
         worker._count(decode(encode("tuitop.noop", {"n": n})), time.time(), True, failed=False)
-    watchdog = _Heartbeat(worker)
+    watchdog = Heartbeat(worker)
     watchdog.start()
     try:
         worker.batch.arm([], time.monotonic() + GIVE_BACK_AFTER, keys.QUEUE)
@@ -333,7 +328,7 @@ def test_an_idle_worker_waits_again_without_a_take_in_between(
         serves=("latency_15m", "default"),
         help_interval=0.2,
     )
-    lane_worker = Worker(options, [0.0] * STATUS_SLOTS, SettableLevel(logging.DEBUG))
+    lane_worker = Worker(options, WorkerStatus.create(), SettableLevel(logging.DEBUG))
     lane_worker.connect()
     lane_worker.channel.start(lane_worker.id)
     takes = calls("evalsha", "eval")

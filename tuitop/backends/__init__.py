@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tuitop.backends.errors import STORE_ERRORS
 from tuitop.config import DB_QUEUE, DatabaseSettings, Settings, StoreSettings
 from tuitop.lanes import LaneSet
 
 if TYPE_CHECKING:
     from tuitop.backends.base import (
-        ErrorTypes,
         PoolStore,
         QueueAdmin,
         RetryPolicy,
@@ -66,23 +64,6 @@ def pool_store(
     from tuitop.backends.redis.store import RedisPoolStore
 
     return RedisPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
-
-
-def store_errors(store: StoreSettings) -> ErrorTypes:
-    """The errors a store of this kind raises when it fails: tuitop's own, whatever the
-    store (:mod:`tuitop.backends.errors`)."""
-    return STORE_ERRORS
-
-
-def describe_store_error(store: StoreSettings, error: BaseException) -> str:
-    """One line an operator can act on, for an error of ``store``; no password in it."""
-    if isinstance(store, DatabaseSettings):
-        from tuitop.backends.db.connection import describe as describe_db_error
-
-        return describe_db_error(error, store)
-    from tuitop.backends.redis.connection import describe
-
-    return describe(error, store)
 
 
 def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:

@@ -161,9 +161,6 @@ class WorkerChannel(Protocol):
     again later, or recovered by the pool)."""
 
     @property
-    def errors(self) -> ErrorTypes: ...
-
-    @property
     def inbox(self) -> str:
         """The source every message arrives in (Tuleap's queue): where what a worker holds
         and never started goes back."""
@@ -247,11 +244,6 @@ class WorkerChannel(Protocol):
         wait); on the database this channel's own connection, shared under a lock (no
         statement of a worker blocks, and the forge's ``max_connections`` counts each)."""
 
-    def describe(self, error: BaseException) -> str:
-        """One line an operator can act on; no password in it."""
-
-    def is_auth_error(self, error: BaseException) -> bool: ...
-
 
 class Watch(Protocol):
     """A thread a store runs beside the pool's loop, to wake someone sooner than a tick."""
@@ -287,9 +279,6 @@ class PoolStore(Protocol):
 
     @property
     def settings(self) -> StoreSettings: ...
-
-    @property
-    def errors(self) -> ErrorTypes: ...
 
     def ping(self) -> None: ...
 
@@ -391,22 +380,12 @@ class PoolStore(Protocol):
         workers wait on the store itself."""
         ...
 
-    def away(self, error: BaseException) -> bool:
-        """Whether ``error`` says the server does not answer (tried again after a back-off)
-        rather than that it refused one statement (a lock held too long, a row it will not
-        take: the pool's loop goes on)."""
-
-    def describe(self, error: BaseException) -> str: ...
-
     def close(self) -> None: ...
 
 
 class QueueAdmin(Protocol):
     """What the CLI, the producers and the dead-letter screen do on a queue. Every method
     raises one of ``errors`` when the store does not answer."""
-
-    @property
-    def errors(self) -> ErrorTypes: ...
 
     @property
     def settings(self) -> StoreSettings: ...
@@ -435,10 +414,6 @@ class QueueAdmin(Protocol):
 
     def was_pushed(self, token: str) -> bool:
         """Whether the push marked ``token`` happened (within the marker's minutes)."""
-
-    def may_still_land(self, error: BaseException) -> bool:
-        """Whether a push that failed with ``error`` may still be under way (a timeout,
-        a line lost mid-commit): asked now, its marker may not be there yet."""
 
     def published_config(self) -> Mapping[str, str]:
         """The configuration the pools published (async scope, log level …)."""
@@ -479,16 +454,11 @@ class QueueAdmin(Protocol):
     def hand_back(self, reason: str) -> HandBack:
         """Gives Tuleap's queue everything only a tuitop reads (no pool running)."""
 
-    def describe(self, error: BaseException) -> str: ...
-
     def close(self) -> None: ...
 
 
 class StoreView(Protocol):
     """What a view reads: snapshots, and the queue for the dead-letter screen."""
-
-    @property
-    def errors(self) -> ErrorTypes: ...
 
     def snapshot(self, now: float) -> Snapshot:
         """Everything a view shows, at a cost that does not grow with the queue."""
@@ -497,7 +467,5 @@ class StoreView(Protocol):
         """The counters and latencies of the last ``seconds`` (the stats keep 15 min)."""
 
     def queue(self) -> QueueAdmin: ...
-
-    def describe(self, error: BaseException) -> str: ...
 
     def close(self) -> None: ...

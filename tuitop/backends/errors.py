@@ -38,9 +38,6 @@ class MaybeWritten(StoreUnavailable):
     producer asks before it pushes again)."""
 
 
-STORE_ERRORS: tuple[type[BaseException], ...] = (StoreError,)
-"""What a caller catches for any failure of a store."""
-
 _Class = TypeVar("_Class", bound=type)
 
 

@@ -45,7 +45,6 @@ from tuitop.pool.upgrade import TuleapUpgrade
 from tuitop.pool.wakeups import Wakeups
 from tuitop.pool.workers import WorkerSet, new_context
 from tuitop.watch import ConfigWatcher
-from tuitop.worker import ALIVE, LISTED
 
 COMMANDS_PER_TICK = 16
 """Commands read from the pool's mailbox a tick: a flood of them cannot stall the loop."""
@@ -492,7 +491,7 @@ class Supervisor:
         # What each listing stands on: the worker's last sign of life, not this write (a
         # frozen worker stays listed up to a TTL after it; its list may be recovered as
         # soon as the TTL is past, so that is all the write vouches for).
-        seen = [record.status[ALIVE] for record in alive]
+        seen = [record.status.alive_at for record in alive]
         before = self.presence.published_at
         kept = self.presence.publish(
             self.config,
@@ -507,7 +506,7 @@ class Supervisor:
         written = self.presence.published_at != before
         if written and kept:
             for record, alive_at in zip(alive, seen, strict=True):
-                record.status[LISTED] = min(self.presence.published_at, alive_at)
+                record.status.listed_at = min(self.presence.published_at, alive_at)
         return written
 
     def _move_due(self) -> None:

@@ -12,7 +12,7 @@ from tuitop.config import Settings
 from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.metrics import CountingTarget
 from tuitop.tasks import TaskCommand
-from tuitop.worker import WorkerOptions
+from tuitop.worker.options import WorkerOptions
 
 RECYCLE_JITTER = 0.05
 """The share of ``--max-messages`` a worker's own limit may fall short of it."""

@@ -40,7 +40,7 @@ from tuitop.pool.link import StoreLink
 from tuitop.pool.presence import Presence
 from tuitop.pool.workers import WorkerSet
 from tuitop.sdnotify import SystemdNotifier, monotonic_usec
-from tuitop.worker import BUSY, IDLE, STATE
+from tuitop.worker.status import WorkerState
 
 SAMPLE_EVERY = 2.0
 """Seconds between two samples of the queue's depth for the status line."""
@@ -251,7 +251,9 @@ class ServiceNotifier:
         return PoolState(
             wanted=wanted,
             running=len(active),
-            registered=sum(1 for r in active.values() if r.status[STATE] in (IDLE, BUSY)),
+            registered=sum(
+                1 for r in active.values() if r.status.state in (WorkerState.IDLE, WorkerState.BUSY)
+            ),
             left=len(self.workers),
             store=("database" if store.kind == DB_QUEUE else "redis") if store.configured else "",
             store_ok=self.link.ok,

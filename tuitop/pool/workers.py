@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import psutil
 
@@ -35,25 +35,9 @@ from tuitop.pool.options import PoolOptions
 from tuitop.pool.plan import describe_exit
 from tuitop.pool.stacks import StackDumps
 from tuitop.tasks import KILL_GRACE, end_adopted, kill_group, sweep_leftovers
-from tuitop.worker import (
-    ALIVE,
-    BUSY,
-    EXIT_HANDLERS,
-    EXIT_OK,
-    EXIT_STORE_AUTH,
-    EXIT_STORE_UNREACHABLE,
-    IDLE,
-    JOB_CLOCK,
-    JOB_MESSAGE,
-    REBEAT,
-    RETRIED,
-    STATE,
-    STATUS_SLOTS,
-    TASK_PID,
-    StatusArray,
-    worker_id_of,
-    worker_main,
-)
+from tuitop.worker.loop import worker_main
+from tuitop.worker.options import worker_id_of
+from tuitop.worker.status import WorkerExit, WorkerStatus
 
 BOOT_WINDOW = 5.0
 """A worker that exits sooner than this after its start failed to start."""
@@ -63,10 +47,10 @@ TASK_LIMIT_MARGIN = KILL_GRACE + 5.0
 """A worker stops its own task at the time limit; the pool steps in only this much later."""
 FORKSERVER_LOST = 255
 """The exit code multiprocessing reports when it lost the forkserver, not the worker."""
-EXIT_REASONS = {
-    EXIT_STORE_AUTH: "{store} refused the password",
-    EXIT_STORE_UNREACHABLE: "{store} was unreachable",
-    EXIT_HANDLERS: "its handler modules could not be loaded",
+EXIT_REASONS: dict[int, str] = {
+    WorkerExit.STORE_AUTH: "{store} refused the password",
+    WorkerExit.STORE_UNREACHABLE: "{store} was unreachable",
+    WorkerExit.HANDLERS: "its handler modules could not be loaded",
 }
 
 
@@ -83,9 +67,9 @@ class WorkerRecord:
 
     slot: int
     worker_id: str
-    """``pool/slot#pid``: the id the process registers under (see worker.worker_id_of)."""
+    """``pool/slot#pid``: the id the process registers under (see worker.options.worker_id_of)."""
     process: BaseProcess
-    status: StatusArray
+    status: WorkerStatus
     traceback_file: Path
     started: float = field(default_factory=time.monotonic)
     stopping: bool = False
@@ -110,7 +94,7 @@ class WorkerRecord:
 
     @property
     def idle(self) -> bool:
-        return bool(self.status[STATE] == IDLE)
+        return self.status.idle
 
     @property
     def timed_out(self) -> bool:
@@ -127,7 +111,7 @@ class Exit:
 
 
 WORKER_PRELOAD = (
-    "tuitop.worker",
+    "tuitop.worker.loop",  # worker_main's module: the worker's code, and all it imports
     # Not a speed-up: makes the forkserver adopt what a killed worker leaves running.
     "tuitop.forkserver_subreaper",
     # What a worker imports before its first command (its channel, the lease's token,
@@ -195,17 +179,17 @@ class WorkerSet:
             record
             for record in self.records.values()
             if (record.detached or record.process.is_alive())
-            and (now - record.status[ALIVE] < ttl or now - record.started < ttl)
+            and (now - record.status.alive_at < ttl or now - record.started < ttl)
         ]
 
     def retries_scheduled(self) -> float:
         """A sum that changes when one of its workers scheduled a retry."""
-        return sum(record.status[RETRIED] for record in self.records.values())
+        return sum(record.status.retried for record in self.records.values())
 
     def ask_rebeat(self) -> None:
         """Asks every worker to write its hash again (the store may have lost it)."""
         for record in self.records.values():
-            record.status[REBEAT] = 1.0
+            record.status.ask_rebeat()
 
     def sentinels(self) -> list[Any]:
         """What to wait on to wake up when a worker exits."""
@@ -217,7 +201,7 @@ class WorkerSet:
     # --- start and stop ------------------------------------------------------------------
 
     def start(self, slot: int, settings: Settings, lane: str, serves: tuple[str, ...]) -> None:
-        status = self._context.RawArray("d", STATUS_SLOTS)
+        status = WorkerStatus.create(self._context)
         traceback_file = self.stacks.path_for(slot)
         bell_reader = bell_writer = None
         if settings.queue == DB_QUEUE:
@@ -244,7 +228,7 @@ class WorkerSet:
             slot,
             worker_id,
             process,
-            cast(StatusArray, status),
+            status,
             traceback_file,
             store=settings.store,
             lane=lane,
@@ -309,11 +293,11 @@ class WorkerSet:
         now = time.monotonic()
         overdue: list[tuple[WorkerRecord, float, float]] = []
         for record in self:
-            started = record.status[JOB_CLOCK]
-            if record.kill_reason or record.status[STATE] != BUSY or not started:
+            started = record.status.job_clock
+            if record.kill_reason or not record.status.busy or not started:
                 continue
             limit = self.options.job_timeout
-            if record.status[TASK_PID]:
+            if record.status.task_pid:
                 limit += TASK_LIMIT_MARGIN
             if now - started > limit:
                 overdue.append((record, started, limit))
@@ -323,7 +307,7 @@ class WorkerSet:
             [(r.process.pid, r.traceback_file) for r, _, _ in overdue if r.process.pid]
         )
         for record, started, limit in overdue:
-            if record.status[JOB_CLOCK] != started or record.status[STATE] != BUSY:
+            if record.status.job_clock != started or not record.status.busy:
                 # It ended while asked for its stacks: its next job must not pay for it.
                 self.logger.warning(
                     "Worker %s ended its job past the time limit as it was asked for its "
@@ -337,7 +321,7 @@ class WorkerSet:
                 limit,
             )
             record.traceback = stacks.get(record.traceback_file, "")
-            record.timed_out_job = int(record.status[JOB_MESSAGE])
+            record.timed_out_job = record.status.job_message
             if record.traceback:
                 self.logger.error(
                     "Worker %s at its time limit:\n%s", record.worker_id, record.traceback
@@ -376,7 +360,7 @@ class WorkerSet:
     def _account(self, record: WorkerRecord, lived: float) -> Exit:
         code = record.process.exitcode
         how = describe_exit(code, record.detached)
-        clean = code == EXIT_OK and not record.kill_reason
+        clean = code == WorkerExit.OK and not record.kill_reason
         if lived >= BOOT_WINDOW:
             self._boot_failures = 0  # it did start: whatever happened now is no boot failure
         if clean:
@@ -404,8 +388,7 @@ class WorkerSet:
     def _kill_task_group(self, record: WorkerRecord) -> None:
         """Kills the process group of the task a worker killed or dead was running (its
         leader dies with the worker; what it started may live on in the group)."""
-        pgid = int(record.status[TASK_PID])
-        record.status[TASK_PID] = 0
+        pgid = record.status.take_task_pid()
         if pgid and kill_group(pgid):
             self.logger.warning(
                 "Killed the task process group %d of worker %s", pgid, record.worker_id

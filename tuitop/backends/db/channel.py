@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuitop.backends.base import Batch, RetryPolicy
-from tuitop.backends.db.connection import ERRORS, describe, translate
+from tuitop.backends.db.connection import ERRORS, translate
 from tuitop.backends.db.lanes import TakePlan
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import QUEUE_NAME
-from tuitop.backends.errors import STORE_ERRORS, CredentialsRefused, at_the_edge
+from tuitop.backends.errors import at_the_edge
 from tuitop.beats import WorkerBeat
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
@@ -43,7 +43,6 @@ backs off and tries again) — never as long as a lease lives, since its heartbe
 class DbChannel:
     """One worker's session with the database, taking from the lanes it serves."""
 
-    errors = STORE_ERRORS
     inbox = QUEUE_NAME
     beats_when_changed = False
     """Each worker's row carries its own expiry: it is renewed every second."""
@@ -168,9 +167,3 @@ class DbChannel:
 
     def close(self) -> None:
         self.queue.close()
-
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
-
-    def is_auth_error(self, error: BaseException) -> bool:
-        return isinstance(error, CredentialsRefused)

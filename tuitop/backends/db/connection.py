@@ -210,12 +210,6 @@ def translate(error: BaseException, settings: DatabaseSettings) -> StoreError:
     return StoreUnavailable(text)
 
 
-def describe(error: BaseException, settings: DatabaseSettings) -> str:
-    """What ``error`` says to an operator: tuitop's own says it already; a driver's
-    (one not translated yet) is described, its password masked."""
-    return str(error) if isinstance(error, StoreError) else describe_error(error, settings)
-
-
 def _secret(settings: DatabaseSettings) -> list[str]:
     return [settings.password.reveal()]
 

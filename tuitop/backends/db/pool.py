@@ -19,7 +19,6 @@ from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy, TimedOut
 from tuitop.backends.db.connection import (
     ERRORS,
     database_clock,
-    describe,
     execute_all,
     placeholders,
     translate,
@@ -28,7 +27,7 @@ from tuitop.backends.db.dialect import NEW_ROW
 from tuitop.backends.db.doorbell import Doorbell
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, QUEUE_NAME, TEXT_BYTES, create_tables, fit_json
-from tuitop.backends.errors import STORE_ERRORS, StoreUnavailable, at_the_edge
+from tuitop.backends.errors import at_the_edge
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.control import COMMAND_TTL
@@ -71,8 +70,6 @@ def waiting(cursor: Cursor) -> int:
 class DbPoolStore:
     """A pool's session with the database: its one connection, which its loop, its doorbell
     and its ``/metrics`` scrapes share (:class:`~.connection.Session` is thread-safe)."""
-
-    errors = STORE_ERRORS
 
     def __init__(
         self,
@@ -409,12 +406,6 @@ class DbPoolStore:
             return queued, int(delayed)
 
         return self.session.run(ask)
-
-    def away(self, error: BaseException) -> bool:
-        return isinstance(error, StoreUnavailable)
-
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
 
     def watch_mailbox(self, name: str, wake: Callable[[], None], logger: logging.Logger) -> None:
         return None  # no wait on a table: the loop reads the mailbox every tick

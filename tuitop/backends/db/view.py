@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pymysql.cursors import Cursor
 
 from tuitop.backends.base import HELD_SHOWN
-from tuitop.backends.db.connection import ERRORS, Session, database_clock, describe, translate
+from tuitop.backends.db.connection import ERRORS, Session, database_clock, translate
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import NOW, create_tables
 from tuitop.backends.db.snapshot import read_stats, take_db_snapshot
-from tuitop.backends.errors import STORE_ERRORS, MaybeWritten, at_the_edge
+from tuitop.backends.errors import at_the_edge
 from tuitop.beats import json_fields
 from tuitop.config import DatabaseSettings
 from tuitop.lanes import LaneSet
@@ -30,8 +30,6 @@ REPLY_POLL = 0.1
 class DbAdmin(DbQueue):
     """The queue as the CLI, the producers and the dead-letter screen use it: tuitop's
     tables are made at the first use (a CLI may come before any pool)."""
-
-    errors = STORE_ERRORS
 
     def __init__(
         self, settings: DatabaseSettings, program: str, session: Session | None = None
@@ -59,12 +57,6 @@ class DbAdmin(DbQueue):
 
     def tuleap_left(self) -> None:
         return None  # Tuleap's database workers hold a message only in their transaction
-
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
-
-    def may_still_land(self, error: BaseException) -> bool:
-        return isinstance(error, MaybeWritten)
 
     def send_command(self, pool: str, body: bytes) -> None:
         def write(cursor: Cursor) -> None:
@@ -142,8 +134,6 @@ the account's connections (a user without the PROCESS privilege sees only its ow
 class DbView:
     """Snapshots of the database, ``lanes`` naming the lane of each topic."""
 
-    errors = STORE_ERRORS
-
     def __init__(
         self,
         settings: DatabaseSettings,
@@ -192,9 +182,6 @@ class DbView:
 
     def tuleap_left(self) -> None:
         return None  # Tuleap's database workers hold a message only in their transaction
-
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
 
     def close(self) -> None:
         if not self._shared:

@@ -93,9 +93,3 @@ def translate(error: BaseException, settings: RedisSettings) -> StoreError:
     if isinstance(error, redis.TimeoutError):
         return MaybeWritten(text)
     return StoreUnavailable(text)
-
-
-def describe(error: BaseException, settings: RedisSettings) -> str:
-    """What ``error`` says to an operator: tuitop's own says it already; a driver's
-    (one not translated yet) is described, its password masked."""
-    return str(error) if isinstance(error, StoreError) else describe_error(error, settings)

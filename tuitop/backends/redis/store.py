@@ -26,14 +26,10 @@ from tuitop.backends.base import (
     TimedOut,
 )
 from tuitop.backends.errors import (
-    STORE_ERRORS,
-    CredentialsRefused,
-    MaybeWritten,
-    StoreUnavailable,
     at_the_edge,
 )
 from tuitop.backends.redis import keys, tuleapworkers
-from tuitop.backends.redis.connection import connect, describe, translate
+from tuitop.backends.redis.connection import connect, translate
 from tuitop.backends.redis.mailbox import MailboxWatch
 from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
 from tuitop.backends.redis.snapshot import take_snapshot
@@ -63,7 +59,6 @@ def redis_clock(client: redis.Redis) -> float:
 class RedisChannel:
     """A worker's conversation with Redis: one client, the take plan of its lanes."""
 
-    errors = STORE_ERRORS
     inbox = keys.QUEUE
     beats_when_changed = True
     wait_takes = True
@@ -198,12 +193,6 @@ class RedisChannel:
     def close(self) -> None:
         self.client.close()
 
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
-
-    def is_auth_error(self, error: BaseException) -> bool:
-        return isinstance(error, CredentialsRefused)
-
 
 def _batch(taken: Taken) -> Batch:
     """A take's reply, its messages decoded."""
@@ -234,8 +223,6 @@ def _owner_key(name: str) -> str:
 @at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisPoolStore:
     """What a pool does in one Redis (:class:`~tuitop.backends.base.PoolStore`)."""
-
-    errors = STORE_ERRORS
 
     def __init__(
         self, settings: RedisSettings, *, pool_name: str, retry: RetryPolicy, socket_timeout: float
@@ -468,9 +455,6 @@ class RedisPoolStore:
     ) -> None:
         return None  # an idle worker waits in BLMOVE: Redis itself wakes it
 
-    def away(self, error: BaseException) -> bool:
-        return isinstance(error, StoreUnavailable)
-
     def holds(self) -> tuple[int, int]:
         lanes = keys.names_in(cast(list[bytes], self.client.zrange(keys.LANES, 0, -1)))
         pipe = self.client.pipeline(transaction=False)
@@ -480,9 +464,6 @@ class RedisPoolStore:
         delayed, *depths = pipe.execute()
         return sum(depths), int(delayed)
 
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
-
     def close(self) -> None:
         self.client.close()
 
@@ -491,8 +472,6 @@ class RedisPoolStore:
 class RedisAdmin(Queue):
     """The queue as the CLI, the producers and the dead-letter screen use it
     (:class:`~tuitop.backends.base.QueueAdmin`)."""
-
-    errors = STORE_ERRORS
 
     def __init__(self, settings: RedisSettings, client: redis.Redis) -> None:
         super().__init__(client)
@@ -532,9 +511,6 @@ class RedisAdmin(Queue):
             waiter.close()
         return None if found is None else cast(tuple[bytes, bytes], found)[1]
 
-    def may_still_land(self, error: BaseException) -> bool:
-        return isinstance(error, MaybeWritten)
-
     dead_letters_at = keys.DEAD_LETTERS
 
     def tuleap_left(self) -> list[LeftBehind]:
@@ -555,9 +531,6 @@ class RedisAdmin(Queue):
             k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
         }
 
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
-
     def close(self) -> None:
         self.redis.close()
 
@@ -565,8 +538,6 @@ class RedisAdmin(Queue):
 @at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
 class RedisView:
     """What a view reads from one Redis (:class:`~tuitop.backends.base.StoreView`)."""
-
-    errors = STORE_ERRORS
 
     def __init__(self, settings: RedisSettings, client_name: str) -> None:
         self.settings = settings
@@ -580,9 +551,6 @@ class RedisView:
 
     def queue(self) -> RedisAdmin:
         return RedisAdmin(self.settings, self.client)
-
-    def describe(self, error: BaseException) -> str:
-        return describe(error, self.settings)
 
     def close(self) -> None:
         self.client.close()
