@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import signal
 
+from tuitop.backends.retry import backoff
 from tuitop.config import LogLevel, RedisSettings, Secret, Settings
 from tuitop.lanes import DEFAULT_LANE, LaneSet, Staffing
 from tuitop.pool.plan import (
     Seat,
-    backoff,
     config_change,
     describe_exit,
     free_slots,

@@ -34,6 +34,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
+from tuitop.backends.base import COMMAND_TTL
 from tuitop.backends.errors import StoreError
 from tuitop.config import MAX_WORKERS
 
@@ -46,9 +47,6 @@ resume (the pool, or one lane of it), reload (the config files), stop (warm)."""
 REPLY_GRACE = 5.0
 """Seconds a sender waits on for the reply to a command it could not withdraw (taken
 by the pool just then): a pool replies within its tick."""
-COMMAND_TTL = 60
-"""Seconds an unread command, and a reply, are kept: a pool gone for longer must not obey
-an old order when it comes back."""
 MAX_TEXT = 200
 """The longest ``by`` and ``lane`` kept: anyone may write a command."""
 COMMAND_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -32,6 +32,11 @@ from tuitop.outcome import Outcome
 from tuitop.snapshot import Snapshot
 from tuitop.stats import StatsBatch, WindowStats
 
+CONNECT_TIMEOUT = 5.0
+"""Seconds a connection to either store may take to be made."""
+COMMAND_TTL = 60
+"""Seconds an unread command to a pool (:mod:`tuitop.control`), and a reply, are kept: a
+pool gone for longer must not obey an old order when it comes back."""
 HELD_SHOWN = 20
 """The most of a worker's held messages an admin reads (:meth:`QueueAdmin.held`)."""
 
@@ -218,6 +223,11 @@ class WorkerChannel(Protocol):
     def beats_when_changed(self) -> bool:
         """Whether a worker beats only when its state changed (its pool vouches for it
         meanwhile, in the pool's own heartbeat); False: every second."""
+
+    @property
+    def rebeat_every(self) -> float:
+        """When it beats only when its state changed: the longest its beat may go
+        unwritten all the same (what it wrote expires after a while)."""
 
     def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
         """Publishes the worker's heartbeat and says it is alive for ``ttl`` s; False

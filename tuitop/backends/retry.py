@@ -61,6 +61,12 @@ class RetryPolicy:
         return Decision(Outcome.RETRIED, tries, delay=self.delay(tries))
 
 
+def backoff(previous: float, cap: float) -> float:
+    """The next wait after a failure to reach a store: 1 s, then twice the one before,
+    ``cap`` at most."""
+    return min(max(previous * 2, 1.0), cap)
+
+
 def not_written_back(reason: str, error: BaseException) -> str:
     """A dead letter's reason when a retry was decided but the message could not be
     written back with its new try count (a store that rewrites the message's bytes)."""

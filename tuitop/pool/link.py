@@ -16,8 +16,9 @@ from collections.abc import Callable
 from tuitop.backends import pool_store
 from tuitop.backends.base import PoolStore, RetryPolicy
 from tuitop.backends.errors import StoreError, StoreUnavailable
+from tuitop.backends.retry import backoff
 from tuitop.config import RedisSettings, StoreSettings
-from tuitop.pool.plan import backoff, same_server
+from tuitop.pool.plan import same_server
 
 STORE_BACKOFF_MAX = 30.0
 REFUSAL_LOG_EVERY = 60.0

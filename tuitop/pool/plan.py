@@ -15,11 +15,6 @@ from tuitop.config import Settings, StoreSettings
 from tuitop.lanes import Staffing
 
 
-def backoff(previous: float, cap: float) -> float:
-    """The next wait after a failure: 1 s, then twice the one before, ``cap`` at most."""
-    return min(max(previous * 2, 1.0), cap)
-
-
 @dataclass(frozen=True)
 class Seat:
     """One running worker, as the scaling decision sees it."""

@@ -8,25 +8,49 @@ also the batch's watchdog (:mod:`.watchdog`): it gives back a slow job's batch t
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
 from tuitop.backends.errors import StoreError
-from tuitop.backends.redis import keys
 from tuitop.log import reopen_log_files
 from tuitop.message import Message
 from tuitop.osutil import ProcessTree, process_running
 from tuitop.stats import StatsBatch
+from tuitop.worker.options import HEARTBEAT_SOCKET_TIMEOUT, WorkerOptions
+from tuitop.worker.status import WorkerStatus
+from tuitop.worker.watchdog import BatchGuard
 
 if TYPE_CHECKING:
-    from tuitop.worker.loop import Worker
+    from tuitop.backends.base import WorkerChannel
+    from tuitop.beats import WorkerBeat
+    from tuitop.tasks import TaskRunner
 
-HEARTBEAT_SOCKET_TIMEOUT = 2.0
+
+class Beating(Protocol):
+    """What the heartbeat reads and asks of its worker (:class:`~tuitop.worker.loop.Worker`),
+    named here so that the thread depends on the worker's face, not on its loop."""
+
+    id: str
+    options: WorkerOptions
+    status: WorkerStatus
+    channel: WorkerChannel
+    batch: BatchGuard
+    logger: logging.Logger
+    tasks: TaskRunner | None
+    lost: str
+    """Why its hands are not what it thinks (set here when its acks find messages gone)."""
+
+    def make_beat(self, process: ProcessTree | None = None) -> WorkerBeat: ...
+
+    def unheard(self, now: float) -> bool: ...
+
+    def write_beat(self, channel: WorkerChannel, beat: WorkerBeat) -> None: ...
 
 
 class Heartbeat(threading.Thread):
@@ -34,7 +58,7 @@ class Heartbeat(threading.Thread):
     gives back a slow job's batch tail; starts a warm stop when the supervisor is gone;
     lets go of a worker_log logrotate moved."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Beating) -> None:
         super().__init__(name=f"heartbeat-{worker.id}", daemon=True)
         self.worker = worker
         self._stopped = threading.Event()
@@ -87,7 +111,7 @@ class Heartbeat(threading.Thread):
                     or self.worker.unheard(now)
                     or failing
                     or status.rebeat
-                    or now - written_at >= keys.WORKER_HASH_REFRESH
+                    or now - written_at >= self._channel.rebeat_every
                     or not self._channel.beats_when_changed
                 )
                 try:

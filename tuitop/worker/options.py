@@ -11,6 +11,10 @@ from tuitop.mail import DEFAULT_SENDMAIL
 from tuitop.metrics import CountingTarget
 from tuitop.tasks import TaskCommand
 
+HEARTBEAT_SOCKET_TIMEOUT = 2.0
+"""How long the heartbeat's own connection waits for an answer: a beat never waits
+past its lease."""
+
 
 def worker_id_of(slot_name: str, pid: int) -> str:
     """The id of the process ``pid`` running in slot ``pool/slot``."""

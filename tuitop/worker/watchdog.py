@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import threading
 
-from tuitop.backends.redis.connection import CONNECT_TIMEOUT
+from tuitop.backends.base import CONNECT_TIMEOUT
 from tuitop.message import Message
 from tuitop.stats import StatsBatch
-from tuitop.worker.heartbeat import HEARTBEAT_SOCKET_TIMEOUT
+from tuitop.worker.options import HEARTBEAT_SOCKET_TIMEOUT
 
 GIVE_BACK_AFTER = 0.050
 """A job running longer than this has the rest of its batch given back to the queue."""

@@ -45,6 +45,7 @@ class DbChannel:
 
     inbox = QUEUE_NAME
     beats_when_changed = False
+    rebeat_every = 0.0  # it beats every second
     """Each worker's row carries its own expiry: it is renewed every second."""
     wait_takes = False
 

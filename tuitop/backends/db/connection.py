@@ -29,7 +29,7 @@ import pymysql
 from pymysql.constants import CLIENT
 from pymysql.cursors import Cursor
 
-from tuitop.backends.base import ErrorTypes
+from tuitop.backends.base import CONNECT_TIMEOUT, ErrorTypes
 from tuitop.backends.db.dialect import Dialect
 from tuitop.backends.errors import (
     CredentialsRefused,
@@ -39,7 +39,6 @@ from tuitop.backends.errors import (
 )
 from tuitop.config import DatabaseSettings, mask_secrets
 
-CONNECT_TIMEOUT = 5
 ERRORS: ErrorTypes = (pymysql.MySQLError,)
 LOCAL_SOCKETS = (
     "/var/lib/mysql/mysql.sock",  # RHEL, Tuleap's platform
@@ -100,7 +99,7 @@ def connect(
         database=settings.name,
         charset="utf8mb4",
         autocommit=True,
-        connect_timeout=CONNECT_TIMEOUT,
+        connect_timeout=int(CONNECT_TIMEOUT),
         read_timeout=read_timeout,
         write_timeout=read_timeout,
         # Several statements in one round trip; UPDATE counts the rows it found (a

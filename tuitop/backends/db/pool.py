@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import pymysql
 from pymysql.cursors import Cursor
 
-from tuitop.backends.base import LeftBehind, Recovery, RetryPolicy, TimedOut
+from tuitop.backends.base import COMMAND_TTL, LeftBehind, Recovery, RetryPolicy, TimedOut
 from tuitop.backends.db.connection import (
     ERRORS,
     database_clock,
@@ -30,7 +30,6 @@ from tuitop.backends.db.schema import NOW, QUEUE_NAME, TEXT_BYTES, create_tables
 from tuitop.backends.errors import at_the_edge
 from tuitop.beats import PoolBeat, json_fields
 from tuitop.config import DatabaseSettings
-from tuitop.control import COMMAND_TTL
 from tuitop.lanes import DEFAULT_LANE, is_lane_name, lane_queue
 from tuitop.stats import DEPTH, bucket_start
 

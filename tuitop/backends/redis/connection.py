@@ -9,6 +9,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tuitop.backends.base import CONNECT_TIMEOUT
 from tuitop.backends.errors import (
     CredentialsRefused,
     MaybeWritten,
@@ -16,8 +17,6 @@ from tuitop.backends.errors import (
     StoreUnavailable,
 )
 from tuitop.config import RedisSettings, mask_secrets
-
-CONNECT_TIMEOUT = 5.0
 
 try:
     from redis.driver_info import DriverInfo

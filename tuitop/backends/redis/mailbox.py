@@ -23,8 +23,8 @@ import redis
 
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.connection import connect, describe_error
+from tuitop.backends.retry import backoff
 from tuitop.config import RedisSettings
-from tuitop.pool.plan import backoff
 
 BLOCK_SECONDS = 30
 """How long one BLMOVE waits: an idle watch costs a command (and redis-py's health-check

@@ -17,6 +17,7 @@ import redis
 from redis.client import Pipeline
 
 from tuitop.backends.base import (
+    COMMAND_TTL,
     HELD_SHOWN,
     Batch,
     ErrorTypes,
@@ -36,7 +37,6 @@ from tuitop.backends.redis.snapshot import take_snapshot
 from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, flush_into, pool_tick, read_buckets
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
-from tuitop.control import COMMAND_TTL
 from tuitop.lanes import LaneSet
 from tuitop.message import Message, decode, with_payload
 from tuitop.outcome import Outcome
@@ -61,6 +61,7 @@ class RedisChannel:
 
     inbox = keys.QUEUE
     beats_when_changed = True
+    rebeat_every = float(keys.WORKER_HASH_REFRESH)
     wait_takes = True
 
     def __init__(
