@@ -405,3 +405,22 @@ def test_secrets_that_overlap_are_masked_as_one() -> None:
     assert mask_secrets("x hunter2fast y", ["hunter2", "2fast"]) == "x *** y"
     assert mask_secrets("aPassw0rd-2024-redis!b", ["Passw0rd", "Passw0rd-2024-redis!"]) == "a***b"
     assert mask_secrets("no secret here", ["hunter2"]) == "no secret here"
+
+
+def test_the_sweep_kills_the_task_processes_of_gone_workers_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sweep_leftovers: a process whose TUITOP_WORKER names a worker that is gone is
+    killed, and the sweep says how many. The worker id's pid is not a number, so that no
+    other pool on this host (a test beside this one) takes it for gone and kills it first:
+    each pool's sweep judges 'when unsure, alive'."""
+    gone = f"sweep-test/0#gone-{os.getpid()}"
+    env = {**os.environ, WORKER_MARKER: gone}
+    leftover = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    wait_until(lambda: leftover.environ().get(WORKER_MARKER) == gone, 10, "its environment")
+    logger = logging.getLogger("tuitop.test-sweep")
+    with caplog.at_level(logging.WARNING, logger="tuitop.test-sweep"):
+        killed = tasks.sweep_leftovers(lambda worker_id: worker_id != gone, logger)
+    assert killed == 1
+    assert leftover.wait(10) == -signal.SIGKILL
+    assert "Killed 1 task process(es) left by workers that are gone" in caplog.text

@@ -324,9 +324,10 @@ def test_a_pool_killed_whole_leaves_nothing_after_its_next_start(
         env=tuleap.env,
     ).start()
     pools.append(second)
+    # Swept by the next start (or by any pool starting on this host meanwhile: every one
+    # sweeps what gone workers' tasks left, so the line may be another's log; what the
+    # sweep says is tests/test_tasks.py's).
     wait_until(lambda: not alive(int(run["child_pid"])), 20, "the next start to sweep it")
-    # Killed, then said: under load the line may come a moment after the kill.
-    second.wait_for_log("left by workers that are gone")
     # The message the dead worker held is recovered once its heartbeat expired, and runs.
     wait_until(lambda: len(tuleap.runs_of("whole")) == 2, 40, "the message to run again")
     client.close()
