@@ -26,9 +26,10 @@ import redis
 
 from bench.common import command_count, percentile
 from tuitop.backends.base import RetryPolicy
+from tuitop.backends.redis.channel import RedisChannel
+from tuitop.backends.redis.pool import RedisPoolStore
 from tuitop.backends.redis.snapshot import take_snapshot
 from tuitop.backends.redis.stats import flush_into, read_buckets
-from tuitop.backends.redis.store import RedisChannel, RedisPoolStore
 from tuitop.beats import PoolBeat, WorkerBeat
 from tuitop.config import RedisSettings
 from tuitop.embedded.redisserver import EmbeddedRedis

@@ -18,7 +18,7 @@ from tuitop.backends.redis import keys
 from tuitop.backends.redis.connection import connect
 from tuitop.backends.redis.queue import Queue
 from tuitop.backends.redis.stats import read_buckets
-from tuitop.backends.redis.store import RedisAdmin
+from tuitop.backends.redis.view import RedisAdmin
 from tuitop.config import AsyncScope, MailSettings, RedisSettings, Settings, load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.embedded.smtpserver import SmtpServer

@@ -41,7 +41,7 @@ def worker_channel(
             socket_timeout=socket_timeout,
             bell=bell,
         )
-    from tuitop.backends.redis.store import RedisChannel
+    from tuitop.backends.redis.channel import RedisChannel
 
     return RedisChannel(
         settings.redis,
@@ -61,7 +61,7 @@ def pool_store(
         from tuitop.backends.db import DbPoolStore
 
         return DbPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
-    from tuitop.backends.redis.store import RedisPoolStore
+    from tuitop.backends.redis.pool import RedisPoolStore
 
     return RedisPoolStore(store, pool_name=pool_name, retry=retry, socket_timeout=socket_timeout)
 
@@ -74,7 +74,7 @@ def open_queue(store: StoreSettings, client_name: str) -> QueueAdmin:
 
         return DbAdmin(store, client_name).prepare()
     from tuitop.backends.redis.connection import connect
-    from tuitop.backends.redis.store import RedisAdmin
+    from tuitop.backends.redis.view import RedisAdmin
 
     return RedisAdmin(store, connect(store, client_name=client_name))
 
@@ -98,6 +98,6 @@ def open_view(
         if shared is not None and shared.settings != store:
             shared = None
         return DbView(store, lanes, client_name, shared)
-    from tuitop.backends.redis.store import RedisView
+    from tuitop.backends.redis.view import RedisView
 
     return RedisView(store, client_name)

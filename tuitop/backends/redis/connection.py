@@ -9,7 +9,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tuitop.backends.base import CONNECT_TIMEOUT
+from tuitop.backends.base import CONNECT_TIMEOUT, ErrorTypes
 from tuitop.backends.errors import (
     CredentialsRefused,
     MaybeWritten,
@@ -92,3 +92,12 @@ def translate(error: BaseException, settings: RedisSettings) -> StoreError:
     if isinstance(error, redis.TimeoutError):
         return MaybeWritten(text)
     return StoreUnavailable(text)
+
+
+ERRORS: ErrorTypes = (redis.RedisError,)
+
+
+def redis_clock(client: redis.Redis) -> float:
+    """Redis' TIME, in epoch seconds."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6

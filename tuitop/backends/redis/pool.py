@@ -1,26 +1,18 @@
-"""The Redis backend: Tuleap's ``app_user_events`` list and tuitop's keys beside it.
-
-The moves themselves are :mod:`tuitop.backends.redis.queue`'s (Lua scripts and MULTI/EXEC on the key
-names of :mod:`tuitop.backends.redis.keys`); this module fits them to the seam of
-:mod:`tuitop.backends.base`: a worker's channel and the pool's store.
-"""
+"""What a pool does in one Redis (:class:`~tuitop.backends.base.PoolStore`): its name
+and heartbeat, the config it publishes, recoveries, due retries, the scans."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import redis
-from redis.client import Pipeline
 
 from tuitop.backends.base import (
     COMMAND_TTL,
-    HELD_SHOWN,
-    Batch,
-    ErrorTypes,
     LeftBehind,
     Recovery,
     RetryPolicy,
@@ -30,179 +22,18 @@ from tuitop.backends.errors import (
     at_the_edge,
 )
 from tuitop.backends.redis import keys, tuleapworkers
-from tuitop.backends.redis.connection import connect, translate
+from tuitop.backends.redis.connection import ERRORS, connect, redis_clock, translate
 from tuitop.backends.redis.mailbox import MailboxWatch
-from tuitop.backends.redis.queue import Queue, Taken, TakePlan, alive_in
-from tuitop.backends.redis.snapshot import take_snapshot
-from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, flush_into, pool_tick, read_buckets
-from tuitop.beats import PoolBeat, WorkerBeat
+from tuitop.backends.redis.queue import Queue, alive_in
+from tuitop.backends.redis.stats import POOL_TICK_SCRIPT, flush_into, pool_tick
+from tuitop.beats import PoolBeat
 from tuitop.config import RedisSettings
-from tuitop.lanes import LaneSet
-from tuitop.message import Message, decode, with_payload
 from tuitop.outcome import Outcome
-from tuitop.snapshot import Snapshot
-from tuitop.stats import StatsBatch, WindowStats, bucket_start, summarize
+from tuitop.stats import StatsBatch, bucket_start
 
-ERRORS: ErrorTypes = (redis.RedisError,)
 NAME_LISTED_EVERY = 60.0
 STRANDED_SCAN_EVERY = 60.0
 """How often a pool looks for lists no registered worker holds (a SCAN of the keys)."""
-
-
-def redis_clock(client: redis.Redis) -> float:
-    """Redis' TIME, in epoch seconds."""
-    seconds, micros = client.time()
-    return seconds + micros / 1e6
-
-
-@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
-class RedisChannel:
-    """A worker's conversation with Redis: one client, the take plan of its lanes."""
-
-    inbox = keys.QUEUE
-    beats_when_changed = True
-    rebeat_every = float(keys.WORKER_HASH_REFRESH)
-    wait_takes = True
-
-    def __init__(
-        self,
-        settings: RedisSettings,
-        *,
-        lanes: LaneSet,
-        serves: tuple[str, ...],
-        retry: RetryPolicy,
-        client_name: str,
-        socket_timeout: float,
-    ) -> None:
-        """``socket_timeout`` must exceed the longest :meth:`wait`."""
-        self.settings = settings
-        self.client = connect(settings, client_name=client_name, socket_timeout=socket_timeout)
-        self.queue = Queue(self.client, retry, TakePlan.for_lanes(lanes, serves))
-        self._lanes, self._serves, self._retry = lanes, serves, retry
-
-    def companion(self, client_name: str, socket_timeout: float) -> RedisChannel:
-        return RedisChannel(
-            self.settings,
-            lanes=self._lanes,
-            serves=self._serves,
-            retry=self._retry,
-            client_name=client_name,
-            socket_timeout=socket_timeout,
-        )
-
-    def start(self, worker_id: str) -> None:
-        self.client.ping()
-        self.client.set(keys.worker_lease(worker_id), 1)
-
-    def ping(self) -> None:
-        self.client.ping()
-
-    def take(self, worker_id: str, max_batch: int) -> Batch:
-        return _batch(self.queue.take_or_count(worker_id, max_batch))
-
-    def wait(self, worker_id: str, timeout: float) -> Batch:
-        waited = self.queue.take_blocking(worker_id, timeout)
-        messages = [] if waited.raw is None else [decode(waited.raw)]
-        return Batch(messages, keys.QUEUE, routed=waited.routed)
-
-    def ack(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> bool:
-        if not messages and not stats.fields:
-            return True
-        return _all_there(messages, self._acks(worker_id, messages, stats).execute())
-
-    def ack_and_take(
-        self, worker_id: str, messages: Sequence[Message], stats: StatsBatch, max_batch: int
-    ) -> tuple[bool, Batch]:
-        if not messages and not stats.fields:
-            return True, self.take(worker_id, max_batch)
-        pipe = self._acks(worker_id, messages, stats)
-        self.queue.take_into(pipe, worker_id, max_batch)
-        *replies, took = pipe.execute(raise_on_error=False)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        all_there = _all_there(messages, replies)
-        if isinstance(took, redis.exceptions.NoScriptError):
-            # Redis lost its scripts (a restart, SCRIPT FLUSH): the acks went; the take
-            # again on its own loads the script.
-            return all_there, self.take(worker_id, max_batch)
-        if isinstance(took, Exception):
-            raise took
-        return all_there, _batch(self.queue.taken(took))
-
-    def _acks(self, worker_id: str, messages: Sequence[Message], stats: StatsBatch) -> Pipeline:
-        """A pipeline holding the acks of ``messages`` (its first reply), then ``stats``."""
-        pipe = self.client.pipeline(transaction=False)
-        self.queue.ack_into(pipe, worker_id, [message.raw for message in messages])
-        flush_into(stats, pipe, time.time())
-        return pipe
-
-    def give_back(self, worker_id: str, messages: Sequence[Message], source: str) -> None:
-        self.queue.give_back(worker_id, [message.raw for message in messages], to=source)
-
-    def fail(
-        self,
-        worker_id: str,
-        message: Message,
-        reason: str,
-        *,
-        traceback: str = "",
-        retryable: bool = True,
-        payload: Any = None,
-        outcome: Outcome = Outcome.FAILED,
-    ) -> Outcome:
-        replacement = None if payload is None else with_payload(message.raw, payload)
-        return self.queue.fail(
-            worker_id,
-            message.raw,
-            reason,
-            traceback=traceback,
-            retryable=retryable,
-            replacement=replacement,
-            outcome=outcome,
-        )
-
-    def beat(self, worker_id: str, beat: WorkerBeat, ttl: float) -> bool:
-        key = keys.heartbeat(worker_id)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, mapping=beat.fields())  # type: ignore[arg-type]
-        pipe.expire(key, keys.WORKER_HASH_SECONDS)
-        pipe.set(keys.worker_alive(worker_id), 1, ex=max(int(ttl), 1))
-        pipe.sadd(keys.WORKERS, worker_id)
-        pipe.exists(keys.worker_lease(worker_id))
-        *_, leased = pipe.execute()
-        return bool(leased)
-
-    def leased(self, worker_id: str) -> bool:
-        return bool(self.client.exists(keys.worker_lease(worker_id)))
-
-    def held(self, worker_id: str) -> list[Message]:
-        raws = cast(list[bytes], self.client.lrange(keys.processing_list(worker_id), 0, -1))
-        return [decode(raw) for raw in reversed(raws)]  # the list's tail was taken first
-
-    def leave(self, worker_id: str) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.srem(keys.WORKERS, worker_id)
-        pipe.delete(
-            keys.heartbeat(worker_id), keys.worker_alive(worker_id), keys.worker_lease(worker_id)
-        )
-        pipe.execute()
-
-    def reset(self) -> None:
-        self.client.connection_pool.disconnect()
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def _batch(taken: Taken) -> Batch:
-    """A take's reply, its messages decoded."""
-    return Batch([decode(raw) for raw in taken.messages], taken.source, taken.held)
-
-
-def _all_there(messages: Sequence[Message], replies: Sequence[Any]) -> bool:
-    """Whether the acks (the first of ``replies``, one 1 or 0 a message) found them all."""
-    return not (messages and b"0" in replies[0])
 
 
 # Claims the pool's name, or extends the claim, while nobody else holds it (a claim that
@@ -464,94 +295,6 @@ class RedisPoolStore:
             pipe.llen(key)
         delayed, *depths = pipe.execute()
         return sum(depths), int(delayed)
-
-    def close(self) -> None:
-        self.client.close()
-
-
-@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
-class RedisAdmin(Queue):
-    """The queue as the CLI, the producers and the dead-letter screen use it
-    (:class:`~tuitop.backends.base.QueueAdmin`)."""
-
-    def __init__(self, settings: RedisSettings, client: redis.Redis) -> None:
-        super().__init__(client)
-        self.settings = settings
-
-    def dead_letter_count(self) -> int:
-        return int(self.redis.llen(keys.DEAD_LETTERS))
-
-    def held(self, worker_id: str) -> list[Message]:
-        # The tail was taken first; anyone may fill a list: HELD_SHOWN read, not all.
-        raws = self.redis.lrange(keys.processing_list(worker_id), -HELD_SHOWN, -1)
-        return [decode(raw) for raw in reversed(cast(list[bytes], raws))]
-
-    def send_command(self, pool: str, body: bytes) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.rpush(keys.control(pool), body)
-        pipe.expire(keys.control(pool), COMMAND_TTL)
-        pipe.execute()
-
-    def clock(self) -> float:
-        return redis_clock(self.redis)
-
-    def withdraw_command(self, pool: str, body: bytes) -> bool:
-        try:
-            return bool(self.redis.lrem(keys.control(pool), 1, body))  # type: ignore[arg-type]
-        except redis.ResponseError as error:
-            if "WRONGTYPE" not in str(error):
-                raise
-            return False  # not a list (the pool's read clears it): no command is there
-
-    def wait_reply(self, command_id: str, timeout: float) -> bytes | None:
-        # A client of its own: the admin's socket timeout may be shorter than the wait.
-        waiter = connect(self.settings, client_name="tuitop:ctl", socket_timeout=timeout + 5)
-        try:
-            found = waiter.blpop([keys.control_reply(command_id)], timeout=max(timeout, 0.01))
-        finally:
-            waiter.close()
-        return None if found is None else cast(tuple[bytes, bytes], found)[1]
-
-    dead_letters_at = keys.DEAD_LETTERS
-
-    def tuleap_left(self) -> list[LeftBehind]:
-        return [
-            LeftBehind(
-                found.worker_id,
-                found.number,
-                found.messages,
-                where=keys.processing_list(found.worker_id),
-                pid=tuleapworkers.running_pid(found.number),
-            )
-            for found in tuleapworkers.tuleap_lists(self.redis)
-        ]
-
-    def published_config(self) -> Mapping[str, str]:
-        fields = cast(dict[bytes, bytes], self.redis.hgetall(keys.CONFIG))
-        return {
-            k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()
-        }
-
-    def close(self) -> None:
-        self.redis.close()
-
-
-@at_the_edge(ERRORS, lambda self, error: translate(error, self.settings))
-class RedisView:
-    """What a view reads from one Redis (:class:`~tuitop.backends.base.StoreView`)."""
-
-    def __init__(self, settings: RedisSettings, client_name: str) -> None:
-        self.settings = settings
-        self.client = connect(settings, client_name=client_name, socket_timeout=2)
-
-    def snapshot(self, now: float) -> Snapshot:
-        return take_snapshot(self.client, now)
-
-    def stats(self, now: float, seconds: int) -> WindowStats:
-        return summarize(read_buckets(self.client, now, seconds), seconds)
-
-    def queue(self) -> RedisAdmin:
-        return RedisAdmin(self.settings, self.client)
 
     def close(self) -> None:
         self.client.close()
