@@ -6,18 +6,24 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import alive_in
+from tuitop.message import encode
+from tuitop.notification import TOPIC
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,3 +195,90 @@ def skewed_env(tmp_path: Path, offset: float) -> dict[str, str]:
         f"import time\n_time = time.time\ntime.time = lambda: _time() + {offset}\n"
     )
     return {"PYTHONPATH": f"{skew}:{REPO}"}
+
+
+FAST_RETRY = ("--retry-delay", "0.05")
+
+
+def nothing_pending(client: redis.Redis) -> bool:
+    return (
+        client.llen(keys.QUEUE) == 0
+        and not processing_lists(client)
+        and client.zcard(keys.DELAYED) == 0
+    )
+
+
+def notification(index: int, *, project: int = 101) -> bytes:
+    return encode(
+        TOPIC,
+        {
+            "project_id": project,
+            "artifact_id": index,
+            "changeset_id": 1000 + index,
+            "mails": [
+                {
+                    "to": [f"user{index}@example.com"],
+                    "subject": f"artifact #{index} updated",
+                    "text": f"Artifact {index} changed.",
+                }
+            ],
+        },
+    )
+
+
+def push_all(client: redis.Redis, raws: list[bytes]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for raw in raws:
+        pipe.lpush(keys.QUEUE, raw)
+    pipe.execute()
+
+
+def start_pool(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:
+    pool = Pool(tmp_path, config, *args).start()
+    pools.append(pool)
+    return pool
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> list[Sample]:
+    """Every sample ``/metrics`` serves, read by prometheus_client's parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def ctl(config: Path, *args: str) -> tuple[int, str]:
+    done = run_tuitop("--config", str(config), "ctl", *args)
+    return done.returncode, done.stdout + done.stderr
+
+
+HANDLERS = ("--handlers", "tests.handlers_for_tests")
+"""The test handlers (tests/handlers_for_tests.py)."""
+
+
+def beat(client: redis.Redis, pool: str) -> dict[str, str]:
+    """The fields of pool ``pool``'s heartbeat hash."""
+    fields = client.hgetall(keys.pool(pool))
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+def running(client: redis.Redis, pool: str, count: int) -> None:
+    wait_until(
+        lambda: beat(client, pool).get("running") == str(count),
+        what=f"pool {pool} running {count} worker(s)",
+    )
+
+
+def start_named_pool(
+    pools: list[Pool], tmp_path: Path, config: Path, name: str, *args: str
+) -> Pool:
+    directory = tmp_path / name
+    directory.mkdir()
+    pool = Pool(directory, config, "--pool-name", name, *HANDLERS, *args).start()
+    pools.append(pool)
+    return pool

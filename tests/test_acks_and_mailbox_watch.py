@@ -11,9 +11,8 @@ import pytest
 import redis
 
 from tests.conftest import RedisServerFactory
-from tests.pool import Pool, wait_until, write_config
-from tests.test_ctl import ctl, running, start
-from tests.test_worker import make_worker, take
+from tests.pool import Pool, ctl, running, start_named_pool, wait_until, write_config
+from tests.workers import make_worker, take
 from tuitop.backends.errors import StoreError
 from tuitop.backends.redis import keys
 from tuitop.embedded.redisserver import EmbeddedRedis
@@ -64,7 +63,7 @@ def test_a_pool_moved_to_another_redis_leaves_no_watch_on_the_old_one(
     """The watch follows the store: its connection to the old Redis is closed, one to the
     new one opened, and commands through the new one are answered at once."""
     config = write_config(tmp_path, port=redis_server.port, workers=2)
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     wait_until(lambda: watching(redis_client, "alpha") == 1, what="the watch on the old Redis")
     other = redis_server_factory()
@@ -91,7 +90,7 @@ def test_a_trickle_is_counted_within_about_a_second_and_each_message_runs_once(
     never; each message's ack goes with the next take, none is left in a processing list,
     and SIGTERM right after a batch loses no ack (nothing runs twice)."""
     config = write_config(tmp_path, port=redis_server.port, workers=1)
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 1)
     for n in range(5):
         redis_client.lpush(keys.QUEUE, encode("test.count", {"id": n}))

@@ -17,10 +17,8 @@ import redis
 
 from tests.conftest import RedisServerFactory
 from tests.pool import REPO, Pool, run_tuitop, wait_until, write_config
-from tests.test_db_e2e import database_inc
-from tests.test_db_e2e import start_pool as start_db_pool
-from tests.test_tasks_e2e import Tuleap
-from tests.tuleapdb import enqueue, fresh_database
+from tests.tuleap import Tuleap, start_db_pool
+from tests.tuleapdb import database_inc, enqueue, fresh_database
 from tuitop.backends.redis import keys
 from tuitop.embedded.mariadbserver import DatabaseServer
 from tuitop.embedded.redisserver import EmbeddedRedis

@@ -17,44 +17,26 @@ import pytest
 import redis
 
 from tests.conftest import RedisServerFactory
-from tests.pool import Pool, run_tuitop, skewed_env, wait_until, write_config
-from tests.test_db_e2e import database_inc
-from tests.test_db_e2e import start_pool as start_db_pool
-from tests.test_tasks_e2e import Tuleap
-from tests.tuleapdb import count, enqueue, fresh_database
+from tests.pool import (
+    Pool,
+    beat,
+    ctl,
+    run_tuitop,
+    running,
+    skewed_env,
+    start_named_pool,
+    wait_until,
+    write_config,
+)
+from tests.tuleap import Tuleap, start_db_pool
+from tests.tuleapdb import count, database_inc, enqueue, fresh_database
 from tuitop.backends.redis import keys
 from tuitop.embedded.mariadbserver import DatabaseServer
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 
-HANDLERS = ("--handlers", "tests.handlers_for_tests")
 LANES = "$tuitop_lanes = 'bulk(1): test.sleep';"
 RUNS = "test:runs"
-
-
-def start(pools: list[Pool], tmp_path: Path, config: Path, name: str, *args: str) -> Pool:
-    directory = tmp_path / name
-    directory.mkdir()
-    pool = Pool(directory, config, "--pool-name", name, *HANDLERS, *args).start()
-    pools.append(pool)
-    return pool
-
-
-def beat(client: redis.Redis, pool: str) -> dict[str, str]:
-    fields = client.hgetall(keys.pool(pool))
-    return {k.decode(): v.decode() for k, v in fields.items()}
-
-
-def running(client: redis.Redis, pool: str, count: int) -> None:
-    wait_until(
-        lambda: beat(client, pool).get("running") == str(count),
-        what=f"pool {pool} running {count} worker(s)",
-    )
-
-
-def ctl(config: Path, *args: str) -> tuple[int, str]:
-    done = run_tuitop("--config", str(config), "ctl", *args)
-    return done.returncode, done.stdout + done.stderr
 
 
 def runs(client: redis.Redis) -> list[str]:
@@ -69,8 +51,8 @@ def config(tmp_path: Path, redis_server: EmbeddedRedis) -> Path:
 def test_scale_a_pool_running_as_another_process(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    first = start(pools, tmp_path, config, "alpha")
-    start(pools, tmp_path, config, "beta")
+    first = start_named_pool(pools, tmp_path, config, "alpha")
+    start_named_pool(pools, tmp_path, config, "beta")
     running(redis_client, "alpha", 2)
     running(redis_client, "beta", 2)
     code, out = ctl(config, "scale", "+1")
@@ -92,7 +74,7 @@ def test_scale_a_pool_running_as_another_process(
 def test_pause_and_resume_lose_nothing(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     # A job running when the pause comes finishes; nothing more is taken.
     redis_client.lpush(keys.QUEUE, encode("test.slow", {"id": "long", "seconds": 1.5}))
@@ -117,7 +99,7 @@ def test_pause_and_resume_lose_nothing(
 def test_a_paused_lane_waits_while_the_default_lane_runs(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    start(pools, tmp_path, config, "alpha")
+    start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     code, out = ctl(config, "pause", "bulk")
     assert code == 0 and "lane bulk waits" in out, out
@@ -147,7 +129,7 @@ def test_a_paused_lane_waits_while_the_default_lane_runs(
 def test_reload_and_stop_from_afar(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     config.write_text(config.read_text().replace("= 2;", "= 3;"))
     code, out = ctl(config, "reload")
@@ -189,7 +171,7 @@ def frozen(pool: Pool) -> Iterator[None]:
 def test_an_unanswered_command_is_withdrawn_and_its_retry_obeyed_once(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     with frozen(pool):
         code, out = ctl(config, "scale", "+1", "--timeout", "1")
@@ -207,7 +189,7 @@ def test_an_unanswered_command_is_withdrawn_and_its_retry_obeyed_once(
 def test_a_stop_to_a_dead_pools_name_does_not_stop_the_next_pool_of_that_name(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    first = start(pools, tmp_path, config, "alpha")
+    first = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     first.signal(signal.SIGKILL)  # its heartbeat lives on for a while: ctl still sees it
     sender = subprocess.Popen(
@@ -220,7 +202,7 @@ def test_a_stop_to_a_dead_pools_name_does_not_stop_the_next_pool_of_that_name(
     finally:
         sender.kill()  # killed while it waits: it never withdraws its command
         sender.wait()
-    second = start(pools, tmp_path, config, "alpha2", "--pool-name", "alpha")
+    second = start_named_pool(pools, tmp_path, config, "alpha2", "--pool-name", "alpha")
     second.wait_for_log(r"was sent to another run of pool alpha \(.*\): not obeyed", timeout=30)
     running(redis_client, "alpha", 2)
     assert second.process.poll() is None and "stopping warm" not in second.log()
@@ -244,7 +226,7 @@ def test_usage_errors(config: Path) -> None:
 def test_hostile_commands_harm_nothing(
     tmp_path: Path, pools: list[Pool], config: Path, redis_client: redis.Redis
 ) -> None:
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     mailbox = keys.control("alpha")
     redis_client.rpush(
@@ -304,7 +286,7 @@ def test_a_command_whose_id_is_not_text_a_key_takes_loses_nothing_after_it(
 ) -> None:
     # An id no key can hold (a lone surrogate: not UTF-8), then a good command in the
     # same tick: the first is refused, the second obeyed and answered.
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     redis_client.rpush(
         keys.control("alpha"),
@@ -321,7 +303,7 @@ def test_a_reply_key_taken_by_something_else_loses_nothing(
 ) -> None:
     # A key where the reply goes that is not a list (left there by anyone): the reply
     # is written anyway, the link stays up, and the next command is obeyed.
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     redis_client.set(keys.control_reply("taken"), b"a string")
     redis_client.rpush(
@@ -347,7 +329,7 @@ def test_an_order_older_than_a_minute_is_not_obeyed(
         json.dumps({"action": "stop", "id": "old", "at": old, "by": "bob@h"}).encode(),
         json.dumps({"action": "workers", "value": 3, "id": "new", "at": time.time()}).encode(),
     )
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     wait_until(lambda: redis_client.llen(keys.control_reply("new")) == 1, what="the reply")
     running(redis_client, "alpha", 3)
     log = pool.wait_for_log(r"expired")
@@ -362,7 +344,7 @@ def test_a_paused_lane_the_files_drop_does_not_keep_its_messages(
     # bulk is paused, a message waits in its list; a reload drops the lane. Nothing can
     # resume it now ('this pool has no lane bulk'): the pause must go with the lane, and
     # what waited there go back to the queue, to be run.
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     code, out = ctl(config, "pause", "bulk")
     assert code == 0, out
@@ -393,7 +375,7 @@ def test_a_reload_from_afar_that_moves_the_pool_to_another_redis(
     # The files now name another Redis and 'ctl reload' comes before the pool's watcher
     # has seen the save (an admin's "sed -i … && tuitop ctl reload"; here the pool is
     # held still meanwhile): the pool moves there, without an error in its loop.
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     other = redis_server_factory()
     port = redis_client.connection_pool.connection_kwargs["port"]
@@ -417,7 +399,7 @@ def test_a_mailbox_that_is_not_a_list_does_not_cut_the_pool_off(
     # Anyone may write the mailbox's key: a string there made every read of it fail
     # (WRONGTYPE), which the pool took for Redis being away — link dropped, back-off
     # up to 30 s, its heartbeat (10 s) expired, no worker started meanwhile.
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     redis_client.set(keys.control("alpha"), b"not a mailbox")
     time.sleep(3)
@@ -458,7 +440,7 @@ def test_an_idle_pool_reads_its_mailbox_when_a_command_comes_not_every_tick(
     """The mailbox was read every tick (1 command a second, an idle pool's largest item);
     a blocking watch now rings the loop when a command lands: answered at once, and read
     otherwise at the heartbeat's pace (every 3 s) only."""
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     time.sleep(1.5)  # the pool's watch is up
     before = lpop_calls(redis_client)
@@ -480,7 +462,7 @@ def test_a_mailbox_watch_cut_off_loses_no_command(
 ) -> None:
     """Its connection killed (a proxy, CLIENT KILL, a failover): commands are still read —
     every tick until it watches again — and none is lost."""
-    pool = start(pools, tmp_path, config, "alpha")
+    pool = start_named_pool(pools, tmp_path, config, "alpha")
     running(redis_client, "alpha", 2)
     watch = "tuitop:pool:alpha:mailbox"
     wait_until(

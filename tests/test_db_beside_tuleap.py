@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.pool import Pool, wait_until
-from tests.test_db_e2e import database_inc, start_pool
-from tests.test_tasks_e2e import Tuleap
-from tests.tuleapdb import connect, count, enqueue
+from tests.tuleap import Tuleap, start_db_pool
+from tests.tuleapdb import connect, count, database_inc, enqueue
 from tuitop.backends.base import RetryPolicy
 from tuitop.backends.db.queue import DbQueue
 from tuitop.backends.db.schema import QUEUE_NAME, create_tables
@@ -135,7 +134,7 @@ def test_a_pools_retry_runs_while_tuleaps_loop_holds_a_row(
     row behind it through a long task: the retry runs within seconds, not after it."""
     tuleap_cli = Tuleap(tmp_path)
     config = database_inc(tmp_path, database, workers=1)
-    start_pool(pools, tmp_path, tuleap_cli, config, "--retry-delay", "0.05")
+    start_db_pool(pools, tmp_path, tuleap_cli, config, "--retry-delay", "0.05")
     enqueue(database, "tuleap.tracker.artifact",
             {"id": "flaky", "standin": {"fail_times": 1, "sleep": 1}})  # fmt: skip
     wait_until(lambda: tuleap_cli.runs_of("flaky"), 20, "the first run")

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.pool import Pool, run_tuitop, wait_until
-from tests.test_db_e2e import database_inc, start_pool
-from tests.test_metrics import free_port, scrape
-from tests.test_tasks_e2e import Tuleap
-from tests.tuleapdb import ExternalServer, connect, enqueue
+from tests.pool import Pool, free_port, run_tuitop, scrape, wait_until
+from tests.tuleap import Tuleap, start_db_pool
+from tests.tuleapdb import ExternalServer, connect, database_inc, enqueue
 from tuitop.config import DatabaseSettings
 from tuitop.embedded.mariadbserver import DatabaseServer, create_tuleap_database
 
@@ -43,7 +41,7 @@ def test_a_pool_of_w_workers_holds_at_most_w_plus_one_connections(
     workers = 3
     port = free_port()
     config = database_inc(tmp_path, database, workers=workers)
-    start_pool(pools, tmp_path, tuleap, config, "--metrics-port", str(port), "--grace", "1")
+    start_db_pool(pools, tmp_path, tuleap, config, "--metrics-port", str(port), "--grace", "1")
     for i in range(2):
         enqueue(database, "tuleap.tracker.artifact", {"id": f"long{i}", "standin": {"sleep": 4}})
     wait_until(lambda: len(tuleap.runs_of("long0") + tuleap.runs_of("long1")) == 2, 20, "busy")
@@ -103,7 +101,7 @@ def test_check_warns_when_the_database_leaves_too_little_room(
     # Room enough: the pool starts, and the check says how many are in use.
     limit(database_server, database, 40)
     config = database_inc(tmp_path, database, workers=2)
-    start_pool(pools, tmp_path, tuleap, config)
+    start_db_pool(pools, tmp_path, tuleap, config)
     wait_until(lambda: check(config)[0] == 0, 20, "an OK")
     assert any(d.startswith("OK: ") and "connections in use" in d for d in check(config)[2])
     # The pool (3 connections) runs; the account's limit drops to 12: 9 left, under 10.

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from tests.pool import Pool, run_tuitop, skewed_env, wait_until
-from tests.test_tasks_e2e import TASK, Tuleap
-from tests.tuleapdb import connect, count, enqueue, fresh_database
+from tests.tuleap import TASK, Tuleap, start_db_pool
+from tests.tuleapdb import connect, count, database_inc, enqueue, everything_done, fresh_database
 from tuitop.config import DatabaseSettings, load_config
 from tuitop.embedded.mariadbserver import EmbeddedMariaDB
 from tuitop.procmeter import ProcessMeter
@@ -30,42 +30,10 @@ def tuleap(tmp_path: Path) -> Tuleap:
     return Tuleap(tmp_path)
 
 
-def database_inc(
-    directory: Path,
-    database: DatabaseSettings,
-    *,
-    workers: int = 2,
-    extra: str = "",
-    name: str = "database.inc",
-) -> Path:
-    """Tuleap's database.inc for ``database``, and the worker settings of local.inc."""
-    path = directory / name
-    path.write_text(
-        "<?php\n"
-        f"$sys_dbhost = '{database.host}';\n$sys_dbport = {database.port};\n"
-        f"$sys_dbname = '{database.name}';\n$sys_dbuser = '{database.user}';\n"
-        f"$sys_dbpasswd = '{database.password.reveal()}';\n"
-        f"$sys_nb_backend_workers = {workers};\n$sys_logger_level = 'debug';\n{extra}\n"
-    )
-    return path
-
-
-def start_pool(pools: list[Pool], tmp_path: Path, tuleap: Tuleap, config: Path, *args: str) -> Pool:
-    pool = Pool(tmp_path, config, *TASK, "--task-dir", str(tuleap.root), *args, env=tuleap.env)
-    pools.append(pool.start())
-    pool.wait_for_log(r"Start service")  # tuitop's tables are made by then
-    return pool
-
-
-def everything_done(database: DatabaseSettings) -> bool:
-    tables = ("async_events", "tuitop_processing", "tuitop_delayed")
-    return sum(count(database, table) for table in tables) == 0
-
-
 def test_tuleaps_rows_run_once_each_with_tuleaps_stdin(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
-    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=3))
+    pool = start_db_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=3))
     pool.wait_for_log(r"Start service", count=3)
     topics = ("tuleap.tracker.artifact", "tuleap.git.hooks.post-receive", "tuleap.fts.index-item")
     payloads = {}
@@ -96,7 +64,7 @@ def test_a_task_reads_a_payload_as_tuleaps_worker_writes_it_again(
     (Psl\\Json): an empty object is a list, keys "0".."n-1" a list, a 20-digit integer a
     string, 1.50 is 1.5, U+2028 escaped. The task gets those bytes, and PWD as Symfony's
     shell sets it."""
-    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
+    pool = start_db_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
     row = (
         '{"id": "odd", "options": {}, "ids": {"0": 7, "1": 8}, '
         '"big": 12345678901234567890, "ratio": 1.50, "note": "a\u2028b/c"}'
@@ -116,7 +84,7 @@ def test_a_failing_task_is_retried_then_dead_lettered_and_replayed(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
     config = database_inc(tmp_path, database, workers=1)
-    pool = start_pool(pools, tmp_path, tuleap, config, *FAST_RETRY)
+    pool = start_db_pool(pools, tmp_path, tuleap, config, *FAST_RETRY)
     enqueue(database, "tuleap.git.hooks.post-receive",
             {"id": "bad", "standin": {"exit": 3, "stderr": "PHP Fatal error: boom"}})  # fmt: skip
     wait_until(lambda: count(database, "tuitop_dead_letters") == 1, 30, "a dead letter")
@@ -137,7 +105,7 @@ def test_a_failing_task_is_retried_then_dead_lettered_and_replayed(
 def test_a_worker_killed_mid_task_loses_nothing(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
-    pool = start_pool(
+    pool = start_db_pool(
         pools,
         tmp_path,
         tuleap,
@@ -166,7 +134,7 @@ def test_a_task_past_the_time_limit_runs_once_and_is_dead_lettered(
 ) -> None:
     """As Tuleap's worker drops it (``TaskWorkerTimedOutException``), never run again;
     tuitop keeps it as a dead letter, with why, and counts it timedout."""
-    pool = start_pool(
+    pool = start_db_pool(
         pools,
         tmp_path,
         tuleap,
@@ -199,7 +167,7 @@ def test_a_topic_opted_back_into_retries_is_cut_and_retried(
         workers=1,
         extra="$tuitop_timeout_retries = 'tuleap.tracker.creation.*';",
     )
-    pool = start_pool(
+    pool = start_db_pool(
         pools, tmp_path, tuleap, config, "--job-timeout", "1", *FAST_RETRY, *QUICK_STOP
     )
     enqueue(database, "tuleap.tracker.creation.jira", {"id": "slow", "standin": {"hang": True}})
@@ -221,7 +189,7 @@ def test_a_job_longer_than_the_servers_wait_timeout_is_no_database_outage(
     with server.connect() as admin, admin.cursor() as cursor:
         cursor.execute("SET GLOBAL wait_timeout = 2")
     database = fresh_database(server)
-    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
+    pool = start_db_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
     enqueue(database, "tuleap.fts.index-item", {"id": "long", "standin": {"sleep": 3.5}})
     wait_until(lambda: tuleap.runs_of("long", "end"), 30, "the long job")
     enqueue(database, "tuleap.fts.index-item", {"id": "after"})
@@ -267,7 +235,7 @@ def test_a_mariadb_restart_loses_nothing(
 ) -> None:
     server = mariadb_factory()
     database = fresh_database(server)
-    pool = start_pool(
+    pool = start_db_pool(
         pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=2), *FAST_RETRY
     )
     pool.wait_for_log(r"Start service", count=2)
@@ -292,7 +260,7 @@ def test_saving_the_file_changes_the_worker_count_live(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
     config = database_inc(tmp_path, database, workers=1)
-    pool = start_pool(pools, tmp_path, tuleap, config)
+    pool = start_db_pool(pools, tmp_path, tuleap, config)
     live = "expires_at > UNIX_TIMESTAMP(NOW(6))"
     wait_until(lambda: count(database, "tuitop_workers", live) == 1, 20, "one worker")
     enqueue(database, "tuleap.tracker.artifact", {"id": "during", "standin": {"sleep": 3}})
@@ -310,7 +278,7 @@ def test_saving_the_file_changes_the_worker_count_live(
 def test_a_warm_stop_lets_the_task_finish_and_gives_back_the_rest(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
-    pool = start_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
+    pool = start_db_pool(pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1))
     enqueue(database, "tuleap.tracker.artifact", {"id": "running", "standin": {"sleep": 2}})
     wait_until(lambda: tuleap.runs_of("running"), 20, "running")
     for i in range(3):
@@ -325,7 +293,7 @@ def test_the_views_read_the_pool_from_the_database(
     tmp_path: Path, pools: list[Pool], tuleap: Tuleap, database: DatabaseSettings
 ) -> None:
     config = database_inc(tmp_path, database, workers=2)
-    pool = start_pool(pools, tmp_path, tuleap, config, "--pool-name", "forge-01", *QUICK_STOP)
+    pool = start_db_pool(pools, tmp_path, tuleap, config, "--pool-name", "forge-01", *QUICK_STOP)
     enqueue(database, "tuleap.tracker.creation.jira", {"id": "jira", "standin": {"sleep": 30}})
     wait_until(lambda: tuleap.runs_of("jira"), 20, "the import running")
     for i in range(5):
@@ -407,14 +375,14 @@ async def test_the_ui_shows_the_pool_on_the_database_and_its_dead_letters(
 ) -> None:
     from textual.widgets import DataTable
 
-    from tests.test_tui import SIZE, text_of, until
+    from tests.tui_pilot import SIZE, text_of, until
     from tuitop.tui.app import TuitopApp
     from tuitop.tui.screens import DeadLettersScreen
     from tuitop.tui.widgets import HeaderBar, QueuePanel
     from tuitop.tui.workers import WorkersPanel
 
     config = database_inc(tmp_path, database, workers=2)
-    start_pool(pools, tmp_path, tuleap, config, *FAST_RETRY, *QUICK_STOP)
+    start_db_pool(pools, tmp_path, tuleap, config, *FAST_RETRY, *QUICK_STOP)
     enqueue(database, "tuleap.tracker.artifact",
             {"id": "dead", "standin": {"exit": 9}})  # fmt: skip
     wait_until(lambda: count(database, "tuitop_dead_letters") == 1, 30, "a dead letter")
@@ -447,12 +415,12 @@ def test_a_host_killed_whole_is_recovered_by_the_pool_of_another(
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     config = database_inc(tmp_path, database, workers=1, extra="$tuitop_lanes = '';")
-    doomed = start_pool(pools, tmp_path / "a", tuleap, config, "--pool-name", "host-a")
+    doomed = start_db_pool(pools, tmp_path / "a", tuleap, config, "--pool-name", "host-a")
     enqueue(database, "tuleap.tracker.artifact", {"id": "held", "standin": {"sleep": 600}})
     run = wait_until(lambda: tuleap.runs_of("held"), 20, "host-a running it")[0]
     worker = psutil.Process(int(str(run["ppid"])))
     assert str(run["env"]["TUITOP_WORKER"]).startswith("host-a/0#")  # type: ignore[index]
-    survivor = start_pool(
+    survivor = start_db_pool(
         pools, tmp_path / "b", tuleap, config, "--pool-name", "host-b", *QUICK_STOP
     )
     for process in (psutil.Process(doomed.pid), worker, psutil.Process(int(str(run["pid"])))):

@@ -252,7 +252,7 @@ def test_one_retry_tuleaps_table_refuses_takes_the_pool_off_its_database_for_goo
     (link.failed), so no due retry ever comes back, the doorbell is off, and with
     up_since reset at every come-back a really dead worker is never recovered."""
     from tests.pool import Pool
-    from tests.test_db_e2e import database_inc
+    from tests.tuleapdb import database_inc
 
     queue = DbQueue(database, RetryPolicy())
     queue.session.run(create_tables)

@@ -199,8 +199,8 @@ def test_one_waiting_row_whose_id_collides_does_not_stop_every_take(
 from pathlib import Path  # noqa: E402
 
 from tests.pool import Pool, wait_until  # noqa: E402
-from tests.test_db_e2e import database_inc, start_pool  # noqa: E402
-from tests.test_tasks_e2e import Tuleap  # noqa: E402
+from tests.tuleap import Tuleap, start_db_pool  # noqa: E402
+from tests.tuleapdb import database_inc  # noqa: E402
 
 
 @pytest.fixture
@@ -215,7 +215,7 @@ def test_a_row_of_another_queue_sharing_an_id_does_not_take_the_pool_off_its_dat
     takes) has its id in async_events. The pool's move_due fails at every turn with a
     duplicate key, and the pool reports the database as unreachable-ish and backs off
     (link.failed): no recovery scan, no doorbell, no due retry, for ever."""
-    pool = start_pool(
+    pool = start_db_pool(
         pools, tmp_path, tuleap, database_inc(tmp_path, database, workers=1),
         "--retry-delay", "3", "--grace", "1",
     )  # fmt: skip
@@ -250,8 +250,7 @@ def test_two_pools_across_a_mariadb_outage_longer_than_the_heartbeat_run_each_on
     the other one (``silent_workers``) while those reconnect, give back and ack: messages
     are run twice (no worker was killed or frozen), and the recovery/give-back races above
     can lose or duplicate them."""
-    from tests.test_db_e2e import everything_done
-    from tests.tuleapdb import fresh_database
+    from tests.tuleapdb import everything_done, fresh_database
 
     server = mariadb_factory()
     database = fresh_database(server)
@@ -259,7 +258,7 @@ def test_two_pools_across_a_mariadb_outage_longer_than_the_heartbeat_run_each_on
         directory = tmp_path / name
         directory.mkdir()
         config = database_inc(directory, database, workers=2)
-        start_pool(pools, directory, tuleap, config, "--pool-name", name,
+        start_db_pool(pools, directory, tuleap, config, "--pool-name", name,
                    "--retry-delay", "0.05", "--grace", "1")  # fmt: skip
     ids = [f"m{i}" for i in range(60)]
     for message_id in ids:
@@ -368,7 +367,7 @@ async def test_odd_rows_and_garbage_in_tuitops_tables_neither_crash_nor_stall(
     other queue's row left alone), garbage in tuitop_workers / tuitop_pools /
     tuitop_config / tuitop_stats. The pool, the CLI and the UI go on."""
     from tests.pool import run_tuitop
-    from tests.test_tui import SIZE, until
+    from tests.tui_pilot import SIZE, until
     from tuitop.config import load_config
     from tuitop.tui.app import TuitopApp
     from tuitop.tui.source import SnapshotSource
@@ -421,7 +420,7 @@ def test_a_save_switching_redis_and_the_database_live_serves_each_in_turn(
     """README "Which queue": a save that changes the queue moves the pool at once, its
     workers one by one after their job; and back."""
     from tests.pool import write_config
-    from tests.test_tasks_e2e import php_message
+    from tests.tuleap import php_message
     from tuitop.backends.redis import keys
 
     local = write_config(tmp_path, port=redis_server.port, workers=2,

@@ -14,8 +14,16 @@ from pathlib import Path
 import redis
 
 from tests.handlers_for_tests import RUNS_KEY
-from tests.pool import Pool, wait_until, worker_heartbeats, write_config
-from tests.test_pool_e2e import FAST_RETRY, nothing_pending, push_all, start_pool
+from tests.pool import (
+    FAST_RETRY,
+    Pool,
+    nothing_pending,
+    push_all,
+    start_pool,
+    wait_until,
+    worker_heartbeats,
+    write_config,
+)
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue, alive_in
 from tuitop.backends.redis.snapshot import take_snapshot

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from tests.test_worker import make_worker
+from tests.workers import make_worker
 from tuitop.backends.errors import StoreUnavailable
 from tuitop.backends.redis import keys
 from tuitop.embedded.redisserver import EmbeddedRedis

@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RedisServerFactory, SmtpServerFactory
-from tests.pool import Pool, wait_until, worker_heartbeats, write_config
-from tests.test_pool_e2e import nothing_pending, notification, push_all
-from tests.test_tasks_e2e import TASK, Tuleap, php_message
+from tests.pool import (
+    Pool,
+    nothing_pending,
+    notification,
+    push_all,
+    wait_until,
+    worker_heartbeats,
+    write_config,
+)
+from tests.tuleap import TASK, Tuleap, php_message
 from tuitop.backends.redis import keys
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.lanes import DEFAULT_LANE, LONG_LANE

@@ -24,15 +24,23 @@ import psutil
 import pytest
 import redis
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.handlers_for_tests import RUNS_KEY
-from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
-from tests.test_db_e2e import database_inc
-from tests.test_pool_e2e import nothing_pending, push_all
-from tests.test_tasks_e2e import FAST_RETRY, TASK, Tuleap, php_message
-from tests.tuleapdb import enqueue
+from tests.pool import (
+    FAST_RETRY,
+    Pool,
+    free_port,
+    nothing_pending,
+    push_all,
+    run_tuitop,
+    scrape,
+    wait_until,
+    worker_heartbeats,
+    write_config,
+)
+from tests.tuleap import TASK, Tuleap, php_message
+from tests.tuleapdb import database_inc, enqueue
 from tuitop.backends.redis import keys
 from tuitop.config import DatabaseSettings
 from tuitop.embedded.redisserver import EmbeddedRedis
@@ -59,19 +67,6 @@ FINE, FLAKY, DOOMED, SLOW = (
 @pytest.fixture
 def tuleap(tmp_path: Path) -> Tuleap:
     return Tuleap(tmp_path)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def scrape(port: int) -> list[Sample]:
-    """Every sample ``/metrics`` serves, read by prometheus_client's parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def series(samples: list[Sample], name: str, *labels: str) -> dict[tuple[str, ...], float]:

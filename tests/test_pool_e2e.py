@@ -20,7 +20,18 @@ import redis
 
 from tests.conftest import RedisServerFactory, SmtpServerFactory
 from tests.handlers_for_tests import RUNS_KEY
-from tests.pool import Pool, processing_lists, wait_until, worker_heartbeats, write_config
+from tests.pool import (
+    FAST_RETRY,
+    Pool,
+    nothing_pending,
+    notification,
+    processing_lists,
+    push_all,
+    start_pool,
+    wait_until,
+    worker_heartbeats,
+    write_config,
+)
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue, alive_in, parse_dead_letter
 from tuitop.backends.redis.snapshot import take_snapshot
@@ -30,47 +41,6 @@ from tuitop.embedded.smtpserver import SmtpServer
 from tuitop.message import encode
 from tuitop.notification import TOPIC
 from tuitop.stats import summarize
-
-FAST_RETRY = ("--retry-delay", "0.05")
-
-
-def start_pool(pools: list[Pool], tmp_path: Path, config: Path, *args: str) -> Pool:
-    pool = Pool(tmp_path, config, *args).start()
-    pools.append(pool)
-    return pool
-
-
-def notification(index: int, *, project: int = 101) -> bytes:
-    return encode(
-        TOPIC,
-        {
-            "project_id": project,
-            "artifact_id": index,
-            "changeset_id": 1000 + index,
-            "mails": [
-                {
-                    "to": [f"user{index}@example.com"],
-                    "subject": f"artifact #{index} updated",
-                    "text": f"Artifact {index} changed.",
-                }
-            ],
-        },
-    )
-
-
-def push_all(client: redis.Redis, raws: list[bytes]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for raw in raws:
-        pipe.lpush(keys.QUEUE, raw)
-    pipe.execute()
-
-
-def nothing_pending(client: redis.Redis) -> bool:
-    return (
-        client.llen(keys.QUEUE) == 0
-        and not processing_lists(client)
-        and client.zcard(keys.DELAYED) == 0
-    )
 
 
 def test_delivers_every_one_of_1000_notifications(

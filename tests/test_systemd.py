@@ -40,9 +40,8 @@ import pytest
 import redis
 
 from tests.pool import REPO, Pool, run_tuitop, wait_until, worker_heartbeats, write_config
-from tests.test_db_e2e import database_inc
-from tests.test_tasks_e2e import TASK, Tuleap, php_message
-from tests.tuleapdb import enqueue
+from tests.tuleap import TASK, Tuleap, php_message
+from tests.tuleapdb import database_inc, enqueue
 from tuitop.backends.redis import keys
 from tuitop.beats import PoolBeat
 from tuitop.config import DatabaseSettings

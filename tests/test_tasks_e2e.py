@@ -8,7 +8,6 @@ pushes them: LPUSH of PHP's json_encode output.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,49 +21,24 @@ import pytest
 import redis
 
 from tests.conftest import SmtpServerFactory
-from tests.pool import REPO, Pool, wait_until, write_config
-from tests.test_pool_e2e import nothing_pending, notification, push_all
+from tests.pool import (
+    FAST_RETRY,
+    REPO,
+    Pool,
+    nothing_pending,
+    notification,
+    push_all,
+    wait_until,
+    write_config,
+)
+from tests.tuleap import TASK, Tuleap, php_message
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import parse_dead_letter
 from tuitop.backends.redis.stats import read_buckets
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.stats import summarize
 
-TASK = ("--task-command", "tuleap queue:task-worker-process")
-FAST_RETRY = ("--retry-delay", "0.05")
 SECRET = "s3cret-redis-password-of-thirty-chars"
-
-
-class Tuleap:
-    """The stand-in's records and the directory it runs in (Tuleap's source root)."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.root = tmp_path / "usr-share-tuleap"
-        self.root.mkdir()
-        self.records = tmp_path / "records"
-        self.records.mkdir()
-        self.env = {
-            "PATH": f"{REPO / 'tests' / 'bin'}:{os.environ['PATH']}",
-            "TULEAP_STANDIN_RECORDS": str(self.records),
-        }
-
-    def runs(self, kind: str = "start") -> list[dict[str, object]]:
-        return [json.loads(p.read_text()) for p in sorted(self.records.glob(f"*.{kind}.json"))]
-
-    def runs_of(self, message_id: str, kind: str = "start") -> list[dict[str, object]]:
-        return [r for r in self.runs(kind) if r["id"] == message_id]
-
-    def kill_detached(self) -> None:
-        """Kills the ``setsid env -i sleep`` daemons its runs started (``detached``) that
-        still run: one that escaped its worker and the pool is no child of theirs."""
-        for run in self.runs():
-            if "detached_pid" not in run:
-                continue
-            with contextlib.suppress(psutil.Error):
-                daemon = psutil.Process(int(str(run["detached_pid"])))
-                # Started by that run, not a process that took its pid since.
-                if daemon.name() == "sleep" and daemon.create_time() >= float(str(run["at"])) - 1:
-                    daemon.kill()
 
 
 @pytest.fixture
@@ -87,14 +61,6 @@ def start_pool(
     ).start()
     pools.append(pool)
     return pool
-
-
-def php_message(topic: str, payload: str, enqueue_ts: float, queued_total: int = 0) -> bytes:
-    """A message byte for byte as Tuleap's PHP front end writes it (json_encode)."""
-    return (
-        f'{{"event_name":"{topic}","payload":{payload},'
-        f'"_enqueue_ts":{enqueue_ts:.6f},"_queued_total":{queued_total}}}'
-    ).encode()
 
 
 def alive(pid: int) -> bool:

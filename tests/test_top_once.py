@@ -11,7 +11,7 @@ import redis
 
 from tests.conftest import RedisServerFactory
 from tests.pool import Pool, run_tuitop, wait_until, worker_heartbeats, write_config
-from tests.test_tasks_e2e import TASK, Tuleap, php_message
+from tests.tuleap import TASK, Tuleap, php_message
 from tuitop.backends.redis import keys
 from tuitop.config import DatabaseSettings
 from tuitop.embedded.redisserver import EmbeddedRedis, free_port
@@ -84,8 +84,7 @@ def test_once_says_plainly_when_the_store_does_not_answer(
 
 
 def test_once_json_reads_tuleaps_database_queue(tmp_path: Path, database: DatabaseSettings) -> None:
-    from tests.test_db_e2e import database_inc
-    from tests.tuleapdb import enqueue
+    from tests.tuleapdb import database_inc, enqueue
 
     config = database_inc(tmp_path, database)
     for n in range(3):

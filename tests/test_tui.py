@@ -4,18 +4,16 @@ every panel, every key."""
 from __future__ import annotations
 
 import asyncio
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis
-from rich.console import Console
 from textual.widgets import DataTable, Input, Static
 
 from tests.conftest import RedisServerFactory
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import REPO, Pool, write_config
+from tests.tui_pilot import SIZE, text_of, until
 from tuitop.backends.redis import keys
 from tuitop.config import load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
@@ -37,23 +35,6 @@ from tuitop.tui.widgets import (
     seconds,
 )
 from tuitop.tui.workers import WorkersPanel
-
-SIZE = (130, 44)
-
-
-async def until(condition: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
-
-
-def text_of(widget: Static) -> str:
-    """What the widget shows, as plain text (a table rendered, too)."""
-    console = Console(width=200, record=True, file=io.StringIO())
-    console.print(widget.content)
-    return console.export_text()
 
 
 def app_for(

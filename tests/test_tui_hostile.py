@@ -10,8 +10,7 @@ from pathlib import Path
 import redis
 
 from tests.pool import run_tuitop, write_config
-from tests.test_tui import until
-from tests.test_tui_views import SMALL, app_for
+from tests.tui_pilot import SMALL, app_for, until
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import dead_letter_entry
 from tuitop.embedded.redisserver import EmbeddedRedis

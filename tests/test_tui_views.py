@@ -15,31 +15,20 @@ from textual.widgets import DataTable, Sparkline, Static
 
 from tests.handlers_for_tests import RUNS_KEY
 from tests.pool import Pool, write_config
-from tests.test_tui import text_of, until
+from tests.tui_pilot import SMALL, app_for, text_of, until
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import dead_letter_entry
-from tuitop.config import load_config
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.message import encode
 from tuitop.tui.app import READ_ONLY, TuitopApp
-from tuitop.tui.logtail import FileTail
 from tuitop.tui.screens import ConfirmScreen, DeadLettersScreen
-from tuitop.tui.source import SnapshotSource
 from tuitop.tui.topics import TopicsPanel, TopicsScreen
 from tuitop.tui.widgets import HeaderBar, LogPanel
 from tuitop.tui.worker_screen import WorkerScreen
 from tuitop.tui.workers import WorkersPanel, columns_for
 
-SMALL = (80, 24)
 LARGE = (160, 50)
 HANDLERS = ("--handlers", "tests.handlers_for_tests")
-
-
-def app_for(config: Path, *, log: Path | None = None, read_only: bool = False) -> TuitopApp:
-    """The app as ``tuitop top`` builds it: no pool of its own."""
-    source = SnapshotSource(lambda: load_config([str(config)]).settings, [str(config)])
-    tail = FileTail(str(log)) if log else None
-    return TuitopApp(source, interval=0.2, log=tail, read_only=read_only)
 
 
 def columns(app: TuitopApp) -> list[str]:

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from tests.conftest import RedisServerFactory
+from tests.workers import make_worker, take
 from tuitop.backends.redis import keys
 from tuitop.backends.redis.queue import Queue
-from tuitop.config import RedisSettings, Settings
 from tuitop.embedded.redisserver import EmbeddedRedis
 from tuitop.log import SettableLevel
 from tuitop.mail import NoTransport
@@ -23,28 +23,9 @@ from tuitop.registry import build_registry
 from tuitop.worker import watchdog as watchdog_module
 from tuitop.worker.heartbeat import Heartbeat
 from tuitop.worker.loop import Worker
-from tuitop.worker.options import WorkerOptions, worker_id_of
+from tuitop.worker.options import worker_id_of
 from tuitop.worker.status import WorkerStatus
 from tuitop.worker.watchdog import GIVE_BACK_AFTER, BatchGuard
-
-
-def make_worker(server: EmbeddedRedis) -> Worker:
-    settings = Settings(redis=RedisSettings("127.0.0.1", server.port), backend_workers=1)
-    options = WorkerOptions(
-        slot_name="test/0",
-        pool="test",
-        slot=0,
-        settings=settings,
-        supervisor_pid=os.getpid(),
-        block_timeout=0.2,
-    )
-    worker = Worker(options, WorkerStatus.create(), SettableLevel(logging.DEBUG))
-    worker.connect()
-    return worker
-
-
-def take(worker: Worker, count: int) -> list[Message]:
-    return worker.channel.take(worker.id, count).messages
 
 
 def test_worker_ids_are_unique_per_process(redis_server: EmbeddedRedis) -> None:

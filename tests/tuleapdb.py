@@ -16,6 +16,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -123,3 +124,28 @@ def count(settings: DatabaseSettings, table: str, where: str = "TRUE") -> int:
     with connect(settings) as connection, connection.cursor() as cursor:
         cursor.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}")
         return int(cursor.fetchone()[0])
+
+
+def database_inc(
+    directory: Path,
+    database: DatabaseSettings,
+    *,
+    workers: int = 2,
+    extra: str = "",
+    name: str = "database.inc",
+) -> Path:
+    """Tuleap's database.inc for ``database``, and the worker settings of local.inc."""
+    path = directory / name
+    path.write_text(
+        "<?php\n"
+        f"$sys_dbhost = '{database.host}';\n$sys_dbport = {database.port};\n"
+        f"$sys_dbname = '{database.name}';\n$sys_dbuser = '{database.user}';\n"
+        f"$sys_dbpasswd = '{database.password.reveal()}';\n"
+        f"$sys_nb_backend_workers = {workers};\n$sys_logger_level = 'debug';\n{extra}\n"
+    )
+    return path
+
+
+def everything_done(database: DatabaseSettings) -> bool:
+    tables = ("async_events", "tuitop_processing", "tuitop_delayed")
+    return sum(count(database, table) for table in tables) == 0
