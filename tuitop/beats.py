@@ -1,4 +1,4 @@
-"""The heartbeats in Redis: what a worker and a pool publish, written and read here only.
+"""The heartbeats in the store: what a worker and a pool publish, written and read here only.
 
 A pool's hash (``keys.pool(name)``) carries a TTL: while it lives, the pool is alive, and
 so is each worker it lists (``workers``). A worker's hash (``keys.heartbeat(id)``) is
@@ -8,9 +8,9 @@ once its pool is gone). :class:`WorkerBeat` and :class:`PoolBeat` are
 their one definition — the worker and the pool write ``fields()``, every view reads
 ``parse()`` — so that a field renamed on one side cannot be read stale on the other.
 
-Redis holds text: a tuple is written comma-separated, a flag as 0/1, a value not known
+The store holds text: a tuple is written comma-separated, a flag as 0/1, a value not known
 (``None``) is left out. Reading forgives what an older or newer tuitop wrote — and what
-anyone who can write to the Redis wrote: a field missing, not a number, negative or out
+anyone who can write to the store wrote: a field missing, not a number, negative or out
 of range reads as its default, so that no view fails on it.
 """
 

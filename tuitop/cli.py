@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="When going back to Tuleap's own workers, with every tuitop pool "
         "stopped: move into app_user_events what only tuitop reads — what its workers "
         "held (with one more try), its lanes' lists, and the retries waiting their time. "
-        "Refused while a pool runs on this Redis.",
+        "Refused while a pool runs on this queue.",
     )
     _add_config_option(hand)
 
@@ -964,7 +964,7 @@ def _task_or_exit(args: argparse.Namespace) -> TaskCommand | int | None:
 def _ui_source(
     args: argparse.Namespace, settings: Settings, client_name: str = "tuitop:ui"
 ) -> SnapshotSource:
-    """The snapshot source of a UI: the Redis the config files name, followed as they
+    """The snapshot source of a UI: the store the config files name, followed as they
     change (a file that disappears is replaced, not dropped: the pool sees it so too)."""
     from tuitop.procmeter import ProcessMeter
     from tuitop.tui.source import SnapshotSource

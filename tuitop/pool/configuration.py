@@ -80,7 +80,7 @@ class Configuration:
         """``count`` workers (0 to MAX_WORKERS) for this session; False when nothing
         changes."""
         if not self.settings.store.configured:
-            self.logger.warning("No Redis is configured: there is no worker to add or remove")
+            self.logger.warning("No queue is configured: there is no worker to add or remove")
             return False
         before = self.wanted
         after = min(max(count, 0), MAX_WORKERS)

@@ -1,4 +1,4 @@
-"""The pool's decisions, as pure functions: no process, no Redis, no clock of their own.
+"""The pool's decisions, as pure functions: no process, no store, no clock of their own.
 
 What the arbiter asks before it acts — how many workers to stop and start and which, how
 long to wait before the next try, what a new configuration changes — is answered here
@@ -47,7 +47,7 @@ def plan_scale(
     """How to bring the running workers (``seats``, stopping ones left out) to
     ``staffing``: ``outdated`` are the slots due for replacement (and why), ``replacing``
     says a replacement is already under way (a worker stopping after its job),
-    ``can_start`` that a worker may start now (Redis answers, no boot back-off);
+    ``can_start`` that a worker may start now (the store answers, no boot back-off);
     ``fewer_because``: why workers beyond ``staffing`` stop (the log says it).
 
     Too many: those due for replacement stop first, then those of lanes over their share,

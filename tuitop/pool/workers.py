@@ -1,8 +1,8 @@
 """The pool's worker processes: started, stopped, killed, reaped, held to the time limit.
 
-The :class:`WorkerSet` owns the processes and nothing in Redis: it says who exited and how
+The :class:`WorkerSet` owns the processes and nothing in the store: it says who exited and how
 (:class:`Exit`), and the arbiter has recovery give back what they held. A worker that dies
-at start (Redis refused the password, a handler module is broken) is not restarted in a
+at start (the store refused the password, a handler module is broken) is not restarted in a
 tight loop: the next start waits 1, 2, 4 … 60 s, and the log says why.
 
 A job past the time limit is first asked for its stacks (:mod:`.stacks`), then killed if

@@ -1,1 +1,1 @@
-"""The terminal UI: Textual widgets over :mod:`tuitop.snapshot` (views only read Redis)."""
+"""The terminal UI: Textual widgets over :mod:`tuitop.snapshot` (views only read the store)."""

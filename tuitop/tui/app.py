@@ -1,9 +1,9 @@
 """The Textual application: panels refreshed from snapshots taken off the UI thread.
 
 The app only reads: each refresh takes one snapshot (:class:`~tuitop.tui.source.SnapshotSource`,
-two round trips whatever the queue length) in a thread worker and posts it to the UI; a
-Redis that does not answer is said in the header and the panels keep their last picture,
-dimmed. The writes an operator asks for are explicit: ``+``/``-`` signal the pool this UI
+a fixed number of round trips whatever the queue length) in a thread worker and posts it
+to the UI; a store that does not answer is said in the header and the panels keep their
+last picture, dimmed. The writes an operator asks for are explicit: ``+``/``-`` signal the pool this UI
 runs (``pool``), or command the selected worker's pool through the store when it runs none
 (:mod:`tuitop.tui.remote`), as ``p`` (pause/resume), ``r`` (reload) and ``S`` (warm stop)
 always do; the dead-letter screen replays and purges. ``read_only`` refuses all of these.
@@ -125,7 +125,7 @@ class TuitopApp(App[int]):
         self.stopping = False
         self._taking = False
         """A snapshot is being taken: the next refresh is skipped rather than queued behind
-        it (a slow Redis must not pile up threads that quitting would wait for)."""
+        it (a slow store must not pile up threads that quitting would wait for)."""
         self._pool_code: int | None = None
 
     def compose(self) -> ComposeResult:

@@ -281,7 +281,7 @@ class ConfigPanel(Static):
         for pool in () if short else snapshot.pools:
             lines.append(self._describe(pool))
         if not snapshot.pools:
-            lines.append(Text("no pool is running on this Redis", style="dim"))
+            lines.append(Text("no pool is running on this queue", style="dim"))
         where = "the config in force" if short else "the config above"
         for pool in errors:
             lines.append(
