@@ -1,12 +1,13 @@
 """The Textual application: panels refreshed from snapshots taken off the UI thread.
 
-The app only reads: each refresh takes one snapshot (:class:`~tuitop.tui.source.SnapshotSource`,
-a fixed number of round trips whatever the queue length) in a thread worker and posts it
-to the UI; a store that does not answer is said in the header and the panels keep their
-last picture, dimmed. The writes an operator asks for are explicit: ``+``/``-`` signal the
-pool this UI runs (``pool``), or command the selected worker's pool through the store when
-it runs none (:mod:`tuitop.tui.remote`), as ``p`` (pause/resume), ``r`` (reload) and ``S``
-(warm stop) always do; the dead-letter screen replays and purges. ``read_only`` refuses all of these.
+The app only reads: each refresh takes one snapshot
+(:class:`~tuitop.tui.source.SnapshotSource`, a fixed number of round trips whatever the
+queue length) in a thread worker and posts it to the UI; a store that does not answer is
+said in the header and the panels keep their last picture, dimmed. The writes an operator
+asks for are explicit: ``+``/``-`` signal the pool this UI runs (``pool``), or command the
+selected worker's pool through the store when it runs none (:mod:`tuitop.tui.remote`), as
+``p`` (pause/resume), ``r`` (reload) and ``S`` (warm stop) always do; the dead-letter
+screen replays and purges. ``read_only`` refuses all of these.
 
 The layout follows the terminal (``HORIZONTAL_BREAKPOINTS``/``VERTICAL_BREAKPOINTS`` set a
 class on the screen, the .tcss says what each changes): at 80x24 the charts and the config
