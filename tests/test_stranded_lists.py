@@ -1,0 +1,58 @@
+"""The Redis pool's scan for processing lists no registered, leased worker holds
+(RedisPoolStore._stranded, once a minute): it finds them, and a key under the same prefix
+that is no list (anyone may write to the Redis) must not fail the pool's scan — and with
+it the pool's link, once a minute — nor keep it from finding the lists that are."""
+
+from __future__ import annotations
+
+import redis
+
+from tuitop.backends.base import RetryPolicy
+from tuitop.backends.redis import keys
+from tuitop.backends.redis.pool import RedisPoolStore
+from tuitop.config import RedisSettings
+from tuitop.embedded.redisserver import EmbeddedRedis
+from tuitop.message import encode
+
+GONE = "other/0#4242"
+"""A worker of another pool, neither registered nor leased: its list is stranded."""
+
+
+def pool_store(server: EmbeddedRedis) -> RedisPoolStore:
+    return RedisPoolStore(
+        RedisSettings("127.0.0.1", server.port),
+        pool_name="p",
+        retry=RetryPolicy(),
+        socket_timeout=5.0,
+    )
+
+
+def test_a_stranded_list_is_found_by_the_scan(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    redis_client.rpush(keys.processing_list(GONE), encode("tuitop.noop", {"n": 1}))
+    store = pool_store(redis_server)
+    try:
+        assert store.silent_workers(set()) == [GONE]
+    finally:
+        store.close()
+
+
+def test_a_key_under_the_processing_prefix_that_is_no_list_does_not_fail_the_scan(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """A string, a hash, a set named like a processing list: no worker's list, nothing to
+    recover. Before the fix, LLEN's WRONGTYPE failed the whole pipeline: the scan raised
+    StoreUnavailable, the pool's link went down (its every minute), and the stranded
+    list beside it was never recovered."""
+    redis_client.set(keys.processing_list("junk-string"), b"x")
+    redis_client.hset(keys.processing_list("junk-hash"), "k", "v")
+    redis_client.sadd(keys.processing_list("junk-set"), b"x")
+    redis_client.rpush(keys.processing_list(GONE), encode("tuitop.noop", {"n": 1}))
+    store = pool_store(redis_server)
+    try:
+        assert store.silent_workers(set()) == [GONE]
+        assert store.recover(GONE, "stranded", unless_beating=True).total == 1
+    finally:
+        store.close()
+    assert redis_client.get(keys.processing_list("junk-string")) == b"x"  # left alone
