@@ -56,3 +56,29 @@ def test_a_key_under_the_processing_prefix_that_is_no_list_does_not_fail_the_sca
     finally:
         store.close()
     assert redis_client.get(keys.processing_list("junk-string")) == b"x"  # left alone
+
+
+def test_keys_under_the_processing_prefix_that_are_no_lists_fail_no_other_scan(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis
+) -> None:
+    """The same prefix is scanned for Tuleap's own workers' lists (a number after it: the
+    pool's left_behind every minute, adopt-tuleap) and by hand-back (every list): a key of
+    another type there, numbered or not, is nobody's list — skipped, never an error that
+    takes the pool's link down every minute or stops the command."""
+    from tuitop.backends import open_queue
+
+    redis_client.set(keys.processing_list("7"), b"x")  # numbered, as Tuleap's worker 7
+    redis_client.hset(keys.processing_list("junk-hash"), "k", "v")
+    redis_client.rpush(keys.processing_list("3"), encode("tuitop.noop", {"n": 3}))
+    redis_client.rpush(keys.processing_list(GONE), encode("tuitop.noop", {"n": 1}))
+    store = pool_store(redis_server)
+    admin = open_queue(RedisSettings("127.0.0.1", redis_server.port), "tuitop:test")
+    try:
+        assert store.left_behind(0.0) == []  # first sight of list 3: not yet judged gone
+        left = admin.tuleap_left()
+        assert left is not None and [found.number for found in left] == [3]
+        assert admin.hand_back("handed back").recovered == 1  # GONE's (3 is adopt-tuleap's)
+    finally:
+        admin.close()
+        store.close()
+    assert redis_client.get(keys.processing_list("7")) == b"x"
