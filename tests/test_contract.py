@@ -468,6 +468,32 @@ def test_a_dead_letter_keeps_the_replacement_payload(store: Store, past_the_trie
     assert replayed.payload == left
 
 
+@pytest.mark.parametrize(
+    "left",
+    [
+        {"n": 1, "text": "100% %s %d %% %(x)s"},  # what a %s placeholder must not read
+        {"n": 1, "text": "é😀\u2028</script>\"'\\", "deep": [[[[[[[[[[["x"]]]]]]]]]]]},
+        {"n": 1, "big": "x" * 200_000},
+    ],
+    ids=["percent-signs", "hostile-text", "big"],
+)
+def test_a_dead_letter_keeps_a_hostile_replacement_payload_exactly(
+    store: Store, left: dict[str, object]
+) -> None:
+    """The dead letter's replacement payload (a %s placeholder in the database's INSERT …
+    SELECT) is written as given: percent signs, quotes, non-ASCII, nesting, a big one —
+    and its reason, worker and try count are the ones said, not shifted by a parameter."""
+    a = store.channel(A)
+    store.push(1, queued_total=1)
+    [message] = a.take(A, 1).messages
+    assert a.fail(A, message, "550 %s", retryable=False, payload=left) == "dead"
+    [letter] = store.admin.dead_letters()
+    assert letter.reason == "550 %s" and letter.worker == A and letter.tries == 1
+    assert store.admin.replay(letter)
+    [replayed] = a.take(A, 1).messages
+    assert replayed.payload == left
+
+
 def test_a_failure_of_a_message_no_longer_held_is_gone_and_writes_nothing(
     store: Store,
 ) -> None:

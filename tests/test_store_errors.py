@@ -5,6 +5,7 @@ the workers, the views and the CLI catch those, never redis' or pymysql's."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,44 @@ def test_a_refused_statement_leaves_the_database_link_up(database: DatabaseSetti
     assert not isinstance(raised.value, StoreUnavailable)
     assert "1205" in str(raised.value) or "lock" in str(raised.value).lower()
     channel.close()
+
+
+def test_a_worker_whose_password_is_refused_exits_3_on_either_backend(
+    settings: StoreSettings, tmp_path: Path
+) -> None:
+    """The pool says "refused the password" (and which setting) from a worker's exit code
+    (WorkerExit.STORE_AUTH): a real worker process, started as the pool starts it (the
+    forkserver, its preload), given a wrong password."""
+    import logging
+    import os
+
+    from tuitop.config import REDIS_QUEUE
+    from tuitop.pool.workers import new_context
+    from tuitop.worker.loop import worker_main
+    from tuitop.worker.options import WorkerOptions
+    from tuitop.worker.status import WorkerExit, WorkerStatus
+
+    wrong = dataclasses.replace(settings, password=Secret(PASSWORD[::-1]))
+    if isinstance(wrong, RedisSettings):
+        whole = Settings(redis=wrong, queue=REDIS_QUEUE)
+    else:
+        assert isinstance(wrong, DatabaseSettings)
+        whole = Settings(database=wrong, queue=DB_QUEUE)
+    context = new_context()
+    options = WorkerOptions(
+        slot_name="p/0",
+        pool="p",
+        slot=0,
+        settings=whole,
+        supervisor_pid=os.getpid(),
+        log_file=str(tmp_path / "worker.log"),
+    )
+    level = context.RawValue("i", logging.INFO)  # type: ignore[attr-defined]
+    process = context.Process(  # type: ignore[attr-defined]
+        target=worker_main, args=(options, WorkerStatus.create(context), level, None)
+    )
+    process.start()
+    process.join(30)
+    assert process.exitcode == WorkerExit.STORE_AUTH == 3
+    log = (tmp_path / "worker.log").read_text()
+    assert "refused" in log and PASSWORD[::-1] not in log

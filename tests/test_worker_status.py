@@ -91,3 +91,42 @@ def test_the_forkserver_preloads_the_module_of_the_workers_entry_point() -> None
     for name in WORKER_PRELOAD:
         importlib.import_module(name)
     assert pickle.loads(pickle.dumps(worker_main)) is worker_main
+
+
+_CHANNEL_IMPORTS = """
+import importlib, sys
+from tuitop.pool.workers import WORKER_PRELOAD
+for name in WORKER_PRELOAD:
+    importlib.import_module(name)
+preloaded = set(sys.modules)
+from tuitop.backends import worker_channel
+from tuitop.backends.base import RetryPolicy
+from tuitop.config import DB_QUEUE, DatabaseSettings, RedisSettings, Settings
+for settings in (
+    Settings(redis=RedisSettings("127.0.0.1", 1)),
+    Settings(database=DatabaseSettings("127.0.0.1", 1, name="t", user="u"), queue=DB_QUEUE),
+):
+    channel = worker_channel(
+        settings, serves=("default",), retry=RetryPolicy(), client_name="c", socket_timeout=1.0
+    )
+    channel.close()
+print(" ".join(sorted(
+    name for name in set(sys.modules) - preloaded
+    if name.split(".")[0] in ("tuitop", "redis", "pymysql")
+)))
+"""
+
+
+def test_the_forkserver_preloads_each_backends_worker_channel() -> None:
+    """What a new worker imports before its first command is the forkserver's to import
+    once (WORKER_PRELOAD: ~40 ms a worker otherwise, its slot serving nothing): its
+    channel on either queue, and the driver under it. Run in a fresh interpreter, as the
+    forkserver is. (tuitop.backends.redis became a package whose __init__ imports
+    nothing: preloading it no longer preloads redis-py nor the Redis channel.)"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CHANNEL_IMPORTS], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == []

@@ -118,7 +118,7 @@ WORKER_PRELOAD = (
     # unpickling its status array and process, a host name's encoding at connect): each
     # new worker would pay them again, ~40 ms in all, while its slot serves nothing (a
     # worker recycled after --max-messages leaves such a gap).
-    "tuitop.backends.redis",
+    "tuitop.backends.redis.channel",
     "tuitop.backends.db",
     "secrets",
     "multiprocessing.sharedctypes",

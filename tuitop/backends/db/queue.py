@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -931,37 +931,13 @@ class DbQueue:
         """Puts a dead letter back at the end of Tuleap's queue (a new id: taken after
         what waits) with a fresh try count, in one transaction; False when it was no
         longer there (replayed or purged by someone else)."""
-
-        def move(cursor: Cursor) -> bool:
-            cursor.execute(
-                f"SELECT {MESSAGE_COLUMNS} FROM tuitop_dead_letters WHERE seq = %s FOR UPDATE",
-                (letter.entry.decode("ascii", "replace"),),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                return False
-            _, _, topic, payload, seconds, microseconds, _ = row
-            execute_all(
-                cursor,
-                [
-                    (
-                        f"INSERT INTO async_events ({MESSAGE_COLUMNS}) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, 0)",
-                        (uuid7(), QUEUE_NAME, topic, payload, seconds, microseconds),
-                    ),
-                    (
-                        "DELETE FROM tuitop_dead_letters WHERE seq = %s",
-                        (letter.entry.decode("ascii", "replace"),),
-                    ),
-                ],
-            )
-            return True
-
-        return self.session.transaction(move)
+        return self.session.transaction(_replaying(letter.entry.decode("ascii", "replace")))
 
     def replay_all(self, chunk: int = 1000) -> int:
         """Replays every dead letter there is when it is called, oldest first; those that
-        die again meanwhile are not replayed twice. Returns how many were replayed."""
+        die again meanwhile are not replayed twice, and one whose payload Tuleap's table
+        refuses (a handler's replacement nested deeper than its JSON check reads) stays,
+        the others going on. Returns how many were replayed."""
 
         def last(cursor: Cursor) -> int:
             cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM tuitop_dead_letters")
@@ -983,8 +959,11 @@ class DbQueue:
             if not seqs:
                 return replayed
             for seq in seqs:
-                letter = DeadLetter(b"", "", "", 0.0, 0, "", "", str(seq).encode())
-                replayed += self.replay(letter, from_oldest=True)
+                try:
+                    replayed += self.session.transaction(_replaying(str(seq)))
+                except pymysql.MySQLError as error:
+                    if _code(error) not in JSON_REFUSED:
+                        raise
             after = seqs[-1]
 
     def purge_dead_letters(self) -> int:
@@ -1044,6 +1023,35 @@ class DbQueue:
             ),
         )
         return Outcome.DEAD
+
+
+def _replaying(seq: str) -> Callable[[Cursor], bool]:
+    """The transaction that puts dead letter ``seq`` back at the end of Tuleap's queue (a
+    new id, a fresh try count); False when it is no longer there."""
+
+    def move(cursor: Cursor) -> bool:
+        cursor.execute(
+            f"SELECT {MESSAGE_COLUMNS} FROM tuitop_dead_letters WHERE seq = %s FOR UPDATE",
+            (seq,),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return False
+        _, _, topic, payload, seconds, microseconds, _ = row
+        execute_all(
+            cursor,
+            [
+                (
+                    f"INSERT INTO async_events ({MESSAGE_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, 0)",
+                    (uuid7(), QUEUE_NAME, topic, payload, seconds, microseconds),
+                ),
+                ("DELETE FROM tuitop_dead_letters WHERE seq = %s", (seq,)),
+            ],
+        )
+        return True
+
+    return move
 
 
 def _dead_letter(row: Row) -> DeadLetter:

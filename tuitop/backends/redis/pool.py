@@ -184,7 +184,10 @@ class RedisPoolStore:
         self._stranded_at = now
         prefix = keys.processing_list("").encode()
         found = []
-        for key in self.client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
+        # Lists only: anyone may write a key of another type under the prefix (its LLEN
+        # would fail the pipeline, the scan with it, and the pool's link every minute).
+        lists = self.client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list")
+        for key in lists:
             try:
                 worker_id = bytes(key).removeprefix(prefix).decode()
             except UnicodeDecodeError:
@@ -200,11 +203,14 @@ class RedisPoolStore:
             pipe.sismember(keys.WORKERS, worker_id)
             pipe.exists(keys.worker_lease(worker_id))
             pipe.llen(keys.processing_list(worker_id))
-        replies = pipe.execute()
+        # An error in a reply: the key changed type since the SCAN (not a list to recover).
+        replies = pipe.execute(raise_on_error=False)
         return [
             worker_id
             for index, worker_id in enumerate(found)
-            if not any(replies[3 * index : 3 * index + 2]) and replies[3 * index + 2]
+            if not any(replies[3 * index : 3 * index + 2])
+            and isinstance(replies[3 * index + 2], int)
+            and replies[3 * index + 2]
         ]
 
     def clock(self) -> float:

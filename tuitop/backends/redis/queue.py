@@ -574,7 +574,8 @@ class Queue:
         makes sure no pool runs (:meth:`live_pools`)."""
         workers = set(keys.names_in(cast(set[bytes], self.redis.smembers(keys.WORKERS))))
         prefix = keys.processing_list("")
-        for key in self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
+        lists = self.redis.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list")
+        for key in lists:  # a key of another type is nobody's list (its LRANGE would fail)
             suffix = key.decode("utf-8", "replace").removeprefix(prefix)
             if not (suffix.isascii() and suffix.isdigit()):  # Tuleap's: adopt-tuleap's
                 workers.add(suffix)

@@ -42,7 +42,8 @@ def tuleap_lists(client: redis.Redis) -> Iterator[TuleapList]:
     """Every non-empty processing list of a Tuleap worker (a number after the prefix;
     tuitop's own ids are ``pool/slot#pid``), by SCAN: it never blocks Redis."""
     prefix = keys.processing_list("")
-    for key in client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000):
+    # Lists only: a key of another type under the prefix is nobody's (its LLEN would fail).
+    for key in client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list"):
         suffix = key.decode("utf-8", "replace").removeprefix(prefix)
         if suffix.isascii() and suffix.isdigit():  # ASCII: "²".isdigit() too
             length = int(client.llen(key))
