@@ -72,6 +72,9 @@ class RedisPoolStore:
         """When (monotonic) it last added its name to the set of pools."""
         self._stranded_at = -math.inf
         """When (monotonic) it last looked for lists no registered worker holds."""
+        self._lists: list[bytes] = []
+        self._lists_at = -math.inf
+        """The processing lists' keys, and when (monotonic) its last SCAN found them."""
 
     def ping(self) -> None:
         self.client.ping()
@@ -184,10 +187,7 @@ class RedisPoolStore:
         self._stranded_at = now
         prefix = keys.processing_list("").encode()
         found = []
-        # Lists only: anyone may write a key of another type under the prefix (its LLEN
-        # would fail the pipeline, the scan with it, and the pool's link every minute).
-        lists = self.client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list")
-        for key in lists:
+        for key in self._processing_lists():
             try:
                 worker_id = bytes(key).removeprefix(prefix).decode()
             except UnicodeDecodeError:
@@ -255,8 +255,22 @@ class RedisPoolStore:
     def left_behind(self, hold_limit: float) -> list[LeftBehind]:
         return [
             LeftBehind(found.worker_id, found.number, found.messages)
-            for found in tuleapworkers.left_behind(self.client, hold_limit)
+            for found in tuleapworkers.left_behind(
+                self.client,
+                hold_limit,
+                self._processing_lists(min(STRANDED_SCAN_EVERY, hold_limit / 4)),
+            )
         ]
+
+    def _processing_lists(self, max_age: float = STRANDED_SCAN_EVERY) -> list[bytes]:
+        """The keys of the processing lists, found by a SCAN at most ``max_age`` s ago:
+        one SCAN shared by the looks for Tuleap's lists and for stranded ones (its cost
+        grows with the whole keyspace: 0.8 s at a million keys, on the pool's loop)."""
+        now = time.monotonic()
+        if now - self._lists_at >= max_age:
+            self._lists = tuleapworkers.processing_lists(self.client)
+            self._lists_at = now
+        return self._lists
 
     # --- lanes ---------------------------------------------------------------------------
 

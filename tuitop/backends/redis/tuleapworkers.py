@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -38,12 +38,22 @@ class TuleapList:
         return str(self.number)
 
 
-def tuleap_lists(client: redis.Redis) -> Iterator[TuleapList]:
-    """Every non-empty processing list of a Tuleap worker (a number after the prefix;
-    tuitop's own ids are ``pool/slot#pid``), by SCAN: it never blocks Redis."""
-    prefix = keys.processing_list("")
+def processing_lists(client: redis.Redis) -> list[bytes]:
+    """The keys of every processing list, Tuleap's workers' and tuitop's, by SCAN: it never
+    blocks Redis (its cost grows with the keyspace: a caller that looks often keeps it)."""
     # Lists only: a key of another type under the prefix is nobody's (its LLEN would fail).
-    for key in client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list"):
+    return [
+        bytes(key)
+        for key in client.scan_iter(match=keys.PROCESSING_PATTERN, count=1000, _type="list")
+    ]
+
+
+def tuleap_lists(client: redis.Redis, lists: Iterable[bytes] | None = None) -> Iterator[TuleapList]:
+    """Every non-empty processing list of a Tuleap worker (a number after the prefix;
+    tuitop's own ids are ``pool/slot#pid``), among ``lists`` (the keys
+    :func:`processing_lists` found; None: a SCAN now)."""
+    prefix = keys.processing_list("")
+    for key in processing_lists(client) if lists is None else lists:
         suffix = key.decode("utf-8", "replace").removeprefix(prefix)
         if suffix.isascii() and suffix.isdigit():  # ASCII: "²".isdigit() too
             length = int(client.llen(key))
@@ -63,7 +73,9 @@ def running_pid(number: int, directory: str = PID_DIRECTORY) -> int | None:
     return pid if pid > 0 and process_running(pid) else None
 
 
-def left_behind(client: redis.Redis, hold_limit: float = HOLD_LIMIT) -> list[TuleapList]:
+def left_behind(
+    client: redis.Redis, hold_limit: float = HOLD_LIMIT, lists: Iterable[bytes] | None = None
+) -> list[TuleapList]:
     """The lists of Tuleap's workers that are gone: no pid file on this host names a live
     worker of theirs, and their content has not changed for ``hold_limit`` seconds (by
     Redis' clock, as every pool on every host sees it: their first sight of each content is
@@ -76,7 +88,7 @@ def left_behind(client: redis.Redis, hold_limit: float = HOLD_LIMIT) -> list[Tul
     }
     gone: list[TuleapList] = []
     present = set()
-    for found in tuleap_lists(client):
+    for found in tuleap_lists(client, lists):
         key = keys.processing_list(found.worker_id)
         present.add(key)
         oldest = cast(bytes | None, client.lindex(key, -1)) or b""
