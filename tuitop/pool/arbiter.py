@@ -169,8 +169,10 @@ class Supervisor:
             self.logger.exception("Unexpected error in the pool's loop")
 
     def _cycle_once(self) -> None:
-        self._tend_doorbell()
         self._check_store()
+        # Right after: the store the check just reached has its doorbell in this tick,
+        # not the next (idle workers would wait a tick for their first message).
+        self._tend_doorbell()
         self._watch_upgrade()
         self._reap()
         self.workers.enforce_time_limit()

@@ -55,10 +55,10 @@ CONNECTION_LOST = (2002, 2006, 2013, 2055, 4031)
 """The connection is gone: refused or never made (2002), the server gone away or lost
 mid-query, or (MySQL ≥ 8.0.24, 4031) closed by the server for the client's silence."""
 AUTH_ERRORS = (1045, 1698)
+"""Access denied: for the user and password, for the auth plugin."""
 SENT_AND_LOST = (2006, 2013, 2055)
 """The connection lost, or the reply late, once the request was sent: a commit may be
 running still."""
-"""Access denied: for the user and password, for the auth plugin."""
 NO_DATABASE = (1044, 1049)
 """Access denied to the database (MariaDB's answer for one that does not exist too, to a
 user with no grant on it), or no such database."""
