@@ -1,7 +1,7 @@
 """The handler of ``python -m bench.wait_profile`` (``--handlers bench.wait_probe_handler``).
 
 Imported in each worker process, it puts a stopwatch around the worker's blocking take
-(:meth:`tuitop.backends.redis.RedisChannel.wait`: profiling, the take itself unchanged),
+(:meth:`tuitop.backends.redis.channel.RedisChannel.wait`: profiling, the take itself unchanged),
 and its handler for the topic ``bench.wait`` appends one line a message to the file
 ``BENCH_WAIT_PROBE`` names: ``<enqueued> <wait called> <wait returned> <handler start>
 <pid>`` (seconds since the epoch; the two wait times 0 for a message taken in a batch).
@@ -13,8 +13,8 @@ import os
 import time
 from typing import Any
 
-from tuitop.backends import redis as redis_backend
 from tuitop.backends.base import Batch
+from tuitop.backends.redis import channel as redis_backend
 from tuitop.handlers import HandlerRegistry, Job
 
 TOPIC = "bench.wait"
