@@ -418,8 +418,9 @@ def test_the_sweep_kills_the_task_processes_of_gone_workers_and_says_so(
     env = {**os.environ, WORKER_MARKER: gone}
     leftover = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
     wait_until(lambda: leftover.environ().get(WORKER_MARKER) == gone, 10, "its environment")
-    logger = logging.getLogger("tuitop.test-sweep")
-    with caplog.at_level(logging.WARNING, logger="tuitop.test-sweep"):
+    # Not under "tuitop": a pool set up in this process (another test) stops its propagation.
+    logger = logging.getLogger("test-sweep")
+    with caplog.at_level(logging.WARNING, logger="test-sweep"):
         killed = tasks.sweep_leftovers(lambda worker_id: worker_id != gone, logger)
     assert killed == 1
     assert leftover.wait(10) == -signal.SIGKILL
