@@ -8,6 +8,7 @@ kill and restart its Redis freely. The ``*_factory`` fixtures make servers with 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,19 @@ from tuitop.embedded.smtpserver import SmtpServer
 
 RedisServerFactory = Callable[..., EmbeddedRedis]
 SmtpServerFactory = Callable[..., SmtpServer]
+
+
+@pytest.fixture(autouse=True)
+def tuitop_logger_restored() -> Iterator[None]:
+    """The ``tuitop`` logger as it was before each test: a pool or worker set up in the
+    test's own process (``setup_logging``) stops its propagation and gives it handlers,
+    which would hide later tests' log lines from ``caplog`` in the same test process."""
+    logger = logging.getLogger("tuitop")
+    saved = (logger.propagate, list(logger.handlers), logger.level)
+    yield
+    logger.propagate, logger.level = saved[0], saved[2]
+    for handler in [h for h in logger.handlers if h not in saved[1]]:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture
